@@ -1,0 +1,23 @@
+//! AMQP (RabbitMQ) building blocks: topology and the publisher actor.
+
+mod publisher;
+mod topology;
+
+pub use publisher::{Publish, PublishError, Publisher, PublisherConfig, PublisherStatus, Status};
+pub use topology::Topology;
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+
+/// Opens one AMQP connection with a bound on how long the TCP and AMQP handshakes may take.
+///
+/// `name` shows up in the RabbitMQ management UI so operators can tell the services apart.
+pub async fn connect(uri: &str, name: &str, timeout: Duration) -> Result<Connection, String> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    match tokio::time::timeout(timeout, Connection::connect(uri, properties)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}

@@ -1,0 +1,8 @@
+//! Actor building blocks shared by the gateway and the planner.
+//!
+//! - [`amqp::Topology`]: the exchange, queue and dead-letter names both services declare
+//!   identically, so whichever starts first creates them and the other finds them unchanged.
+//! - [`amqp::Publisher`]: the supervised AMQP publisher actor (connection, channel, reconnects,
+//!   pipelined publisher confirms).
+
+pub mod amqp;
