@@ -6,3 +6,4 @@
 //!   pipelined publisher confirms).
 
 pub mod amqp;
+pub mod config;

@@ -3,7 +3,9 @@
 mod publisher;
 mod topology;
 
-pub use publisher::{Publish, PublishError, Publisher, PublisherConfig, PublisherStatus, Status};
+pub use publisher::{
+    Publish, PublishError, Publisher, PublisherConfig, PublisherStatus, Shutdown, Status,
+};
 pub use topology::Topology;
 
 use std::time::Duration;

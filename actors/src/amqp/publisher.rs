@@ -1,0 +1,448 @@
+//! The supervised AMQP publisher actor.
+//!
+//! It owns the one connection and channel a process publishes on. While connected, every
+//! [`Publish`] is handed to lapin at once and its publisher confirm is awaited *outside* the
+//! actor, so many publishes are in flight together on one channel (confirms are pipelined; no
+//! lock, no one-at-a-time). When the connection fails, the actor answers publishes with
+//! [`PublishError::NotConnected`] straight away and reconnects in the background with capped,
+//! jittered exponential backoff, re-declaring the topology each time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::StreamExt;
+use lapin::{
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::FieldTable,
+    BasicProperties, Channel, Confirmation, Connection, Event,
+};
+
+use tokio::sync::watch;
+
+use super::{connect, Topology};
+
+/// Settings of a [`Publisher`].
+#[derive(Clone)]
+pub struct PublisherConfig {
+    /// AMQP URI of the broker. It may carry a password: never log it.
+    pub uri: String,
+    /// Where publishes go; declared on every (re)connect.
+    pub topology: Topology,
+    /// Connection name shown in the RabbitMQ management UI.
+    pub connection_name: String,
+    /// Bound on the TCP + AMQP handshake of one connection attempt.
+    pub connect_timeout: Duration,
+    /// First reconnect delay; it doubles (with jitter) up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Cap of the reconnect delay.
+    pub max_backoff: Duration,
+}
+
+impl std::fmt::Debug for PublisherConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublisherConfig")
+            .field("uri", &"[redacted]")
+            .field("topology", &self.topology)
+            .field("connection_name", &self.connection_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("min_backoff", &self.min_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
+    }
+}
+
+impl PublisherConfig {
+    /// Defaults suited to a service: 5 s connect timeout, backoff from 100 ms to 10 s.
+    pub fn new(uri: String, topology: Topology, connection_name: &str) -> Self {
+        Self {
+            uri,
+            topology,
+            connection_name: connection_name.to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connection state of the publisher, as seen from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// No connection yet, or the last one failed and a new one is being made.
+    Connecting,
+    /// Connected, topology declared, confirms enabled: publishes go through.
+    Connected,
+    /// Stopped for good (shutdown).
+    Stopped,
+}
+
+/// A cheap, clonable view of the publisher's [`Status`] for health checks and tests: reading it
+/// does not go through the actor's mailbox, and [`PublisherStatus::wait_for`] awaits a change.
+#[derive(Debug, Clone)]
+pub struct PublisherStatus(Arc<watch::Sender<Status>>);
+
+impl PublisherStatus {
+    fn new() -> Self {
+        Self(Arc::new(watch::Sender::new(Status::Connecting)))
+    }
+
+    fn set(&self, status: Status) {
+        self.0.send_replace(status);
+    }
+
+    /// The current status.
+    pub fn get(&self) -> Status {
+        *self.0.borrow()
+    }
+
+    /// True while publishes can go through.
+    pub fn is_connected(&self) -> bool {
+        self.get() == Status::Connected
+    }
+
+    /// Resolves once the status is `status`.
+    pub async fn wait_for(&self, status: Status) {
+        let mut receiver = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = receiver.wait_for(|current| *current == status).await;
+    }
+}
+
+/// Why a publish did not end in a positive confirm. Every variant means "not stored": the
+/// caller must not acknowledge the delivery to its own client.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// There is no broker connection right now (it is being re-established).
+    #[error("not connected to the broker")]
+    NotConnected,
+    /// The broker refused the message (`basic.nack`).
+    #[error("the broker refused the message")]
+    Nacked,
+    /// The message was returned as unroutable: no queue is bound for its routing key.
+    #[error("the message was unroutable: {0}")]
+    Unroutable(String),
+    /// The channel or connection failed while publishing.
+    #[error("publishing failed: {0}")]
+    Channel(String),
+    /// The publisher actor is gone (shutdown).
+    #[error("the publisher is stopped")]
+    Stopped,
+}
+
+/// Publish one message to the topology's exchange and routing key, persistent and mandatory,
+/// and resolve once the broker has confirmed it.
+#[derive(Message)]
+#[rtype(result = "Result<(), PublishError>")]
+pub struct Publish {
+    /// The message body, sent unchanged.
+    pub body: Vec<u8>,
+    /// Content type property (e.g. `application/json`).
+    pub content_type: &'static str,
+    /// AMQP headers.
+    pub headers: FieldTable,
+}
+
+/// Sent by the connection-event listener and by failed publishes: the connection of generation
+/// `generation` is broken.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ConnectionLost {
+    generation: u64,
+    reason: String,
+}
+
+/// Try to (re)connect now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Connect;
+
+/// Close the connection cleanly and stop. Publishes already handed to the broker keep their
+/// confirms; call this after the HTTP server has drained.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// The publisher actor. Start it with [`Publisher::start_supervised`].
+pub struct Publisher {
+    config: PublisherConfig,
+    status: PublisherStatus,
+    link: Option<(Connection, Channel)>,
+    /// Incremented on every successful connect, so a late "lost" notice about an old connection
+    /// does not tear down the new one.
+    generation: u64,
+    backoff: ExponentialBackoff,
+    connecting: bool,
+    stopping: bool,
+}
+
+impl Publisher {
+    /// Starts the actor under an actix [`Supervisor`] on the current arbiter and returns its
+    /// address together with a status view for health checks.
+    pub fn start_supervised(config: PublisherConfig) -> (Addr<Self>, PublisherStatus) {
+        let status = PublisherStatus::new();
+        let view = status.clone();
+        let addr = Supervisor::start(move |_| Self::new(config, status));
+        (addr, view)
+    }
+
+    fn new(config: PublisherConfig, status: PublisherStatus) -> Self {
+        let backoff = Self::backoff(&config);
+        Self {
+            config,
+            status,
+            link: None,
+            generation: 0,
+            backoff,
+            connecting: false,
+            stopping: false,
+        }
+    }
+
+    fn backoff(config: &PublisherConfig) -> ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(config.min_backoff)
+            .with_max_delay(config.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let delay = self.backoff.next().unwrap_or(self.config.max_backoff);
+        log::info!(
+            "event=amqp_reconnect_scheduled connection={} delay_ms={}",
+            self.config.connection_name,
+            delay.as_millis()
+        );
+        ctx.notify_later(Connect, delay);
+    }
+
+    async fn open(config: PublisherConfig) -> Result<(Connection, Channel), String> {
+        let connection =
+            connect(&config.uri, &config.connection_name, config.connect_timeout).await?;
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            config.topology.declare(&channel).await?;
+            Ok::<_, lapin::Error>(channel)
+        };
+        match tokio::time::timeout(config.connect_timeout, setup).await {
+            Ok(Ok(channel)) => Ok((connection, channel)),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!(
+                "channel setup took longer than {:?}",
+                config.connect_timeout
+            )),
+        }
+    }
+}
+
+impl Actor for Publisher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.notify(Connect);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if self.stopping {
+            self.status.set(Status::Stopped);
+        } else {
+            self.status.set(Status::Connecting);
+        }
+    }
+}
+
+impl Supervised for Publisher {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        log::warn!(
+            "event=amqp_publisher_restarting connection={}",
+            self.config.connection_name
+        );
+        self.link = None;
+        self.connecting = false;
+        self.status.set(Status::Connecting);
+        self.backoff = Self::backoff(&self.config);
+    }
+}
+
+impl Handler<Connect> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, _: Connect, ctx: &mut Self::Context) {
+        if self.connecting || self.link.is_some() || self.stopping {
+            return;
+        }
+        self.connecting = true;
+        self.status.set(Status::Connecting);
+        let config = self.config.clone();
+        ctx.spawn(Self::open(config).into_actor(self).map(|result, act, ctx| {
+            act.connecting = false;
+            match result {
+                Ok((connection, channel)) => {
+                    if act.stopping {
+                        return;
+                    }
+                    act.generation += 1;
+                    let generation = act.generation;
+                    let me = ctx.address();
+                    let mut events = connection.events_listener();
+                    actix::spawn(async move {
+                        while let Some(event) = events.next().await {
+                            if let Event::Error(err) = event {
+                                me.do_send(ConnectionLost {
+                                    generation,
+                                    reason: err.to_string(),
+                                });
+                                return;
+                            }
+                        }
+                        me.do_send(ConnectionLost {
+                            generation,
+                            reason: "connection closed".to_owned(),
+                        });
+                    });
+                    act.link = Some((connection, channel));
+                    act.backoff = Self::backoff(&act.config);
+                    act.status.set(Status::Connected);
+                    log::info!(
+                        "event=amqp_connected connection={} exchange={} generation={}",
+                        act.config.connection_name,
+                        act.config.topology.exchange,
+                        generation
+                    );
+                }
+                Err(reason) => {
+                    log::warn!(
+                        "event=amqp_connect_failed connection={} reason={:?}",
+                        act.config.connection_name,
+                        reason
+                    );
+                    act.schedule_reconnect(ctx);
+                }
+            }
+        }));
+    }
+}
+
+impl Handler<ConnectionLost> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionLost, ctx: &mut Self::Context) {
+        if msg.generation != self.generation || self.link.is_none() {
+            return;
+        }
+        log::warn!(
+            "event=amqp_connection_lost connection={} generation={} reason={:?}",
+            self.config.connection_name,
+            msg.generation,
+            msg.reason
+        );
+        if let Some((connection, _)) = self.link.take() {
+            // Make sure the old socket is gone even if only the channel failed.
+            actix::spawn(async move {
+                let _ = connection.close(320, "reconnecting".into()).await;
+            });
+        }
+        self.status.set(Status::Connecting);
+        self.schedule_reconnect(ctx);
+    }
+}
+
+impl Handler<Publish> for Publisher {
+    type Result = ResponseFuture<Result<(), PublishError>>;
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
+        let Some((_, channel)) = &self.link else {
+            let error = if self.stopping {
+                PublishError::Stopped
+            } else {
+                PublishError::NotConnected
+            };
+            return Box::pin(async move { Err(error) });
+        };
+        let channel = channel.clone();
+        let exchange = self.config.topology.exchange.clone();
+        let routing_key = self.config.topology.routing_key.clone();
+        let generation = self.generation;
+        let me = ctx.address();
+        Box::pin(async move {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2) // persistent: survives a broker restart
+                .with_content_type(msg.content_type.into())
+                .with_headers(msg.headers);
+            let options = BasicPublishOptions {
+                mandatory: true, // unroutable -> returned to us, never silently dropped
+                ..BasicPublishOptions::default()
+            };
+            let outcome = async {
+                channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        routing_key.as_str().into(),
+                        options,
+                        &msg.body,
+                        properties,
+                    )
+                    .await?
+                    .await
+            }
+            .await;
+            match outcome {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(returned))) => {
+                    Err(PublishError::Unroutable(returned.reply_text.to_string()))
+                }
+                Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
+                Ok(Confirmation::NotRequested) => Err(PublishError::Channel(
+                    "publisher confirms are not enabled on the channel".to_owned(),
+                )),
+                Err(err) => {
+                    let reason = err.to_string();
+                    me.do_send(ConnectionLost {
+                        generation,
+                        reason: reason.clone(),
+                    });
+                    Err(PublishError::Channel(reason))
+                }
+            }
+        })
+    }
+}
+
+impl Handler<Shutdown> for Publisher {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let link = self.link.take();
+        Box::pin(
+            async move {
+                if let Some((connection, channel)) = link {
+                    // Confirms of publishes already sent are awaited by their callers; waiting
+                    // here too makes sure nothing is cut off by the close.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms())
+                            .await;
+                    let _ = connection.close(200, "shutdown".into()).await;
+                }
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| {
+                act.status.set(Status::Stopped);
+                log::info!(
+                    "event=amqp_publisher_stopped connection={}",
+                    act.config.connection_name
+                );
+                ctx.stop();
+            }),
+        )
+    }
+}

@@ -1,0 +1,192 @@
+//! Reading a service's configuration from the environment: shared helpers so both services
+//! report a bad variable the same way, naming it, and never echo a secret's value.
+
+use std::time::Duration;
+
+/// A configuration variable that is missing or invalid. Start-up stops with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration variable {variable}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it (never its value when it is a secret).
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// An error about `variable`.
+    pub fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            variable,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where variables come from: the process environment in production, a map in tests.
+pub trait Source {
+    /// The value of `name`, if set. An empty value counts as unset.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct Environment;
+
+impl Source for Environment {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// A fixed list of variables (tests).
+impl Source for &[(&str, &str)] {
+    fn get(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_string())
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl<const N: usize> Source for [(&str, &str); N] {
+    fn get(&self, name: &str) -> Option<String> {
+        Source::get(&self.as_slice(), name)
+    }
+}
+
+/// A required variable.
+pub fn required(source: &dyn Source, name: &'static str) -> Result<String, ConfigError> {
+    source
+        .get(name)
+        .ok_or_else(|| ConfigError::new(name, "is required but not set"))
+}
+
+/// An optional variable parsed with `parse`, or `default` when unset.
+pub fn parsed<T>(
+    source: &dyn Source,
+    name: &'static str,
+    default: T,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    match source.get(name) {
+        None => Ok(default),
+        Some(value) => parse(value.trim()).map_err(|reason| ConfigError::new(name, reason)),
+    }
+}
+
+/// A positive whole number.
+pub fn positive_integer<T>(value: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + Default,
+{
+    match value.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => Err(format!("{value:?} is not a positive whole number")),
+    }
+}
+
+/// A TCP port (0-65535; 0 lets the system pick a free one, which the service logs).
+pub fn port(value: &str) -> Result<u16, String> {
+    value
+        .parse::<u16>()
+        .map_err(|_| format!("{value:?} is not a port number (0-65535)"))
+}
+
+/// A positive duration: plain seconds (`5`) or with units (`500ms`, `5s`, `2m`, `120h`).
+pub fn duration(value: &str) -> Result<Duration, String> {
+    let parsed = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(value)
+            .map_err(|_| format!("{value:?} is not a duration such as 5s, 500ms or 2m"))?,
+    };
+    if parsed.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(parsed)
+}
+
+/// An AMQP URI (`amqp://` or `amqps://`); the error never repeats the value (it may hold a
+/// password).
+pub fn amqp_uri(value: &str) -> Result<String, String> {
+    if !(value.starts_with("amqp://") || value.starts_with("amqps://")) {
+        return Err("must be an amqp:// or amqps:// URI".to_owned());
+    }
+    value
+        .parse::<lapin::uri::AMQPUri>()
+        .map_err(|_| "is not a valid AMQP URI".to_owned())?;
+    Ok(value.to_owned())
+}
+
+/// `APP_AMQP_NAME`: base name of the AMQP exchange and queue (default
+/// `github-workflow-jobs`, Canonical's); the dead-letter exchange and queue add `-dlx`/`-dlq`.
+/// Both services must use the same value. Tests and side-by-side deployments set their own.
+pub fn topology(source: &dyn Source) -> Result<crate::amqp::Topology, ConfigError> {
+    parsed(
+        source,
+        "APP_AMQP_NAME",
+        crate::amqp::Topology::default(),
+        |value| {
+            let valid = !value.is_empty()
+                && value.len() <= 200
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+            if valid {
+                Ok(crate::amqp::Topology::named(value))
+            } else {
+                Err("must be 1-200 characters of A-Z a-z 0-9 - _ . :".to_owned())
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_seconds_and_units() {
+        assert_eq!(duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(duration("0").is_err());
+        assert!(duration("soon").is_err());
+    }
+
+    #[test]
+    fn amqp_names_are_configurable_and_checked() {
+        let default = topology(&[("OTHER", "x")]).unwrap();
+        assert_eq!(default.queue, "github-workflow-jobs");
+        let custom = topology(&[("APP_AMQP_NAME", "staging-jobs")]).unwrap();
+        assert_eq!(custom.exchange, "staging-jobs");
+        assert_eq!(custom.dead_letter_queue, "staging-jobs-dlq");
+        let err = topology(&[("APP_AMQP_NAME", "bad name")]).unwrap_err();
+        assert_eq!(err.variable, "APP_AMQP_NAME");
+    }
+
+    #[test]
+    fn ports_are_checked() {
+        assert_eq!(port("8080"), Ok(8080));
+        assert_eq!(port("0"), Ok(0));
+        assert!(port("-1").is_err());
+        assert!(port("70000").is_err());
+        assert!(port("http").is_err());
+    }
+
+    #[test]
+    fn amqp_uri_errors_do_not_echo_the_value() {
+        let err = amqp_uri("http://user:hunter2@host").unwrap_err();
+        assert!(!err.contains("hunter2"));
+        assert!(amqp_uri("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
+    }
+
+    #[test]
+    fn missing_and_empty_are_reported_by_name() {
+        let source = [("SET", "x"), ("EMPTY", " ")];
+        assert_eq!(required(&source, "SET"), Ok("x".to_owned()));
+        let err = required(&source, "EMPTY").unwrap_err();
+        assert_eq!(err.variable, "EMPTY");
+        assert!(err.to_string().contains("EMPTY"));
+        assert_eq!(parsed(&source, "UNSET", 7u32, positive_integer), Ok(7));
+    }
+}

@@ -1,0 +1,175 @@
+//! Gateway configuration, read once from the environment at start-up.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use actors::amqp::Topology;
+use actors::config::{self, ConfigError, Environment, Source};
+use secrecy::SecretString;
+
+/// Everything the gateway needs to run. Built by [`Config::from_env`] in production; tests
+/// build it with [`Config::from_source`] and adjust fields (listen address, topology).
+#[derive(Debug)]
+pub struct Config {
+    /// Address to listen on. Always `0.0.0.0` from the environment; tests use `127.0.0.1`.
+    pub host: IpAddr,
+    /// `APP_PORT` (default 8080). Port 0 picks a free port (tests).
+    pub port: u16,
+    /// `RABBITMQ_CONNECT_STRING` (required): AMQP URI of the broker.
+    pub rabbitmq_uri: SecretString,
+    /// `APP_WEBHOOK_SECRET_VALUE` (required): the secret GitHub signs deliveries with.
+    pub webhook_secret: SecretString,
+    /// `APP_WEBHOOK_SECRET_PREVIOUS_VALUE` (optional): also accepted, while rotating secrets.
+    pub previous_webhook_secret: Option<SecretString>,
+    /// `APP_MAX_BODY_BYTES` (default 1 MiB): larger bodies get 413 and are not read further.
+    pub max_body_bytes: usize,
+    /// `APP_PUBLISH_TIMEOUT` (default 5 s): how long a webhook may wait for the broker's
+    /// confirm before it is answered 503.
+    pub publish_timeout: Duration,
+    /// `APP_AMQP_NAME` (default `github-workflow-jobs`): AMQP exchange and queue names.
+    pub topology: Topology,
+}
+
+/// Default of `APP_PORT`.
+pub const DEFAULT_PORT: u16 = 8080;
+/// Default of `APP_MAX_BODY_BYTES`: 1 MiB. GitHub caps payloads at 25 MB but `workflow_job`
+/// payloads are a few KB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default of `APP_PUBLISH_TIMEOUT`: well inside GitHub's 10 s delivery timeout.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Environment)
+    }
+
+    /// Reads any [`Source`] of variables (a fixed list in tests).
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let rabbitmq_uri = config::required(source, "RABBITMQ_CONNECT_STRING").and_then(|v| {
+            config::amqp_uri(&v).map_err(|r| ConfigError::new("RABBITMQ_CONNECT_STRING", r))
+        })?;
+        Ok(Self {
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: config::parsed(source, "APP_PORT", DEFAULT_PORT, config::port)?,
+            rabbitmq_uri: rabbitmq_uri.into(),
+            webhook_secret: config::required(source, "APP_WEBHOOK_SECRET_VALUE")?.into(),
+            previous_webhook_secret: source
+                .get("APP_WEBHOOK_SECRET_PREVIOUS_VALUE")
+                .map(Into::into),
+            max_body_bytes: config::parsed(
+                source,
+                "APP_MAX_BODY_BYTES",
+                DEFAULT_MAX_BODY_BYTES,
+                config::positive_integer,
+            )?,
+            publish_timeout: config::parsed(
+                source,
+                "APP_PUBLISH_TIMEOUT",
+                DEFAULT_PUBLISH_TIMEOUT,
+                config::duration,
+            )?,
+            topology: config::topology(source)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    #[test]
+    fn defaults_apply() {
+        let config = Config::from_source(&[
+            ("RABBITMQ_CONNECT_STRING", URI),
+            ("APP_WEBHOOK_SECRET_VALUE", "s3cret"),
+        ])
+        .unwrap();
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.publish_timeout, Duration::from_secs(5));
+        assert!(config.previous_webhook_secret.is_none());
+        assert_eq!(config.webhook_secret.expose_secret(), "s3cret");
+        assert_eq!(config.topology, Topology::default());
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let config = Config::from_source(&[
+            ("RABBITMQ_CONNECT_STRING", URI),
+            ("APP_WEBHOOK_SECRET_VALUE", "new"),
+            ("APP_WEBHOOK_SECRET_PREVIOUS_VALUE", "old"),
+            ("APP_PORT", "9000"),
+            ("APP_MAX_BODY_BYTES", "2048"),
+            ("APP_PUBLISH_TIMEOUT", "1500ms"),
+        ])
+        .unwrap();
+        assert_eq!(config.port, 9000);
+        assert_eq!(config.max_body_bytes, 2048);
+        assert_eq!(config.publish_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            config.previous_webhook_secret.unwrap().expose_secret(),
+            "old"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let cases: [(&[(&str, &str)], &str); 5] = [
+            (
+                &[("APP_WEBHOOK_SECRET_VALUE", "s")],
+                "RABBITMQ_CONNECT_STRING",
+            ),
+            (
+                &[("RABBITMQ_CONNECT_STRING", URI)],
+                "APP_WEBHOOK_SECRET_VALUE",
+            ),
+            (
+                &[
+                    ("RABBITMQ_CONNECT_STRING", URI),
+                    ("APP_WEBHOOK_SECRET_VALUE", "s"),
+                    ("APP_PORT", "eighty"),
+                ],
+                "APP_PORT",
+            ),
+            (
+                &[
+                    ("RABBITMQ_CONNECT_STRING", URI),
+                    ("APP_WEBHOOK_SECRET_VALUE", "s"),
+                    ("APP_MAX_BODY_BYTES", "-1"),
+                ],
+                "APP_MAX_BODY_BYTES",
+            ),
+            (
+                &[
+                    ("RABBITMQ_CONNECT_STRING", URI),
+                    ("APP_WEBHOOK_SECRET_VALUE", "s"),
+                    ("APP_PUBLISH_TIMEOUT", "0s"),
+                ],
+                "APP_PUBLISH_TIMEOUT",
+            ),
+        ];
+        for (vars, variable) in cases {
+            let err = Config::from_source(&vars).unwrap_err();
+            assert_eq!(err.variable, variable, "{err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config = Config::from_source(&[
+            (
+                "RABBITMQ_CONNECT_STRING",
+                "amqp://guest:hunter2@127.0.0.1:5672/%2f",
+            ),
+            ("APP_WEBHOOK_SECRET_VALUE", "topsecret"),
+        ])
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains("topsecret"));
+    }
+}

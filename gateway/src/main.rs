@@ -1,0 +1,30 @@
+//! `gateway`: see the crate documentation of [`gateway`].
+
+use gateway::{Application, Config};
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            log::error!("event=startup_failed {err}");
+            eprintln!("gateway: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match Application::build(config).await {
+        Ok(app) => match app.run_until_stopped().await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                log::error!("event=server_failed error={err}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Err(err) => {
+            log::error!("event=startup_failed error={err}");
+            eprintln!("gateway: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

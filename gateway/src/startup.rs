@@ -1,0 +1,112 @@
+//! Building and running the gateway: [`Application::build`] binds the listener (port 0 picks a
+//! free one) and starts the actors; [`Application::run_until_stopped`] serves until SIGTERM or
+//! SIGINT, lets in-flight requests (and so their publishes) finish, then closes the broker
+//! connection.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::{dev::Server, web, App, HttpServer};
+use actors::amqp::{Publisher, PublisherConfig, PublisherStatus, Shutdown};
+use secrecy::ExposeSecret;
+
+use crate::config::Config;
+use crate::webhook::{Secrets, Validator};
+
+/// Shared, read-only state of the HTTP handlers.
+pub struct AppState {
+    /// Signature and payload checks.
+    pub validator: Addr<Validator>,
+    /// The AMQP publisher actor.
+    pub publisher: Addr<Publisher>,
+    /// Its connection state, for `/ready`.
+    pub publisher_status: PublisherStatus,
+    /// `APP_MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+    /// `APP_PUBLISH_TIMEOUT`.
+    pub publish_timeout: Duration,
+}
+
+/// A bound, not yet running gateway.
+pub struct Application {
+    port: u16,
+    server: Server,
+    publisher: Addr<Publisher>,
+    publisher_status: PublisherStatus,
+}
+
+impl Application {
+    /// Binds `config.host:config.port` and starts the validator and publisher actors on the
+    /// current actix system.
+    pub async fn build(config: Config) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((config.host, config.port))?;
+        let port = listener.local_addr()?.port();
+
+        let (publisher, publisher_status) = Publisher::start_supervised(PublisherConfig::new(
+            config.rabbitmq_uri.expose_secret().to_owned(),
+            config.topology.clone(),
+            "github-runner-webhook-gateway",
+        ));
+        let secrets = Secrets::new(
+            &config.webhook_secret,
+            config.previous_webhook_secret.as_ref(),
+        );
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let validator = Validator::start(secrets, threads);
+
+        let state = web::Data::new(AppState {
+            validator,
+            publisher: publisher.clone(),
+            publisher_status: publisher_status.clone(),
+            max_body_bytes: config.max_body_bytes,
+            publish_timeout: config.publish_timeout,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(crate::routes::configure)
+        })
+        .listen(listener)?
+        // Slow clients: headers must arrive within 5 s, as actix's default, and the whole
+        // body within the publish timeout's order of magnitude.
+        .client_request_timeout(Duration::from_secs(5))
+        // On SIGTERM: stop accepting, give in-flight publishes their full timeout to finish.
+        .shutdown_timeout(config.publish_timeout.as_secs() + 2)
+        .run();
+        log::info!(
+            "event=gateway_listening port={port} exchange={}",
+            config.topology.exchange
+        );
+        Ok(Self {
+            port,
+            server,
+            publisher,
+            publisher_status,
+        })
+    }
+
+    /// The port the gateway listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The publisher's connection state.
+    pub fn publisher_status(&self) -> PublisherStatus {
+        self.publisher_status.clone()
+    }
+
+    /// A handle to stop the server (tests; production stops on SIGTERM/SIGINT).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, then closes the broker connection.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        log::info!("event=gateway_draining");
+        let _ = self.publisher.send(Shutdown).await;
+        log::info!("event=gateway_stopped");
+        result
+    }
+}

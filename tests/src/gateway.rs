@@ -1,0 +1,119 @@
+//! Spawning the gateway in-process on port 0 with a topology of its own.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actors::amqp::{PublisherStatus, Status, Topology};
+use gateway::{Application, Config};
+
+/// The secret test gateways check signatures with.
+pub const SECRET: &str = "it's-a-secret-to-everybody";
+/// The previous secret test gateways also accept.
+pub const PREVIOUS_SECRET: &str = "the-old-secret";
+
+/// Knobs of a test gateway.
+pub struct Options {
+    /// Broker address to use instead of the real one (a [`crate::proxy::TcpProxy`]).
+    pub broker: Option<SocketAddr>,
+    /// `APP_PUBLISH_TIMEOUT`.
+    pub publish_timeout: Duration,
+    /// `APP_MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            broker: None,
+            publish_timeout: Duration::from_secs(2),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A running in-process gateway.
+pub struct TestGateway {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Its AMQP names.
+    pub topology: Topology,
+    /// Its publisher's connection state.
+    pub status: PublisherStatus,
+    handle: ServerHandle,
+}
+
+/// The broker URL, or the same URL pointed at `via` (a proxy).
+pub fn broker_url(via: Option<SocketAddr>) -> String {
+    let url = crate::amqp::rabbitmq_url();
+    match via {
+        None => url,
+        Some(addr) => url.replace("127.0.0.1:5672", &addr.to_string()),
+    }
+}
+
+impl TestGateway {
+    /// Starts a gateway with its own topology and waits until it is connected to the broker.
+    pub async fn spawn(options: Options) -> Self {
+        let timeout = options.publish_timeout.as_millis().to_string();
+        let max_body = options.max_body_bytes.to_string();
+        let uri = broker_url(options.broker);
+        let vars: &[(&str, &str)] = &[
+            ("RABBITMQ_CONNECT_STRING", &uri),
+            ("APP_WEBHOOK_SECRET_VALUE", SECRET),
+            ("APP_WEBHOOK_SECRET_PREVIOUS_VALUE", PREVIOUS_SECRET),
+            ("APP_PUBLISH_TIMEOUT", &format!("{timeout}ms")),
+            ("APP_MAX_BODY_BYTES", &max_body),
+        ];
+        let mut config = Config::from_source(&vars).expect("test config");
+        config.host = [127, 0, 0, 1].into();
+        config.port = 0;
+        config.topology = Topology::with_prefix(&crate::unique("gw"));
+        let topology = config.topology.clone();
+        let app = Application::build(config).await.expect("gateway starts");
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let status = app.publisher_status();
+        let handle = app.handle();
+        actix_rt::spawn(app.run_until_stopped());
+        crate::within(
+            Duration::from_secs(10),
+            "the gateway to connect to RabbitMQ",
+            status.wait_for(Status::Connected),
+        )
+        .await;
+        Self {
+            url,
+            topology,
+            status,
+            handle,
+        }
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}
+
+/// Builds a webhook request as GitHub sends it, signed with `secret`.
+pub fn webhook(
+    client: &reqwest::Client,
+    url: &str,
+    event: &str,
+    delivery: &str,
+    body: Vec<u8>,
+    secret: &str,
+) -> reqwest::RequestBuilder {
+    let signature = gateway::webhook::sign(secret, &body);
+    client
+        .post(format!("{url}/webhook"))
+        .header("Content-Type", "application/json")
+        .header("User-Agent", "GitHub-Hookshot/test")
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-GitHub-Hook-ID", "123456")
+        .header("X-GitHub-Hook-Installation-Target-Type", "organization")
+        .header("X-GitHub-Hook-Installation-Target-ID", "7890")
+        .header("X-Hub-Signature-256", signature)
+        .body(body)
+}

@@ -1,0 +1,512 @@
+//! The webhook gateway against the real local RabbitMQ.
+
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable};
+use reqwest::StatusCode;
+use tests::amqp::Broker;
+use tests::fixtures::fixture;
+use tests::gateway::{webhook, Options, TestGateway, PREVIOUS_SECRET, SECRET};
+use tests::proxy::{Mode, TcpProxy};
+use tests::{unique, within};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn header<'a>(headers: &'a FieldTable, name: &str) -> &'a str {
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongString(value)) => std::str::from_utf8(value.as_bytes()).unwrap(),
+        other => panic!("header {name}: {other:?}"),
+    }
+}
+
+async fn error_of(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    body["error"].as_str().expect("error field").to_owned()
+}
+
+#[actix_rt::test]
+async fn signed_delivery_arrives_byte_for_byte_with_its_headers() {
+    let gateway = TestGateway::spawn(Options::default()).await;
+    let broker = Broker::connect(gateway.topology.clone()).await;
+    let mut queue = broker.consume(&gateway.topology.queue).await;
+    let client = reqwest::Client::new();
+
+    for name in ["queued.0", "waiting.0", "in_progress.1", "completed.0"] {
+        let body = fixture(&format!("workflow_job/{name}.json"));
+        let delivery = unique("delivery");
+        let response = webhook(
+            &client,
+            &gateway.url,
+            "workflow_job",
+            &delivery,
+            body.clone(),
+            SECRET,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+
+        let message = queue.next(WAIT).await;
+        assert_eq!(message.data, body, "{name}: body changed on the way");
+        assert_eq!(message.exchange.as_str(), gateway.topology.exchange);
+        assert_eq!(message.routing_key.as_str(), "workflow-job");
+        let properties = &message.properties;
+        assert_eq!(*properties.delivery_mode(), Some(2), "persistent");
+        assert_eq!(
+            properties.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        let headers = properties.headers().as_ref().expect("headers");
+        assert_eq!(header(headers, "X-GitHub-Event"), "workflow_job");
+        assert_eq!(header(headers, "X-GitHub-Delivery"), delivery);
+        assert_eq!(header(headers, "X-GitHub-Hook-ID"), "123456");
+        assert_eq!(
+            header(headers, "X-GitHub-Hook-Installation-Target-Type"),
+            "organization"
+        );
+        assert_eq!(
+            header(headers, "X-GitHub-Hook-Installation-Target-ID"),
+            "7890"
+        );
+    }
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+#[actix_rt::test]
+async fn previous_secret_is_accepted_during_rotation() {
+    let gateway = TestGateway::spawn(Options::default()).await;
+    let broker = Broker::connect(gateway.topology.clone()).await;
+    let mut queue = broker.consume(&gateway.topology.queue).await;
+    let body = fixture("workflow_job/queued.0.json");
+    let response = webhook(
+        &reqwest::Client::new(),
+        &gateway.url,
+        "workflow_job",
+        "rotated",
+        body.clone(),
+        PREVIOUS_SECRET,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(queue.next(WAIT).await.data, body);
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+/// Every refused request gets its status and a JSON error, and publishes nothing: after all of
+/// them one good delivery is sent, and it must be the first message on the queue.
+#[actix_rt::test]
+async fn rejections_answer_their_code_and_publish_nothing() {
+    let gateway = TestGateway::spawn(Options {
+        max_body_bytes: 16 * 1024,
+        ..Options::default()
+    })
+    .await;
+    let broker = Broker::connect(gateway.topology.clone()).await;
+    let client = reqwest::Client::new();
+    let url = &gateway.url;
+    let body = fixture("workflow_job/queued.0.json");
+    let signed = |event: &str, body: Vec<u8>| webhook(&client, url, event, "d", body, SECRET);
+
+    struct Case {
+        name: &'static str,
+        request: reqwest::RequestBuilder,
+        status: StatusCode,
+    }
+    let oversized = {
+        let mut big = br#"{"action":"queued","workflow_job":{"id":1},"pad":""#.to_vec();
+        big.extend(std::iter::repeat_n(b'x', 17 * 1024));
+        big.extend(br#""}"#);
+        big
+    };
+    let chunked = {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            (0..20).map(|_| Ok(vec![b' '; 1024])).collect();
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+    };
+    let cases = vec![
+        Case {
+            name: "empty signature",
+            request: client
+                .post(format!("{url}/webhook"))
+                .header("X-GitHub-Event", "workflow_job")
+                .header("X-Hub-Signature-256", "")
+                .body(body.clone()),
+            status: StatusCode::FORBIDDEN,
+        },
+        Case {
+            name: "signature header missing entirely",
+            request: client
+                .post(format!("{url}/webhook"))
+                .header("X-GitHub-Event", "workflow_job")
+                .body(body.clone()),
+            status: StatusCode::FORBIDDEN,
+        },
+        Case {
+            name: "wrong secret",
+            request: webhook(&client, url, "workflow_job", "d", body.clone(), "guess"),
+            status: StatusCode::FORBIDDEN,
+        },
+        Case {
+            name: "body altered after signing (replay)",
+            request: signed("workflow_job", body.clone()).body(
+                String::from_utf8(body.clone())
+                    .unwrap()
+                    .replace("queued", "complete"),
+            ),
+            status: StatusCode::FORBIDDEN,
+        },
+        Case {
+            name: "body over the limit with Content-Length",
+            request: signed("workflow_job", oversized.clone()),
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+        },
+        Case {
+            name: "body over the limit, chunked",
+            request: client
+                .post(format!("{url}/webhook"))
+                .header("X-GitHub-Event", "workflow_job")
+                .header("X-Hub-Signature-256", gateway::webhook::sign(SECRET, b""))
+                .body(chunked),
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+        },
+        Case {
+            name: "no event header",
+            request: client
+                .post(format!("{url}/webhook"))
+                .header("X-Hub-Signature-256", gateway::webhook::sign(SECRET, &body))
+                .body(body.clone()),
+            status: StatusCode::BAD_REQUEST,
+        },
+        Case {
+            name: "workflow_job without workflow_job.id",
+            request: signed(
+                "workflow_job",
+                br#"{"action":"queued","workflow_job":{}}"#.to_vec(),
+            ),
+            status: StatusCode::BAD_REQUEST,
+        },
+        Case {
+            name: "workflow_job that is not JSON",
+            request: signed("workflow_job", b"\xff\xfe not json".to_vec()),
+            status: StatusCode::BAD_REQUEST,
+        },
+        Case {
+            name: "workflow_job that is a JSON array",
+            request: signed("workflow_job", b"[1,2,3]".to_vec()),
+            status: StatusCode::BAD_REQUEST,
+        },
+        Case {
+            name: "GET on /webhook",
+            request: client.get(format!("{url}/webhook")),
+            status: StatusCode::METHOD_NOT_ALLOWED,
+        },
+        Case {
+            name: "PUT on /webhook",
+            request: client.put(format!("{url}/webhook")).body(body.clone()),
+            status: StatusCode::METHOD_NOT_ALLOWED,
+        },
+        Case {
+            name: "unknown path",
+            request: client.post(format!("{url}/hooks")).body(body.clone()),
+            status: StatusCode::NOT_FOUND,
+        },
+    ];
+    for case in cases {
+        let response = case.request.send().await.unwrap();
+        assert_eq!(response.status(), case.status, "{}", case.name);
+        if case.status == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(response.headers().contains_key("allow"), "{}", case.name);
+        }
+        let error = error_of(response).await;
+        assert!(!error.is_empty(), "{}", case.name);
+        assert!(!error.contains(SECRET), "{}", case.name);
+    }
+
+    // Answered but not forwarded.
+    let ping = signed("ping", fixture("ping.json")).send().await.unwrap();
+    assert_eq!(ping.status(), StatusCode::OK);
+    let push = signed("push", br#"{"ref":"main"}"#.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(push.status(), StatusCode::ACCEPTED);
+    let text = push.text().await.unwrap();
+    assert!(text.contains("ignored"), "{text}");
+
+    // The sentinel must be the first and only message.
+    let mut queue = broker.consume(&gateway.topology.queue).await;
+    let sentinel = webhook(
+        &client,
+        url,
+        "workflow_job",
+        "sentinel",
+        body.clone(),
+        SECRET,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(sentinel.status(), StatusCode::OK);
+    let first = queue.next(WAIT).await;
+    let headers = first.properties.headers().as_ref().unwrap();
+    assert_eq!(header(headers, "X-GitHub-Delivery"), "sentinel");
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+#[actix_rt::test]
+async fn health_and_readiness() {
+    let gateway = TestGateway::spawn(Options::default()).await;
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("{}/health", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = client
+        .get(format!("{}/ready", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let post = client
+        .post(format!("{}/health", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    gateway.stop().await;
+}
+
+/// With the queue unbound, a mandatory publish comes back unroutable: 503, never a silent 200.
+#[actix_rt::test]
+async fn unroutable_delivery_is_503_not_dropped() {
+    let gateway = TestGateway::spawn(Options::default()).await;
+    let broker = Broker::connect(gateway.topology.clone()).await;
+    broker.unbind_queue().await;
+    let response = webhook(
+        &reqwest::Client::new(),
+        &gateway.url,
+        "workflow_job",
+        "unroutable",
+        fixture("workflow_job/queued.0.json"),
+        SECRET,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+/// The broker connection is cut: webhooks get 503 with Retry-After within the publish timeout
+/// and /ready says the broker is down; once it is back the gateway reconnects by itself and
+/// publishes again.
+#[actix_rt::test]
+async fn broker_cut_gives_503_and_gateway_recovers_by_itself() {
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let publish_timeout = Duration::from_secs(2);
+    let gateway = TestGateway::spawn(Options {
+        broker: Some(proxy.addr()),
+        publish_timeout,
+        ..Options::default()
+    })
+    .await;
+    let broker = Broker::connect(gateway.topology.clone()).await;
+    let mut queue = broker.consume(&gateway.topology.queue).await;
+    let client = reqwest::Client::new();
+    let body = fixture("workflow_job/queued.0.json");
+    let send = |delivery: &str| {
+        webhook(
+            &client,
+            &gateway.url,
+            "workflow_job",
+            delivery,
+            body.clone(),
+            SECRET,
+        )
+        .send()
+    };
+
+    assert_eq!(send("before").await.unwrap().status(), StatusCode::OK);
+    queue.next(WAIT).await;
+
+    proxy.set(Mode::Cut);
+    within(
+        WAIT,
+        "the gateway to notice the cut",
+        gateway.status.wait_for(actors::amqp::Status::Connecting),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let response = send("during").await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() <= publish_timeout + Duration::from_millis(500));
+    assert!(response.headers().contains_key("retry-after"));
+    let ready = client
+        .get(format!("{}/ready", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.text().await.unwrap().contains("broker"));
+
+    proxy.set(Mode::Forward);
+    within(
+        Duration::from_secs(30),
+        "the gateway to reconnect",
+        gateway.status.wait_for(actors::amqp::Status::Connected),
+    )
+    .await;
+    let after = send("after").await.unwrap();
+    assert_eq!(after.status(), StatusCode::OK);
+    let message = queue.next(WAIT).await;
+    let headers = message.properties.headers().as_ref().unwrap();
+    assert_eq!(header(headers, "X-GitHub-Delivery"), "after");
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+/// A broker that accepts the connection but never confirms: 503 once the publish timeout is
+/// over, not a hung request.
+#[actix_rt::test]
+async fn stalled_broker_gives_503_after_the_publish_timeout() {
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let publish_timeout = Duration::from_millis(800);
+    let gateway = TestGateway::spawn(Options {
+        broker: Some(proxy.addr()),
+        publish_timeout,
+        ..Options::default()
+    })
+    .await;
+    proxy.set(Mode::Paused);
+    let started = std::time::Instant::now();
+    let response = webhook(
+        &reqwest::Client::new(),
+        &gateway.url,
+        "workflow_job",
+        "stalled",
+        fixture("workflow_job/queued.0.json"),
+        SECRET,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() >= publish_timeout);
+    assert!(started.elapsed() < publish_timeout + Duration::from_secs(2));
+    proxy.set(Mode::Forward);
+    gateway.stop().await;
+}
+
+/// The real binary: SIGTERM while a publish waits for its confirm; the request still gets its
+/// 200 once the broker answers, the message is on the queue, and the process exits 0.
+#[actix_rt::test]
+async fn sigterm_finishes_in_flight_publishes_and_exits_zero() {
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let uri = tests::gateway::broker_url(Some(proxy.addr()));
+    let topology = actors::amqp::Topology::with_prefix(&unique("sigterm"));
+    let mut service = tests::process::Service::spawn(
+        "gateway",
+        &[],
+        &[
+            ("RABBITMQ_CONNECT_STRING", &uri),
+            ("APP_WEBHOOK_SECRET_VALUE", SECRET),
+            ("APP_PORT", "0"),
+            ("APP_PUBLISH_TIMEOUT", "10s"),
+            ("APP_AMQP_NAME", &topology.queue),
+        ],
+    );
+    let port = service
+        .logged_value("event=gateway_listening", "port", WAIT)
+        .await;
+    service.wait_for_log("event=amqp_connected", WAIT).await;
+    let broker = Broker::connect(topology).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let mut queue = broker.consume(&broker.topology.queue).await;
+
+    proxy.set(Mode::Paused);
+    let body = fixture("workflow_job/completed.0.json");
+    let delivery = unique("sigterm");
+    let in_flight = tokio::spawn(
+        webhook(
+            &reqwest::Client::new(),
+            &url,
+            "workflow_job",
+            &delivery,
+            body.clone(),
+            SECRET,
+        )
+        .send(),
+    );
+    within(
+        WAIT,
+        "the publish to reach the (stalled) broker",
+        proxy.held_at_least(body.len() as u64),
+    )
+    .await;
+    service.terminate();
+    service.wait_for_log("graceful shutdown", WAIT).await;
+    proxy.set(Mode::Forward);
+
+    let response = within(WAIT, "the in-flight request", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let status = service.wait(WAIT).await;
+    assert_eq!(status.code(), Some(0));
+    let message = queue.next(WAIT).await;
+    let headers = message.properties.headers().as_ref().unwrap();
+    assert_eq!(header(headers, "X-GitHub-Delivery"), delivery);
+    assert_eq!(message.data, body);
+    broker.cleanup().await;
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_the_variable() {
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[("APP_WEBHOOK_SECRET_VALUE", "s")],
+            "RABBITMQ_CONNECT_STRING",
+        ),
+        (
+            &[("RABBITMQ_CONNECT_STRING", "amqp://127.0.0.1:5672/%2f")],
+            "APP_WEBHOOK_SECRET_VALUE",
+        ),
+        (
+            &[
+                ("RABBITMQ_CONNECT_STRING", "http://user:hunter2@127.0.0.1"),
+                ("APP_WEBHOOK_SECRET_VALUE", "s"),
+            ],
+            "RABBITMQ_CONNECT_STRING",
+        ),
+        (
+            &[
+                ("RABBITMQ_CONNECT_STRING", "amqp://127.0.0.1:5672/%2f"),
+                ("APP_WEBHOOK_SECRET_VALUE", "s"),
+                ("APP_MAX_BODY_BYTES", "lots"),
+            ],
+            "APP_MAX_BODY_BYTES",
+        ),
+    ];
+    for (vars, variable) in cases {
+        let output = std::process::Command::new(tests::process::binary("gateway"))
+            .env_clear()
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(variable), "{variable}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+}
