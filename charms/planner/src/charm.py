@@ -208,16 +208,15 @@ class PlannerCharm(ops.CharmBase):
         if blocked:
             return ops.BlockedStatus("; ".join(blocked))
 
-        rabbitmq_uri = self.rabbitmq.connect_string()
-        db_uri = self.postgresql.connect_string()
-        waiting = [
-            name for name, uri in (("rabbitmq", rabbitmq_uri), ("postgresql", db_uri)) if not uri
-        ]
+        uris = {
+            "rabbitmq": self.rabbitmq.connect_string(),
+            "postgresql": self.postgresql.connect_string(),
+        }
+        waiting = [name for name, uri in uris.items() if not uri]
         if waiting:
             return ops.WaitingStatus(f"waiting for {' and '.join(waiting)} credentials")
-        assert rabbitmq_uri and db_uri
-        env["RABBITMQ_CONNECT_STRING"] = rabbitmq_uri
-        env["POSTGRESQL_DB_CONNECT_STRING"] = db_uri
+        env["RABBITMQ_CONNECT_STRING"] = str(uris["rabbitmq"])
+        env["POSTGRESQL_DB_CONNECT_STRING"] = str(uris["postgresql"])
 
         status = self._migrate(container, env)
         if status is not None:
