@@ -201,8 +201,11 @@ class LogForwarder:
             "juju_charm": topology.charm_name,
         }
         targets: dict[str, dict] = {}
-        for name in existing or {}:
-            if name.startswith("loki-"):
+        for name, target in (existing or {}).items():
+            # Disable targets of departed Loki units (a layer cannot delete a target); once
+            # disabled, leave them alone so the merged service list does not keep growing.
+            services = list(target.services or [])
+            if name.startswith("loki-") and services and services[-1] != "-all":
                 targets[name] = {"override": "merge", "services": ["-all"]}
         for name, url in self.endpoints().items():
             targets[name] = {

@@ -329,4 +329,8 @@ def test_logging_adds_and_disables_pebble_log_target(ctx, gateway):
     )
     out2 = ctx.run(ctx.on.relation_broken(gone), st)
     services = out2.get_container("gateway").plan.log_targets["loki-loki-0"].services
-    assert "-all" in services
+    assert services[-1] == "-all"
+
+    # Later hooks leave the disabled target as it is.
+    out3 = ctx.run(ctx.on.update_status(), out2)
+    assert out3.get_container("gateway").plan.log_targets["loki-loki-0"].services == services
