@@ -339,3 +339,22 @@ def test_admin_token_rotation_updates_environment(ctx, planner):
     st = state(planner.port, config={"admin-token": secret.id}, secrets=[secret])
     out = ctx.run(ctx.on.secret_changed(secret), st)
     assert env_of(out)["APP_ADMIN_TOKEN_VALUE"] == new_token
+
+
+def test_ingress_requested_with_api_port(ctx, planner):
+    ingress = testing.Relation("ingress", remote_app_name="traefik")
+    out = ctx.run(
+        ctx.on.relation_joined(ingress),
+        state(planner.port, relations=[rabbitmq(), postgresql(), ingress]),
+    )
+    data = out.get_relation(ingress.id).local_app_data
+    assert json.loads(data["port"]) == planner.port
+    assert json.loads(data["name"]) == "planner"
+
+
+def test_non_leader_does_not_request_database(ctx, planner):
+    pg = testing.Relation("postgresql", remote_app_name="postgresql-k8s")
+    out = ctx.run(
+        ctx.on.relation_joined(pg), state(planner.port, leader=False, relations=[rabbitmq(), pg])
+    )
+    assert out.get_relation(pg.id).local_app_data == {}

@@ -334,3 +334,24 @@ def test_logging_adds_and_disables_pebble_log_target(ctx, gateway):
     # Later hooks leave the disabled target as it is.
     out3 = ctx.run(ctx.on.update_status(), out2)
     assert out3.get_container("gateway").plan.log_targets["loki-loki-0"].services == services
+
+
+def test_blocked_when_previous_secret_not_granted(ctx, gateway):
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(
+            gateway.port,
+            config={"previous-webhook-secret": PREVIOUS.id},
+            relations=[rabbitmq_k8s()],
+        ),
+    )
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith(
+        "previous-webhook-secret: secret not found or not granted"
+    )
+
+
+def test_upgrade_charm_replans(ctx, gateway):
+    out = ctx.run(ctx.on.upgrade_charm(), state(gateway.port, relations=[rabbitmq_k8s()]))
+    assert out.unit_status == testing.ActiveStatus("")
+    assert "gateway" in out.get_container("gateway").plan.services
