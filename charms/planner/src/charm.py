@@ -86,6 +86,9 @@ class PlannerCharm(ops.CharmBase):
             self.on.update_status,
             self.on.secret_changed,
             self.on[CONTAINER].pebble_ready,
+            # The ready check (GET /ready) changing state, e.g. the broker connection is lost.
+            self.on[CONTAINER].pebble_check_failed,
+            self.on[CONTAINER].pebble_check_recovered,
             self.tracing.on.endpoint_changed,
             self.tracing.on.endpoint_removed,
         ):
@@ -234,7 +237,7 @@ class PlannerCharm(ops.CharmBase):
         workload.apply_layer(container, "planner", layer)
         self.unit.set_ports(port, int(env["OTEL_EXPORTER_PROMETHEUS_PORT"]))
 
-        if not http.is_ready(f"http://127.0.0.1:{port}/ready"):
+        if not http.wait_ready(f"http://127.0.0.1:{port}/ready"):
             return ops.WaitingStatus("waiting for the planner to be ready (GET /ready)")
 
         if self.unit.is_leader():

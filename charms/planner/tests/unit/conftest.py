@@ -194,3 +194,11 @@ def closed_port() -> int:
     port = server.server_address[1]
     server.server_close()
     return port
+
+
+@pytest.fixture(autouse=True)
+def fast_ready_polling(monkeypatch):
+    """Do not sleep between /ready polls in tests."""
+    from runner_common import http as runner_http
+
+    monkeypatch.setattr(runner_http, "READY_DELAY", 0.0)

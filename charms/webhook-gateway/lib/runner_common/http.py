@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 import typing
 import urllib.error
 import urllib.request
@@ -15,6 +16,9 @@ import urllib.request
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
+# After a (re)start the workload needs a moment before /ready answers: poll a few times.
+READY_ATTEMPTS = 5
+READY_DELAY = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,4 +102,25 @@ def is_ready(url: str, timeout: float = 2.0) -> bool:
     if 200 <= resp.status < 300:
         return True
     logger.info("workload not ready: GET %s -> %s", url, resp.status)
+    return False
+
+
+def wait_ready(url: str, attempts: int | None = None, delay: float | None = None) -> bool:
+    """Poll the readiness endpoint a few times.
+
+    Args:
+        url: the readiness URL.
+        attempts: how many times to ask (default ``READY_ATTEMPTS``).
+        delay: seconds between attempts (default ``READY_DELAY``).
+
+    Returns:
+        True as soon as the endpoint answers 2xx, False when it never did.
+    """
+    attempts = READY_ATTEMPTS if attempts is None else attempts
+    delay = READY_DELAY if delay is None else delay
+    for attempt in range(max(attempts, 1)):
+        if attempt:
+            time.sleep(delay)
+        if is_ready(url):
+            return True
     return False

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cosl
@@ -355,3 +356,19 @@ def test_upgrade_charm_replans(ctx, gateway):
     out = ctx.run(ctx.on.upgrade_charm(), state(gateway.port, relations=[rabbitmq_k8s()]))
     assert out.unit_status == testing.ActiveStatus("")
     assert "gateway" in out.get_container("gateway").plan.services
+
+
+def test_ready_check_events_refresh_status(ctx, gateway):
+    out = ctx.run(ctx.on.config_changed(), state(gateway.port, relations=[rabbitmq_k8s()]))
+    check = testing.CheckInfo("gateway-ready", level=pebble.CheckLevel.READY)
+    container = dataclasses.replace(out.get_container("gateway"), check_infos={check})
+    st = dataclasses.replace(out, containers=[container])
+    gateway.ready_status = 503
+    gateway.requests.clear()
+    out = ctx.run(ctx.on.pebble_check_failed(container, check), st)
+    assert out.unit_status.name == "waiting"
+    # Polled several times before giving up.
+    assert gateway.requests.count("/ready") == 5
+    gateway.ready_status = 200
+    out = ctx.run(ctx.on.pebble_check_recovered(out.get_container("gateway"), check), out)
+    assert out.unit_status == testing.ActiveStatus("")
