@@ -1,0 +1,360 @@
+# Copyright 2026 runner-planner contributors
+# See LICENSE file for licensing details.
+
+"""State-transition tests of the planner charm: config, relations, status and migrations."""
+
+from __future__ import annotations
+
+import json
+
+import cosl
+import pytest
+from ops import pebble, testing
+
+from charm import PlannerCharm
+
+from .conftest import ADMIN_TOKEN
+
+ADMIN = testing.Secret({"value": ADMIN_TOKEN})
+MIGRATE = testing.Exec(["/usr/local/bin/planner", "migrate"])
+DB_URI = "postgresql://planner-user:pw%3Ax@pg-primary.model.svc:5432/planner"
+
+
+def rabbitmq() -> testing.Relation:
+    return testing.Relation(
+        "rabbitmq",
+        remote_app_name="rabbitmq",
+        remote_app_data={"hostname": "rabbitmq.model.svc", "password": "rpw"},
+    )
+
+
+def postgresql(**data) -> testing.Relation:
+    app_data = {
+        "endpoints": "pg-primary.model.svc:5432,pg-replica.model.svc:5432",
+        "username": "planner-user",
+        "password": "pw:x",
+        "database": "planner",
+    }
+    app_data.update(data)
+    return testing.Relation(
+        "postgresql", remote_app_name="postgresql-k8s", remote_app_data=app_data
+    )
+
+
+def state(
+    port: int,
+    *,
+    leader=True,
+    config=None,
+    relations=None,
+    secrets=(ADMIN,),
+    execs=(MIGRATE,),
+    peer_data=None,
+    **kwargs,
+) -> testing.State:
+    cfg = {"admin-token": ADMIN.id, "port": port}
+    cfg.update(config or {})
+    if relations is None:
+        relations = [rabbitmq(), postgresql()]
+    peer = testing.PeerRelation("planner-peers", local_app_data=peer_data or {})
+    return testing.State(
+        leader=leader,
+        config={k: v for k, v in cfg.items() if v is not None},
+        relations=[*relations, peer],
+        secrets=list(secrets),
+        containers=[testing.Container("planner", can_connect=True, execs=set(execs))],
+        **kwargs,
+    )
+
+
+def env_of(out: testing.State) -> dict:
+    return out.get_container("planner").plan.services["planner"].environment
+
+
+def peer_of(out: testing.State) -> dict:
+    (peer,) = [r for r in out.relations if r.endpoint == "planner-peers"]
+    return peer.local_app_data
+
+
+@pytest.fixture
+def ctx():
+    return testing.Context(PlannerCharm)
+
+
+def test_waits_for_pebble(ctx):
+    st = testing.State(containers=[testing.Container("planner", can_connect=False)])
+    out = ctx.run(ctx.on.update_status(), st)
+    assert out.unit_status == testing.WaitingStatus("waiting for Pebble in the planner container")
+
+
+def test_blocked_names_every_missing_piece(ctx, planner):
+    out = ctx.run(
+        ctx.on.config_changed(), state(planner.port, config={"admin-token": None}, relations=[])
+    )
+    assert out.unit_status == testing.BlockedStatus(
+        "missing admin-token config (a Juju secret id); missing rabbitmq and postgresql relations"
+    )
+
+
+def test_blocked_without_postgresql(ctx, planner):
+    out = ctx.run(ctx.on.config_changed(), state(planner.port, relations=[rabbitmq()]))
+    assert out.unit_status == testing.BlockedStatus("missing postgresql relation")
+
+
+def test_blocked_on_malformed_admin_token(ctx, planner):
+    bad = testing.Secret({"value": "not-a-planner-token"})
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(planner.port, config={"admin-token": bad.id}, secrets=[bad]),
+    )
+    assert out.unit_status == testing.BlockedStatus(
+        "admin-token: value must match ^planner_v0_[A-Za-z0-9_-]{20}$"
+    )
+
+
+def test_blocked_when_admin_token_not_granted(ctx, planner):
+    out = ctx.run(ctx.on.config_changed(), state(planner.port, secrets=()))
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith("admin-token: secret not found or not granted")
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"job-max-age": "5 days"}, "invalid job-max-age config: '5 days' is not a duration"),
+        ({"stream-heartbeat": ""}, "invalid stream-heartbeat config: '' is not a duration"),
+        ({"metrics-port": 0}, "invalid metrics-port config: 0 not in [1, 65535]"),
+    ],
+)
+def test_blocked_on_invalid_config(ctx, planner, config, message):
+    out = ctx.run(ctx.on.config_changed(), state(planner.port, config=config))
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith(message)
+
+
+def test_requests_database_and_broker_then_waits(ctx, planner):
+    rmq = testing.Relation("rabbitmq", remote_app_name="rabbitmq")
+    pg = testing.Relation("postgresql", remote_app_name="postgresql-k8s")
+    out = ctx.run(ctx.on.relation_joined(pg), state(planner.port, relations=[rmq, pg]))
+    assert out.unit_status == testing.WaitingStatus(
+        "waiting for rabbitmq and postgresql credentials"
+    )
+    pg_data = out.get_relation(pg.id).local_app_data
+    assert pg_data["database"] == "planner"
+    assert "password" in json.loads(pg_data["requested-secrets"])
+    assert out.get_relation(rmq.id).local_app_data == {"username": "planner", "vhost": "/"}
+
+
+def test_postgresql_credentials_from_secret(ctx, planner):
+    user = testing.Secret({"username": "relation-7", "password": "s3"})
+    pg = testing.Relation(
+        "postgresql",
+        remote_app_name="postgresql-k8s",
+        remote_app_data={"endpoints": "pg:5432", "secret-user": user.id, "database": "planner"},
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(pg),
+        state(planner.port, relations=[rabbitmq(), pg], secrets=[ADMIN, user]),
+    )
+    assert (
+        env_of(out)["POSTGRESQL_DB_CONNECT_STRING"] == "postgresql://relation-7:s3@pg:5432/planner"
+    )
+
+
+def test_leader_migrates_then_serves(ctx, planner):
+    out = ctx.run(ctx.on.config_changed(), state(planner.port))
+    assert [e.command for e in ctx.exec_history["planner"]] == [
+        ["/usr/local/bin/planner", "migrate"]
+    ]
+    migrate_env = ctx.exec_history["planner"][0].environment
+    assert migrate_env["POSTGRESQL_DB_CONNECT_STRING"] == DB_URI
+    assert peer_of(out)["migrated"]
+    assert out.unit_status == testing.ActiveStatus()
+    assert env_of(out) == {
+        "APP_PORT": str(planner.port),
+        "APP_ADMIN_TOKEN_VALUE": ADMIN_TOKEN,
+        "APP_IGNORED_LABELS": "self-hosted,linux",
+        "APP_JOB_MAX_AGE": "120h",
+        "APP_STREAM_HEARTBEAT": "30s",
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": "9464",
+        "POSTGRESQL_DB_CONNECT_STRING": DB_URI,
+        "RABBITMQ_CONNECT_STRING": "amqp://planner:rpw@rabbitmq.model.svc:5672/%2F",
+        "RUST_LOG": "info",
+    }
+    container = out.get_container("planner")
+    assert container.plan.services["planner"].command == "/usr/local/bin/planner serve"
+    assert container.service_statuses["planner"] == pebble.ServiceStatus.ACTIVE
+    assert container.plan.checks["planner-ready"].level == pebble.CheckLevel.READY
+    assert {p.port for p in out.opened_ports} == {planner.port, 9464}
+
+    # Already migrated for this database: no second migration.
+    ctx2 = testing.Context(PlannerCharm)
+    ctx2.run(ctx2.on.update_status(), out)
+    assert ctx2.exec_history.get("planner", []) == []
+
+
+def test_migration_failure_waits_and_does_not_start(ctx, planner):
+    failing = testing.Exec(
+        ["/usr/local/bin/planner", "migrate"], return_code=1, stderr="error: connection refused\n"
+    )
+    out = ctx.run(ctx.on.config_changed(), state(planner.port, execs=[failing]))
+    assert out.unit_status == testing.WaitingStatus(
+        "database migration failed, will retry: error: connection refused"
+    )
+    assert "migrated" not in peer_of(out)
+    assert out.get_container("planner").plan.services == {}
+
+
+def test_non_leader_waits_for_leader_migration(ctx, planner):
+    out = ctx.run(ctx.on.config_changed(), state(planner.port, leader=False))
+    assert out.unit_status == testing.WaitingStatus(
+        "waiting for the leader to migrate the database"
+    )
+    assert ctx.exec_history.get("planner", []) == []
+
+
+def test_non_leader_serves_once_migrated_and_leaves_relations_alone(ctx, planner):
+    leader_out = testing.Context(PlannerCharm).run(
+        testing.Context(PlannerCharm).on.config_changed(), state(planner.port)
+    )
+    runner = testing.Relation(
+        "planner", remote_app_name="github-runner", remote_app_data={"flavor": "small"}
+    )
+    st = state(planner.port, leader=False, peer_data=peer_of(leader_out))
+    st = testing.State(**{**st.__dict__, "relations": [*st.relations, runner]})
+    planner.calls.clear()
+    out = ctx.run(ctx.on.relation_changed(runner), st)
+    assert out.unit_status == testing.ActiveStatus()
+    assert ctx.exec_history.get("planner", []) == []
+    assert planner.api_calls() == []
+    assert out.get_relation(runner.id).local_app_data == {}
+
+
+def test_upgrade_reruns_migrations(ctx, planner):
+    out = ctx.run(ctx.on.config_changed(), state(planner.port))
+    ctx2 = testing.Context(PlannerCharm)
+    ctx2.run(ctx2.on.upgrade_charm(), out)
+    assert len(ctx2.exec_history["planner"]) == 1
+
+
+def test_waits_for_peer_relation(ctx, planner):
+    st = state(planner.port)
+    st = testing.State(
+        **{**st.__dict__, "relations": [r for r in st.relations if r.endpoint != "planner-peers"]}
+    )
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert out.unit_status == testing.WaitingStatus("waiting for the peer relation")
+
+
+def test_waiting_while_not_ready(ctx, planner):
+    planner.ready_status = 503
+    out = ctx.run(ctx.on.update_status(), state(planner.port))
+    assert out.unit_status == testing.WaitingStatus(
+        "waiting for the planner to be ready (GET /ready)"
+    )
+
+
+def test_config_reaches_environment(ctx, planner):
+    config = {
+        "ignored-labels": " self-hosted , linux,X64 ",
+        "job-max-age": "48h",
+        "stream-heartbeat": "1m30s",
+        "log-level": "planner=debug",
+        "metrics-port": 9100,
+    }
+    out = ctx.run(ctx.on.config_changed(), state(planner.port, config=config))
+    env = env_of(out)
+    assert env["APP_IGNORED_LABELS"] == "self-hosted,linux,X64"
+    assert env["APP_JOB_MAX_AGE"] == "48h"
+    assert env["APP_STREAM_HEARTBEAT"] == "1m30s"
+    assert env["RUST_LOG"] == "planner=debug"
+    assert env["OTEL_EXPORTER_PROMETHEUS_PORT"] == "9100"
+
+
+def test_tracing_endpoint(ctx, planner):
+    tracing = testing.Relation(
+        "tracing",
+        remote_app_name="tempo",
+        remote_app_data={
+            "receivers": json.dumps(
+                [{"protocol": {"name": "otlp_http", "type": "http"}, "url": "http://tempo:4318"}]
+            )
+        },
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(tracing),
+        state(planner.port, relations=[rabbitmq(), postgresql(), tracing]),
+    )
+    assert env_of(out)["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == "http://tempo:4318/v1/traces"
+
+
+def test_metrics_endpoint_and_alert_rules(ctx, planner):
+    rel = testing.Relation("metrics-endpoint", remote_app_name="prometheus")
+    out = ctx.run(ctx.on.relation_joined(rel), state(planner.port, relations=[rel]))
+    data = out.get_relation(rel.id).local_app_data
+    groups = json.loads(data["alert_rules"])["groups"]
+    alerts = {rule["alert"] for group in groups for rule in group["rules"]}
+    assert {
+        "PlannerNoWebhookForAnHour",
+        "PlannerDeadLettersGrowing",
+        "PlannerBrokerDisconnected",
+    } <= alerts
+    assert json.loads(data["scrape_jobs"])[0]["static_configs"] == [{"targets": ["*:9464"]}]
+
+
+def test_grafana_dashboard(ctx, planner):
+    rel = testing.Relation("grafana-dashboard", remote_app_name="grafana")
+    out = ctx.run(ctx.on.relation_joined(rel), state(planner.port, relations=[rel]))
+    data = json.loads(out.get_relation(rel.id).local_app_data["dashboards"])
+    (template,) = data["templates"].values()
+    dashboard = json.loads(cosl.LZMABase64.decompress(template["content"]))
+    assert "github_runner_planner_flavor_pressure" in json.dumps(dashboard)
+
+
+def test_logging_target(ctx, planner):
+    loki = testing.Relation(
+        "logging",
+        remote_app_name="loki",
+        remote_units_data={1: {"endpoint": json.dumps({"url": "http://loki-1:3100/push"})}},
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(loki),
+        state(planner.port, relations=[rabbitmq(), postgresql(), loki]),
+    )
+    target = out.get_container("planner").plan.log_targets["loki-loki-1"]
+    assert target.location == "http://loki-1:3100/push"
+    assert target.labels["juju_application"] == "planner"
+
+
+def test_postgresql_broken_blocks(ctx, planner):
+    pg = postgresql()
+    out = ctx.run(ctx.on.relation_broken(pg), state(planner.port, relations=[rabbitmq(), pg]))
+    assert out.unit_status == testing.BlockedStatus("missing postgresql relation")
+
+
+def test_admin_token_rotation_updates_environment(ctx, planner):
+    new_token = "planner_v0_ZYXWVUTSRQ9876543210"
+    secret = testing.Secret({"value": ADMIN_TOKEN}, latest_content={"value": new_token})
+    st = state(planner.port, config={"admin-token": secret.id}, secrets=[secret])
+    out = ctx.run(ctx.on.secret_changed(secret), st)
+    assert env_of(out)["APP_ADMIN_TOKEN_VALUE"] == new_token
+
+
+def test_ingress_requested_with_api_port(ctx, planner):
+    ingress = testing.Relation("ingress", remote_app_name="traefik")
+    out = ctx.run(
+        ctx.on.relation_joined(ingress),
+        state(planner.port, relations=[rabbitmq(), postgresql(), ingress]),
+    )
+    data = out.get_relation(ingress.id).local_app_data
+    assert json.loads(data["port"]) == planner.port
+    assert json.loads(data["name"]) == "planner"
+
+
+def test_non_leader_does_not_request_database(ctx, planner):
+    pg = testing.Relation("postgresql", remote_app_name="postgresql-k8s")
+    out = ctx.run(
+        ctx.on.relation_joined(pg), state(planner.port, leader=False, relations=[rabbitmq(), pg])
+    )
+    assert out.get_relation(pg.id).local_app_data == {}

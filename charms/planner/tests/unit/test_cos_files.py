@@ -1,0 +1,58 @@
+# Copyright 2026 runner-planner contributors
+# See LICENSE file for licensing details.
+
+"""Dashboards and alert rules only use the metrics the services export."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+import yaml
+
+SRC = pathlib.Path(__file__).parents[2] / "src"
+METRICS = {
+    "github_runner_webhook_gateway_inbound_total",
+    "github_runner_webhook_gateway_inbound_errors_total",
+    "github_runner_webhook_gateway_outbound_total",
+    "github_runner_webhook_gateway_outbound_errors_total",
+    "github_runner_planner_flavor_pressure",
+    "github_runner_planner_webhook_consumed_total",
+    "github_runner_planner_webhook_errors_total",
+    "github_runner_planner_webhook_discarded_total",
+    *(
+        f"github_runner_planner_webhook_job_{kind}_seconds_{suffix}"
+        for kind in ("waiting", "running")
+        for suffix in ("bucket", "sum", "count")
+    ),
+}
+METRIC_RE = re.compile(r"github_runner_[a-z_]+")
+
+
+def expressions() -> list[str]:
+    exprs = []
+    for path in (SRC / "prometheus_alert_rules").glob("*.rule"):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            exprs += [rule["expr"] for rule in group["rules"]]
+    for path in (SRC / "grafana_dashboards").glob("*.json"):
+        for panel in json.loads(path.read_text())["panels"]:
+            exprs += [target["expr"] for target in panel.get("targets", [])]
+    return exprs
+
+
+def test_files_exist():
+    assert list((SRC / "prometheus_alert_rules").glob("*.rule"))
+    assert list((SRC / "grafana_dashboards").glob("*.json"))
+
+
+def test_only_exported_metrics_are_used():
+    used = {m for expr in expressions() for m in METRIC_RE.findall(expr)}
+    assert used
+    assert used <= METRICS, used - METRICS
+
+
+def test_dashboards_use_the_cos_datasource_variable():
+    for path in (SRC / "grafana_dashboards").glob("*.json"):
+        for panel in json.loads(path.read_text())["panels"]:
+            assert panel["datasource"]["uid"] == "${prometheusds}"

@@ -1,0 +1,374 @@
+# Copyright 2026 runner-planner contributors
+# See LICENSE file for licensing details.
+
+"""State-transition tests of the webhook-gateway charm."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import cosl
+import pytest
+from ops import pebble, testing
+
+from charm import WebhookGatewayCharm
+
+SECRET = testing.Secret({"value": "s3cret"})
+PREVIOUS = testing.Secret({"value": "old-s3cret"})
+
+
+def rabbitmq_k8s(**kwargs) -> testing.Relation:
+    return testing.Relation(
+        "rabbitmq",
+        remote_app_name="rabbitmq",
+        remote_app_data={"hostname": "rabbitmq.model.svc", "password": "p@ss/word"},
+        **kwargs,
+    )
+
+
+def state(port: int, *, leader=True, config=None, relations=(), secrets=(SECRET,), **kwargs):
+    cfg = {"webhook-secret": SECRET.id, "port": port}
+    cfg.update(config or {})
+    return testing.State(
+        leader=leader,
+        config={k: v for k, v in cfg.items() if v is not None},
+        relations=list(relations),
+        secrets=list(secrets),
+        containers=[testing.Container("gateway", can_connect=True)],
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def ctx():
+    return testing.Context(WebhookGatewayCharm)
+
+
+def env_of(out: testing.State) -> dict:
+    plan = out.get_container("gateway").plan
+    return plan.services["gateway"].environment
+
+
+def test_waits_for_pebble(ctx, gateway):
+    st = testing.State(
+        leader=True,
+        config={"webhook-secret": SECRET.id},
+        secrets=[SECRET],
+        containers=[testing.Container("gateway", can_connect=False)],
+    )
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert out.unit_status == testing.WaitingStatus("waiting for Pebble in the gateway container")
+
+
+def test_blocked_names_every_missing_piece(ctx, gateway):
+    out = ctx.run(ctx.on.config_changed(), state(gateway.port, config={"webhook-secret": None}))
+    assert out.unit_status == testing.BlockedStatus(
+        "missing webhook-secret config (a Juju secret id); missing rabbitmq relation"
+    )
+
+
+def test_blocked_without_rabbitmq_relation(ctx, gateway):
+    out = ctx.run(ctx.on.config_changed(), state(gateway.port))
+    assert out.unit_status == testing.BlockedStatus("missing rabbitmq relation")
+    assert out.get_container("gateway").plan.services == {}
+
+
+def test_blocked_when_secret_not_granted(ctx, gateway):
+    out = ctx.run(
+        ctx.on.config_changed(), state(gateway.port, relations=[rabbitmq_k8s()], secrets=())
+    )
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert "webhook-secret: secret not found or not granted" in out.unit_status.message
+
+
+def test_blocked_when_secret_has_no_value_key(ctx, gateway):
+    bad = testing.Secret({"token": "x"})
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(
+            gateway.port,
+            config={"webhook-secret": bad.id},
+            relations=[rabbitmq_k8s()],
+            secrets=[bad],
+        ),
+    )
+    assert out.unit_status == testing.BlockedStatus("webhook-secret: secret has no 'value' key")
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"max-body-bytes": 0}, "invalid max-body-bytes config: 0 not in [1, 1073741824]"),
+        ({"publish-timeout": "soon"}, "invalid publish-timeout config: 'soon' is not a duration"),
+        ({"metrics-port": "same"}, "metrics-port must differ from port"),
+        ({"port": 70000}, "invalid port config: 70000 not in [1, 65535]"),
+    ],
+)
+def test_blocked_on_invalid_config(ctx, gateway, config, message):
+    if config.get("metrics-port") == "same":
+        config = {"metrics-port": gateway.port}
+    out = ctx.run(
+        ctx.on.config_changed(), state(gateway.port, config=config, relations=[rabbitmq_k8s()])
+    )
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert out.unit_status.message.startswith(message)
+
+
+def test_rabbitmq_joined_requests_access_and_waits_for_credentials(ctx, gateway):
+    rel = testing.Relation("rabbitmq", remote_app_name="rabbitmq")
+    out = ctx.run(ctx.on.relation_joined(rel), state(gateway.port, relations=[rel]))
+    rel_out = out.get_relation(rel.id)
+    assert rel_out.local_app_data == {"username": "webhook-gateway", "vhost": "/"}
+    assert rel_out.local_unit_data["username"] == "webhook-gateway"
+    assert out.unit_status == testing.WaitingStatus("waiting for rabbitmq credentials")
+
+
+def test_non_leader_does_not_write_app_data(ctx, gateway):
+    rel = testing.Relation("rabbitmq", remote_app_name="rabbitmq")
+    out = ctx.run(ctx.on.relation_joined(rel), state(gateway.port, leader=False, relations=[rel]))
+    rel_out = out.get_relation(rel.id)
+    assert rel_out.local_app_data == {}
+    assert rel_out.local_unit_data["vhost"] == "/"
+
+
+def test_active_with_full_environment(ctx, gateway):
+    rel = rabbitmq_k8s()
+    out = ctx.run(ctx.on.relation_changed(rel), state(gateway.port, relations=[rel]))
+    assert out.unit_status == testing.ActiveStatus("")
+    assert env_of(out) == {
+        "APP_PORT": str(gateway.port),
+        "APP_MAX_BODY_BYTES": "1048576",
+        "APP_PUBLISH_TIMEOUT": "5s",
+        "APP_WEBHOOK_SECRET_VALUE": "s3cret",
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": "9464",
+        "RABBITMQ_CONNECT_STRING": "amqp://webhook-gateway:p%40ss%2Fword@rabbitmq.model.svc:5672/%2F",
+        "RUST_LOG": "info",
+    }
+    container = out.get_container("gateway")
+    assert container.plan.services["gateway"].command == "/usr/local/bin/gateway"
+    assert container.service_statuses["gateway"] == pebble.ServiceStatus.ACTIVE
+    checks = container.plan.checks
+    assert checks["gateway-ready"].http == {"url": f"http://localhost:{gateway.port}/ready"}
+    assert checks["gateway-alive"].level == pebble.CheckLevel.ALIVE
+    assert {p.port for p in out.opened_ports} == {gateway.port, 9464}
+    assert "/ready" in gateway.requests
+
+
+def test_config_options_reach_the_environment(ctx, gateway):
+    config = {
+        "max-body-bytes": 2048,
+        "publish-timeout": "2s",
+        "metrics-port": 9000,
+        "log-level": "gateway=debug",
+        "previous-webhook-secret": PREVIOUS.id,
+    }
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(gateway.port, config=config, relations=[rabbitmq_k8s()], secrets=[SECRET, PREVIOUS]),
+    )
+    env = env_of(out)
+    assert env["APP_MAX_BODY_BYTES"] == "2048"
+    assert env["APP_PUBLISH_TIMEOUT"] == "2s"
+    assert env["OTEL_EXPORTER_PROMETHEUS_PORT"] == "9000"
+    assert env["RUST_LOG"] == "gateway=debug"
+    assert env["APP_WEBHOOK_SECRET_PREVIOUS_VALUE"] == "old-s3cret"
+    assert out.unit_status == testing.ActiveStatus("")
+
+
+def test_secret_rotation_updates_environment(ctx, gateway):
+    secret = testing.Secret({"value": "v1"}, latest_content={"value": "v2"})
+    st = state(
+        gateway.port,
+        config={"webhook-secret": secret.id},
+        relations=[rabbitmq_k8s()],
+        secrets=[secret],
+    )
+    out = ctx.run(ctx.on.secret_changed(secret), st)
+    assert env_of(out)["APP_WEBHOOK_SECRET_VALUE"] == "v2"
+
+
+def test_machine_rabbitmq_unit_data(ctx, gateway):
+    rel = testing.Relation(
+        "rabbitmq",
+        remote_app_name="rabbitmq-server",
+        remote_units_data={0: {"hostname": "10.1.2.3", "password": "pw"}},
+    )
+    out = ctx.run(ctx.on.relation_changed(rel), state(gateway.port, relations=[rel]))
+    assert env_of(out)["RABBITMQ_CONNECT_STRING"] == "amqp://webhook-gateway:pw@10.1.2.3:5672/%2F"
+
+
+def test_waiting_while_not_ready(ctx, gateway):
+    gateway.ready_status = 503
+    out = ctx.run(ctx.on.update_status(), state(gateway.port, relations=[rabbitmq_k8s()]))
+    assert out.unit_status == testing.WaitingStatus(
+        "waiting for the gateway to be ready (GET /ready)"
+    )
+
+
+def test_waiting_while_workload_unreachable(ctx, closed_port):
+    out = ctx.run(
+        ctx.on.pebble_ready(testing.Container("gateway", can_connect=True)),
+        state(closed_port, relations=[rabbitmq_k8s()]),
+    )
+    assert out.unit_status == testing.WaitingStatus(
+        "waiting for the gateway to be ready (GET /ready)"
+    )
+
+
+def test_rabbitmq_broken_blocks(ctx, gateway):
+    rel = rabbitmq_k8s()
+    out = ctx.run(ctx.on.relation_broken(rel), state(gateway.port, relations=[rel]))
+    assert out.unit_status == testing.BlockedStatus("missing rabbitmq relation")
+
+
+def test_tracing_endpoint(ctx, gateway):
+    tracing = testing.Relation(
+        "tracing",
+        remote_app_name="tempo",
+        remote_app_data={
+            "receivers": json.dumps(
+                [{"protocol": {"name": "otlp_http", "type": "http"}, "url": "http://tempo:4318/"}]
+            )
+        },
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(tracing),
+        state(gateway.port, relations=[rabbitmq_k8s(), tracing]),
+    )
+    assert env_of(out)["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == "http://tempo:4318/v1/traces"
+    requested = out.get_relation(tracing.id).local_app_data["receivers"]
+    assert json.loads(requested) == ["otlp_http"]
+
+
+def test_tracing_removed(ctx, gateway):
+    tracing = testing.Relation("tracing", remote_app_name="tempo")
+    out = ctx.run(
+        ctx.on.relation_broken(tracing), state(gateway.port, relations=[rabbitmq_k8s(), tracing])
+    )
+    assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in env_of(out)
+
+
+def test_ingress(ctx, gateway):
+    ingress = testing.Relation(
+        "ingress",
+        remote_app_name="traefik",
+        remote_app_data={"ingress": json.dumps({"url": "https://hooks.example.com/m-gw/"})},
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(ingress), state(gateway.port, relations=[rabbitmq_k8s(), ingress])
+    )
+    app_data = out.get_relation(ingress.id).local_app_data
+    assert json.loads(app_data["port"]) == gateway.port
+    assert json.loads(app_data["name"]) == "webhook-gateway"
+    assert json.loads(app_data["strip-prefix"]) is True
+    assert "host" in out.get_relation(ingress.id).local_unit_data
+    assert out.unit_status == testing.ActiveStatus(
+        "webhook URL: https://hooks.example.com/m-gw/webhook"
+    )
+
+
+def test_metrics_endpoint_publishes_jobs_and_alert_rules(ctx, gateway):
+    rel = testing.Relation("metrics-endpoint", remote_app_name="prometheus")
+    out = ctx.run(ctx.on.relation_joined(rel), state(gateway.port, relations=[rel]))
+    rel_out = out.get_relation(rel.id)
+    jobs = json.loads(rel_out.local_app_data["scrape_jobs"])
+    assert jobs == [{"metrics_path": "/metrics", "static_configs": [{"targets": ["*:9464"]}]}]
+    meta = json.loads(rel_out.local_app_data["scrape_metadata"])
+    assert meta["application"] == "webhook-gateway"
+    groups = json.loads(rel_out.local_app_data["alert_rules"])["groups"]
+    alerts = {rule["alert"] for group in groups for rule in group["rules"]}
+    assert {"GatewayBrokerDisconnected", "GatewayTargetDown"} <= alerts
+    for group in groups:
+        for rule in group["rules"]:
+            assert rule["labels"]["juju_application"] == "webhook-gateway"
+    assert rel_out.local_unit_data["prometheus_scrape_unit_name"] == "webhook-gateway/0"
+
+
+def test_grafana_dashboard_published(ctx, gateway):
+    rel = testing.Relation("grafana-dashboard", remote_app_name="grafana")
+    out = ctx.run(ctx.on.relation_joined(rel), state(gateway.port, relations=[rel]))
+    data = json.loads(out.get_relation(rel.id).local_app_data["dashboards"])
+    assert data["templates"]
+    for template in data["templates"].values():
+        dashboard = json.loads(cosl.LZMABase64.decompress(template["content"]))
+        exprs = json.dumps(dashboard)
+        assert "github_runner_webhook_gateway_inbound_total" in exprs
+        assert template["charm"] == "webhook-gateway"
+
+
+def test_grafana_dashboard_not_published_by_non_leader(ctx, gateway):
+    rel = testing.Relation("grafana-dashboard", remote_app_name="grafana")
+    out = ctx.run(ctx.on.relation_joined(rel), state(gateway.port, leader=False, relations=[rel]))
+    assert "dashboards" not in out.get_relation(rel.id).local_app_data
+
+
+def test_logging_adds_and_disables_pebble_log_target(ctx, gateway):
+    loki = testing.Relation(
+        "logging",
+        remote_app_name="loki",
+        remote_units_data={
+            0: {"endpoint": json.dumps({"url": "http://loki:3100/loki/api/v1/push"})}
+        },
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(loki), state(gateway.port, relations=[rabbitmq_k8s(), loki])
+    )
+    targets = out.get_container("gateway").plan.log_targets
+    assert targets["loki-loki-0"].location == "http://loki:3100/loki/api/v1/push"
+    assert targets["loki-loki-0"].services == ["all"]
+
+    # The relation goes away: the target is disabled rather than left forwarding.
+    gone = testing.Relation("logging", remote_app_name="loki", id=loki.id)
+    st = testing.State(
+        leader=True,
+        config={"webhook-secret": SECRET.id, "port": gateway.port},
+        secrets=[SECRET],
+        relations=[rabbitmq_k8s(), gone],
+        containers=[out.get_container("gateway")],
+    )
+    out2 = ctx.run(ctx.on.relation_broken(gone), st)
+    services = out2.get_container("gateway").plan.log_targets["loki-loki-0"].services
+    assert services[-1] == "-all"
+
+    # Later hooks leave the disabled target as it is.
+    out3 = ctx.run(ctx.on.update_status(), out2)
+    assert out3.get_container("gateway").plan.log_targets["loki-loki-0"].services == services
+
+
+def test_blocked_when_previous_secret_not_granted(ctx, gateway):
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(
+            gateway.port,
+            config={"previous-webhook-secret": PREVIOUS.id},
+            relations=[rabbitmq_k8s()],
+        ),
+    )
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith(
+        "previous-webhook-secret: secret not found or not granted"
+    )
+
+
+def test_upgrade_charm_replans(ctx, gateway):
+    out = ctx.run(ctx.on.upgrade_charm(), state(gateway.port, relations=[rabbitmq_k8s()]))
+    assert out.unit_status == testing.ActiveStatus("")
+    assert "gateway" in out.get_container("gateway").plan.services
+
+
+def test_ready_check_events_refresh_status(ctx, gateway):
+    out = ctx.run(ctx.on.config_changed(), state(gateway.port, relations=[rabbitmq_k8s()]))
+    check = testing.CheckInfo("gateway-ready", level=pebble.CheckLevel.READY)
+    container = dataclasses.replace(out.get_container("gateway"), check_infos={check})
+    st = dataclasses.replace(out, containers=[container])
+    gateway.ready_status = 503
+    gateway.requests.clear()
+    out = ctx.run(ctx.on.pebble_check_failed(container, check), st)
+    assert out.unit_status.name == "waiting"
+    # Polled several times before giving up.
+    assert gateway.requests.count("/ready") == 5
+    gateway.ready_status = 200
+    out = ctx.run(ctx.on.pebble_check_recovered(out.get_container("gateway"), check), out)
+    assert out.unit_status == testing.ActiveStatus("")
