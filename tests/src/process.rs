@@ -6,11 +6,11 @@ use std::path::PathBuf;
 /// Path of a workspace binary next to the running test executable (`target/<profile>/NAME`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory");
+    // target/<profile>/deps/<test-binary> or target/<profile>/<bin> -> target/<profile>/<name>
+    let mut dir = exe.parent().expect("target directory");
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir = dir.parent().expect("target directory");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -21,23 +21,44 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
-/// A service binary running as a child process; killed if dropped while running.
+/// A service binary running as a child process; killed if dropped while running. Its log
+/// (stderr) is read continuously in the background, so a chatty service never blocks on a full
+/// pipe, and every line is kept for [`Service::wait_for_log`].
 pub struct Service {
     child: Child,
-    log: Lines<BufReader<ChildStderr>>,
-    seen: Vec<String>,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// Number of lines read so far; closed when the log ends.
+    count: watch::Receiver<usize>,
 }
 
 impl Service {
     /// Starts `binary` with `args` and exactly the environment `vars` (plus `PATH`, and
     /// `RUST_LOG=info` unless given).
     pub fn spawn(binary: &str, args: &[&str], vars: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(self::binary(binary));
+        Self::spawn_path(self::binary(binary), args, vars)
+    }
+
+    /// Like [`Service::spawn`], with the release build of `binary` (benchmarks).
+    pub fn spawn_release(binary: &str, args: &[&str], vars: &[(&str, &str)]) -> Self {
+        let path = self::binary(binary);
+        let release = path
+            .parent()
+            .and_then(|dir| dir.parent())
+            .map(|target| target.join("release").join(binary))
+            .filter(|p| p.exists())
+            .unwrap_or(path);
+        Self::spawn_path(release, args, vars)
+    }
+
+    fn spawn_path(path: PathBuf, args: &[&str], vars: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(path);
         command
             .args(args)
             .env_clear()
@@ -50,25 +71,47 @@ impl Service {
             .kill_on_drop(true);
         let mut child = command.spawn().expect("spawn service binary");
         let stderr = child.stderr.take().expect("stderr is piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (count_tx, count) = watch::channel(0);
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let mut all = sink.lock().unwrap();
+                all.push(line);
+                count_tx.send_replace(all.len());
+            }
+            // Dropping count_tx closes the channel: the log has ended.
+        });
         Self {
             child,
-            log: BufReader::new(stderr).lines(),
-            seen: Vec::new(),
+            lines,
+            count,
         }
     }
 
-    /// The first log line (from now on) containing `needle`; fails the test after `limit` or
-    /// if the process ends first, showing what it logged.
+    /// The first log line containing `needle` (already logged or still to come); fails the
+    /// test after `limit` or if the process ends first, showing what it logged.
     pub async fn wait_for_log(&mut self, needle: &str, limit: Duration) -> String {
+        let find = |lines: &Arc<Mutex<Vec<String>>>| {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|line| line.contains(needle))
+                .cloned()
+        };
+        let lines = self.lines.clone();
+        let mut count = self.count.clone();
         let search = async {
-            while let Ok(Some(line)) = self.log.next_line().await {
-                let found = line.contains(needle);
-                self.seen.push(line.clone());
-                if found {
+            loop {
+                if let Some(line) = find(&lines) {
                     return Some(line);
                 }
+                if count.changed().await.is_err() {
+                    return find(&lines);
+                }
             }
-            None
         };
         match tokio::time::timeout(limit, search).await {
             Ok(Some(line)) => line,
@@ -79,9 +122,14 @@ impl Service {
                 } else {
                     "process ended"
                 },
-                self.seen.join("\n")
+                self.log()
             ),
         }
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
     }
 
     /// The value of `key=` in a log line containing `needle` (e.g. the port it listens on).
@@ -94,9 +142,14 @@ impl Service {
             .to_owned()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process is running")
+    }
+
     /// Sends SIGTERM, as an orchestrator stopping the service does.
     pub fn terminate(&self) {
-        let pid = self.child.id().expect("process is running");
+        let pid = self.pid();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
@@ -104,14 +157,10 @@ impl Service {
         assert!(status.success(), "kill -TERM {pid} failed");
     }
 
-    /// Waits for the process to exit (draining its log), failing the test after `limit`.
+    /// Waits for the process to exit, failing the test after `limit`.
     pub async fn wait(mut self, limit: Duration) -> ExitStatus {
-        let drain = async {
-            while let Ok(Some(line)) = self.log.next_line().await {
-                self.seen.push(line);
-            }
-            self.child.wait().await.expect("wait for child")
-        };
-        crate::within(limit, "the process to exit", drain).await
+        crate::within(limit, "the process to exit", self.child.wait())
+            .await
+            .expect("wait for child")
     }
 }
