@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use actors::amqp::Topology;
 use actors::config::{self, ConfigError, Environment, Source};
+use actors::telemetry::TelemetryConfig;
 use secrecy::SecretString;
 
 /// Everything the gateway needs to run. Built by [`Config::from_env`] in production; tests
@@ -28,6 +29,8 @@ pub struct Config {
     pub publish_timeout: Duration,
     /// `APP_AMQP_NAME` (default `github-workflow-jobs`): AMQP exchange and queue names.
     pub topology: Topology,
+    /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
+    pub telemetry: TelemetryConfig,
 }
 
 /// Default of `APP_PORT`.
@@ -70,6 +73,7 @@ impl Config {
                 config::duration,
             )?,
             topology: config::topology(source)?,
+            telemetry: TelemetryConfig::from_source(source)?,
         })
     }
 }

@@ -4,10 +4,12 @@
 //! - [`config`]: the typed configuration, read once from the environment.
 //! - [`webhook`]: the pure checks (signature, event, payload shape) and the validator actor.
 //! - [`routes`]: `POST /webhook`, `GET /health`, `GET /ready`.
+//! - [`metrics`]: the Prometheus metrics, served on their own listener.
 //! - [`startup`]: [`Application`], which binds the listener and starts the actors.
 
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod routes;
 pub mod startup;
 pub mod webhook;

@@ -1,10 +1,11 @@
 //! `gateway`: see the crate documentation of [`gateway`].
 
+use actors::telemetry::{init_logging, Tracing};
 use gateway::{Application, Config};
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -13,7 +14,14 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match Application::build(config).await {
+    let tracing = match Tracing::init("github-runner-webhook-gateway", &config.telemetry) {
+        Ok(tracing) => tracing,
+        Err(err) => {
+            eprintln!("gateway: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let code = match Application::build(config).await {
         Ok(app) => match app.run_until_stopped().await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(err) => {
@@ -26,5 +34,7 @@ async fn main() -> std::process::ExitCode {
             eprintln!("gateway: {err}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    tracing.shutdown();
+    code
 }

@@ -7,11 +7,13 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::{dev::Server, web, App, HttpServer};
-use actors::amqp::{Publisher, PublisherConfig, PublisherStatus, Shutdown};
+use actix_web::{dev::Server, middleware, web, App, HttpServer};
+use actors::amqp::{Publisher, PublisherConfig, PublisherStatus, Shutdown, Status};
+use actors::telemetry::{metrics_server, HttpMetrics};
 use secrecy::ExposeSecret;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::webhook::{Secrets, Validator};
 
 /// Shared, read-only state of the HTTP handlers.
@@ -26,12 +28,16 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// `APP_PUBLISH_TIMEOUT`.
     pub publish_timeout: Duration,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
 }
 
 /// A bound, not yet running gateway.
 pub struct Application {
     port: u16,
+    metrics_port: u16,
     server: Server,
+    metrics_server: Server,
     publisher: Addr<Publisher>,
     publisher_status: PublisherStatus,
 }
@@ -55,16 +61,37 @@ impl Application {
         let threads = std::thread::available_parallelism().map_or(2, usize::from);
         let validator = Validator::start(secrets, threads);
 
+        let metrics = Metrics::new().map_err(std::io::Error::other)?;
+        let (metrics_server, metrics_port) = metrics_server(
+            metrics.registry.clone(),
+            config.telemetry.prometheus_host,
+            config.telemetry.prometheus_port,
+        )?;
+        let gauge = metrics.broker_connected.clone();
+        let mut changes = publisher_status.subscribe();
+        actix_web::rt::spawn(async move {
+            loop {
+                gauge.set(i64::from(*changes.borrow_and_update() == Status::Connected));
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let http_metrics = web::Data::new(metrics.http.clone());
+
         let state = web::Data::new(AppState {
             validator,
             publisher: publisher.clone(),
             publisher_status: publisher_status.clone(),
             max_body_bytes: config.max_body_bytes,
             publish_timeout: config.publish_timeout,
+            metrics,
         });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(http_metrics.clone())
+                .wrap(middleware::from_fn(HttpMetrics::middleware))
                 .configure(crate::routes::configure)
         })
         .listen(listener)?
@@ -75,12 +102,14 @@ impl Application {
         .shutdown_timeout(config.publish_timeout.as_secs() + 2)
         .run();
         log::info!(
-            "event=gateway_listening port={port} exchange={}",
+            "event=gateway_listening port={port} metrics_port={metrics_port} exchange={}",
             config.topology.exchange
         );
         Ok(Self {
             port,
+            metrics_port,
             server,
+            metrics_server,
             publisher,
             publisher_status,
         })
@@ -89,6 +118,11 @@ impl Application {
     /// The port the gateway listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the Prometheus `/metrics` listener.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
     }
 
     /// The publisher's connection state.
@@ -103,7 +137,10 @@ impl Application {
 
     /// Serves until stopped, then closes the broker connection.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let metrics_handle = self.metrics_server.handle();
+        actix_web::rt::spawn(self.metrics_server);
         let result = self.server.await;
+        metrics_handle.stop(true).await;
         log::info!("event=gateway_draining");
         let _ = self.publisher.send(Shutdown).await;
         log::info!("event=gateway_stopped");

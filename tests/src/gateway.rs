@@ -40,6 +40,8 @@ pub struct TestGateway {
     pub topology: Topology,
     /// Its publisher's connection state.
     pub status: PublisherStatus,
+    /// `http://127.0.0.1:<port>/metrics`.
+    pub metrics_url: String,
     handle: ServerHandle,
 }
 
@@ -69,9 +71,12 @@ impl TestGateway {
         config.host = [127, 0, 0, 1].into();
         config.port = 0;
         config.topology = Topology::with_prefix(&crate::unique("gw"));
+        config.telemetry.prometheus_host = [127, 0, 0, 1].into();
+        config.telemetry.prometheus_port = 0;
         let topology = config.topology.clone();
         let app = Application::build(config).await.expect("gateway starts");
         let url = format!("http://127.0.0.1:{}", app.port());
+        let metrics_url = format!("http://127.0.0.1:{}/metrics", app.metrics_port());
         let status = app.publisher_status();
         let handle = app.handle();
         actix_rt::spawn(app.run_until_stopped());
@@ -85,6 +90,7 @@ impl TestGateway {
             url,
             topology,
             status,
+            metrics_url,
             handle,
         }
     }

@@ -7,6 +7,7 @@ pub mod fixtures;
 pub mod gateway;
 pub mod process;
 pub mod proxy;
+pub mod telemetry;
 
 use std::future::Future;
 use std::time::Duration;

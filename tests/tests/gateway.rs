@@ -423,6 +423,7 @@ async fn sigterm_finishes_in_flight_publishes_and_exits_zero() {
             ("APP_PORT", "0"),
             ("APP_PUBLISH_TIMEOUT", "10s"),
             ("APP_AMQP_NAME", &topology.queue),
+            ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
         ],
     );
     let port = service
@@ -509,4 +510,145 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
         assert!(stderr.contains(variable), "{variable}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{stderr}");
     }
+}
+
+#[actix_rt::test]
+async fn metrics_count_every_outcome() {
+    use tests::telemetry::Scrape;
+    let gateway = TestGateway::spawn(Options::default()).await;
+    let broker = Broker::connect(gateway.topology.clone()).await;
+    let client = reqwest::Client::new();
+    let body = fixture("workflow_job/queued.0.json");
+    let send = |event: &str, secret: &str| {
+        webhook(&client, &gateway.url, event, "m", body.clone(), secret).send()
+    };
+    assert_eq!(send("workflow_job", SECRET).await.unwrap().status(), 200);
+    assert_eq!(send("workflow_job", "wrong").await.unwrap().status(), 403);
+    assert_eq!(send("ping", SECRET).await.unwrap().status(), 200);
+
+    let scrape = Scrape::get(&gateway.metrics_url).await;
+    let prefix = "github_runner_webhook_gateway";
+    assert_eq!(scrape.value(&format!("{prefix}_inbound_total")), 3.0);
+    assert_eq!(scrape.value(&format!("{prefix}_inbound_errors_total")), 1.0);
+    assert_eq!(
+        scrape.value(&format!(
+            "{prefix}_rejected_total{{reason=\"bad_signature\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        scrape.value(&format!(
+            "{prefix}_rejected_total{{reason=\"body_too_large\"}}"
+        )),
+        0.0
+    );
+    assert_eq!(scrape.value(&format!("{prefix}_ignored_total")), 1.0);
+    assert_eq!(scrape.value(&format!("{prefix}_outbound_total")), 1.0);
+    assert_eq!(
+        scrape.value(&format!("{prefix}_outbound_errors_total")),
+        0.0
+    );
+    assert_eq!(
+        scrape.value(&format!("{prefix}_publish_confirm_seconds_count")),
+        1.0
+    );
+    assert_eq!(scrape.value(&format!("{prefix}_broker_connected")), 1.0);
+    assert_eq!(
+        scrape.value(&format!(
+            "{prefix}_http_requests_total{{method=\"POST\",route=\"/webhook\",status=\"200\"}}"
+        )),
+        2.0
+    );
+    assert_eq!(
+        scrape.value(&format!(
+            "{prefix}_http_requests_total{{method=\"POST\",route=\"/webhook\",status=\"403\"}}"
+        )),
+        1.0
+    );
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+/// With `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` set, the real binary exports a receive span and a
+/// publish span (its child) to an OTLP/HTTP receiver, and the message on the queue carries the
+/// publish span's context in `traceparent`.
+#[actix_rt::test]
+async fn traces_are_exported_and_the_context_travels_in_amqp_headers() {
+    use tests::telemetry::{attribute, OtlpReceiver};
+    let mut receiver = OtlpReceiver::start();
+    let topology = actors::amqp::Topology::with_prefix(&unique("trace"));
+    let broker = Broker::connect(topology.clone()).await;
+    let mut queue = broker.consume(&topology.queue).await;
+    let uri = tests::gateway::broker_url(None);
+    let mut service = tests::process::Service::spawn(
+        "gateway",
+        &[],
+        &[
+            ("RABBITMQ_CONNECT_STRING", &uri),
+            ("APP_WEBHOOK_SECRET_VALUE", SECRET),
+            ("APP_PORT", "0"),
+            ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
+            ("APP_AMQP_NAME", &topology.queue),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &receiver.endpoint),
+        ],
+    );
+    let port = service
+        .logged_value("event=gateway_listening", "port", WAIT)
+        .await;
+    service.wait_for_log("event=amqp_connected", WAIT).await;
+    let delivery = unique("traced");
+    let response = webhook(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}"),
+        "workflow_job",
+        &delivery,
+        fixture("workflow_job/queued.1.json"),
+        SECRET,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let message = queue.next(WAIT).await;
+    let traceparent = header(
+        message.properties.headers().as_ref().unwrap(),
+        "traceparent",
+    )
+    .to_owned();
+
+    // Shutdown flushes the batch exporter.
+    service.terminate();
+    let spans = receiver.until("webhook receive", WAIT).await;
+    assert_eq!(service.wait(WAIT).await.code(), Some(0));
+    let receive = spans.iter().find(|s| s.name == "webhook receive").unwrap();
+    let publish = spans
+        .iter()
+        .find(|s| s.name.starts_with("publish"))
+        .expect("a publish span");
+    assert_eq!(publish.trace_id, receive.trace_id);
+    assert_eq!(publish.parent_span_id, receive.span_id);
+    assert_eq!(
+        attribute(receive, "github.delivery_id").as_deref(),
+        Some(delivery.as_str())
+    );
+    assert_eq!(
+        attribute(receive, "github.event").as_deref(),
+        Some("workflow_job")
+    );
+    assert_eq!(
+        attribute(receive, "github.action").as_deref(),
+        Some("queued")
+    );
+    assert_eq!(
+        attribute(receive, "github.job_id").as_deref(),
+        Some("12877621891")
+    );
+    let expected = format!("00-{}-{}-01", hex(&publish.trace_id), hex(&publish.span_id));
+    assert_eq!(traceparent, expected);
+    receiver.stop().await;
+    broker.cleanup().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

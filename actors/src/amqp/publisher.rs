@@ -102,6 +102,11 @@ impl PublisherStatus {
         self.get() == Status::Connected
     }
 
+    /// A receiver that sees every change of status (e.g. to drive a gauge).
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.0.subscribe()
+    }
+
     /// Resolves once the status is `status`.
     pub async fn wait_for(&self, status: Status) {
         let mut receiver = self.0.subscribe();

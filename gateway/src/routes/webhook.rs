@@ -1,8 +1,15 @@
 //! `POST /webhook`: check, publish, and answer 200 only after the broker's confirm.
 
-use actix_web::{http::header::HeaderMap, web, HttpRequest, HttpResponse};
+use std::time::Instant;
+
+use actix_web::{http::header::HeaderMap, web, HttpRequest, HttpResponse, ResponseError};
 use actors::amqp::{Publish, PublishError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use opentelemetry::{
+    global,
+    trace::{SpanKind, Status, TraceContextExt, Tracer},
+    Context, KeyValue,
+};
 use serde_json::json;
 
 use crate::error::GatewayError;
@@ -32,15 +39,45 @@ pub async fn receive(
     let delivery = header(headers, "X-GitHub-Delivery")
         .unwrap_or("-")
         .to_owned();
-    let result = handle(headers, payload, &state, &delivery).await;
-    match &result {
-        Ok(_) => {}
-        Err(err) => log::warn!(
+    let metrics = &state.metrics;
+    metrics.inbound.inc();
+
+    let tracer = global::tracer("gateway");
+    let span = tracer
+        .span_builder("webhook receive")
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("http.route", "/webhook"),
+            KeyValue::new("github.delivery_id", delivery.clone()),
+            KeyValue::new(
+                "github.event",
+                header(headers, "X-GitHub-Event").unwrap_or("").to_owned(),
+            ),
+        ])
+        .start(&tracer);
+    let context = Context::current_with_span(span);
+
+    let result = handle(headers, payload, &state, &delivery, &context).await;
+    if let Err(err) = &result {
+        let status = err.status_code();
+        if matches!(err, GatewayError::Unavailable { .. }) {
+            metrics.outbound_errors.inc();
+        } else {
+            if status.is_client_error() {
+                metrics.inbound_errors.inc();
+            }
+            metrics.rejected.with_label_values(&[err.reason()]).inc();
+        }
+        context
+            .span()
+            .set_status(Status::error(err.reason().to_owned()));
+        log::warn!(
             "event=webhook_rejected delivery={delivery:?} reason={} status={}",
             err.reason(),
-            actix_web::ResponseError::status_code(err).as_u16()
-        ),
+            status.as_u16()
+        );
     }
+    context.span().end();
     result
 }
 
@@ -49,6 +86,7 @@ async fn handle(
     payload: web::Payload,
     state: &AppState,
     delivery: &str,
+    context: &Context,
 ) -> Result<HttpResponse, GatewayError> {
     // 1. Signature header first: nothing else is read without one.
     let signature = header(headers, "X-Hub-Signature-256")
@@ -82,10 +120,12 @@ async fn handle(
 
     let (action, job_id) = match verdict {
         Verdict::Ping => {
+            state.metrics.ignored.inc();
             log::info!("event=webhook_ping delivery={delivery:?}");
             return Ok(HttpResponse::Ok().json(json!({ "status": "pong" })));
         }
         Verdict::Ignored { event } => {
+            state.metrics.ignored.inc();
             log::info!("event=webhook_ignored delivery={delivery:?} github_event={event:?}");
             return Ok(HttpResponse::Accepted().json(json!({
                 "status": "ignored",
@@ -94,14 +134,32 @@ async fn handle(
         }
         Verdict::Forward { action, job_id } => (action, job_id),
     };
+    let span = context.span();
+    span.set_attribute(KeyValue::new("github.action", action.clone()));
+    span.set_attribute(KeyValue::new("github.job_id", job_id as i64));
 
-    // 5. Publish and wait for the broker's confirm, bounded by APP_PUBLISH_TIMEOUT.
+    // 5. Publish and wait for the broker's confirm, bounded by APP_PUBLISH_TIMEOUT. The
+    //    publish span's context travels in the AMQP headers (`traceparent`).
+    let tracer = global::tracer("gateway");
+    let publish_span = tracer
+        .span_builder("publish github-workflow-jobs")
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "rabbitmq"),
+            KeyValue::new("messaging.destination.name", "github-workflow-jobs"),
+            KeyValue::new("github.delivery_id", delivery.to_owned()),
+            KeyValue::new("github.job_id", job_id as i64),
+        ])
+        .start_with_context(&tracer, context);
+    let publish_context = context.with_span(publish_span);
     let mut amqp_headers = FieldTable::default();
     for name in FORWARDED_HEADERS {
         if let Some(value) = header(headers, name) {
             amqp_headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
         }
     }
+    actors::telemetry::inject(&publish_context, &mut amqp_headers);
+    let started = Instant::now();
     let publish = state.publisher.send(Publish {
         body: body.to_vec(),
         content_type: "application/json",
@@ -115,8 +173,22 @@ async fn handle(
             state.publish_timeout
         ))),
     };
+    match &outcome {
+        Ok(()) => publish_context.span().end(),
+        Err(err) => {
+            publish_context
+                .span()
+                .set_status(Status::error(err.to_string()));
+            publish_context.span().end();
+        }
+    }
     match outcome {
         Ok(()) => {
+            state
+                .metrics
+                .publish_confirm_seconds
+                .observe(started.elapsed().as_secs_f64());
+            state.metrics.outbound.inc();
             log::info!(
                 "event=webhook_published delivery={delivery:?} action={action:?} job_id={job_id}"
             );

@@ -169,6 +169,7 @@ async fn gateway_scenarios(body: Vec<u8>, ceiling: f64, rows: &mut Vec<Row>) {
             ("APP_WEBHOOK_SECRET_VALUE", SECRET),
             ("APP_PORT", "0"),
             ("APP_AMQP_NAME", &topology.queue),
+            ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
             // One log line per webhook is for operators, not for a benchmark.
             ("RUST_LOG", "info,gateway::routes=warn"),
         ],

@@ -1,0 +1,143 @@
+//! Reading what the services export: Prometheus text from `/metrics`, and OTLP/HTTP trace
+//! exports received by a real receiver started inside the test.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use tokio::sync::mpsc;
+
+/// One scrape: each series (`name{labels}`) with its value.
+pub struct Scrape(pub BTreeMap<String, f64>);
+
+impl Scrape {
+    /// GETs `url` and parses the Prometheus text format.
+    pub async fn get(url: &str) -> Self {
+        let text = reqwest::get(url)
+            .await
+            .expect("scrape /metrics")
+            .error_for_status()
+            .expect("/metrics answers 200")
+            .text()
+            .await
+            .expect("metrics body");
+        let series = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .filter_map(|line| {
+                let (key, value) = line.rsplit_once(' ')?;
+                Some((key.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Self(series)
+    }
+
+    /// The value of one series, e.g. `foo_total` or `foo_total{reason="x"}`; fails the test
+    /// when it is not exported.
+    pub fn value(&self, series: &str) -> f64 {
+        *self
+            .0
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} is not exported; have: {:#?}", self.0.keys()))
+    }
+
+    /// The metric names exported (labels stripped, histogram/summary suffixes kept).
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        self.0
+            .keys()
+            .map(|key| key.split('{').next().unwrap_or(key).to_owned())
+            .collect()
+    }
+}
+
+/// An OTLP/HTTP (protobuf) trace receiver on 127.0.0.1:0 that decodes every export.
+pub struct OtlpReceiver {
+    /// The URL to set as `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    pub endpoint: String,
+    spans: mpsc::UnboundedReceiver<Span>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl OtlpReceiver {
+    /// Starts the receiver.
+    pub fn start() -> Self {
+        let (sender, spans) = mpsc::unbounded_channel();
+        let sender = web::Data::new(sender);
+        let server = HttpServer::new(move || {
+            App::new().app_data(sender.clone()).route(
+                "/v1/traces",
+                web::post().to(
+                    |body: web::Bytes, sender: web::Data<mpsc::UnboundedSender<Span>>| async move {
+                        let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                            return HttpResponse::BadRequest().finish();
+                        };
+                        for resource in request.resource_spans {
+                            for scope in resource.scope_spans {
+                                for span in scope.spans {
+                                    let _ = sender.send(span);
+                                }
+                            }
+                        }
+                        HttpResponse::Ok()
+                            .content_type("application/x-protobuf")
+                            .finish()
+                    },
+                ),
+            )
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind OTLP receiver");
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}/v1/traces"),
+            spans,
+            handle,
+        }
+    }
+
+    /// The next span received, waiting up to `limit`.
+    pub async fn next(&mut self, limit: std::time::Duration) -> Span {
+        crate::within(limit, "an exported span", self.spans.recv())
+            .await
+            .expect("receiver open")
+    }
+
+    /// Receives spans until one named `name` arrives; returns it and every span before it.
+    pub async fn until(&mut self, name: &str, limit: std::time::Duration) -> Vec<Span> {
+        let mut seen = Vec::new();
+        loop {
+            let span = self.next(limit).await;
+            let done = span.name == name;
+            seen.push(span);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Stops the receiver.
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// The string or integer value of attribute `key` of `span`, as text.
+pub fn attribute(span: &Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .map(|value| match value {
+            Value::StringValue(s) => s.clone(),
+            Value::IntValue(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+}
