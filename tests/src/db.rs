@@ -37,6 +37,38 @@ pub fn with_database(url: &str, name: &str) -> String {
     out
 }
 
+/// `url` with its `host:port` replaced by `address` (to go through a proxy).
+pub fn with_address(url: &str, address: std::net::SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").expect("URL has a scheme");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let credentials = authority
+        .rsplit_once('@')
+        .map(|(credentials, _)| credentials);
+    match credentials {
+        Some(credentials) => format!("{scheme}://{credentials}@{address}{path}"),
+        None => format!("{scheme}://{address}{path}"),
+    }
+}
+
+/// The `host:port` of a URL, resolved.
+pub async fn socket_address(url: &str) -> std::net::SocketAddr {
+    let (_, rest) = url.split_once("://").expect("URL has a scheme");
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    tokio::net::lookup_host(host_port)
+        .await
+        .expect("resolve database host")
+        .next()
+        .expect("database host has an address")
+}
+
 fn admin_connection() -> PgConnection {
     let url = database_url();
     PgConnection::establish(&url).unwrap_or_else(|err| {
@@ -171,6 +203,11 @@ mod tests {
         assert_eq!(
             with_database("postgres://h/postgres?sslmode=disable", "x"),
             "postgres://h/x?sslmode=disable"
+        );
+        let proxy: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(
+            with_address("postgres://u:p@db:5432/x", proxy),
+            "postgres://u:p@127.0.0.1:9/x"
         );
     }
 }

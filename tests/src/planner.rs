@@ -338,6 +338,28 @@ impl TestPublisher {
         out
     }
 
+    /// Takes messages from the dead-letter queue until there are `count`; panics after `timeout`.
+    pub async fn wait_dead_letters(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<(Option<String>, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut dead = Vec::new();
+        loop {
+            dead.extend(self.drain_dead_letters().await);
+            if dead.len() >= count {
+                return dead;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {timeout:?} with {} of {count} dead letters",
+                dead.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Deletes the test's queues and exchanges.
     pub async fn delete_topology(&self) {
         for queue in [&self.topology.queue, &self.topology.dead_letter_queue] {
