@@ -52,6 +52,8 @@ pub struct ConsumerStats {
     pub dead_lettered: AtomicU64,
     /// Failed attempts to apply a batch (database down or refusing).
     pub store_failures: AtomicU64,
+    /// Connection attempts to the broker (the first one included).
+    pub connect_attempts: AtomicU64,
     /// Whether a consumer is registered with the broker right now.
     pub consuming: AtomicBool,
 }
@@ -148,6 +150,7 @@ async fn session(
     stats: &ConsumerStats,
     connected: &mut bool,
 ) -> Result<(), String> {
+    stats.connect_attempts.fetch_add(1, Ordering::SeqCst);
     let connection = amqp::connect(
         config.rabbitmq_url.expose(),
         "planner-consumer",

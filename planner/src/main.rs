@@ -14,12 +14,13 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["serve", rest @ ..] => {
-            let mut config = Config::from_env()?;
-            match rest {
-                [] => {}
-                ["--no-migrate"] => config.migrate_on_start = false,
+            let migrate = match rest {
+                [] => true,
+                ["--no-migrate"] => false,
                 _ => bail!(usage()),
-            }
+            };
+            let mut config = Config::from_env()?;
+            config.migrate_on_start = migrate;
             Application::build(config)
                 .await?
                 .run_until_stopped()

@@ -4,7 +4,7 @@
 use std::{net::TcpListener, sync::Arc};
 
 use actix::{Actor, Addr, SyncArbiter};
-use actix_web::{dev::Server, web, App, HttpServer};
+use actix_web::{dev::Server, middleware::Logger, web, App, HttpServer};
 
 use crate::{
     auth::token_sha256,
@@ -68,6 +68,10 @@ impl Application {
         let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
             App::new()
+                // Request line (path and query, never headers or bodies), status, duration.
+                .wrap(Logger::new(
+                    "event=request request=\"%r\" status=%s duration_ms=%D",
+                ))
                 .app_data(state.clone())
                 .configure(routes::configure)
         })

@@ -37,6 +37,25 @@ async fn health_needs_no_token() {
     let (status, body) = call(&planner, Method::GET, "/health", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"status": "ok"}));
+    let (status, body) = call(
+        &planner,
+        Method::GET,
+        "/api/v1/nothing",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"error": "route not found"}));
+    let (status, _) = call(
+        &planner,
+        Method::PUT,
+        "/api/v1/flavors/x",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[actix_web::test]
@@ -693,4 +712,31 @@ async fn openapi_document_lists_every_route() {
         }
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// Job and flavor changes `NOTIFY planner_changes` (the pressure engine listens to it).
+#[actix_web::test]
+async fn job_and_flavor_changes_are_notified() {
+    use diesel::RunQueryDsl;
+    let planner = spawn_planner().await;
+    let mut listener = planner.db.as_ref().unwrap().connect();
+    diesel::sql_query("LISTEN planner_changes")
+        .execute(&mut listener)
+        .unwrap();
+    let received = |listener: &mut diesel::PgConnection| {
+        // Notifications are read with the next result.
+        diesel::sql_query("SELECT 1").execute(listener).unwrap();
+        listener
+            .notifications_iter()
+            .map(|n| n.unwrap().payload)
+            .collect::<Vec<_>>()
+    };
+    assert!(received(&mut listener).is_empty());
+    planner.create_flavor("small", &["x64"], 1).await;
+    assert!(received(&mut listener).contains(&"flavor".to_owned()));
+    planner.seed(
+        &job_payload("queued.1", 1, "queued", &["self-hosted", "x64"]),
+        "d1",
+    );
+    assert_eq!(received(&mut listener), ["job"]);
 }

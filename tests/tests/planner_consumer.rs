@@ -354,6 +354,64 @@ async fn database_cut_mid_stream_loses_nothing() {
 }
 
 #[actix_web::test]
+async fn broker_cut_reconnects_without_busy_looping() {
+    let db = TestDb::new();
+    let proxy = CutProxy::start(socket_address(&rabbitmq_url()).await).await;
+    let topology = unique_topology();
+    let config = Config::for_tests(
+        db.url(),
+        &with_address(&rabbitmq_url(), proxy.address()),
+        ADMIN_TOKEN,
+        topology.clone(),
+    );
+    let planner = spawn_planner_with(config).await;
+    let publisher = TestPublisher::connect(&topology).await;
+    for id in 1..=5 {
+        publisher
+            .publish(
+                &job_payload("queued.1", id, "queued", &SELF_HOSTED),
+                &format!("q{id}"),
+            )
+            .await;
+    }
+    planner.settled(5).await;
+
+    proxy.cut();
+    let stats = planner.stats.clone();
+    eventually(
+        "the consumer notices the broker is gone",
+        Duration::from_secs(10),
+        || {
+            let stats = stats.clone();
+            async move { !stats.consuming.load(Ordering::SeqCst) }
+        },
+    )
+    .await;
+    for id in 6..=10 {
+        publisher
+            .publish(
+                &job_payload("queued.1", id, "queued", &SELF_HOSTED),
+                &format!("q{id}"),
+            )
+            .await;
+    }
+    let attempts = planner.stats.connect_attempts.load(Ordering::SeqCst);
+    // A measurement window, not synchronisation: count reconnect attempts while the broker is away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = planner.stats.connect_attempts.load(Ordering::SeqCst) - attempts;
+    assert!(
+        during <= 12,
+        "{during} connection attempts in 1.5 s: the backoff is not working"
+    );
+    assert_eq!(planner.stats.settled(), 5);
+
+    proxy.restore();
+    planner.settled(10).await;
+    assert_eq!(jobs(&mut db.connect()).len(), 10);
+    publisher.delete_topology().await;
+}
+
+#[actix_web::test]
 async fn two_planners_on_one_queue_converge_to_the_state_of_one() {
     const JOBS: i64 = 30;
     let shared_db = TestDb::new();

@@ -36,7 +36,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(tokens::delete)
         .service(jobs::list)
         .service(jobs::get)
-        .service(matching::explain);
+        .service(matching::explain)
+        .default_service(web::to(not_found));
+}
+
+/// Anything that is not a route: a JSON 404 like every other error.
+async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound("route".to_owned()))
 }
 
 /// Validates a name taken from the path; a 400 names the path parameter.
