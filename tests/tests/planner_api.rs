@@ -740,3 +740,34 @@ async fn job_and_flavor_changes_are_notified() {
     );
     assert_eq!(received(&mut listener), ["job"]);
 }
+
+/// Equal priority: the flavor with less pressure gets the job, then the first name.
+#[actix_web::test]
+async fn ties_go_to_the_flavor_with_less_pressure() {
+    let planner = spawn_planner().await;
+    planner.create_flavor("b", &["x64"], 1).await;
+    planner.create_flavor("a", &["x64"], 1).await;
+    let labels = ["self-hosted", "x64"];
+    planner.seed(&job_payload("queued.1", 1, "queued", &labels), "d1");
+    planner.seed(&job_payload("queued.1", 2, "queued", &labels), "d2");
+    planner.seed(&job_payload("queued.1", 3, "queued", &labels), "d3");
+    let mut assigned = Vec::new();
+    for id in 1..=3 {
+        assigned.push(
+            planner.job(id).await.unwrap()["assigned_flavor"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(assigned, ["a", "b", "a"]);
+    let (_, body) = call(
+        &planner,
+        Method::GET,
+        "/api/v1/match?labels=x64",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(body["flavor"], "b", "a has 2 open jobs, b has 1");
+}

@@ -89,12 +89,14 @@ pub struct JobPage {
 #[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// `queued`, `waiting`, `in_progress` or `completed`.
+    #[param(pattern = "^(queued|waiting|in_progress|completed)$")]
     pub status: Option<String>,
     /// Assigned flavor.
     pub flavor: Option<String>,
     /// `owner/name`.
     pub repository: Option<String>,
     /// 1 to 1000, default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -178,7 +180,7 @@ pub async fn list(
 
 /// One job, with the raw payload of each action received.
 #[utoipa::path(
-    params(("platform" = String, Path), ("id" = i64, Path)),
+    params(("platform" = String, Path), ("id" = i64, Path, description = "GitHub's workflow job id")),
     responses(
         (status = 200, description = "The job", body = JobBody),
         (status = 400, description = "Invalid platform or id", body = ErrorBody),

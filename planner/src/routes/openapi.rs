@@ -3,7 +3,10 @@
 
 use actix_web::{get, HttpResponse};
 use utoipa::{
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+        ContentBuilder, Ref, ResponseBuilder,
+    },
     Modify, OpenApi,
 };
 
@@ -34,6 +37,9 @@ use crate::error::ErrorBody;
 )]
 pub struct ApiDoc;
 
+/// Declares the bearer scheme, and documents on every route that needs a token (all of them
+/// read PostgreSQL) the answers any such route can give: 503 when PostgreSQL cannot be reached,
+/// 500 otherwise.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -43,6 +49,37 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if operation.security.is_some() {
+                    let responses = &mut operation.responses.responses;
+                    responses.insert(
+                        "503".to_owned(),
+                        error("PostgreSQL cannot be reached").into(),
+                    );
+                    responses.insert("500".to_owned(), error("Internal error").into());
+                }
+            }
+        }
     }
 }
 
