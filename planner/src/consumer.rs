@@ -157,6 +157,24 @@ async fn session(
         Duration::from_secs(10),
     )
     .await?;
+    let result = consume(config, store, stats, connected, &connection).await;
+    // Closing (rather than dropping) the connection hands any unacknowledged deliveries back to
+    // the broker at once, even when only the channel failed.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        connection.close(200, "reconnecting".into()),
+    )
+    .await;
+    result
+}
+
+async fn consume(
+    config: &ConsumerConfig,
+    store: &Recipient<ApplyBatch>,
+    stats: &ConsumerStats,
+    connected: &mut bool,
+    connection: &lapin::Connection,
+) -> Result<(), String> {
     let channel = connection
         .create_channel()
         .await

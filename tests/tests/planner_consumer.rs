@@ -353,6 +353,47 @@ async fn database_cut_mid_stream_loses_nothing() {
     publisher.delete_topology().await;
 }
 
+/// A delivery the database keeps refusing while it answers (here: a trigger) is dead-lettered
+/// after a few attempts; the deliveries around it (in its batch or not) are applied.
+#[actix_web::test]
+async fn a_delivery_the_database_refuses_is_dead_lettered_alone() {
+    let planner = spawn_planner().await;
+    let mut conn = planner.db.as_ref().unwrap().connect();
+    diesel::sql_query(
+        "CREATE FUNCTION refuse_666() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'job 666 refused'; END; $$",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    diesel::sql_query(
+        "CREATE TRIGGER refuse_666 BEFORE INSERT ON job FOR EACH ROW \
+         WHEN (NEW.id = 666) EXECUTE FUNCTION refuse_666()",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    let publisher = TestPublisher::connect(&planner.topology).await;
+    for id in [1, 666, 2] {
+        publisher
+            .publish(
+                &job_payload("queued.1", id, "queued", &SELF_HOSTED),
+                &format!("q{id}"),
+            )
+            .await;
+    }
+    planner.settled(3).await;
+    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 2);
+    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 1);
+    let dead = publisher
+        .wait_dead_letters(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(dead[0].0.as_deref(), Some("q666"));
+    assert_eq!(
+        jobs(&mut conn).iter().map(|row| row.id).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    publisher.delete_topology().await;
+}
+
 #[actix_web::test]
 async fn broker_cut_reconnects_without_busy_looping() {
     let db = TestDb::new();
