@@ -39,18 +39,68 @@ pub struct TestPlanner {
     pub http: reqwest::Client,
     /// The database, when this planner owns it.
     pub db: Option<TestDb>,
+    /// The queues and exchanges, when this planner owns them.
+    pub queues: Option<TopologyGuard>,
+}
+
+/// Deletes a test topology's queues and exchanges on `Drop`, even when the test panics.
+pub struct TopologyGuard(pub Topology);
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        let topology = self.0.clone();
+        // Drop cannot await, and may run inside a runtime: use a thread with its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let Ok(connection) = actors::amqp::connect(
+                    &rabbitmq_url(),
+                    "planner-tests-cleanup",
+                    Duration::from_secs(5),
+                )
+                .await
+                else {
+                    return;
+                };
+                if let Ok(channel) = connection.create_channel().await {
+                    delete_topology(&channel, &topology).await;
+                }
+                let _ = connection.close(200, "bye".into()).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn delete_topology(channel: &Channel, topology: &Topology) {
+    for queue in [&topology.queue, &topology.dead_letter_queue] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
 }
 
 /// A topology no other test uses.
 pub fn unique_topology() -> Topology {
-    Topology::with_prefix(&format!("test-{}", uuid::Uuid::new_v4().simple()))
+    Topology::with_prefix(&format!("planner-test-{}", uuid::Uuid::new_v4().simple()))
 }
 
 /// A planner with its own database and its own queues.
 pub async fn spawn_planner() -> TestPlanner {
     let db = TestDb::new();
-    let mut planner = spawn_planner_on(db.url(), unique_topology()).await;
+    let topology = unique_topology();
+    let guard = TopologyGuard(topology.clone());
+    let mut planner = spawn_planner_on(db.url(), topology).await;
     planner.db = Some(db);
+    planner.queues = Some(guard);
     planner
 }
 
@@ -76,6 +126,7 @@ pub async fn spawn_planner_with(config: Config) -> TestPlanner {
         pool: app.pool(),
         http: reqwest::Client::new(),
         db: None,
+        queues: None,
     };
     actix_web::rt::spawn(app.run_until_stopped());
     let stats = planner.stats.clone();
@@ -362,17 +413,6 @@ impl TestPublisher {
 
     /// Deletes the test's queues and exchanges.
     pub async fn delete_topology(&self) {
-        for queue in [&self.topology.queue, &self.topology.dead_letter_queue] {
-            let _ = self
-                .channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [&self.topology.exchange, &self.topology.dead_letter_exchange] {
-            let _ = self
-                .channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        delete_topology(&self.channel, &self.topology).await;
     }
 }

@@ -17,7 +17,7 @@ use tests::{
     db::{database_url, rabbitmq_url, socket_address, with_address, TestDb},
     planner::{
         eventually, fixture, job_payload, spawn_planner, spawn_planner_on, spawn_planner_with,
-        unique_topology, TestPublisher, ADMIN_TOKEN,
+        unique_topology, TestPublisher, TopologyGuard, ADMIN_TOKEN,
     },
 };
 
@@ -126,7 +126,6 @@ async fn fixtures_flow_from_the_queue_into_the_database() {
     );
     assert!(planner.job(5).await.is_none());
     assert!(publisher.drain_dead_letters().await.is_empty());
-    publisher.delete_topology().await;
 }
 
 #[actix_web::test]
@@ -149,7 +148,6 @@ async fn duplicate_deliveries_are_counted_not_applied_twice() {
         schema::queries::job_duplicate_count(&mut conn, "github", 1).unwrap(),
         2
     );
-    publisher.delete_topology().await;
 }
 
 #[actix_web::test]
@@ -216,7 +214,6 @@ async fn poison_messages_land_in_the_dead_letter_queue() {
         bad_json.1, b"{\"action\": \"queued\", ",
         "dead letters keep the body unchanged"
     );
-    publisher.delete_topology().await;
 }
 
 /// Property: any permutation of a job's deliveries, with duplicates, read from a real queue,
@@ -274,7 +271,6 @@ async fn reordered_and_duplicated_deliveries_converge() {
     for row in &rows[1..] {
         assert_eq!(normalise(row), expected, "job {}", row.id);
     }
-    publisher.delete_topology().await;
 }
 
 #[actix_web::test]
@@ -282,6 +278,7 @@ async fn database_cut_mid_stream_loses_nothing() {
     let db = TestDb::new();
     let proxy = CutProxy::start(socket_address(&database_url()).await).await;
     let topology = unique_topology();
+    let _queues = TopologyGuard(topology.clone());
     let config = Config::for_tests(
         &with_address(db.url(), proxy.address()),
         &rabbitmq_url(),
@@ -350,7 +347,6 @@ async fn database_cut_mid_stream_loses_nothing() {
         "every delivery was applied"
     );
     assert!(publisher.drain_dead_letters().await.is_empty());
-    publisher.delete_topology().await;
 }
 
 /// A delivery the database keeps refusing while it answers (here: a trigger) is dead-lettered
@@ -391,7 +387,6 @@ async fn a_delivery_the_database_refuses_is_dead_lettered_alone() {
         jobs(&mut conn).iter().map(|row| row.id).collect::<Vec<_>>(),
         [1, 2]
     );
-    publisher.delete_topology().await;
 }
 
 #[actix_web::test]
@@ -399,6 +394,7 @@ async fn broker_cut_reconnects_without_busy_looping() {
     let db = TestDb::new();
     let proxy = CutProxy::start(socket_address(&rabbitmq_url()).await).await;
     let topology = unique_topology();
+    let _queues = TopologyGuard(topology.clone());
     let config = Config::for_tests(
         db.url(),
         &with_address(&rabbitmq_url(), proxy.address()),
@@ -449,7 +445,6 @@ async fn broker_cut_reconnects_without_busy_looping() {
     proxy.restore();
     planner.settled(10).await;
     assert_eq!(jobs(&mut db.connect()).len(), 10);
-    publisher.delete_topology().await;
 }
 
 #[actix_web::test]
@@ -457,6 +452,7 @@ async fn two_planners_on_one_queue_converge_to_the_state_of_one() {
     const JOBS: i64 = 30;
     let shared_db = TestDb::new();
     let shared_topology = unique_topology();
+    let _queues = TopologyGuard(shared_topology.clone());
     let first = spawn_planner_on(shared_db.url(), shared_topology.clone()).await;
     let second = spawn_planner_on(shared_db.url(), shared_topology.clone()).await;
     let single = spawn_planner().await;
@@ -512,6 +508,4 @@ async fn two_planners_on_one_queue_converge_to_the_state_of_one() {
         .collect();
     assert_eq!(together.len() as i64, JOBS);
     assert_eq!(together, one);
-    shared.delete_topology().await;
-    alone.delete_topology().await;
 }
