@@ -56,6 +56,8 @@ pub struct Config {
     pub consumer_prefetch: u16,
     /// `APP_DB_POOL_SIZE` (default 10, 1..=100): PostgreSQL connections per process.
     pub db_pool_size: u32,
+    /// How long a request or the consumer waits for a database connection (5 s; tests: 1 s).
+    pub db_checkout_timeout: Duration,
     /// Whether `serve` runs pending migrations first (`planner serve --no-migrate` turns it off).
     pub migrate_on_start: bool,
     /// AMQP names; production names unless a test picks its own.
@@ -131,6 +133,7 @@ impl Config {
             ignored_labels,
             consumer_prefetch,
             db_pool_size,
+            db_checkout_timeout: crate::store::CHECKOUT_TIMEOUT,
             migrate_on_start: true,
             topology: Topology::default(),
             http_workers: None,
@@ -156,6 +159,7 @@ impl Config {
             ignored_labels: IgnoredLabels::default(),
             consumer_prefetch: 64,
             db_pool_size: 4,
+            db_checkout_timeout: Duration::from_secs(1),
             migrate_on_start: false,
             topology,
             http_workers: Some(1),

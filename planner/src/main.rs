@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         ["migrate"] => {
             let url = std::env::var("POSTGRESQL_DB_CONNECT_STRING")
                 .context("environment variable POSTGRESQL_DB_CONNECT_STRING is required")?;
-            let pool = store::build_pool(&url, 1);
+            let pool = store::build_pool(&url, 1, store::CHECKOUT_TIMEOUT);
             let applied = actix_web::web::block(move || planner::startup::migrate(&pool)).await??;
             log::info!(
                 "event=migrations_applied count={} versions={applied:?}",

@@ -34,7 +34,11 @@ impl Application {
     /// Builds the planner. Must run inside an actix system (`#[actix_web::main]`, tests'
     /// `#[actix_web::test]`).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pool = build_pool(config.database_url.expose(), config.db_pool_size);
+        let pool = build_pool(
+            config.database_url.expose(),
+            config.db_pool_size,
+            config.db_checkout_timeout,
+        );
         if config.migrate_on_start {
             let migrations_pool = pool.clone();
             let applied = web::block(move || migrate(&migrations_pool)).await??;

@@ -35,16 +35,17 @@ use crate::{
 /// The r2d2 pool of PostgreSQL connections.
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 
-/// How long a request or the consumer waits for a pooled connection before giving up.
-const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request or the consumer waits for a pooled connection by default.
+pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the pool without connecting: the first checkout connects, so a database that is
 /// down at start-up delays work rather than preventing it.
-pub fn build_pool(database_url: &str, size: u32) -> PgPool {
+/// `checkout_timeout` bounds how long a request or the consumer waits for a connection.
+pub fn build_pool(database_url: &str, size: u32, checkout_timeout: Duration) -> PgPool {
     Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
-        .connection_timeout(CHECKOUT_TIMEOUT)
+        .connection_timeout(checkout_timeout)
         .build_unchecked(ConnectionManager::new(database_url))
 }
 
