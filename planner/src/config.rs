@@ -2,31 +2,11 @@
 
 use std::{fmt, net::IpAddr, time::Duration};
 
+use secrecy::SecretString;
+
 use actors::amqp::Topology;
 
 use crate::domain::labels::IgnoredLabels;
-
-/// A secret (connection string, token): its `Debug` and `Display` print `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
 
 /// A variable that is missing or has a bad value; start-up stops with this error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,15 +21,15 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `POSTGRESQL_DB_CONNECT_STRING` (required): `postgres://` or `postgresql://` URL.
-    pub database_url: Secret,
+    pub database_url: SecretString,
     /// `RABBITMQ_CONNECT_STRING` (required): `amqp://` or `amqps://` URL.
-    pub rabbitmq_url: Secret,
+    pub rabbitmq_url: SecretString,
     /// Address the HTTP server binds: `0.0.0.0` in production, `127.0.0.1` in tests.
     pub bind_address: IpAddr,
     /// `APP_PORT` (default 8080); 0 picks a free port (tests).
     pub port: u16,
     /// `APP_ADMIN_TOKEN_VALUE` (required): `planner_v0_` and 20 of `[A-Za-z0-9_-]`.
-    pub admin_token: Secret,
+    pub admin_token: SecretString,
     /// `APP_IGNORED_LABELS` (default `self-hosted,linux`): labels left out of matching.
     pub ignored_labels: IgnoredLabels,
     /// `APP_CONSUMER_PREFETCH` (default 64, 1..=65535): unacknowledged deliveries in flight.
@@ -125,11 +105,11 @@ impl Config {
         };
 
         Ok(Self {
-            database_url: Secret::new(database_url),
-            rabbitmq_url: Secret::new(rabbitmq_url),
+            database_url: database_url.into(),
+            rabbitmq_url: rabbitmq_url.into(),
             bind_address: IpAddr::from([0, 0, 0, 0]),
             port,
-            admin_token: Secret::new(admin_token),
+            admin_token: admin_token.into(),
             ignored_labels,
             consumer_prefetch,
             db_pool_size,
@@ -151,11 +131,11 @@ impl Config {
         topology: Topology,
     ) -> Self {
         Self {
-            database_url: Secret::new(database_url),
-            rabbitmq_url: Secret::new(rabbitmq_url),
+            database_url: database_url.into(),
+            rabbitmq_url: rabbitmq_url.into(),
             bind_address: IpAddr::from([127, 0, 0, 1]),
             port: 0,
-            admin_token: Secret::new(admin_token),
+            admin_token: admin_token.into(),
             ignored_labels: IgnoredLabels::default(),
             consumer_prefetch: 64,
             db_pool_size: 4,
@@ -297,6 +277,6 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains(ADMIN));
         assert!(!printed.contains("pw@db"));
-        assert!(printed.contains("[redacted]"));
+        assert!(printed.contains("REDACTED"));
     }
 }

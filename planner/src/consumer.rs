@@ -25,9 +25,9 @@ use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
     types::{AMQPValue, FieldTable},
 };
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
-    config::Secret,
     domain::{
         job::JobEvent,
         webhook::{classify, Classified, Headers},
@@ -71,7 +71,7 @@ impl ConsumerStats {
 /// Settings of the consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    pub rabbitmq_url: Secret,
+    pub rabbitmq_url: SecretString,
     pub topology: Topology,
     pub prefetch: u16,
     pub retry_min_delay: Duration,
@@ -152,7 +152,7 @@ async fn session(
 ) -> Result<(), String> {
     stats.connect_attempts.fetch_add(1, Ordering::SeqCst);
     let connection = amqp::connect(
-        config.rabbitmq_url.expose(),
+        config.rabbitmq_url.expose_secret(),
         "planner-consumer",
         Duration::from_secs(10),
     )

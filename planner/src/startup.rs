@@ -5,6 +5,7 @@ use std::{net::TcpListener, sync::Arc};
 
 use actix::{Actor, Addr, SyncArbiter};
 use actix_web::{dev::Server, middleware::Logger, web, App, HttpServer};
+use secrecy::ExposeSecret;
 
 use crate::{
     auth::token_sha256,
@@ -35,7 +36,7 @@ impl Application {
     /// `#[actix_web::test]`).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let pool = build_pool(
-            config.database_url.expose(),
+            config.database_url.expose_secret(),
             config.db_pool_size,
             config.db_checkout_timeout,
         );
@@ -65,7 +66,7 @@ impl Application {
 
         let state = web::Data::new(AppState {
             pool: pool.clone(),
-            admin_token_sha256: token_sha256(config.admin_token.expose()),
+            admin_token_sha256: token_sha256(config.admin_token.expose_secret()),
             ignored_labels: config.ignored_labels.clone(),
         });
         let listener = TcpListener::bind((config.bind_address, config.port))?;
