@@ -3,8 +3,11 @@
 //! RabbitMQ and PostgreSQL. Nothing here mocks those servers.
 
 pub mod amqp;
+pub mod cut_proxy;
+pub mod db;
 pub mod fixtures;
 pub mod gateway;
+pub mod planner;
 pub mod process;
 pub mod proxy;
 pub mod telemetry;

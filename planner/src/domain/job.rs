@@ -1,0 +1,299 @@
+//! The job state machine.
+//!
+//! Rules: `completed` is final; `in_progress` never goes back to `queued`/`waiting`; `queued` and
+//! `waiting` follow arrival order (GitHub sends queued -> waiting -> queued for jobs behind an
+//! environment approval). Descriptive fields come from the most advanced action that carries
+//! them, so any permutation or duplication of a job's deliveries (one per action) ends in the
+//! same state, and every action's raw payload is kept.
+
+use std::{fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// Status of a job, named as GitHub names the `workflow_job` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Status {
+    Queued,
+    Waiting,
+    InProgress,
+    Completed,
+}
+
+impl Status {
+    /// Every status.
+    pub const ALL: [Status; 4] = [
+        Status::Queued,
+        Status::Waiting,
+        Status::InProgress,
+        Status::Completed,
+    ];
+
+    /// The name used in webhooks, the database and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Waiting => "waiting",
+            Status::InProgress => "in_progress",
+            Status::Completed => "completed",
+        }
+    }
+
+    /// How far a job has come: `queued` and `waiting` share the lowest rank.
+    pub fn rank(self) -> u8 {
+        match self {
+            Status::Queued | Status::Waiting => 0,
+            Status::InProgress => 1,
+            Status::Completed => 2,
+        }
+    }
+
+    /// Whether a job in this status has not started yet (and may still change flavor).
+    pub fn is_not_started(self) -> bool {
+        self.rank() == 0
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error of parsing a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not one of queued, waiting, in_progress, completed")]
+pub struct UnknownStatus;
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == value)
+            .ok_or(UnknownStatus)
+    }
+}
+
+/// One `workflow_job` delivery, reduced to what the planner keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    pub platform: String,
+    pub id: i64,
+    /// The action, which is the status the job moves to.
+    pub action: Status,
+    /// Normalised (lowercased) labels.
+    pub labels: Vec<String>,
+    pub repository: String,
+    pub run_id: Option<i64>,
+    pub run_attempt: Option<i64>,
+    pub workflow_name: Option<String>,
+    pub job_name: Option<String>,
+    /// Only from `in_progress` and `completed` (GitHub fills it oddly on `queued`).
+    pub runner_name: Option<String>,
+    /// Only from `completed`.
+    pub conclusion: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// Only from `in_progress` and `completed` (GitHub sets it to `created_at` on `queued`).
+    pub started_at: Option<DateTime<Utc>>,
+    /// Only from `completed`.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The raw webhook body.
+    pub payload: Value,
+}
+
+/// The state of a job, as kept in the `job` table (without bookkeeping columns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobState {
+    pub platform: String,
+    pub id: i64,
+    pub labels: Vec<String>,
+    pub status: Status,
+    pub conclusion: Option<String>,
+    pub repository: String,
+    pub run_id: Option<i64>,
+    pub run_attempt: Option<i64>,
+    pub workflow_name: Option<String>,
+    pub job_name: Option<String>,
+    pub runner_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Raw payloads by action (`{"queued": {...}, "completed": {...}}`).
+    pub payloads: Value,
+}
+
+impl JobState {
+    /// The state of a job first heard of through `event`.
+    pub fn new(event: &JobEvent) -> Self {
+        let mut payloads = serde_json::Map::new();
+        payloads.insert(event.action.as_str().to_owned(), event.payload.clone());
+        Self {
+            platform: event.platform.clone(),
+            id: event.id,
+            labels: event.labels.clone(),
+            status: event.action,
+            conclusion: event.conclusion.clone(),
+            repository: event.repository.clone(),
+            run_id: event.run_id,
+            run_attempt: event.run_attempt,
+            workflow_name: event.workflow_name.clone(),
+            job_name: event.job_name.clone(),
+            runner_name: event.runner_name.clone(),
+            created_at: event.created_at,
+            started_at: event.started_at,
+            completed_at: event.completed_at,
+            payloads: Value::Object(payloads),
+        }
+    }
+
+    /// Applies a later delivery of the same job.
+    pub fn apply(&mut self, event: &JobEvent) {
+        let current = self.status.rank();
+        let incoming = event.action.rank();
+        // An event at least as advanced as the job speaks for it; a less advanced one only
+        // fills gaps.
+        let dominant = incoming >= current;
+        if incoming > current || (incoming == current && incoming == 0) {
+            self.status = event.action;
+        }
+
+        fn pick<T: Clone>(field: &mut Option<T>, incoming: &Option<T>, dominant: bool) {
+            if incoming.is_some() && (dominant || field.is_none()) {
+                field.clone_from(incoming);
+            }
+        }
+        pick(&mut self.conclusion, &event.conclusion, dominant);
+        pick(&mut self.run_id, &event.run_id, dominant);
+        pick(&mut self.run_attempt, &event.run_attempt, dominant);
+        pick(&mut self.workflow_name, &event.workflow_name, dominant);
+        pick(&mut self.job_name, &event.job_name, dominant);
+        pick(&mut self.runner_name, &event.runner_name, dominant);
+        pick(&mut self.started_at, &event.started_at, dominant);
+        pick(&mut self.completed_at, &event.completed_at, dominant);
+        if dominant {
+            self.labels.clone_from(&event.labels);
+            self.repository.clone_from(&event.repository);
+            self.created_at = event.created_at;
+        }
+
+        if !self.payloads.is_object() {
+            self.payloads = Value::Object(serde_json::Map::new());
+        }
+        if let Value::Object(payloads) = &mut self.payloads {
+            payloads.insert(event.action.as_str().to_owned(), event.payload.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    fn event(action: Status) -> JobEvent {
+        let started = action.rank() >= 1;
+        let completed = action == Status::Completed;
+        JobEvent {
+            platform: "github".into(),
+            id: 7,
+            action,
+            labels: vec!["self-hosted".into(), "x64".into()],
+            repository: "octo/repo".into(),
+            run_id: Some(70),
+            run_attempt: Some(1),
+            workflow_name: Some("CI".into()),
+            job_name: Some("build".into()),
+            runner_name: started.then(|| "runner-1".into()),
+            conclusion: completed.then(|| "success".into()),
+            created_at: at(0),
+            started_at: started.then(|| at(10)),
+            completed_at: completed.then(|| at(20)),
+            payload: serde_json::json!({ "action": action.as_str() }),
+        }
+    }
+
+    fn replay(events: &[JobEvent]) -> JobState {
+        let mut state = JobState::new(&events[0]);
+        for event in &events[1..] {
+            state.apply(event);
+        }
+        state
+    }
+
+    #[test]
+    fn status_round_trips_and_rejects_unknown() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse(), Ok(status));
+        }
+        assert_eq!("requested".parse::<Status>(), Err(UnknownStatus));
+    }
+
+    #[test]
+    fn completed_is_final() {
+        let state = replay(&[
+            event(Status::Completed),
+            event(Status::Queued),
+            event(Status::InProgress),
+        ]);
+        assert_eq!(state.status, Status::Completed);
+        assert_eq!(state.conclusion.as_deref(), Some("success"));
+        assert_eq!(state.started_at, Some(at(10)));
+        assert_eq!(state.payloads.as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn in_progress_never_goes_back() {
+        let state = replay(&[
+            event(Status::Queued),
+            event(Status::InProgress),
+            event(Status::Waiting),
+        ]);
+        assert_eq!(state.status, Status::InProgress);
+        assert_eq!(state.runner_name.as_deref(), Some("runner-1"));
+    }
+
+    #[test]
+    fn queued_and_waiting_follow_arrival_order() {
+        let state = replay(&[event(Status::Queued), event(Status::Waiting)]);
+        assert_eq!(state.status, Status::Waiting);
+        let state = replay(&[
+            event(Status::Queued),
+            event(Status::Waiting),
+            event(Status::Queued),
+        ]);
+        assert_eq!(state.status, Status::Queued);
+    }
+
+    #[test]
+    fn queued_does_not_claim_a_start_time() {
+        let state = replay(&[event(Status::Queued)]);
+        assert_eq!(state.started_at, None);
+        assert_eq!(state.runner_name, None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any order of one delivery per action, with any duplicates, ends in the same state
+        /// as the order GitHub sends them in.
+        #[test]
+        fn permutations_and_duplicates_converge(
+            order in Just(vec![0usize, 1, 2, 3]).prop_shuffle(),
+            duplicates in proptest::collection::vec(0usize..4, 0..4),
+        ) {
+            let lifecycle = [Status::Queued, Status::Waiting, Status::InProgress, Status::Completed];
+            let expected = replay(&lifecycle.map(event));
+            let mut events: Vec<JobEvent> = order.iter().map(|&i| event(lifecycle[i])).collect();
+            for (n, i) in duplicates.into_iter().enumerate() {
+                events.insert(n % (events.len() + 1), event(lifecycle[i]));
+            }
+            prop_assert_eq!(replay(&events), expected);
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `planner serve [--no-migrate]` | `planner migrate`.
+
+use anyhow::{bail, Context};
+use planner::{config::Config, startup::Application, store};
+
+fn usage() -> &'static str {
+    "usage: planner serve [--no-migrate] | planner migrate"
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["serve", rest @ ..] => {
+            let migrate = match rest {
+                [] => true,
+                ["--no-migrate"] => false,
+                _ => bail!(usage()),
+            };
+            let mut config = Config::from_env()?;
+            config.migrate_on_start = migrate;
+            Application::build(config)
+                .await?
+                .run_until_stopped()
+                .await?;
+        }
+        ["migrate"] => {
+            let url = std::env::var("POSTGRESQL_DB_CONNECT_STRING")
+                .context("environment variable POSTGRESQL_DB_CONNECT_STRING is required")?;
+            let pool = store::build_pool(&url, 1, store::CHECKOUT_TIMEOUT);
+            let applied = actix_web::web::block(move || planner::startup::migrate(&pool)).await??;
+            log::info!(
+                "event=migrations_applied count={} versions={applied:?}",
+                applied.len()
+            );
+        }
+        _ => bail!(usage()),
+    }
+    Ok(())
+}

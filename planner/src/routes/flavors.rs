@@ -1,0 +1,286 @@
+//! `/api/v1/flavors`: runner flavors. Every change re-matches the jobs that have not started.
+
+use actix_web::{delete, get, patch, post, web, HttpResponse};
+use schema::{
+    models::{Flavor, FlavorChanges, NewFlavor},
+    queries,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{path_name, with_conn};
+use crate::{
+    auth::Authenticated,
+    domain::{labels::normalize, names::validate_name},
+    error::{ApiError, ErrorBody},
+    extract::JsonBody,
+    state::AppState,
+};
+
+/// A flavor, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct FlavorBody {
+    pub platform: String,
+    pub name: String,
+    /// Lowercased.
+    pub labels: Vec<String>,
+    pub priority: i32,
+    pub is_disabled: bool,
+    pub minimum_pressure: i32,
+}
+
+impl From<Flavor> for FlavorBody {
+    fn from(flavor: Flavor) -> Self {
+        Self {
+            platform: flavor.platform,
+            name: flavor.name,
+            labels: flavor.labels,
+            priority: flavor.priority,
+            is_disabled: flavor.is_disabled,
+            minimum_pressure: flavor.minimum_pressure,
+        }
+    }
+}
+
+/// Body of `POST /api/v1/flavors/{name}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFlavor {
+    /// Platform of the jobs this flavor serves, e.g. `github`.
+    pub platform: String,
+    /// Labels the flavor's runners offer (lowercased on input).
+    pub labels: Vec<String>,
+    /// Higher wins. Default 0.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 2147483647)]
+    pub priority: i64,
+    #[serde(default)]
+    pub is_disabled: bool,
+    /// Runners to keep however few jobs there are. Default 0.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 2147483647)]
+    pub minimum_pressure: i64,
+}
+
+/// Body of `PATCH /api/v1/flavors/{name}`: at least one field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateFlavor {
+    pub is_disabled: Option<bool>,
+    pub labels: Option<Vec<String>>,
+    #[schema(minimum = 0, maximum = 2147483647)]
+    pub priority: Option<i64>,
+    #[schema(minimum = 0, maximum = 2147483647)]
+    pub minimum_pressure: Option<i64>,
+}
+
+fn non_negative(field: &str, value: i64) -> Result<i32, ApiError> {
+    i32::try_from(value)
+        .ok()
+        .filter(|value| *value >= 0)
+        .ok_or_else(|| ApiError::field(field, "must be between 0 and 2147483647"))
+}
+
+fn labels(labels: &[String]) -> Result<Vec<String>, ApiError> {
+    if let Some(index) = labels.iter().position(|label| label.trim().is_empty()) {
+        return Err(ApiError::field(
+            &format!("labels[{index}]"),
+            "must not be empty",
+        ));
+    }
+    Ok(normalize(labels))
+}
+
+/// Every flavor, by name.
+#[utoipa::path(
+    responses(
+        (status = 200, description = "Every flavor, by name", body = [FlavorBody]),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/api/v1/flavors")]
+pub async fn list(_: Authenticated, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let pool = state.pool.clone();
+    let flavors = with_conn(pool, move |conn| Ok(queries::list_flavors(conn)?)).await?;
+    let body: Vec<FlavorBody> = flavors.into_iter().map(FlavorBody::from).collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Creates a flavor; jobs that have not started are re-matched.
+#[utoipa::path(
+    params(("name" = String, Path, description = "1-63 of a-z 0-9 - _ . (not `_`)")),
+    request_body = CreateFlavor,
+    responses(
+        (status = 201, description = "Created", body = FlavorBody),
+        (status = 400, description = "Invalid name or body; the error names the field", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 409, description = "A flavor of that name exists", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/api/v1/flavors/{name}")]
+pub async fn create(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    body: JsonBody<CreateFlavor>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    path_name(&name)?;
+    let body = body.0;
+    validate_name(&body.platform).map_err(|problem| ApiError::field("platform", problem))?;
+    let new = NewFlavor {
+        name: name.clone(),
+        platform: body.platform,
+        labels: labels(&body.labels)?,
+        priority: non_negative("priority", body.priority)?,
+        is_disabled: body.is_disabled,
+        minimum_pressure: non_negative("minimum_pressure", body.minimum_pressure)?,
+    };
+    let pool = state.pool.clone();
+    let created = new.clone();
+    let inserted = with_conn(pool, move |conn| {
+        Ok(crate::store::create_flavor(
+            conn,
+            &state.ignored_labels,
+            &new,
+        )?)
+    })
+    .await?;
+    if !inserted {
+        return Err(ApiError::Conflict(format!("flavor {name}")));
+    }
+    log::info!("event=flavor_created flavor={name}");
+    Ok(HttpResponse::Created().json(FlavorBody {
+        platform: created.platform,
+        name: created.name,
+        labels: created.labels,
+        priority: created.priority,
+        is_disabled: created.is_disabled,
+        minimum_pressure: created.minimum_pressure,
+    }))
+}
+
+/// One flavor.
+#[utoipa::path(
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The flavor", body = FlavorBody),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 404, description = "No such flavor", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/api/v1/flavors/{name}")]
+pub async fn get(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    path_name(&name)?;
+    let pool = state.pool.clone();
+    let lookup = name.clone();
+    let flavor = with_conn(pool, move |conn| Ok(queries::get_flavor(conn, &lookup)?)).await?;
+    let flavor = flavor.ok_or_else(|| ApiError::NotFound(format!("flavor {name}")))?;
+    Ok(HttpResponse::Ok().json(FlavorBody::from(flavor)))
+}
+
+/// Enables or disables a flavor (or changes its labels, priority, minimum pressure); jobs that
+/// have not started are re-matched.
+#[utoipa::path(
+    params(("name" = String, Path)),
+    request_body = UpdateFlavor,
+    responses(
+        (status = 204, description = "Changed"),
+        (status = 400, description = "Invalid name or body; the error names the field", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 404, description = "No such flavor", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[patch("/api/v1/flavors/{name}")]
+pub async fn update(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    body: JsonBody<UpdateFlavor>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    path_name(&name)?;
+    let body = body.0;
+    let changes = FlavorChanges {
+        labels: body.labels.as_deref().map(labels).transpose()?,
+        priority: body
+            .priority
+            .map(|value| non_negative("priority", value))
+            .transpose()?,
+        is_disabled: body.is_disabled,
+        minimum_pressure: body
+            .minimum_pressure
+            .map(|value| non_negative("minimum_pressure", value))
+            .transpose()?,
+    };
+    if changes.labels.is_none()
+        && changes.priority.is_none()
+        && changes.is_disabled.is_none()
+        && changes.minimum_pressure.is_none()
+    {
+        return Err(ApiError::field(
+            "body",
+            "expected at least one of is_disabled, labels, priority, minimum_pressure",
+        ));
+    }
+    let pool = state.pool.clone();
+    let lookup = name.clone();
+    let updated = with_conn(pool, move |conn| {
+        Ok(crate::store::update_flavor(
+            conn,
+            &state.ignored_labels,
+            &lookup,
+            &changes,
+        )?)
+    })
+    .await?;
+    updated.ok_or_else(|| ApiError::NotFound(format!("flavor {name}")))?;
+    log::info!("event=flavor_updated flavor={name}");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Deletes a flavor; its started and completed jobs keep its name, waiting work is re-matched.
+#[utoipa::path(
+    params(("name" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 404, description = "No such flavor", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/api/v1/flavors/{name}")]
+pub async fn delete(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    path_name(&name)?;
+    let pool = state.pool.clone();
+    let lookup = name.clone();
+    let deleted = with_conn(pool, move |conn| {
+        Ok(crate::store::delete_flavor(
+            conn,
+            &state.ignored_labels,
+            &lookup,
+        )?)
+    })
+    .await?;
+    deleted.ok_or_else(|| ApiError::NotFound(format!("flavor {name}")))?;
+    log::info!("event=flavor_deleted flavor={name}");
+    Ok(HttpResponse::NoContent().finish())
+}

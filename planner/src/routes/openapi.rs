@@ -1,0 +1,91 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI document of this API, generated from the handlers'
+//! own annotations so that it describes what the server does.
+
+use actix_web::{get, HttpResponse};
+use utoipa::{
+    openapi::{
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+        ContentBuilder, Ref, ResponseBuilder,
+    },
+    Modify, OpenApi,
+};
+
+use super::{flavors, health, jobs, matching, tokens};
+use crate::error::ErrorBody;
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "runner planner", description = "Jobs, runner flavors and tokens of the GitHub runner planner."),
+    paths(
+        health::health,
+        openapi_json,
+        flavors::list,
+        flavors::create,
+        flavors::get,
+        flavors::update,
+        flavors::delete,
+        tokens::create,
+        tokens::list,
+        tokens::delete,
+        jobs::list,
+        jobs::get,
+        matching::explain,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// Declares the bearer scheme, and documents on every route that needs a token (all of them
+/// read PostgreSQL) the answers any such route can give: 503 when PostgreSQL cannot be reached,
+/// 500 otherwise.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if operation.security.is_some() {
+                    let responses = &mut operation.responses.responses;
+                    responses.insert(
+                        "503".to_owned(),
+                        error("PostgreSQL cannot be reached").into(),
+                    );
+                    responses.insert("500".to_owned(), error("Internal error").into());
+                }
+            }
+        }
+    }
+}
+
+/// This document. Needs no token.
+#[utoipa::path(responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+#[get("/api/v1/openapi.json")]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}

@@ -1,0 +1,13 @@
+//! State shared by the HTTP handlers.
+
+use crate::{domain::labels::IgnoredLabels, store::PgPool};
+
+/// What every handler may use.
+pub struct AppState {
+    /// PostgreSQL connections; use them inside `web::block`.
+    pub pool: PgPool,
+    /// SHA-256 of the admin token.
+    pub admin_token_sha256: [u8; 32],
+    /// Labels left out of matching.
+    pub ignored_labels: IgnoredLabels,
+}

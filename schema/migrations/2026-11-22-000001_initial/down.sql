@@ -1,0 +1,7 @@
+DROP TRIGGER IF EXISTS flavor_changed ON flavor;
+DROP TRIGGER IF EXISTS job_changed ON job;
+DROP FUNCTION IF EXISTS planner_notify_change();
+DROP TABLE IF EXISTS delivery;
+DROP TABLE IF EXISTS auth;
+DROP TABLE IF EXISTS job;
+DROP TABLE IF EXISTS flavor;

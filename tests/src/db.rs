@@ -1,0 +1,213 @@
+//! An isolated PostgreSQL database per test.
+//!
+//! A template database is migrated once per version of the migrations (its name carries a hash
+//! of `schema/migrations`); each test clones it with `CREATE DATABASE ... TEMPLATE` and drops its
+//! clone on `Drop`. Test binaries run in parallel, so creating the template is guarded by a
+//! PostgreSQL advisory lock. A test that cannot reach PostgreSQL panics: it never skips.
+
+use std::{fs, path::Path};
+
+use diesel::{pg::PgConnection, Connection, RunQueryDsl};
+use sha2::{Digest, Sha256};
+
+/// `TEST_DATABASE_URL`, default `postgres://postgres:postgres@127.0.0.1:5432/postgres`.
+pub fn database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `TEST_RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+pub fn rabbitmq_url() -> String {
+    std::env::var("TEST_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// `url` with its database name replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let slash = base.rfind('/').expect("database URL has a path");
+    let mut out = format!("{}/{name}", &base[..slash]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// `url` with its `host:port` replaced by `address` (to go through a proxy).
+pub fn with_address(url: &str, address: std::net::SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").expect("URL has a scheme");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let credentials = authority
+        .rsplit_once('@')
+        .map(|(credentials, _)| credentials);
+    match credentials {
+        Some(credentials) => format!("{scheme}://{credentials}@{address}{path}"),
+        None => format!("{scheme}://{address}{path}"),
+    }
+}
+
+/// The `host:port` of a URL, resolved.
+pub async fn socket_address(url: &str) -> std::net::SocketAddr {
+    let (_, rest) = url.split_once("://").expect("URL has a scheme");
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    tokio::net::lookup_host(host_port)
+        .await
+        .expect("resolve database host")
+        .next()
+        .expect("database host has an address")
+}
+
+fn admin_connection() -> PgConnection {
+    let url = database_url();
+    PgConnection::establish(&url).unwrap_or_else(|err| {
+        panic!("cannot reach PostgreSQL at TEST_DATABASE_URL (or the default): {err}")
+    })
+}
+
+fn migrations_fingerprint() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/migrations");
+    let mut files = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(next) = stack.pop() {
+        for entry in fs::read_dir(&next).expect("schema/migrations is readable") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(
+            file.strip_prefix(&dir)
+                .unwrap()
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        hash.update(fs::read(&file).expect("migration is readable"));
+    }
+    hex::encode(&hash.finalize()[..8])
+}
+
+fn ensure_template(admin: &mut PgConnection) -> String {
+    let template = format!("planner_template_{}", migrations_fingerprint());
+    // Session-level lock: released below, or when the connection closes if we panic.
+    diesel::sql_query("SELECT pg_advisory_lock(736465001)")
+        .execute(admin)
+        .expect("advisory lock");
+    let exists = diesel::sql_query(format!(
+        "SELECT 1 FROM pg_database WHERE datname = '{template}'"
+    ))
+    .execute(admin)
+    .expect("look up template")
+        == 1;
+    if !exists {
+        let building = format!("{template}_building");
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+            .execute(admin)
+            .expect("drop half-built template");
+        diesel::sql_query(format!("CREATE DATABASE {building}"))
+            .execute(admin)
+            .expect("create template");
+        {
+            let mut conn = PgConnection::establish(&with_database(&database_url(), &building))
+                .expect("connect to template");
+            schema::run_migrations(&mut conn).expect("migrate template");
+        }
+        diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {template}"))
+            .execute(admin)
+            .expect("publish template");
+    }
+    diesel::sql_query("SELECT pg_advisory_unlock(736465001)")
+        .execute(admin)
+        .expect("advisory unlock");
+    template
+}
+
+/// A migrated database of its own, dropped on `Drop`.
+#[derive(Debug)]
+pub struct TestDb {
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    /// Clones the migrated template into a fresh database.
+    pub fn new() -> Self {
+        let mut admin = admin_connection();
+        let template = ensure_template(&mut admin);
+        let name = format!("planner_test_{}", uuid::Uuid::new_v4().simple());
+        diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .execute(&mut admin)
+            .expect("clone template database");
+        let url = with_database(&database_url(), &name);
+        Self { name, url }
+    }
+
+    /// Connection string of this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A new connection to this database.
+    pub fn connect(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("connect to test database")
+    }
+}
+
+impl Default for TestDb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let mut admin = admin_connection();
+        if let Err(err) = diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        {
+            eprintln!("could not drop test database {}: {err}", self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/postgres", "x"),
+            "postgres://u:p@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://h/postgres?sslmode=disable", "x"),
+            "postgres://h/x?sslmode=disable"
+        );
+        let proxy: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(
+            with_address("postgres://u:p@db:5432/x", proxy),
+            "postgres://u:p@127.0.0.1:9/x"
+        );
+    }
+}

@@ -1,0 +1,773 @@
+//! The planner's REST API against a real PostgreSQL: every route's success and error codes, the
+//! auth matrix, flavor re-matching, the match endpoint and the OpenAPI document.
+
+use reqwest::{header, Method, StatusCode};
+use serde_json::{json, Value};
+use tests::planner::{job_payload, spawn_planner, TestPlanner, ADMIN_TOKEN};
+
+async fn call(
+    planner: &TestPlanner,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = planner.request(method, path, token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).expect("JSON body")
+    };
+    (status, body)
+}
+
+fn error_of(body: &Value) -> &str {
+    body["error"].as_str().expect("error body")
+}
+
+#[actix_web::test]
+async fn health_needs_no_token() {
+    let planner = spawn_planner().await;
+    let (status, body) = call(&planner, Method::GET, "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"status": "ok"}));
+    let (status, body) = call(
+        &planner,
+        Method::GET,
+        "/api/v1/nothing",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"error": "route not found"}));
+    let (status, _) = call(
+        &planner,
+        Method::PUT,
+        "/api/v1/flavors/x",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[actix_web::test]
+async fn auth_matrix() {
+    let planner = spawn_planner().await;
+    let general = planner.create_token("general").await;
+    planner.create_flavor("small", &["x64"], 1).await;
+
+    let token_routes = [
+        (Method::GET, "/api/v1/flavors"),
+        (Method::GET, "/api/v1/flavors/small"),
+        (Method::GET, "/api/v1/jobs/github"),
+        (Method::GET, "/api/v1/match?labels=x64"),
+    ];
+    let admin_routes = [
+        (Method::GET, "/api/v1/auth/token"),
+        (Method::DELETE, "/api/v1/auth/token/nobody"),
+    ];
+
+    for (method, path) in token_routes.iter().chain(admin_routes.iter()) {
+        for token in [None, Some("planner_v0_wrongwrongwrongwrong"), Some("")] {
+            let response = planner
+                .request(method.clone(), path, token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}"
+            );
+            assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+            let body: Value = response.json().await.unwrap();
+            assert!(error_of(&body).contains("token") || error_of(&body).contains("Authorization"));
+        }
+        let response = planner
+            .http
+            .request(method.clone(), format!("{}{path}", planner.address))
+            .header(header::AUTHORIZATION, format!("Basic {ADMIN_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "Basic scheme on {path}"
+        );
+    }
+    for (method, path) in &token_routes {
+        for token in [general.as_str(), ADMIN_TOKEN] {
+            let (status, _) = call(&planner, method.clone(), path, Some(token), None).await;
+            assert_eq!(status, StatusCode::OK, "{method} {path}");
+        }
+    }
+    for (method, path) in &admin_routes {
+        let (status, body) = call(&planner, method.clone(), path, Some(&general), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert!(error_of(&body).contains("admin"));
+    }
+    let (status, _) = call(
+        &planner,
+        Method::POST,
+        "/api/v1/auth/token/other",
+        Some(&general),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(
+        &planner,
+        Method::GET,
+        "/api/v1/auth/token",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &planner,
+        Method::DELETE,
+        "/api/v1/auth/token/nobody",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[actix_web::test]
+async fn tokens_lifecycle() {
+    let planner = spawn_planner().await;
+    let (status, body) = call(
+        &planner,
+        Method::POST,
+        "/api/v1/auth/token/ci-runner",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["name"], "ci-runner");
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 43, "32 bytes, base64url without padding");
+    assert!(token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+
+    // Only the hash is stored.
+    let mut conn = planner.db.as_ref().unwrap().connect();
+    let stored: Vec<u8> = {
+        use diesel::prelude::*;
+        use schema::schema::auth;
+        auth::table
+            .select(auth::token_sha256)
+            .first(&mut conn)
+            .unwrap()
+    };
+    assert_eq!(stored, planner::auth::token_sha256(&token));
+
+    let (status, _) = call(
+        &planner,
+        Method::POST,
+        "/api/v1/auth/token/ci-runner",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    planner.create_token("another").await;
+    let (status, body) = call(
+        &planner,
+        Method::GET,
+        "/api/v1/auth/token",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"names": ["another", "ci-runner"]}));
+
+    let (status, _) = call(&planner, Method::GET, "/api/v1/flavors", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &planner,
+        Method::DELETE,
+        "/api/v1/auth/token/ci-runner",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(&planner, Method::GET, "/api/v1/flavors", Some(&token), None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a deleted token stops working"
+    );
+    let (status, _) = call(
+        &planner,
+        Method::DELETE,
+        "/api/v1/auth/token/ci-runner",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    for bad in ["_", "UPPER", "a%20b", &"a".repeat(64)] {
+        let (status, body) = call(
+            &planner,
+            Method::POST,
+            &format!("/api/v1/auth/token/{bad}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(error_of(&body).starts_with("name:"), "{body}");
+    }
+}
+
+#[actix_web::test]
+async fn flavors_crud_and_validation() {
+    let planner = spawn_planner().await;
+    let t = Some(ADMIN_TOKEN);
+    let body = json!({"platform": "github", "labels": ["X64", "Large"], "priority": 50, "is_disabled": false, "minimum_pressure": 2});
+    let (status, created) = call(
+        &planner,
+        Method::POST,
+        "/api/v1/flavors/large",
+        t,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let expected = json!({"platform": "github", "name": "large", "labels": ["x64", "large"], "priority": 50, "is_disabled": false, "minimum_pressure": 2});
+    assert_eq!(created, expected);
+    let (status, _) = call(
+        &planner,
+        Method::POST,
+        "/api/v1/flavors/large",
+        t,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Defaults for the optional fields.
+    let (status, small) = call(
+        &planner,
+        Method::POST,
+        "/api/v1/flavors/small",
+        t,
+        Some(json!({"platform": "github", "labels": []})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(small["priority"], 0);
+    assert_eq!(small["minimum_pressure"], 0);
+
+    let (status, got) = call(&planner, Method::GET, "/api/v1/flavors/large", t, None).await;
+    assert_eq!((status, &got), (StatusCode::OK, &expected));
+    let (status, list) = call(&planner, Method::GET, "/api/v1/flavors", t, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["large", "small"]
+    );
+    let (status, _) = call(&planner, Method::GET, "/api/v1/flavors/missing", t, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, _) = call(
+        &planner,
+        Method::PATCH,
+        "/api/v1/flavors/large",
+        t,
+        Some(json!({"is_disabled": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, got) = call(&planner, Method::GET, "/api/v1/flavors/large", t, None).await;
+    assert_eq!(got["is_disabled"], true);
+    let (status, _) = call(
+        &planner,
+        Method::PATCH,
+        "/api/v1/flavors/large",
+        t,
+        Some(json!({"labels": ["ARM64"], "priority": 3, "minimum_pressure": 0})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, got) = call(&planner, Method::GET, "/api/v1/flavors/large", t, None).await;
+    assert_eq!(
+        (got["labels"].clone(), got["priority"].clone()),
+        (json!(["arm64"]), json!(3))
+    );
+    let (status, _) = call(
+        &planner,
+        Method::PATCH,
+        "/api/v1/flavors/missing",
+        t,
+        Some(json!({"is_disabled": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, _) = call(&planner, Method::DELETE, "/api/v1/flavors/large", t, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(&planner, Method::DELETE, "/api/v1/flavors/large", t, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // 400s name the field at fault.
+    let cases = [
+        (
+            "/api/v1/flavors/_",
+            json!({"platform": "github", "labels": []}),
+            "name",
+        ),
+        (
+            "/api/v1/flavors/Big",
+            json!({"platform": "github", "labels": []}),
+            "name",
+        ),
+        (
+            "/api/v1/flavors/x",
+            json!({"platform": "github", "labels": [], "priority": -1}),
+            "priority",
+        ),
+        (
+            "/api/v1/flavors/x",
+            json!({"platform": "github", "labels": [], "minimum_pressure": -5}),
+            "minimum_pressure",
+        ),
+        (
+            "/api/v1/flavors/x",
+            json!({"platform": "github", "labels": [], "priority": 1e20}),
+            "priority",
+        ),
+        (
+            "/api/v1/flavors/x",
+            json!({"platform": "github", "labels": [], "colour": "red"}),
+            "colour",
+        ),
+        ("/api/v1/flavors/x", json!({"labels": []}), "platform"),
+        (
+            "/api/v1/flavors/x",
+            json!({"platform": "github", "labels": "x64"}),
+            "labels",
+        ),
+        (
+            "/api/v1/flavors/x",
+            json!({"platform": "github", "labels": ["ok", 3]}),
+            "labels[1]",
+        ),
+        (
+            "/api/v1/flavors/x",
+            json!({"platform": "github", "labels": ["ok", " "]}),
+            "labels[1]",
+        ),
+        (
+            "/api/v1/flavors/x",
+            json!({"platform": "", "labels": []}),
+            "platform",
+        ),
+        (
+            "/api/v1/flavors/x",
+            json!({"platform": "github", "labels": [], "is_disabled": "yes"}),
+            "is_disabled",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let (status, error) = call(&planner, Method::POST, path, t, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}");
+        assert!(
+            error_of(&error).contains(field),
+            "{body}: {error} should name {field}"
+        );
+    }
+    planner.create_flavor("x", &["a"], 1).await;
+    for (body, field) in [
+        (json!({}), "body"),
+        (json!({"is_disabled": "no"}), "is_disabled"),
+        (json!({"priority": -1}), "priority"),
+        (json!({"platform": "other"}), "platform"),
+    ] {
+        let (status, error) = call(
+            &planner,
+            Method::PATCH,
+            "/api/v1/flavors/x",
+            t,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(error_of(&error).contains(field), "{body}: {error}");
+    }
+    let raw = |method: Method, body: &'static str, content_type: &'static str| {
+        planner
+            .request(method, "/api/v1/flavors/y", t)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+    };
+    let response = raw(Method::POST, "{not json", "application/json")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error = response.json::<Value>().await.unwrap();
+    assert!(error_of(&error).starts_with("body"), "{error}");
+    let response = raw(
+        Method::POST,
+        r#"{"platform":"github","labels":[]}"#,
+        "text/plain",
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(error_of(&response.json().await.unwrap()).contains("content-type"));
+    let huge = json!({"platform": "github", "labels": vec!["x".repeat(100); 200]});
+    let (status, _) = call(
+        &planner,
+        Method::POST,
+        "/api/v1/flavors/huge",
+        t,
+        Some(huge),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[actix_web::test]
+async fn flavor_changes_rematch_jobs_that_have_not_started() {
+    let planner = spawn_planner().await;
+    planner.create_flavor("small", &["x64"], 1).await;
+    let labels = ["self-hosted", "linux", "X64"];
+    planner.seed(&job_payload("queued.1", 1, "queued", &labels), "d1");
+    planner.seed(&job_payload("waiting.0", 2, "waiting", &labels), "d2");
+    planner.seed(
+        &job_payload("in_progress.1", 3, "in_progress", &labels),
+        "d3",
+    );
+    planner.seed(&job_payload("completed.0", 4, "completed", &labels), "d4");
+    planner.seed(
+        &job_payload("queued.1", 5, "queued", &["self-hosted", "gpu"]),
+        "d5",
+    );
+    let flavor_of = |id| {
+        let planner = &planner;
+        async move { planner.job(id).await.unwrap()["assigned_flavor"].clone() }
+    };
+    for id in 1..=4 {
+        assert_eq!(flavor_of(id).await, "small", "job {id}");
+    }
+    assert_eq!(flavor_of(5).await, Value::Null);
+
+    planner.create_flavor("big", &["x64", "gpu"], 10).await;
+    assert_eq!(flavor_of(1).await, "big");
+    assert_eq!(flavor_of(2).await, "big");
+    assert_eq!(
+        flavor_of(3).await,
+        "small",
+        "started jobs keep their flavor"
+    );
+    assert_eq!(flavor_of(4).await, "small");
+    assert_eq!(flavor_of(5).await, "big");
+
+    let (status, _) = call(
+        &planner,
+        Method::PATCH,
+        "/api/v1/flavors/big",
+        Some(ADMIN_TOKEN),
+        Some(json!({"is_disabled": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(flavor_of(1).await, "small");
+    assert_eq!(flavor_of(5).await, Value::Null);
+    let (status, _) = call(
+        &planner,
+        Method::PATCH,
+        "/api/v1/flavors/big",
+        Some(ADMIN_TOKEN),
+        Some(json!({"is_disabled": false})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(flavor_of(1).await, "big");
+
+    let (status, _) = call(
+        &planner,
+        Method::DELETE,
+        "/api/v1/flavors/small",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        flavor_of(4).await,
+        "small",
+        "deleting a flavor keeps the history of its jobs"
+    );
+    assert_eq!(flavor_of(3).await, "small");
+}
+
+#[actix_web::test]
+async fn jobs_listing_filters_and_pages() {
+    let planner = spawn_planner().await;
+    planner.create_flavor("small", &["x64"], 1).await;
+    for id in 1..=25i64 {
+        let mut body = job_payload(
+            "queued.1",
+            id,
+            if id % 2 == 0 { "queued" } else { "completed" },
+            &["self-hosted", "x64"],
+        );
+        body["workflow_job"]["created_at"] = format!("2024-01-01T00:00:{:02}Z", id % 5).into();
+        if id > 20 {
+            body["repository"]["full_name"] = "octo/other".into();
+        }
+        planner.seed(&body, &format!("d{id}"));
+    }
+    let t = Some(ADMIN_TOKEN);
+    let (status, page) = call(&planner, Method::GET, "/api/v1/jobs/github", t, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 25);
+    assert_eq!(page["next_cursor"], Value::Null);
+    let keys: Vec<(String, i64)> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j["created_at"].as_str().unwrap().to_owned(),
+                j["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(keys, sorted, "newest first, then by id");
+    assert!(jobs[0].get("payloads").is_none());
+
+    // Pages of 7 visit every job exactly once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/api/v1/jobs/github?limit=7&cursor={cursor}"),
+            None => "/api/v1/jobs/github?limit=7".to_owned(),
+        };
+        let (status, page) = call(&planner, Method::GET, &path, t, None).await;
+        assert_eq!(status, StatusCode::OK);
+        seen.extend(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_i64().unwrap()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, keys.iter().map(|(_, id)| *id).collect::<Vec<_>>());
+
+    let count = |path: &'static str| {
+        let planner = &planner;
+        async move {
+            let (status, page) = call(planner, Method::GET, path, t, None).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            page["jobs"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(count("/api/v1/jobs/github?status=queued").await, 12);
+    assert_eq!(
+        count("/api/v1/jobs/github?status=completed&repository=octo/other").await,
+        3
+    );
+    assert_eq!(count("/api/v1/jobs/github?flavor=small").await, 25);
+    assert_eq!(count("/api/v1/jobs/github?flavor=none").await, 0);
+    assert_eq!(count("/api/v1/jobs/gitlab").await, 0);
+
+    for (path, field) in [
+        ("/api/v1/jobs/github?status=running", "status"),
+        ("/api/v1/jobs/github?limit=0", "limit"),
+        ("/api/v1/jobs/github?limit=1001", "limit"),
+        ("/api/v1/jobs/github?limit=ten", "limit"),
+        ("/api/v1/jobs/github?cursor=garbage", "cursor"),
+        ("/api/v1/jobs/github?colour=red", "colour"),
+        ("/api/v1/jobs/github/abc", "id"),
+        ("/api/v1/jobs/GitHub", "platform"),
+    ] {
+        let (status, body) = call(&planner, Method::GET, path, t, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(error_of(&body).contains(field), "{path}: {body}");
+    }
+    let (status, job) = call(&planner, Method::GET, "/api/v1/jobs/github/2", t, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["status"], "queued");
+    assert_eq!(job["assigned_flavor"], "small");
+    assert_eq!(job["repository"], "lineville/elastic-machines-testing");
+    assert_eq!(job["payloads"]["queued"]["workflow_job"]["id"], 2);
+    let (status, _) = call(&planner, Method::GET, "/api/v1/jobs/github/999", t, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[actix_web::test]
+async fn match_explains_the_choice() {
+    let planner = spawn_planner().await;
+    planner.create_flavor("small", &["x64"], 1).await;
+    planner.create_flavor("gpu", &["x64", "gpu"], 5).await;
+    let t = Some(ADMIN_TOKEN);
+    let (status, body) = call(
+        &planner,
+        Method::GET,
+        "/api/v1/match?labels=self-hosted,Linux,x64,gpu",
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["flavor"], "gpu");
+    assert_eq!(
+        body["labels"],
+        json!(["self-hosted", "linux", "x64", "gpu"])
+    );
+    assert_eq!(body["matching_labels"], json!(["x64", "gpu"]));
+    let small = body["flavors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "small")
+        .unwrap();
+    assert_eq!(small["missing_labels"], json!(["gpu"]));
+    assert_eq!(small["eligible"], false);
+
+    let (_, body) = call(&planner, Method::GET, "/api/v1/match?labels=x64", t, None).await;
+    assert_eq!(body["flavor"], "gpu", "highest priority wins");
+    let (_, body) = call(&planner, Method::GET, "/api/v1/match?labels=arm64", t, None).await;
+    assert_eq!(body["flavor"], Value::Null);
+    let (status, body) = call(&planner, Method::GET, "/api/v1/match", t, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("labels"), "{body}");
+}
+
+#[actix_web::test]
+async fn openapi_document_lists_every_route() {
+    let planner = spawn_planner().await;
+    let (status, doc) = call(&planner, Method::GET, "/api/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = [
+        ("/health", "get"),
+        ("/api/v1/openapi.json", "get"),
+        ("/api/v1/flavors", "get"),
+        ("/api/v1/flavors/{name}", "post"),
+        ("/api/v1/flavors/{name}", "get"),
+        ("/api/v1/flavors/{name}", "patch"),
+        ("/api/v1/flavors/{name}", "delete"),
+        ("/api/v1/auth/token/{name}", "post"),
+        ("/api/v1/auth/token", "get"),
+        ("/api/v1/auth/token/{name}", "delete"),
+        ("/api/v1/jobs/{platform}", "get"),
+        ("/api/v1/jobs/{platform}/{id}", "get"),
+        ("/api/v1/match", "get"),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(
+        documented,
+        expected.len(),
+        "no undocumented or phantom operations"
+    );
+    for (path, method) in expected {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} documented"
+        );
+    }
+    // Every documented response code of a token route includes 401.
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            if operation.get("security").is_some() {
+                assert!(
+                    operation["responses"].get("401").is_some(),
+                    "{method} {path} documents 401"
+                );
+            }
+        }
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// Job and flavor changes `NOTIFY planner_changes` (the pressure engine listens to it).
+#[actix_web::test]
+async fn job_and_flavor_changes_are_notified() {
+    use diesel::RunQueryDsl;
+    let planner = spawn_planner().await;
+    let mut listener = planner.db.as_ref().unwrap().connect();
+    diesel::sql_query("LISTEN planner_changes")
+        .execute(&mut listener)
+        .unwrap();
+    let received = |listener: &mut diesel::PgConnection| {
+        // Notifications are read with the next result.
+        diesel::sql_query("SELECT 1").execute(listener).unwrap();
+        listener
+            .notifications_iter()
+            .map(|n| n.unwrap().payload)
+            .collect::<Vec<_>>()
+    };
+    assert!(received(&mut listener).is_empty());
+    planner.create_flavor("small", &["x64"], 1).await;
+    assert!(received(&mut listener).contains(&"flavor".to_owned()));
+    planner.seed(
+        &job_payload("queued.1", 1, "queued", &["self-hosted", "x64"]),
+        "d1",
+    );
+    assert_eq!(received(&mut listener), ["job"]);
+}
+
+/// Equal priority: the flavor with less pressure gets the job, then the first name.
+#[actix_web::test]
+async fn ties_go_to_the_flavor_with_less_pressure() {
+    let planner = spawn_planner().await;
+    planner.create_flavor("b", &["x64"], 1).await;
+    planner.create_flavor("a", &["x64"], 1).await;
+    let labels = ["self-hosted", "x64"];
+    planner.seed(&job_payload("queued.1", 1, "queued", &labels), "d1");
+    planner.seed(&job_payload("queued.1", 2, "queued", &labels), "d2");
+    planner.seed(&job_payload("queued.1", 3, "queued", &labels), "d3");
+    let mut assigned = Vec::new();
+    for id in 1..=3 {
+        assigned.push(
+            planner.job(id).await.unwrap()["assigned_flavor"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(assigned, ["a", "b", "a"]);
+    let (_, body) = call(
+        &planner,
+        Method::GET,
+        "/api/v1/match?labels=x64",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(body["flavor"], "b", "a has 2 open jobs, b has 1");
+}

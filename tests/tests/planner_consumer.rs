@@ -1,0 +1,511 @@
+//! The planner's job consumer end to end, from a real RabbitMQ queue into a real PostgreSQL:
+//! octokit fixtures, duplicates, reordered deliveries, poison messages, a database outage in
+//! the middle of the stream, and two planners sharing one queue.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use diesel::prelude::*;
+use planner::config::Config;
+use proptest::{
+    strategy::{Just, Strategy, ValueTree},
+    test_runner::TestRunner,
+};
+use schema::{models::Job, schema::job};
+use serde_json::{json, Value};
+use tests::{
+    cut_proxy::CutProxy,
+    db::{database_url, rabbitmq_url, socket_address, with_address, TestDb},
+    planner::{
+        eventually, fixture, job_payload, spawn_planner, spawn_planner_on, spawn_planner_with,
+        unique_topology, TestPublisher, TopologyGuard, ADMIN_TOKEN,
+    },
+};
+
+const SELF_HOSTED: [&str; 3] = ["self-hosted", "linux", "x64"];
+
+/// The four deliveries of one job's life, from the fixtures, as GitHub sends them.
+fn lifecycle(id: i64) -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "queued",
+            job_payload("queued.1", id, "queued", &SELF_HOSTED),
+        ),
+        (
+            "waiting",
+            job_payload("waiting.0", id, "waiting", &SELF_HOSTED),
+        ),
+        (
+            "in_progress",
+            job_payload("in_progress.1", id, "in_progress", &SELF_HOSTED),
+        ),
+        (
+            "completed",
+            job_payload("completed.1", id, "completed", &SELF_HOSTED),
+        ),
+    ]
+}
+
+fn jobs(conn: &mut PgConnection) -> Vec<Job> {
+    job::table
+        .order(job::id)
+        .select(Job::as_select())
+        .load(conn)
+        .expect("load jobs")
+}
+
+/// A job row without what legitimately differs between two runs.
+fn comparable(mut row: Job) -> Job {
+    row.updated_at = chrono::DateTime::UNIX_EPOCH;
+    row
+}
+
+#[actix_web::test]
+async fn fixtures_flow_from_the_queue_into_the_database() {
+    let planner = spawn_planner().await;
+    planner.create_flavor("x64", &["x64"], 1).await;
+    let publisher = TestPublisher::connect(&planner.topology).await;
+
+    // The waiting/queued fixtures are a real self-hosted job (labels self-hosted, k8s).
+    // Its in_progress and completed deliveries are derived from the other fixtures.
+    let id = 12_877_621_891;
+    let waiting = fixture("waiting.0");
+    let same_job = |mut body: Value| {
+        body["workflow_job"]["id"] = id.into();
+        body["workflow_job"]["run_id"] = waiting["workflow_job"]["run_id"].clone();
+        body["workflow_job"]["labels"] = json!(["self-hosted", "k8s"]);
+        body["repository"] = waiting["repository"].clone();
+        body
+    };
+    publisher.publish(&fixture("queued.1"), "q").await;
+    publisher.publish(&waiting, "w").await;
+    publisher
+        .publish(&same_job(fixture("in_progress.1")), "s")
+        .await;
+    publisher
+        .publish(&same_job(fixture("completed.0")), "c")
+        .await;
+    // GitHub-hosted job, another event, an unhandled action: acknowledged and discarded.
+    publisher.publish(&fixture("queued.0"), "hosted").await;
+    let ping = std::fs::read(format!("{}/fixtures/ping.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    publisher
+        .publish_raw(&ping, Some("ping"), Some("ping"))
+        .await;
+    let mut requested = job_payload("queued.1", 5, "requested", &SELF_HOSTED);
+    requested["action"] = "requested".into();
+    publisher.publish(&requested, "requested").await;
+    // A self-hosted x64 job matches the flavor.
+    publisher
+        .publish(&job_payload("queued.1", 7, "queued", &SELF_HOSTED), "x")
+        .await;
+
+    planner.settled(8).await;
+    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 5);
+    assert_eq!(planner.stats.discarded.load(Ordering::SeqCst), 3);
+    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 0);
+
+    let job = planner.job(id).await.expect("job stored");
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["conclusion"], "failure");
+    assert_eq!(job["labels"], json!(["self-hosted", "k8s"]));
+    assert_eq!(job["repository"], "lineville/elastic-machines-testing");
+    assert_eq!(job["run_id"], 4_747_967_848i64);
+    assert_eq!(
+        job["assigned_flavor"],
+        Value::Null,
+        "k8s is offered by no flavor"
+    );
+    assert_eq!(job["started_at"], "2021-08-05T10:34:58Z");
+    assert_eq!(job["completed_at"], "2021-08-05T10:38:16Z");
+    let payloads = job["payloads"].as_object().unwrap();
+    assert_eq!(payloads.len(), 4, "every action's raw payload is kept");
+    assert_eq!(payloads["waiting"], fixture("waiting.0"));
+    assert_eq!(planner.job(7).await.unwrap()["assigned_flavor"], "x64");
+    assert!(
+        planner.job(289_782_451).await.is_none(),
+        "GitHub-hosted jobs are not stored"
+    );
+    assert!(planner.job(5).await.is_none());
+    assert!(publisher.drain_dead_letters().await.is_empty());
+}
+
+#[actix_web::test]
+async fn duplicate_deliveries_are_counted_not_applied_twice() {
+    let planner = spawn_planner().await;
+    let publisher = TestPublisher::connect(&planner.topology).await;
+    let [queued, waiting, ..] = <[_; 4]>::try_from(lifecycle(1)).unwrap();
+    publisher.publish(&queued.1, "d-queued").await;
+    publisher.publish(&waiting.1, "d-waiting").await;
+    // The same queued delivery again (a redelivery): applying it would move the job back.
+    publisher.publish(&queued.1, "d-queued").await;
+    publisher.publish(&queued.1, "d-queued").await;
+    planner.settled(4).await;
+    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 2);
+    assert_eq!(planner.stats.duplicates.load(Ordering::SeqCst), 2);
+    assert_eq!(planner.job(1).await.unwrap()["status"], "waiting");
+
+    let mut conn = planner.db.as_ref().unwrap().connect();
+    assert_eq!(
+        schema::queries::job_duplicate_count(&mut conn, "github", 1).unwrap(),
+        2
+    );
+}
+
+#[actix_web::test]
+async fn poison_messages_land_in_the_dead_letter_queue() {
+    let planner = spawn_planner().await;
+    let publisher = TestPublisher::connect(&planner.topology).await;
+    let good = job_payload("queued.1", 1, "queued", &SELF_HOSTED);
+    let bytes = serde_json::to_vec(&good).unwrap();
+
+    publisher.publish_raw(&bytes, None, Some("no-event")).await;
+    publisher
+        .publish_raw(
+            b"{\"action\": \"queued\", ",
+            Some("workflow_job"),
+            Some("bad-json"),
+        )
+        .await;
+    let mut no_id = good.clone();
+    no_id["workflow_job"].as_object_mut().unwrap().remove("id");
+    publisher.publish(&no_id, "no-id").await;
+    // The in_progress.0 fixture has no created_at.
+    let mut no_created = fixture("in_progress.0");
+    no_created["workflow_job"]["labels"] = json!(SELF_HOSTED);
+    publisher.publish(&no_created, "no-created-at").await;
+    let mut no_repository = good.clone();
+    no_repository.as_object_mut().unwrap().remove("repository");
+    publisher.publish(&no_repository, "no-repository").await;
+    publisher
+        .publish_raw(&bytes, Some("workflow_job"), None)
+        .await;
+    publisher.publish(&good, "good").await;
+
+    planner.settled(7).await;
+    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 6);
+    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 1);
+    assert_eq!(planner.job(1).await.unwrap()["status"], "queued");
+
+    let dead = publisher
+        .wait_dead_letters(6, Duration::from_secs(10))
+        .await;
+    let mut ids: Vec<Option<String>> = dead.iter().map(|(id, _)| id.clone()).collect();
+    ids.sort();
+    let mut expected = vec![
+        None,
+        Some("bad-json"),
+        Some("no-created-at"),
+        Some("no-event"),
+        Some("no-id"),
+        Some("no-repository"),
+    ];
+    expected.sort();
+    assert_eq!(
+        ids,
+        expected
+            .into_iter()
+            .map(|id| id.map(str::to_owned))
+            .collect::<Vec<_>>()
+    );
+    let bad_json = dead
+        .iter()
+        .find(|(id, _)| id.as_deref() == Some("bad-json"))
+        .unwrap();
+    assert_eq!(
+        bad_json.1, b"{\"action\": \"queued\", ",
+        "dead letters keep the body unchanged"
+    );
+}
+
+/// Property: any permutation of a job's deliveries, with duplicates, read from a real queue,
+/// ends in the same row as the order GitHub sends them in. Each case is a job of its own.
+#[actix_web::test]
+async fn reordered_and_duplicated_deliveries_converge() {
+    const CASES: i64 = 24;
+    let planner = spawn_planner().await;
+    planner.create_flavor("x64", &["x64"], 1).await;
+    let publisher = TestPublisher::connect(&planner.topology).await;
+
+    // Job 0: in order.
+    for (action, body) in lifecycle(0) {
+        publisher.publish(&body, &format!("0-{action}")).await;
+    }
+    let strategy = (
+        Just((0..4usize).collect::<Vec<_>>()).prop_shuffle(),
+        proptest::collection::vec(0..4usize, 0..4),
+    );
+    let mut runner = TestRunner::deterministic();
+    let mut published = 4;
+    for id in 1..=CASES {
+        let (order, duplicates) = strategy.new_tree(&mut runner).unwrap().current();
+        let deliveries = lifecycle(id);
+        let mut sequence: Vec<usize> = order;
+        for (n, i) in duplicates.into_iter().enumerate() {
+            sequence.insert(n % (sequence.len() + 1), i);
+        }
+        for i in sequence {
+            let (action, body) = &deliveries[i];
+            publisher.publish(body, &format!("{id}-{action}")).await;
+            published += 1;
+        }
+    }
+    planner.settled(published).await;
+    assert_eq!(
+        planner.stats.applied.load(Ordering::SeqCst),
+        4 * (CASES as u64 + 1)
+    );
+
+    let mut conn = planner.db.as_ref().unwrap().connect();
+    let rows = jobs(&mut conn);
+    assert_eq!(rows.len() as i64, CASES + 1);
+    let normalise = |row: &Job| {
+        let mut row = comparable(row.clone());
+        row.id = 0;
+        for payload in row.payloads.as_object_mut().unwrap().values_mut() {
+            payload["workflow_job"]["id"] = 0.into();
+        }
+        row
+    };
+    let expected = normalise(&rows[0]);
+    assert_eq!(expected.status, "completed");
+    assert_eq!(expected.assigned_flavor.as_deref(), Some("x64"));
+    for row in &rows[1..] {
+        assert_eq!(normalise(row), expected, "job {}", row.id);
+    }
+}
+
+#[actix_web::test]
+async fn database_cut_mid_stream_loses_nothing() {
+    let db = TestDb::new();
+    let proxy = CutProxy::start(socket_address(&database_url()).await).await;
+    let topology = unique_topology();
+    let _queues = TopologyGuard(topology.clone());
+    let config = Config::for_tests(
+        &with_address(db.url(), proxy.address()),
+        &rabbitmq_url(),
+        ADMIN_TOKEN,
+        topology.clone(),
+    );
+    let planner = spawn_planner_with(config).await;
+    let publisher = TestPublisher::connect(&topology).await;
+
+    for id in 1..=20 {
+        publisher
+            .publish(
+                &job_payload("queued.1", id, "queued", &SELF_HOSTED),
+                &format!("q{id}"),
+            )
+            .await;
+    }
+    planner.settled(20).await;
+
+    proxy.cut();
+    for id in 1..=20 {
+        publisher
+            .publish(
+                &job_payload("completed.0", id, "completed", &SELF_HOSTED),
+                &format!("c{id}"),
+            )
+            .await;
+    }
+    let stats = planner.stats.clone();
+    eventually(
+        "the store notices the outage",
+        Duration::from_secs(30),
+        || {
+            let stats = stats.clone();
+            async move { stats.store_failures.load(Ordering::SeqCst) >= 2 }
+        },
+    )
+    .await;
+    assert_eq!(
+        planner.stats.settled(),
+        20,
+        "nothing is acknowledged while the database is down"
+    );
+    assert!(
+        publisher.drain_dead_letters().await.is_empty(),
+        "nothing is dead-lettered"
+    );
+    let response = planner
+        .request(reqwest::Method::GET, "/api/v1/flavors", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        503,
+        "the API says the database is unavailable"
+    );
+
+    proxy.restore();
+    planner.settled(40).await;
+    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 0);
+    let rows = jobs(&mut db.connect());
+    assert_eq!(rows.len(), 20);
+    assert!(
+        rows.iter().all(|row| row.status == "completed"),
+        "every delivery was applied"
+    );
+    assert!(publisher.drain_dead_letters().await.is_empty());
+}
+
+/// A delivery the database keeps refusing while it answers (here: a trigger) is dead-lettered
+/// after a few attempts; the deliveries around it (in its batch or not) are applied.
+#[actix_web::test]
+async fn a_delivery_the_database_refuses_is_dead_lettered_alone() {
+    let planner = spawn_planner().await;
+    let mut conn = planner.db.as_ref().unwrap().connect();
+    diesel::sql_query(
+        "CREATE FUNCTION refuse_666() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'job 666 refused'; END; $$",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    diesel::sql_query(
+        "CREATE TRIGGER refuse_666 BEFORE INSERT ON job FOR EACH ROW \
+         WHEN (NEW.id = 666) EXECUTE FUNCTION refuse_666()",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    let publisher = TestPublisher::connect(&planner.topology).await;
+    for id in [1, 666, 2] {
+        publisher
+            .publish(
+                &job_payload("queued.1", id, "queued", &SELF_HOSTED),
+                &format!("q{id}"),
+            )
+            .await;
+    }
+    planner.settled(3).await;
+    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 2);
+    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 1);
+    let dead = publisher
+        .wait_dead_letters(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(dead[0].0.as_deref(), Some("q666"));
+    assert_eq!(
+        jobs(&mut conn).iter().map(|row| row.id).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+#[actix_web::test]
+async fn broker_cut_reconnects_without_busy_looping() {
+    let db = TestDb::new();
+    let proxy = CutProxy::start(socket_address(&rabbitmq_url()).await).await;
+    let topology = unique_topology();
+    let _queues = TopologyGuard(topology.clone());
+    let config = Config::for_tests(
+        db.url(),
+        &with_address(&rabbitmq_url(), proxy.address()),
+        ADMIN_TOKEN,
+        topology.clone(),
+    );
+    let planner = spawn_planner_with(config).await;
+    let publisher = TestPublisher::connect(&topology).await;
+    for id in 1..=5 {
+        publisher
+            .publish(
+                &job_payload("queued.1", id, "queued", &SELF_HOSTED),
+                &format!("q{id}"),
+            )
+            .await;
+    }
+    planner.settled(5).await;
+
+    proxy.cut();
+    let stats = planner.stats.clone();
+    eventually(
+        "the consumer notices the broker is gone",
+        Duration::from_secs(10),
+        || {
+            let stats = stats.clone();
+            async move { !stats.consuming.load(Ordering::SeqCst) }
+        },
+    )
+    .await;
+    for id in 6..=10 {
+        publisher
+            .publish(
+                &job_payload("queued.1", id, "queued", &SELF_HOSTED),
+                &format!("q{id}"),
+            )
+            .await;
+    }
+    let attempts = planner.stats.connect_attempts.load(Ordering::SeqCst);
+    // A measurement window, not synchronisation: count reconnect attempts while the broker is away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = planner.stats.connect_attempts.load(Ordering::SeqCst) - attempts;
+    assert!(
+        during <= 12,
+        "{during} connection attempts in 1.5 s: the backoff is not working"
+    );
+    assert_eq!(planner.stats.settled(), 5);
+
+    proxy.restore();
+    planner.settled(10).await;
+    assert_eq!(jobs(&mut db.connect()).len(), 10);
+}
+
+#[actix_web::test]
+async fn two_planners_on_one_queue_converge_to_the_state_of_one() {
+    const JOBS: i64 = 30;
+    let shared_db = TestDb::new();
+    let shared_topology = unique_topology();
+    let _queues = TopologyGuard(shared_topology.clone());
+    let first = spawn_planner_on(shared_db.url(), shared_topology.clone()).await;
+    let second = spawn_planner_on(shared_db.url(), shared_topology.clone()).await;
+    let single = spawn_planner().await;
+    first.create_flavor("x64", &["x64"], 1).await;
+    single.create_flavor("x64", &["x64"], 1).await;
+
+    let shared = TestPublisher::connect(&shared_topology).await;
+    let alone = TestPublisher::connect(&single.topology).await;
+    // Interleave the jobs' lives, and redeliver some deliveries.
+    let mut published = 0;
+    for step in 0..4 {
+        for id in 1..=JOBS {
+            let (action, body) = lifecycle(id).swap_remove(step);
+            let delivery = format!("{id}-{action}");
+            let copies = if id % 7 == 0 { 2 } else { 1 };
+            for _ in 0..copies {
+                shared.publish(&body, &delivery).await;
+                alone.publish(&body, &delivery).await;
+                published += 1;
+            }
+        }
+    }
+    single.settled(published).await;
+    let (a, b) = (first.stats.clone(), second.stats.clone());
+    eventually(
+        "both planners together settled everything",
+        Duration::from_secs(30),
+        || {
+            let (a, b) = (a.clone(), b.clone());
+            async move { a.settled() + b.settled() >= published }
+        },
+    )
+    .await;
+    assert!(
+        first.stats.settled() > 0 && second.stats.settled() > 0,
+        "both planners took work"
+    );
+    let applied =
+        first.stats.applied.load(Ordering::SeqCst) + second.stats.applied.load(Ordering::SeqCst);
+    assert_eq!(
+        applied,
+        4 * JOBS as u64,
+        "duplicates are applied once across planners"
+    );
+
+    let together: Vec<Job> = jobs(&mut shared_db.connect())
+        .into_iter()
+        .map(comparable)
+        .collect();
+    let one: Vec<Job> = jobs(&mut single.db.as_ref().unwrap().connect())
+        .into_iter()
+        .map(comparable)
+        .collect();
+    assert_eq!(together.len() as i64, JOBS);
+    assert_eq!(together, one);
+}
