@@ -4,6 +4,13 @@
 //!   identically, so whichever starts first creates them and the other finds them unchanged.
 //! - [`amqp::Publisher`]: the supervised AMQP publisher actor (connection, channel, reconnects,
 //!   pipelined publisher confirms).
+//! - [`pressure::Pressure`]: an immutable pressure snapshot with its lines rendered once.
+//! - [`broadcast::Broadcaster`]: the actor that fans pressure changes out to every stream
+//!   subscriber (one `watch` slot: latest state wins, nothing queues per client).
+//! - [`stream::respond`]: the NDJSON / Server-Sent Events streaming response on a subscription.
 
 pub mod amqp;
+pub mod broadcast;
 pub mod config;
+pub mod pressure;
+pub mod stream;
