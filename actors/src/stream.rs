@@ -35,6 +35,7 @@ use futures::Stream;
 use tokio::time::{Instant, Sleep};
 
 use crate::broadcast::Subscription;
+use crate::config::{self, ConfigError, Source};
 use crate::pressure::{Filter, Pressure};
 
 /// Default interval of heartbeats (`APP_STREAM_HEARTBEAT`).
@@ -47,6 +48,17 @@ pub const NDJSON: &str = "application/x-ndjson";
 pub const EVENT_STREAM: &str = "text/event-stream";
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+/// `APP_STREAM_HEARTBEAT`: the longest a stream stays silent; plain seconds or with units
+/// (`30`, `500ms`, `1m`), positive; default [`DEFAULT_HEARTBEAT`].
+pub fn heartbeat_from(source: &dyn Source) -> Result<Duration, ConfigError> {
+    config::parsed(
+        source,
+        "APP_STREAM_HEARTBEAT",
+        DEFAULT_HEARTBEAT,
+        config::duration,
+    )
+}
 
 /// Wire format of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +99,8 @@ pub fn wants_stream(req: &HttpRequest) -> bool {
 /// The streaming response for `req`: SSE or NDJSON as [`Format::of`] chooses, showing `filter`
 /// of the snapshots `subscription` receives, with a heartbeat at least every `heartbeat`.
 ///
-/// The caller has already checked authentication and that a named flavor exists.
+/// The caller has already checked authentication and that a named flavor exists. `heartbeat`
+/// comes from [`heartbeat_from`] (positive); shorter than a millisecond counts as one.
 pub fn respond(
     req: &HttpRequest,
     subscription: Subscription,
@@ -128,6 +141,7 @@ pub fn body(
     heartbeat: Duration,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
     log::debug!("pressure stream opened format={format:?} filter={filter}");
+    let heartbeat = heartbeat.max(Duration::from_millis(1));
     let feed = Feed {
         subscription,
         filter,
@@ -221,6 +235,18 @@ mod tests {
 
     fn map(entries: &[(&str, u64)]) -> PressureMap {
         entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn the_heartbeat_is_configurable() {
+        assert_eq!(heartbeat_from(&[("X", "1")]), Ok(DEFAULT_HEARTBEAT));
+        let short = [("APP_STREAM_HEARTBEAT", "250ms")];
+        assert_eq!(heartbeat_from(&short), Ok(Duration::from_millis(250)));
+        let zero = [("APP_STREAM_HEARTBEAT", "0")];
+        assert_eq!(
+            heartbeat_from(&zero).unwrap_err().variable,
+            "APP_STREAM_HEARTBEAT"
+        );
     }
 
     #[test]
