@@ -13,7 +13,8 @@
 //!   per client is one `Arc` pointer; nothing queues.
 //! - O(1) publish: a publish stores one `Arc<Pressure>` and wakes the waiting receivers; it
 //!   does not visit, clone to, or wait for any client, so a slow client never slows the others
-//!   or the actor.
+//!   or the actor. Every subscriber's task is woken once per change; a single-flavor stream
+//!   whose flavor did not change compares two integers and sleeps again without writing.
 //! - Shared rendering: the snapshot carries its JSON/NDJSON/SSE lines rendered once
 //!   ([`Pressure::new`]); 10,000 subscribers send slices of the same buffer.
 //! - Removal at once: a subscription is a receiver; dropping it (the HTTP response body is
