@@ -6,7 +6,14 @@
 //!   pipelined publisher confirms).
 //! - [`telemetry`]: logging, the Prometheus listener and HTTP metrics, OpenTelemetry traces and
 //!   their propagation through AMQP headers.
+//! - [`pressure::Pressure`]: an immutable pressure snapshot with its lines rendered once.
+//! - [`broadcast::Broadcaster`]: the actor that fans pressure changes out to every stream
+//!   subscriber (one `watch` slot: latest state wins, nothing queues per client).
+//! - [`stream::respond`]: the NDJSON / Server-Sent Events streaming response on a subscription.
 
 pub mod amqp;
+pub mod broadcast;
 pub mod config;
+pub mod pressure;
+pub mod stream;
 pub mod telemetry;
