@@ -1,21 +1,20 @@
 //! Configuration, read once from the environment at start-up and validated before serving.
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use secrecy::SecretString;
 
 use actors::amqp::Topology;
+use actors::config::{self, Environment, Source};
+use actors::telemetry::TelemetryConfig;
 
 use crate::domain::labels::IgnoredLabels;
 
-/// A variable that is missing or has a bad value; start-up stops with this error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("environment variable {0} is required")]
-    Missing(&'static str),
-    #[error("environment variable {name} is invalid: {reason}")]
-    Invalid { name: &'static str, reason: String },
-}
+pub use actors::config::ConfigError;
+
+/// Default of `APP_JOB_MAX_AGE`: jobs created longer ago than this no longer count towards
+/// pressure (Canonical's planner uses the same 5 days).
+pub const DEFAULT_JOB_MAX_AGE: Duration = Duration::from_secs(5 * 24 * 3600);
 
 /// Everything the planner needs to run.
 #[derive(Debug, Clone)]
@@ -46,7 +45,14 @@ pub struct Config {
     pub http_workers: Option<usize>,
     /// Retry delays of the consumer (broker reconnects and database retries): first and cap.
     pub retry_min_delay: Duration,
+    /// Cap of the consumer's retry delay.
     pub retry_max_delay: Duration,
+    /// `APP_JOB_MAX_AGE` (default 5 days): older jobs do not count towards pressure.
+    pub job_max_age: Duration,
+    /// `APP_STREAM_HEARTBEAT` (default 30 s): longest silence on a pressure stream.
+    pub stream_heartbeat: Duration,
+    /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
+    pub telemetry: TelemetryConfig,
 }
 
 const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
@@ -54,52 +60,41 @@ const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_source(&Environment)
     }
 
-    /// Reads variables through `lookup` (the environment, or a map in tests).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let required = |name: &'static str| {
-            lookup(name)
-                .filter(|value| !value.is_empty())
-                .ok_or(ConfigError::Missing(name))
-        };
-        let invalid = |name: &'static str, reason: &str| ConfigError::Invalid {
-            name,
-            reason: reason.to_owned(),
-        };
-
-        let database_url = required("POSTGRESQL_DB_CONNECT_STRING")?;
+    /// Reads any [`Source`] of variables (the environment, or a fixed list in tests).
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let database_url = config::required(source, "POSTGRESQL_DB_CONNECT_STRING")?;
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 "POSTGRESQL_DB_CONNECT_STRING",
                 "must start with postgres:// or postgresql://",
             ));
         }
-        let rabbitmq_url = required("RABBITMQ_CONNECT_STRING")?;
-        if !(rabbitmq_url.starts_with("amqp://") || rabbitmq_url.starts_with("amqps://")) {
-            return Err(invalid(
-                "RABBITMQ_CONNECT_STRING",
-                "must start with amqp:// or amqps://",
-            ));
-        }
-        let admin_token = required("APP_ADMIN_TOKEN_VALUE")?;
+        let rabbitmq_url = config::required(source, "RABBITMQ_CONNECT_STRING").and_then(|v| {
+            config::amqp_uri(&v).map_err(|r| ConfigError::new("RABBITMQ_CONNECT_STRING", r))
+        })?;
+        let admin_token = config::required(source, "APP_ADMIN_TOKEN_VALUE")?;
         if !is_valid_admin_token(&admin_token) {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 "APP_ADMIN_TOKEN_VALUE",
                 "must match ^planner_v0_[A-Za-z0-9_-]{20}$",
             ));
         }
-        let port = parse_or(&lookup, "APP_PORT", 8080u16)?;
-        let consumer_prefetch = parse_or(&lookup, "APP_CONSUMER_PREFETCH", 64u16)?;
-        if consumer_prefetch == 0 {
-            return Err(invalid("APP_CONSUMER_PREFETCH", "must be at least 1"));
-        }
-        let db_pool_size = parse_or(&lookup, "APP_DB_POOL_SIZE", 10u32)?;
-        if !(1..=100).contains(&db_pool_size) {
-            return Err(invalid("APP_DB_POOL_SIZE", "must be between 1 and 100"));
-        }
-        let ignored_labels = match lookup("APP_IGNORED_LABELS") {
+        let consumer_prefetch = config::parsed(
+            source,
+            "APP_CONSUMER_PREFETCH",
+            64u16,
+            config::positive_integer,
+        )?;
+        let db_pool_size = config::parsed(source, "APP_DB_POOL_SIZE", 10u32, |v| {
+            match v.parse::<u32>() {
+                Ok(n) if (1..=100).contains(&n) => Ok(n),
+                _ => Err("must be a whole number between 1 and 100".to_owned()),
+            }
+        })?;
+        let ignored_labels = match source.get("APP_IGNORED_LABELS") {
             Some(list) => IgnoredLabels::new(crate::domain::labels::parse_list(&list)),
             None => IgnoredLabels::default(),
         };
@@ -108,17 +103,25 @@ impl Config {
             database_url: database_url.into(),
             rabbitmq_url: rabbitmq_url.into(),
             bind_address: IpAddr::from([0, 0, 0, 0]),
-            port,
+            port: config::parsed(source, "APP_PORT", 8080, config::port)?,
             admin_token: admin_token.into(),
             ignored_labels,
             consumer_prefetch,
             db_pool_size,
             db_checkout_timeout: crate::store::CHECKOUT_TIMEOUT,
             migrate_on_start: true,
-            topology: Topology::default(),
+            topology: config::topology(source)?,
             http_workers: None,
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
+            job_max_age: config::parsed(
+                source,
+                "APP_JOB_MAX_AGE",
+                DEFAULT_JOB_MAX_AGE,
+                config::duration,
+            )?,
+            stream_heartbeat: actors::stream::heartbeat_from(source)?,
+            telemetry: TelemetryConfig::from_source(source)?,
         })
     }
 
@@ -145,6 +148,13 @@ impl Config {
             http_workers: Some(1),
             retry_min_delay: Duration::from_millis(50),
             retry_max_delay: Duration::from_millis(500),
+            job_max_age: DEFAULT_JOB_MAX_AGE,
+            stream_heartbeat: actors::stream::DEFAULT_HEARTBEAT,
+            telemetry: TelemetryConfig {
+                prometheus_host: IpAddr::from([127, 0, 0, 1]),
+                prometheus_port: 0,
+                otlp_traces_endpoint: None,
+            },
         }
     }
 }
@@ -157,26 +167,6 @@ pub fn is_valid_admin_token(token: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     })
-}
-
-fn parse_or<T: std::str::FromStr>(
-    lookup: &impl Fn(&str) -> Option<String>,
-    name: &'static str,
-    default: T,
-) -> Result<T, ConfigError>
-where
-    T::Err: fmt::Display,
-{
-    match lookup(name) {
-        None => Ok(default),
-        Some(value) => value
-            .trim()
-            .parse()
-            .map_err(|err: T::Err| ConfigError::Invalid {
-                name,
-                reason: err.to_string(),
-            }),
-    }
 }
 
 #[cfg(test)]
@@ -201,8 +191,16 @@ mod tests {
         ])
     }
 
+    struct Vars<'a>(&'a HashMap<&'static str, String>);
+
+    impl Source for Vars<'_> {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned().filter(|v| !v.is_empty())
+        }
+    }
+
     fn load(vars: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
-        Config::from_lookup(|name| vars.get(name).cloned())
+        Config::from_source(&Vars(vars))
     }
 
     #[test]
@@ -213,6 +211,9 @@ mod tests {
         assert_eq!(config.ignored_labels, IgnoredLabels::default());
         assert_eq!(config.topology, Topology::default());
         assert!(config.migrate_on_start);
+        assert_eq!(config.job_max_age, Duration::from_secs(5 * 24 * 3600));
+        assert_eq!(config.stream_heartbeat, Duration::from_secs(30));
+        assert_eq!(config.telemetry.prometheus_port, 9464);
     }
 
     #[test]
@@ -225,7 +226,7 @@ mod tests {
             let mut vars = valid();
             vars.remove(name);
             let err = load(&vars).unwrap_err();
-            assert_eq!(err, ConfigError::Missing(name));
+            assert_eq!(err.variable, name);
             assert!(err.to_string().contains(name));
         }
     }
@@ -242,14 +243,15 @@ mod tests {
             ("APP_PORT", "70000"),
             ("APP_CONSUMER_PREFETCH", "0"),
             ("APP_DB_POOL_SIZE", "0"),
+            ("APP_JOB_MAX_AGE", "forever"),
+            ("APP_STREAM_HEARTBEAT", "0s"),
+            ("APP_AMQP_NAME", "no spaces"),
+            ("OTEL_EXPORTER_PROMETHEUS_PORT", "x"),
         ] {
             let mut vars = valid();
             vars.insert(name, value.to_owned());
             let err = load(&vars).unwrap_err();
-            assert!(
-                matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
-                "{name}={value}: {err}"
-            );
+            assert!(err.variable == name, "{name}={value}: {err}");
             let secret = name.ends_with("CONNECT_STRING") || name == "APP_ADMIN_TOKEN_VALUE";
             if secret {
                 assert!(

@@ -3,7 +3,6 @@
 //! RabbitMQ and PostgreSQL. Nothing here mocks those servers.
 
 pub mod amqp;
-pub mod cut_proxy;
 pub mod db;
 pub mod fixtures;
 pub mod gateway;

@@ -13,12 +13,12 @@ use proptest::{
 use schema::{models::Job, schema::job};
 use serde_json::{json, Value};
 use tests::{
-    cut_proxy::CutProxy,
     db::{database_url, rabbitmq_url, socket_address, with_address, TestDb},
     planner::{
         eventually, fixture, job_payload, spawn_planner, spawn_planner_on, spawn_planner_with,
         unique_topology, TestPublisher, TopologyGuard, ADMIN_TOKEN,
     },
+    proxy::{Mode, TcpProxy},
 };
 
 const SELF_HOSTED: [&str; 3] = ["self-hosted", "linux", "x64"];
@@ -276,11 +276,11 @@ async fn reordered_and_duplicated_deliveries_converge() {
 #[actix_web::test]
 async fn database_cut_mid_stream_loses_nothing() {
     let db = TestDb::new();
-    let proxy = CutProxy::start(socket_address(&database_url()).await).await;
+    let proxy = TcpProxy::start(socket_address(&database_url()).await).await;
     let topology = unique_topology();
     let _queues = TopologyGuard(topology.clone());
     let config = Config::for_tests(
-        &with_address(db.url(), proxy.address()),
+        &with_address(db.url(), proxy.addr()),
         &rabbitmq_url(),
         ADMIN_TOKEN,
         topology.clone(),
@@ -298,7 +298,7 @@ async fn database_cut_mid_stream_loses_nothing() {
     }
     planner.settled(20).await;
 
-    proxy.cut();
+    proxy.set(Mode::Cut);
     for id in 1..=20 {
         publisher
             .publish(
@@ -337,7 +337,7 @@ async fn database_cut_mid_stream_loses_nothing() {
         "the API says the database is unavailable"
     );
 
-    proxy.restore();
+    proxy.set(Mode::Forward);
     planner.settled(40).await;
     assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 0);
     let rows = jobs(&mut db.connect());
@@ -392,12 +392,12 @@ async fn a_delivery_the_database_refuses_is_dead_lettered_alone() {
 #[actix_web::test]
 async fn broker_cut_reconnects_without_busy_looping() {
     let db = TestDb::new();
-    let proxy = CutProxy::start(socket_address(&rabbitmq_url()).await).await;
+    let proxy = TcpProxy::start(socket_address(&rabbitmq_url()).await).await;
     let topology = unique_topology();
     let _queues = TopologyGuard(topology.clone());
     let config = Config::for_tests(
         db.url(),
-        &with_address(&rabbitmq_url(), proxy.address()),
+        &with_address(&rabbitmq_url(), proxy.addr()),
         ADMIN_TOKEN,
         topology.clone(),
     );
@@ -413,7 +413,7 @@ async fn broker_cut_reconnects_without_busy_looping() {
     }
     planner.settled(5).await;
 
-    proxy.cut();
+    proxy.set(Mode::Cut);
     let stats = planner.stats.clone();
     eventually(
         "the consumer notices the broker is gone",
@@ -442,7 +442,7 @@ async fn broker_cut_reconnects_without_busy_looping() {
     );
     assert_eq!(planner.stats.settled(), 5);
 
-    proxy.restore();
+    proxy.set(Mode::Forward);
     planner.settled(10).await;
     assert_eq!(jobs(&mut db.connect()).len(), 10);
 }
