@@ -149,6 +149,7 @@ mod tests {
         assert_eq!(duration("5"), Ok(Duration::from_secs(5)));
         assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("5d"), Ok(Duration::from_secs(5 * 24 * 3600)));
         assert!(duration("0").is_err());
         assert!(duration("soon").is_err());
     }

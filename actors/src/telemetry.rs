@@ -69,9 +69,12 @@ impl TelemetryConfig {
     }
 }
 
-/// `env_logger` with `RUST_LOG`, `info` by default.
+/// `env_logger` with `RUST_LOG`; by default `info`, without lapin's internal span chatter.
 pub fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,tracing::span=warn,lapin=warn"),
+    )
+    .init();
 }
 
 /// The process's trace pipeline. Dropping it does nothing; call [`Tracing::shutdown`] to flush.
