@@ -27,6 +27,12 @@ pub struct Config {
     /// `APP_PUBLISH_TIMEOUT` (default 5 s): how long a webhook may wait for the broker's
     /// confirm before it is answered 503.
     pub publish_timeout: Duration,
+    /// `APP_MAX_IN_FLIGHT` (default 1024): publishes awaiting the broker's confirm at once;
+    /// beyond it webhooks are answered 503 at once instead of queueing (memory stays bounded).
+    pub max_in_flight: usize,
+    /// `APP_REQUEST_TIMEOUT` (default 10 s): longest time to receive a request body; a client
+    /// that sends it slower gets 408.
+    pub request_timeout: Duration,
     /// `APP_AMQP_NAME` (default `github-workflow-jobs`): AMQP exchange and queue names.
     pub topology: Topology,
     /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
@@ -40,6 +46,11 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default of `APP_PUBLISH_TIMEOUT`: well inside GitHub's 10 s delivery timeout.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default of `APP_MAX_IN_FLIGHT`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default of `APP_REQUEST_TIMEOUT`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Config {
     /// Reads the process environment.
@@ -72,6 +83,18 @@ impl Config {
                 DEFAULT_PUBLISH_TIMEOUT,
                 config::duration,
             )?,
+            max_in_flight: config::parsed(
+                source,
+                "APP_MAX_IN_FLIGHT",
+                DEFAULT_MAX_IN_FLIGHT,
+                config::positive_integer,
+            )?,
+            request_timeout: config::parsed(
+                source,
+                "APP_REQUEST_TIMEOUT",
+                DEFAULT_REQUEST_TIMEOUT,
+                config::duration,
+            )?,
             topology: config::topology(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
         })
@@ -95,6 +118,8 @@ mod tests {
         assert_eq!(config.port, 8080);
         assert_eq!(config.max_body_bytes, 1024 * 1024);
         assert_eq!(config.publish_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_in_flight, 1024);
+        assert_eq!(config.request_timeout, Duration::from_secs(10));
         assert!(config.previous_webhook_secret.is_none());
         assert_eq!(config.webhook_secret.expose_secret(), "s3cret");
         assert_eq!(config.topology, Topology::default());
@@ -109,11 +134,15 @@ mod tests {
             ("APP_PORT", "9000"),
             ("APP_MAX_BODY_BYTES", "2048"),
             ("APP_PUBLISH_TIMEOUT", "1500ms"),
+            ("APP_MAX_IN_FLIGHT", "7"),
+            ("APP_REQUEST_TIMEOUT", "3s"),
         ])
         .unwrap();
         assert_eq!(config.port, 9000);
         assert_eq!(config.max_body_bytes, 2048);
         assert_eq!(config.publish_timeout, Duration::from_millis(1500));
+        assert_eq!(config.max_in_flight, 7);
+        assert_eq!(config.request_timeout, Duration::from_secs(3));
         assert_eq!(
             config.previous_webhook_secret.unwrap().expose_secret(),
             "old"

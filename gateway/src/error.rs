@@ -26,6 +26,15 @@ pub enum GatewayError {
         /// Seconds for `Retry-After`.
         retry_after_secs: u64,
     },
+    /// `APP_MAX_IN_FLIGHT` publishes are already waiting for the broker: answered at once.
+    #[error("too many deliveries in flight; retry later")]
+    Overloaded {
+        /// Seconds for `Retry-After`.
+        retry_after_secs: u64,
+    },
+    /// The client did not send its body within `APP_REQUEST_TIMEOUT`.
+    #[error("request body not received in time")]
+    BodyTimeout,
     /// The method is not allowed on this route.
     #[error("method not allowed; use {allow}")]
     MethodNotAllowed {
@@ -51,7 +60,8 @@ impl ResponseError for GatewayError {
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyUnreadable => StatusCode::BAD_REQUEST,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -61,7 +71,7 @@ impl ResponseError for GatewayError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            Self::Unavailable { retry_after_secs } => {
+            Self::Unavailable { retry_after_secs } | Self::Overloaded { retry_after_secs } => {
                 response.insert_header(("Retry-After", retry_after_secs.to_string()));
             }
             Self::MethodNotAllowed { allow } => {
@@ -84,6 +94,8 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyUnreadable => "body_unreadable",
             Self::Unavailable { .. } => "broker_unavailable",
+            Self::Overloaded { .. } => "overloaded",
+            Self::BodyTimeout => "body_timeout",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::NotFound => "not_found",
             Self::Internal => "internal",

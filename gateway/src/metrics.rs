@@ -8,11 +8,13 @@ use actors::telemetry::HttpMetrics;
 const PREFIX: &str = "github_runner_webhook_gateway";
 
 /// Every reason a webhook can be refused; exported at zero from the start.
-pub const REJECTION_REASONS: [&str; 7] = [
+pub const REJECTION_REASONS: [&str; 9] = [
     "missing_signature",
     "bad_signature",
     "body_too_large",
     "body_unreadable",
+    "body_timeout",
+    "overloaded",
     "missing_event",
     "invalid_payload",
     "internal",

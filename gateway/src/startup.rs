@@ -30,6 +30,10 @@ pub struct AppState {
     pub publish_timeout: Duration,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Permits for publishes awaiting a confirm (`APP_MAX_IN_FLIGHT`).
+    pub in_flight: tokio::sync::Semaphore,
+    /// `APP_REQUEST_TIMEOUT`.
+    pub request_timeout: Duration,
 }
 
 /// A bound, not yet running gateway.
@@ -86,6 +90,8 @@ impl Application {
             max_body_bytes: config.max_body_bytes,
             publish_timeout: config.publish_timeout,
             metrics,
+            in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
+            request_timeout: config.request_timeout,
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -20,6 +20,10 @@ pub struct Options {
     pub publish_timeout: Duration,
     /// `APP_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
+    /// `APP_MAX_IN_FLIGHT`.
+    pub max_in_flight: usize,
+    /// `APP_REQUEST_TIMEOUT`.
+    pub request_timeout: Duration,
 }
 
 impl Default for Options {
@@ -28,6 +32,8 @@ impl Default for Options {
             broker: None,
             publish_timeout: Duration::from_secs(2),
             max_body_bytes: 64 * 1024,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -68,6 +74,8 @@ impl TestGateway {
             ("APP_MAX_BODY_BYTES", &max_body),
         ];
         let mut config = Config::from_source(&vars).expect("test config");
+        config.max_in_flight = options.max_in_flight;
+        config.request_timeout = options.request_timeout;
         config.host = [127, 0, 0, 1].into();
         config.port = 0;
         config.topology = Topology::with_prefix(&crate::unique("gw"));

@@ -652,3 +652,106 @@ async fn traces_are_exported_and_the_context_travels_in_amqp_headers() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A flood beyond `APP_MAX_IN_FLIGHT` while the broker stalls: the excess is answered 503 at
+/// once (not after the publish timeout, not queued), and the held publishes still complete.
+#[actix_rt::test]
+async fn publishes_beyond_the_in_flight_bound_get_fast_503s() {
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let gateway = TestGateway::spawn(Options {
+        broker: Some(proxy.addr()),
+        publish_timeout: Duration::from_secs(20),
+        max_in_flight: 2,
+        ..Options::default()
+    })
+    .await;
+    let broker = Broker::connect(gateway.topology.clone()).await;
+    let client = reqwest::Client::new();
+    let body = fixture("workflow_job/queued.0.json");
+    proxy.set(Mode::Paused);
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            tokio::spawn(
+                webhook(
+                    &client,
+                    &gateway.url,
+                    "workflow_job",
+                    &format!("held-{i}"),
+                    body.clone(),
+                    SECRET,
+                )
+                .send(),
+            )
+        })
+        .collect();
+    within(
+        WAIT,
+        "both publishes to reach the stalled broker",
+        proxy.held_at_least(2 * body.len() as u64),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let excess = webhook(
+        &client,
+        &gateway.url,
+        "workflow_job",
+        "excess",
+        body.clone(),
+        SECRET,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(excess.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(excess.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(error_of(excess).await.contains("in flight"));
+
+    proxy.set(Mode::Forward);
+    for request in held {
+        let response = within(WAIT, "a held publish", request)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let scrape = tests::telemetry::Scrape::get(&gateway.metrics_url).await;
+    assert_eq!(
+        scrape.value("github_runner_webhook_gateway_rejected_total{reason=\"overloaded\"}"),
+        1.0
+    );
+    gateway.stop().await;
+    broker.cleanup().await;
+}
+
+/// A client that announces a body and then stalls is answered 408 once `APP_REQUEST_TIMEOUT`
+/// is over; it cannot hold a worker forever.
+#[actix_rt::test]
+async fn slow_body_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = TestGateway::spawn(Options {
+        request_timeout: Duration::from_millis(500),
+        ..Options::default()
+    })
+    .await;
+    let address = gateway.url.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nHost: {address}\r\nX-GitHub-Event: workflow_job\r\n\
+         X-Hub-Signature-256: sha256=00\r\nContent-Length: 1000\r\n\r\n{{\"action\":"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 1024];
+    let n = within(WAIT, "the 408", socket.read(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    gateway.stop().await;
+}

@@ -97,9 +97,9 @@ async fn handle(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(GatewayError::BodyTooLarge { limit });
     }
-    let body = payload
-        .to_bytes_limited(limit)
+    let body = tokio::time::timeout(state.request_timeout, payload.to_bytes_limited(limit))
         .await
+        .map_err(|_| GatewayError::BodyTimeout)?
         .map_err(|_| GatewayError::BodyTooLarge { limit })?
         .map_err(|_| GatewayError::BodyUnreadable)?;
 
@@ -137,6 +137,13 @@ async fn handle(
     let span = context.span();
     span.set_attribute(KeyValue::new("github.action", action.clone()));
     span.set_attribute(KeyValue::new("github.job_id", job_id as i64));
+
+    // Bounded in-flight publishes: past APP_MAX_IN_FLIGHT, answer 503 now rather than queue.
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        return Err(GatewayError::Overloaded {
+            retry_after_secs: state.publish_timeout.as_secs().max(1),
+        });
+    };
 
     // 5. Publish and wait for the broker's confirm, bounded by APP_PUBLISH_TIMEOUT. The
     //    publish span's context travels in the AMQP headers (`traceparent`).
