@@ -16,11 +16,7 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-/// `TEST_RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
-pub fn rabbitmq_url() -> String {
-    std::env::var("TEST_RABBITMQ_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+pub use crate::amqp::rabbitmq_url;
 
 /// `url` with its database name replaced by `name`.
 pub fn with_database(url: &str, name: &str) -> String {

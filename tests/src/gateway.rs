@@ -63,6 +63,12 @@ pub fn broker_url(via: Option<SocketAddr>) -> String {
 impl TestGateway {
     /// Starts a gateway with its own topology and waits until it is connected to the broker.
     pub async fn spawn(options: Options) -> Self {
+        Self::spawn_named(options, &crate::unique("gw-github-workflow-jobs")).await
+    }
+
+    /// Starts a gateway publishing to the exchange and queue `amqp_name` (as `APP_AMQP_NAME`),
+    /// and waits until it is connected to the broker.
+    pub async fn spawn_named(options: Options, amqp_name: &str) -> Self {
         let timeout = options.publish_timeout.as_millis().to_string();
         let max_body = options.max_body_bytes.to_string();
         let uri = broker_url(options.broker);
@@ -78,7 +84,7 @@ impl TestGateway {
         config.request_timeout = options.request_timeout;
         config.host = [127, 0, 0, 1].into();
         config.port = 0;
-        config.topology = Topology::with_prefix(&crate::unique("gw"));
+        config.topology = Topology::named(amqp_name);
         config.telemetry.prometheus_host = [127, 0, 0, 1].into();
         config.telemetry.prometheus_port = 0;
         let topology = config.topology.clone();

@@ -157,6 +157,16 @@ impl Service {
         assert!(status.success(), "kill -TERM {pid} failed");
     }
 
+    /// Sends SIGKILL: the process dies at once, without any clean-up (a crash).
+    pub fn kill(&self) {
+        let pid = self.pid();
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL {pid} failed");
+    }
+
     /// Waits for the process to exit, failing the test after `limit`.
     pub async fn wait(mut self, limit: Duration) -> ExitStatus {
         crate::within(limit, "the process to exit", self.child.wait())
