@@ -112,12 +112,20 @@ fn stored_deliveries(db: &TestDb) -> BTreeSet<String> {
 
 /// Every accepted delivery is stored, once, with its job.
 async fn assert_all_stored_once(db: &TestDb, sent: &Sent) {
+    let started = std::time::Instant::now();
     eventually(
         "every accepted delivery to be in the database",
         WAIT,
         || async { stored_deliveries(db).is_superset(&sent.accepted) },
     )
     .await;
+    // The figures docs/reliability.md quotes (shown with --nocapture).
+    println!(
+        "faults: accepted={} refused={} all stored {:?} after the last answer",
+        sent.accepted.len(),
+        sent.refused,
+        started.elapsed()
+    );
     #[derive(QueryableByName)]
     struct Count {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
