@@ -60,8 +60,13 @@ async fn planner_metrics_count_every_outcome_and_job_times() {
     let hosted = job_payload("queued.1", 8, "queued", &["ubuntu-latest"]);
     publisher.publish(&hosted, "hosted").await;
     planner.settled(6).await;
+    let first = Scrape::get(&planner.metrics_url).await;
+    // Out of order: `completed` first records both times; the late `in_progress` records none.
+    publisher.publish(&timed(9, "completed"), "c9").await;
+    publisher.publish(&timed(9, "in_progress"), "p9").await;
+    planner.settled(8).await;
 
-    let scrape = Scrape::get(&planner.metrics_url).await;
+    let scrape = first;
     for action in ["queued", "in_progress", "completed"] {
         let series =
             format!("{P}_webhook_consumed_total{{event=\"{action}\",platform=\"github\"}}");
@@ -134,6 +139,18 @@ async fn planner_metrics_count_every_outcome_and_job_times() {
         planner.job(7).await.expect("job 7")["status"],
         json!("completed")
     );
+
+    let scrape = Scrape::get(&planner.metrics_url).await;
+    for (series, value) in [
+        ("webhook_job_waiting_seconds_count", 2.0),
+        ("webhook_job_waiting_seconds_sum", 84.0),
+        ("webhook_job_running_seconds_count", 2.0),
+        ("webhook_job_running_seconds_sum", 200.0),
+        ("job_waiting_seconds_count{flavor=\"small\"}", 2.0),
+        ("webhook_processing_seconds_count", 8.0),
+    ] {
+        assert_eq!(scrape.value(&format!("{P}_{series}")), value, "{series}");
+    }
 }
 
 async fn ready(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
