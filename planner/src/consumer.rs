@@ -32,7 +32,10 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use opentelemetry::{
@@ -92,6 +95,8 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     pub retry_min_delay: Duration,
     pub retry_max_delay: Duration,
+    /// How often the depths of the job queue and the dead-letter queue are polled (metrics).
+    pub queue_depth_interval: Duration,
 }
 
 /// The consumer actor. It owns the AMQP connection and its reconnects; stopping the actor stops
@@ -395,6 +400,10 @@ async fn consume(
         config.topology.queue,
         config.prefetch
     );
+    let _depths = match &stats.metrics {
+        Some(metrics) => Some(DepthPoller::start(connection, config, metrics.clone()).await?),
+        None => None,
+    };
 
     while let Some(first) = deliveries.next().await {
         let mut batch = vec![first.map_err(|err| err.to_string())?];
@@ -409,6 +418,61 @@ async fn consume(
         handle_batch(config, store, stats, batch, at).await?;
     }
     Ok(())
+}
+
+/// Polls the number of messages ready in the job queue and the dead-letter queue (passive
+/// declares on a channel of its own) into `github_runner_planner_queue_messages`; stops when
+/// dropped, that is when the session ends.
+struct DepthPoller(tokio::task::JoinHandle<()>);
+
+impl DepthPoller {
+    async fn start(
+        connection: &lapin::Connection,
+        config: &ConsumerConfig,
+        metrics: Metrics,
+    ) -> Result<Self, String> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|err| err.to_string())?;
+        let queues = [
+            (config.topology.queue.clone(), "jobs"),
+            (config.topology.dead_letter_queue.clone(), "dead_letter"),
+        ];
+        let interval = config.queue_depth_interval;
+        Ok(Self(actix_web::rt::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                for (queue, label) in &queues {
+                    let passive = QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    };
+                    match channel
+                        .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                        .await
+                    {
+                        Ok(declared) => metrics
+                            .queue_messages
+                            .with_label_values(&[label])
+                            .set(i64::from(declared.message_count())),
+                        Err(err) => {
+                            // The session's own channel notices too and reconnects.
+                            log::debug!("event=queue_depth_failed queue={queue} error=\"{err}\"");
+                            return;
+                        }
+                    }
+                }
+            }
+        })))
+    }
+}
+
+impl Drop for DepthPoller {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn handle_batch(

@@ -22,6 +22,9 @@ pub const DEAD_LETTER_REASONS: [&str; 2] = [
     "refused",
 ];
 
+/// The `queue` label of the queue depth gauge: the job queue and its dead-letter queue.
+pub const QUEUES: [&str; 2] = ["jobs", "dead_letter"];
+
 /// The `flavor` label of a job no flavor matches.
 pub const NO_FLAVOR: &str = "none";
 
@@ -62,6 +65,9 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     /// Time from receiving a delivery to settling it (ack or dead-letter).
     pub processing: Histogram,
+    /// Messages ready in the job queue and in the dead-letter queue ([`QUEUES`]), polled by the
+    /// consumer: the consumer lag, and the dead letters waiting for a human.
+    pub queue_messages: IntGaugeVec,
     /// 1 while the consumer is registered with the broker, else 0.
     pub broker_connected: IntGauge,
     /// Connection attempts to the broker (the first one included).
@@ -135,6 +141,17 @@ impl Metrics {
             &["flavor"],
         )?;
         registry.register(Box::new(job_waiting_by_flavor.clone()))?;
+        let queue_messages = IntGaugeVec::new(
+            Opts::new(
+                name("queue_messages"),
+                "Messages ready in the job queue and the dead-letter queue (queue: jobs, dead_letter).",
+            ),
+            &["queue"],
+        )?;
+        registry.register(Box::new(queue_messages.clone()))?;
+        for queue in QUEUES {
+            queue_messages.with_label_values(&[queue]);
+        }
 
         Ok(Self {
             flavor_pressure,
@@ -163,6 +180,7 @@ impl Metrics {
                 "Deliveries seen before (same X-GitHub-Delivery): acknowledged, not applied again.",
             )?,
             dead_lettered,
+            queue_messages,
             processing: histogram(
                 "webhook_processing_seconds",
                 "Time from receiving a delivery to acknowledging or dead-lettering it.",
@@ -246,6 +264,8 @@ mod tests {
             "github_runner_planner_broker_connected 0",
             "github_runner_planner_database_reachable 0",
             "github_runner_planner_stream_subscribers 0",
+            "github_runner_planner_queue_messages{queue=\"jobs\"} 0",
+            "github_runner_planner_queue_messages{queue=\"dead_letter\"} 0",
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");
         }

@@ -76,6 +76,7 @@ impl Application {
                 prefetch: config.consumer_prefetch,
                 retry_min_delay: config.retry_min_delay,
                 retry_max_delay: config.retry_max_delay,
+                queue_depth_interval: config.queue_depth_interval,
             },
             store.recipient(),
             stats.clone(),

@@ -60,6 +60,20 @@ async fn planner_metrics_count_every_outcome_and_job_times() {
     let hosted = job_payload("queued.1", 8, "queued", &["ubuntu-latest"]);
     publisher.publish(&hosted, "hosted").await;
     planner.settled(6).await;
+    let url = planner.metrics_url.clone();
+    eventually(
+        "the poison message is counted on the dead-letter queue",
+        WAIT,
+        || {
+            let url = url.clone();
+            async move {
+                let scrape = Scrape::get(&url).await;
+                scrape.value(&format!("{P}_queue_messages{{queue=\"dead_letter\"}}")) == 1.0
+                    && scrape.value(&format!("{P}_queue_messages{{queue=\"jobs\"}}")) == 0.0
+            }
+        },
+    )
+    .await;
     let first = Scrape::get(&planner.metrics_url).await;
     // Out of order: `completed` first records both times; the late `in_progress` records none.
     publisher.publish(&timed(9, "completed"), "c9").await;
@@ -685,6 +699,7 @@ async fn dashboards_and_alerts_only_use_exported_metrics() {
         "github_runner_webhook_gateway_http_requests_total",
         "github_runner_planner_webhook_processing_seconds_bucket",
         "github_runner_planner_webhook_dead_lettered_total",
+        "github_runner_planner_queue_messages",
         "github_runner_planner_flavor_pressure",
         "github_runner_planner_job_waiting_seconds_bucket",
         "github_runner_planner_stream_subscribers",

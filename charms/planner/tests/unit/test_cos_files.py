@@ -34,6 +34,7 @@ METRICS = {
     "github_runner_planner_broker_connect_attempts_total",
     "github_runner_planner_database_reachable",
     "github_runner_planner_stream_subscribers",
+    "github_runner_planner_queue_messages",
     "github_runner_webhook_gateway_http_requests_total",
     "github_runner_planner_http_requests_total",
     *(
