@@ -525,7 +525,7 @@ async fn handle_batch(
         .map(|(_, id, event)| (id.clone(), event.clone()))
         .collect();
     let spans = commit_spans(&events.iter().map(|(r, _, _)| r).collect::<Vec<_>>());
-    match apply(config, store, stats, payload, REFUSED_ATTEMPTS).await {
+    match apply(config, store, stats, payload, REFUSED_ATTEMPTS, &spans).await {
         Some(outcomes) => {
             end_commit_spans(spans, None);
             for ((received, id, event), outcome) in events.iter().zip(outcomes) {
@@ -543,6 +543,7 @@ async fn handle_batch(
                     stats,
                     vec![(id.clone(), event.clone())],
                     REFUSED_ATTEMPTS,
+                    &spans,
                 )
                 .await
                 {
@@ -569,13 +570,14 @@ async fn handle_batch(
 }
 
 /// Applies a batch. Retries forever while the database is unavailable; gives up (`None`) after
-/// `attempts` refusals.
+/// `attempts` refusals. Each failed attempt is an event (`store_failed`) on the `commit` spans.
 async fn apply(
     config: &ConsumerConfig,
     store: &Recipient<ApplyBatch>,
     stats: &Recorder,
     batch: Vec<(String, JobEvent)>,
     attempts: u32,
+    spans: &[TraceContext],
 ) -> Option<Vec<Outcome>> {
     let mut delays = backoff(config);
     let mut refused = 0;
@@ -586,6 +588,12 @@ async fn apply(
             Err(err) => StoreError::Unavailable(format!("job store: {err}")),
         };
         stats.store_failed(batch.len());
+        for context in spans {
+            context.span().add_event(
+                "store_failed",
+                vec![KeyValue::new("error", error.to_string())],
+            );
+        }
         if matches!(error, StoreError::Refused(_)) {
             refused += 1;
             if refused >= attempts {

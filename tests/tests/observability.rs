@@ -225,6 +225,20 @@ async fn ready_names_each_unreachable_dependency() {
     let health = client.get(format!("{url}/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 
+    // A stalled database: `/ready` does not hang, it answers 503 after its short timeout.
+    database.set(Mode::Paused);
+    let started = std::time::Instant::now();
+    let (status, body) = ready(&client, &url).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["failing"], json!(["database"]));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "/ready took {:?}",
+        started.elapsed()
+    );
+    database.set(Mode::Forward);
+    ready_becomes(&client, &url, &[]).await;
+
     database.set(Mode::Cut);
     let body = ready_becomes(&client, &url, &["database"]).await;
     assert!(
@@ -710,4 +724,61 @@ async fn dashboards_and_alerts_only_use_exported_metrics() {
         assert!(used.contains(needed), "no dashboard or rule shows {needed}");
     }
     system.stop().await;
+}
+
+/// In-process: while PostgreSQL is away, each failed attempt to store a delivery is an event on
+/// its `commit` span, which ends once the retried transaction commits.
+#[actix_web::test]
+async fn commit_span_records_failed_attempts_while_the_database_is_away() {
+    let mut receiver = OtlpReceiver::start();
+    let db = TestDb::new();
+    let database = TcpProxy::start(socket_address(&database_url()).await).await;
+    let topology = unique_topology();
+    let _queues = TopologyGuard(topology.clone());
+    let mut config = Config::for_tests(
+        &with_address(db.url(), database.addr()),
+        &rabbitmq_url(),
+        ADMIN_TOKEN,
+        topology.clone(),
+    );
+    config.telemetry.otlp_traces_endpoint = Some(receiver.endpoint.clone());
+    let tracing = actors::telemetry::Tracing::init("planner-test", &config.telemetry).unwrap();
+    let planner = spawn_planner_with(config).await;
+    let publisher = TestPublisher::connect(&topology).await;
+
+    database.set(Mode::Cut);
+    publisher.publish(&timed(5, "queued"), "q5").await;
+    let stats = planner.stats.clone();
+    eventually("a failed attempt to store", WAIT, || {
+        let stats = stats.clone();
+        async move {
+            stats
+                .store_failures
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 1
+        }
+    })
+    .await;
+    database.set(Mode::Forward);
+    planner.settled(1).await;
+    // Flushes the exporter.
+    tokio::task::spawn_blocking(move || tracing.shutdown())
+        .await
+        .unwrap();
+
+    let spans = receiver.until("commit", WAIT).await;
+    let commit = spans.last().unwrap();
+    assert!(
+        commit
+            .events
+            .iter()
+            .any(|event| event.name == "store_failed"),
+        "no store_failed event on {commit:?}"
+    );
+    assert_eq!(
+        commit.status.as_ref().map_or(0, |status| status.code),
+        0,
+        "a commit that finally succeeded is not an error"
+    );
+    receiver.stop().await;
 }
