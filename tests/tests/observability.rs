@@ -405,6 +405,30 @@ async fn one_trace_from_webhook_to_commit() {
     receiver.stop().await;
 }
 
+/// Fails on a log line that shows any of `forbidden`, or on a line of the services' own code
+/// (targets `gateway`, `planner`, `actors`) that is not `event=... key=value`.
+fn check_log_lines(service: &str, log: &str, forbidden: &[&str]) {
+    for line in log.lines() {
+        for word in forbidden {
+            assert!(!line.contains(word), "{service} logged {word:?}: {line}");
+        }
+        // env_logger: `[<time> <LEVEL> <target>] <message>`.
+        let Some((head, message)) = line.split_once("] ") else {
+            continue;
+        };
+        let target = head.rsplit(' ').next().unwrap_or_default();
+        let ours = ["gateway", "planner", "actors"].iter().any(|crate_name| {
+            target == *crate_name || target.starts_with(&format!("{crate_name}::"))
+        });
+        if ours {
+            assert!(
+                message.starts_with("event="),
+                "{service}: not an event=... line: {line}"
+            );
+        }
+    }
+}
+
 /// Prometheus functions, aggregations and keywords: words of a PromQL expression that are not
 /// metric names.
 const PROMQL_WORDS: &[&str] = &[
@@ -706,6 +730,19 @@ async fn dashboards_and_alerts_only_use_exported_metrics() {
         "dashboards or alert rules use metrics neither service exports:\n{}",
         missing.join("\n")
     );
+    // The services' own log lines are `event=... key=value`, with no secret and no payload.
+    let payload = [
+        "16c5286e8d9a0629956a28938386b36608707a71",
+        "elastic-machines-testing",
+    ];
+    let secrets = [ADMIN_TOKEN, SECRET, "guest:guest", "postgres:postgres"];
+    for (service, log) in [
+        ("gateway", system.gateway.log()),
+        ("planner", system.planner.log()),
+    ] {
+        assert!(log.contains("event="), "{service} logged nothing: {log}");
+        check_log_lines(service, &log, &[&secrets[..], &payload[..]].concat());
+    }
     // The dashboards cover what the issue lists.
     for needed in [
         "github_runner_webhook_gateway_rejected_total",
