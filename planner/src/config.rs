@@ -47,6 +47,8 @@ pub struct Config {
     pub retry_min_delay: Duration,
     /// Cap of the consumer's retry delay.
     pub retry_max_delay: Duration,
+    /// How often queue depths are polled for the metrics (15 s; tests: 100 ms).
+    pub queue_depth_interval: Duration,
     /// `APP_JOB_MAX_AGE` (default 5 days): older jobs do not count towards pressure.
     pub job_max_age: Duration,
     /// `APP_STREAM_HEARTBEAT` (default 30 s): longest silence on a pressure stream.
@@ -114,6 +116,7 @@ impl Config {
             http_workers: None,
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
+            queue_depth_interval: Duration::from_secs(15),
             job_max_age: config::parsed(
                 source,
                 "APP_JOB_MAX_AGE",
@@ -148,6 +151,7 @@ impl Config {
             http_workers: Some(1),
             retry_min_delay: Duration::from_millis(50),
             retry_max_delay: Duration::from_millis(500),
+            queue_depth_interval: Duration::from_millis(100),
             job_max_age: DEFAULT_JOB_MAX_AGE,
             stream_heartbeat: actors::stream::DEFAULT_HEARTBEAT,
             telemetry: TelemetryConfig {

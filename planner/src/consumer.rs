@@ -7,23 +7,41 @@
 //!   takes nothing new: nothing is acknowledged, nothing is dead-lettered.
 //! - When the broker goes away the consumer reconnects with capped backoff; deliveries that were
 //!   not acknowledged are redelivered, and the delivery table makes that harmless.
+//!
+//! Tracing: each delivery continues the trace whose W3C context the gateway put in its AMQP
+//! headers (`traceparent`) with a `consume` span (kind consumer; `github.delivery_id`,
+//! `github.event`, `github.action`, `github.job_id`), ended once the delivery is settled. The
+//! database transaction gets one `commit` span *per delivery*, child of that delivery's
+//! `consume` span: a batch commits several deliveries in one transaction, so their `commit`
+//! spans cover the same interval and carry `planner.batch_size`. One span per delivery (rather
+//! than one span with links) keeps every webhook's trace complete on its own: receive ->
+//! publish -> consume -> commit.
 
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use actix::{Actor, AsyncContext, Context, Recipient, WrapFuture};
 use actors::amqp::{self, Topology};
+use actors::telemetry;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable},
+};
+use opentelemetry::{
+    global,
+    trace::{SpanKind, Status, TraceContextExt, Tracer},
+    Context as TraceContext, KeyValue,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -33,6 +51,7 @@ use crate::{
         webhook::{classify, Classified, Headers},
     },
     messages::{ApplyBatch, Outcome, StoreError},
+    metrics::Metrics,
 };
 
 /// How many times a batch the database refuses (while answering) is retried before its
@@ -76,6 +95,8 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     pub retry_min_delay: Duration,
     pub retry_max_delay: Duration,
+    /// How often the depths of the job queue and the dead-letter queue are polled (metrics).
+    pub queue_depth_interval: Duration,
 }
 
 /// The consumer actor. It owns the AMQP connection and its reconnects; stopping the actor stops
@@ -84,6 +105,7 @@ pub struct Consumer {
     config: ConsumerConfig,
     store: Recipient<ApplyBatch>,
     stats: Arc<ConsumerStats>,
+    metrics: Option<Metrics>,
 }
 
 impl Consumer {
@@ -97,7 +119,172 @@ impl Consumer {
             config,
             store,
             stats,
+            metrics: None,
         }
+    }
+
+    /// Also records what the consumer does in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+/// Where the consumer records what it does: the [`ConsumerStats`] counters and, when given,
+/// the Prometheus metrics.
+struct Recorder {
+    stats: Arc<ConsumerStats>,
+    metrics: Option<Metrics>,
+}
+
+impl Recorder {
+    fn connect_attempt(&self) {
+        self.stats.connect_attempts.fetch_add(1, Ordering::SeqCst);
+        if let Some(metrics) = &self.metrics {
+            metrics.broker_connects.inc();
+        }
+    }
+
+    fn consuming(&self, consuming: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.broker_connected.set(i64::from(consuming));
+        }
+        self.stats.consuming.store(consuming, Ordering::SeqCst);
+    }
+
+    // The metrics are recorded before the shared counters, so whoever sees a counter move
+    // (tests) also sees the metrics.
+    fn applied(&self, event: &JobEvent) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .consumed
+                .with_label_values(&[event.platform.as_str(), event.action.as_str()])
+                .inc();
+        }
+        self.stats.applied.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn duplicate(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.duplicates.inc();
+        }
+        self.stats.duplicates.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn discarded(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.discarded.inc();
+        }
+        self.stats.discarded.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn dead_lettered(&self, reason: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.dead_lettered.with_label_values(&[reason]).inc();
+            metrics.errors.inc();
+        }
+        self.stats.dead_lettered.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn store_failed(&self, deliveries: usize) {
+        if let Some(metrics) = &self.metrics {
+            metrics.errors.inc_by(deliveries as u64);
+        }
+        self.stats.store_failures.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn settled(&self, received: &Received) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .processing
+                .observe(received.at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// A delivery being processed: when it arrived and the context of its `consume` span.
+struct Received {
+    delivery: Delivery,
+    at: Instant,
+    trace: TraceContext,
+}
+
+impl Received {
+    /// Starts the `consume` span, continuing the trace from the delivery's AMQP headers.
+    fn new(delivery: Delivery, at: Instant, queue: &str, headers: &Headers) -> Self {
+        let parent = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .map(telemetry::extract)
+            .unwrap_or_default();
+        let tracer = global::tracer("planner");
+        let span = tracer
+            .span_builder("consume")
+            .with_kind(SpanKind::Consumer)
+            .with_attributes([
+                KeyValue::new("messaging.system", "rabbitmq"),
+                KeyValue::new("messaging.destination.name", queue.to_owned()),
+                KeyValue::new(
+                    "github.delivery_id",
+                    headers.delivery.clone().unwrap_or_default(),
+                ),
+                KeyValue::new("github.event", headers.event.clone().unwrap_or_default()),
+            ])
+            .start_with_context(&tracer, &parent);
+        Self {
+            delivery,
+            at,
+            trace: parent.with_span(span),
+        }
+    }
+
+    fn describe(&self, event: &JobEvent) {
+        let span = self.trace.span();
+        span.set_attribute(KeyValue::new("github.action", event.action.as_str()));
+        span.set_attribute(KeyValue::new("github.job_id", event.id));
+    }
+
+    /// Ends the `consume` span with what became of the delivery.
+    fn finish(&self, outcome: &'static str, error: Option<String>) {
+        let span = self.trace.span();
+        span.set_attribute(KeyValue::new("planner.outcome", outcome));
+        if let Some(error) = error {
+            span.set_status(Status::error(error));
+        }
+        span.end();
+    }
+}
+
+/// Starts one `commit` span per delivery of a transaction, each the child of its delivery's
+/// `consume` span.
+fn commit_spans(batch: &[&Received]) -> Vec<TraceContext> {
+    let tracer = global::tracer("planner");
+    let size = batch.len() as i64;
+    batch
+        .iter()
+        .map(|received| {
+            let span = tracer
+                .span_builder("commit")
+                .with_kind(SpanKind::Internal)
+                .with_attributes([
+                    KeyValue::new("db.system", "postgresql"),
+                    KeyValue::new("planner.batch_size", size),
+                ])
+                .start_with_context(&tracer, &received.trace);
+            received.trace.with_span(span)
+        })
+        .collect()
+}
+
+/// Ends `commit` spans: committed, or (`Some(error)`) given up on.
+fn end_commit_spans(spans: Vec<TraceContext>, error: Option<&str>) {
+    for context in spans {
+        let span = context.span();
+        if let Some(error) = error {
+            span.set_status(Status::error(error.to_owned()));
+        }
+        span.end();
     }
 }
 
@@ -105,7 +292,11 @@ impl Actor for Consumer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let run = run(self.config.clone(), self.store.clone(), self.stats.clone());
+        let recorder = Recorder {
+            stats: self.stats.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let run = run(self.config.clone(), self.store.clone(), recorder);
         ctx.spawn(run.into_actor(self));
     }
 }
@@ -119,12 +310,12 @@ fn backoff(config: &ConsumerConfig) -> impl Iterator<Item = Duration> {
         .build()
 }
 
-async fn run(config: ConsumerConfig, store: Recipient<ApplyBatch>, stats: Arc<ConsumerStats>) {
+async fn run(config: ConsumerConfig, store: Recipient<ApplyBatch>, stats: Recorder) {
     let mut delays = backoff(&config);
     loop {
         let mut connected = false;
         let result = session(&config, &store, &stats, &mut connected).await;
-        stats.consuming.store(false, Ordering::SeqCst);
+        stats.consuming(false);
         if connected {
             delays = backoff(&config);
         }
@@ -147,10 +338,10 @@ async fn run(config: ConsumerConfig, store: Recipient<ApplyBatch>, stats: Arc<Co
 async fn session(
     config: &ConsumerConfig,
     store: &Recipient<ApplyBatch>,
-    stats: &ConsumerStats,
+    stats: &Recorder,
     connected: &mut bool,
 ) -> Result<(), String> {
-    stats.connect_attempts.fetch_add(1, Ordering::SeqCst);
+    stats.connect_attempt();
     let connection = amqp::connect(
         config.rabbitmq_url.expose_secret(),
         "planner-consumer",
@@ -171,7 +362,7 @@ async fn session(
 async fn consume(
     config: &ConsumerConfig,
     store: &Recipient<ApplyBatch>,
-    stats: &ConsumerStats,
+    stats: &Recorder,
     connected: &mut bool,
     connection: &lapin::Connection,
 ) -> Result<(), String> {
@@ -203,15 +394,20 @@ async fn consume(
         .await
         .map_err(|err| err.to_string())?;
     *connected = true;
-    stats.consuming.store(true, Ordering::SeqCst);
+    stats.consuming(true);
     log::info!(
         "event=consumer_started queue={} prefetch={}",
         config.topology.queue,
         config.prefetch
     );
+    let _depths = match &stats.metrics {
+        Some(metrics) => Some(DepthPoller::start(connection, config, metrics.clone()).await?),
+        None => None,
+    };
 
     while let Some(first) = deliveries.next().await {
         let mut batch = vec![first.map_err(|err| err.to_string())?];
+        let at = Instant::now();
         // Take whatever else has already arrived, without waiting: one transaction for all.
         while batch.len() < usize::from(config.prefetch) {
             match deliveries.next().now_or_never() {
@@ -219,40 +415,104 @@ async fn consume(
                 _ => break,
             }
         }
-        handle_batch(config, store, stats, batch).await?;
+        handle_batch(config, store, stats, batch, at).await?;
     }
     Ok(())
+}
+
+/// Polls the number of messages ready in the job queue and the dead-letter queue (passive
+/// declares on a channel of its own) into `github_runner_planner_queue_messages`; stops when
+/// dropped, that is when the session ends.
+struct DepthPoller(tokio::task::JoinHandle<()>);
+
+impl DepthPoller {
+    async fn start(
+        connection: &lapin::Connection,
+        config: &ConsumerConfig,
+        metrics: Metrics,
+    ) -> Result<Self, String> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|err| err.to_string())?;
+        let queues = [
+            (config.topology.queue.clone(), "jobs"),
+            (config.topology.dead_letter_queue.clone(), "dead_letter"),
+        ];
+        let interval = config.queue_depth_interval;
+        Ok(Self(actix_web::rt::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                for (queue, label) in &queues {
+                    let passive = QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    };
+                    match channel
+                        .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                        .await
+                    {
+                        Ok(declared) => metrics
+                            .queue_messages
+                            .with_label_values(&[label])
+                            .set(i64::from(declared.message_count())),
+                        Err(err) => {
+                            // The session's own channel notices too and reconnects.
+                            log::debug!("event=queue_depth_failed queue={queue} error=\"{err}\"");
+                            return;
+                        }
+                    }
+                }
+            }
+        })))
+    }
+}
+
+impl Drop for DepthPoller {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn handle_batch(
     config: &ConsumerConfig,
     store: &Recipient<ApplyBatch>,
-    stats: &ConsumerStats,
+    stats: &Recorder,
     batch: Vec<Delivery>,
+    at: Instant,
 ) -> Result<(), String> {
-    let mut events: Vec<(Delivery, String, JobEvent)> = Vec::new();
+    let mut events: Vec<(Received, String, JobEvent)> = Vec::new();
     for delivery in batch {
         let headers = headers(&delivery);
-        match classify(&headers, &delivery.data) {
+        let received = Received::new(delivery, at, &config.topology.queue, &headers);
+        match classify(&headers, &received.delivery.data) {
             Ok(Classified::Apply {
                 delivery: id,
                 event,
-            }) => events.push((delivery, id, *event)),
+            }) => {
+                received.describe(&event);
+                events.push((received, id, *event));
+            }
             Ok(Classified::Discard(reason)) => {
                 log::debug!(
                     "event=delivery_discarded delivery.id={} reason=\"{reason}\"",
                     headers.delivery.as_deref().unwrap_or("-")
                 );
-                ack(&delivery).await?;
-                stats.discarded.fetch_add(1, Ordering::SeqCst);
+                ack(&received.delivery).await?;
+                stats.settled(&received);
+                stats.discarded();
+                received.finish("discarded", None);
             }
             Err(poison) => {
                 log::warn!(
                     "event=delivery_dead_lettered delivery.id={} reason=\"{poison}\"",
                     headers.delivery.as_deref().unwrap_or("-")
                 );
-                dead_letter(&delivery).await?;
-                stats.dead_lettered.fetch_add(1, Ordering::SeqCst);
+                dead_letter(&received.delivery).await?;
+                stats.settled(&received);
+                stats.dead_lettered("invalid");
+                received.finish("dead_lettered", Some(poison.to_string()));
             }
         }
     }
@@ -264,34 +524,43 @@ async fn handle_batch(
         .iter()
         .map(|(_, id, event)| (id.clone(), event.clone()))
         .collect();
-    match apply(config, store, stats, payload, REFUSED_ATTEMPTS).await {
+    let spans = commit_spans(&events.iter().map(|(r, _, _)| r).collect::<Vec<_>>());
+    match apply(config, store, stats, payload, REFUSED_ATTEMPTS, &spans).await {
         Some(outcomes) => {
-            for ((delivery, id, event), outcome) in events.iter().zip(outcomes) {
-                settle_applied(stats, delivery, id, event, outcome).await?;
+            end_commit_spans(spans, None);
+            for ((received, id, event), outcome) in events.iter().zip(outcomes) {
+                settle_applied(stats, received, id, event, outcome).await?;
             }
         }
         None => {
+            end_commit_spans(spans, Some("refused by the database"));
             // The database keeps refusing the batch while answering: find the culprit(s).
-            for (delivery, id, event) in events {
+            for (received, id, event) in events {
+                let spans = commit_spans(&[&received]);
                 match apply(
                     config,
                     store,
                     stats,
                     vec![(id.clone(), event.clone())],
                     REFUSED_ATTEMPTS,
+                    &spans,
                 )
                 .await
                 {
                     Some(outcomes) => {
-                        settle_applied(stats, &delivery, &id, &event, outcomes[0]).await?
+                        end_commit_spans(spans, None);
+                        settle_applied(stats, &received, &id, &event, outcomes[0]).await?
                     }
                     None => {
+                        end_commit_spans(spans, Some("refused by the database"));
                         log::error!(
                             "event=delivery_dead_lettered delivery.id={id} job.id={} reason=\"refused by the database\"",
                             event.id
                         );
-                        dead_letter(&delivery).await?;
-                        stats.dead_lettered.fetch_add(1, Ordering::SeqCst);
+                        dead_letter(&received.delivery).await?;
+                        stats.settled(&received);
+                        stats.dead_lettered("refused");
+                        received.finish("dead_lettered", Some("refused by the database".into()));
                     }
                 }
             }
@@ -301,13 +570,14 @@ async fn handle_batch(
 }
 
 /// Applies a batch. Retries forever while the database is unavailable; gives up (`None`) after
-/// `attempts` refusals.
+/// `attempts` refusals. Each failed attempt is an event (`store_failed`) on the `commit` spans.
 async fn apply(
     config: &ConsumerConfig,
     store: &Recipient<ApplyBatch>,
-    stats: &ConsumerStats,
+    stats: &Recorder,
     batch: Vec<(String, JobEvent)>,
     attempts: u32,
+    spans: &[TraceContext],
 ) -> Option<Vec<Outcome>> {
     let mut delays = backoff(config);
     let mut refused = 0;
@@ -317,7 +587,13 @@ async fn apply(
             Ok(Err(err)) => err,
             Err(err) => StoreError::Unavailable(format!("job store: {err}")),
         };
-        stats.store_failures.fetch_add(1, Ordering::SeqCst);
+        stats.store_failed(batch.len());
+        for context in spans {
+            context.span().add_event(
+                "store_failed",
+                vec![KeyValue::new("error", error.to_string())],
+            );
+        }
         if matches!(error, StoreError::Refused(_)) {
             refused += 1;
             if refused >= attempts {
@@ -334,13 +610,13 @@ async fn apply(
 }
 
 async fn settle_applied(
-    stats: &ConsumerStats,
-    delivery: &Delivery,
+    stats: &Recorder,
+    received: &Received,
     id: &str,
     event: &JobEvent,
     outcome: Outcome,
 ) -> Result<(), String> {
-    ack(delivery).await?;
+    ack(&received.delivery).await?;
     match outcome {
         Outcome::Applied => {
             log::debug!(
@@ -348,14 +624,18 @@ async fn settle_applied(
                 event.id,
                 event.action
             );
-            stats.applied.fetch_add(1, Ordering::SeqCst);
+            stats.settled(received);
+            stats.applied(event);
+            received.finish("applied", None);
         }
         Outcome::Duplicate => {
             log::info!(
                 "event=delivery_duplicate delivery.id={id} job.id={}",
                 event.id
             );
-            stats.duplicates.fetch_add(1, Ordering::SeqCst);
+            stats.settled(received);
+            stats.duplicate();
+            received.finish("duplicate", None);
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! - [`consumer`]: the AMQP consumer actor; [`store`]: the job-store actor and transactions.
 //! - [`domain`]: pure logic (state machine, labels, matching, webhook classification).
 //! - [`routes`]: the REST API; [`error`]: its one error type.
+//! - [`metrics`]: the Prometheus metrics, served on their own listener.
 
 pub mod auth;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod messages;
+pub mod metrics;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -1,5 +1,6 @@
 //! `planner serve [--no-migrate]` | `planner migrate`.
 
+use actors::telemetry::{init_logging, Tracing};
 use anyhow::{bail, Context};
 use planner::{config::Config, startup::Application, store};
 
@@ -8,8 +9,20 @@ fn usage() -> &'static str {
 }
 
 #[actix_web::main]
-async fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+async fn main() -> std::process::ExitCode {
+    init_logging();
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // Configuration errors name the variable, never its value.
+            log::error!("event=planner_failed error=\"{err:#}\"");
+            eprintln!("planner: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
@@ -21,10 +34,15 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut config = Config::from_env()?;
             config.migrate_on_start = migrate;
-            Application::build(config)
-                .await?
-                .run_until_stopped()
-                .await?;
+            let tracing = Tracing::init("github-runner-planner", &config.telemetry)
+                .map_err(anyhow::Error::msg)?;
+            let result = match Application::build(config).await {
+                Ok(app) => app.run_until_stopped().await.map_err(anyhow::Error::from),
+                Err(err) => Err(err),
+            };
+            // Flushes the spans still buffered (the last deliveries' consume and commit).
+            tracing.shutdown();
+            result?;
         }
         ["migrate"] => {
             let url = std::env::var("POSTGRESQL_DB_CONNECT_STRING")

@@ -1,6 +1,6 @@
 //! State shared by the HTTP handlers.
 
-use crate::{domain::labels::IgnoredLabels, store::PgPool};
+use crate::{domain::labels::IgnoredLabels, routes::health::Readiness, store::PgPool};
 
 /// What every handler may use.
 pub struct AppState {
@@ -10,4 +10,6 @@ pub struct AppState {
     pub admin_token_sha256: [u8; 32],
     /// Labels left out of matching.
     pub ignored_labels: IgnoredLabels,
+    /// What `GET /ready` checks.
+    pub readiness: Readiness,
 }

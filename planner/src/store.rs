@@ -30,6 +30,7 @@ use crate::{
         matching::{self, FlavorSpec},
     },
     messages::{ApplyBatch, Outcome, StoreError},
+    metrics::{JobTimes, Metrics},
 };
 
 /// The r2d2 pool of PostgreSQL connections.
@@ -53,12 +54,24 @@ pub fn build_pool(database_url: &str, size: u32, checkout_timeout: Duration) -> 
 pub struct JobStore {
     pool: PgPool,
     ignored: IgnoredLabels,
+    metrics: Option<Metrics>,
 }
 
 impl JobStore {
     /// A store over `pool`, matching with `ignored` labels left out.
     pub fn new(pool: PgPool, ignored: IgnoredLabels) -> Self {
-        Self { pool, ignored }
+        Self {
+            pool,
+            ignored,
+            metrics: None,
+        }
+    }
+
+    /// Records job waiting and running times, and whether PostgreSQL answers, in `metrics`
+    /// (after each commit, so a retried batch is never counted twice).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Whether PostgreSQL answers right now.
@@ -78,20 +91,37 @@ impl Handler<ApplyBatch> for JobStore {
     type Result = Result<Vec<Outcome>, StoreError>;
 
     fn handle(&mut self, batch: ApplyBatch, _: &mut Self::Context) -> Self::Result {
-        let mut conn = self
-            .pool
-            .get()
-            .map_err(|err| StoreError::Unavailable(err.to_string()))?;
-        apply_batch(&mut conn, &self.ignored, &batch.0).map_err(|err| {
-            drop(conn);
-            // A failed statement says little about why; asking the database tells an outage
-            // (retry forever, nothing is lost) from a refusal (retry a few times, then give up).
-            if self.database_answers() {
-                StoreError::Refused(err.to_string())
-            } else {
-                StoreError::Unavailable(err.to_string())
+        let reachable = |up: bool| {
+            if let Some(metrics) = &self.metrics {
+                metrics.database_reachable.set(i64::from(up));
             }
-        })
+        };
+        let mut conn = self.pool.get().map_err(|err| {
+            reachable(false);
+            StoreError::Unavailable(err.to_string())
+        })?;
+        match apply_batch_timed(&mut conn, &self.ignored, &batch.0) {
+            Ok((outcomes, times)) => {
+                reachable(true);
+                if let Some(metrics) = &self.metrics {
+                    times.iter().for_each(|t| metrics.record_job_times(t));
+                }
+                Ok(outcomes)
+            }
+            Err(err) => {
+                drop(conn);
+                // A failed statement says little about why; asking the database tells an
+                // outage (retry forever, nothing is lost) from a refusal (retry a few times,
+                // then give up).
+                let answers = self.database_answers();
+                reachable(answers);
+                Err(if answers {
+                    StoreError::Refused(err.to_string())
+                } else {
+                    StoreError::Unavailable(err.to_string())
+                })
+            }
+        }
     }
 }
 
@@ -101,7 +131,19 @@ pub fn apply_batch(
     ignored: &IgnoredLabels,
     batch: &[(String, JobEvent)],
 ) -> QueryResult<Vec<Outcome>> {
-    conn.transaction(|conn| {
+    apply_batch_timed(conn, ignored, batch).map(|(outcomes, _)| outcomes)
+}
+
+/// [`apply_batch`], also answering the waiting and running times of the jobs the transaction
+/// moved to started or completed (valid once it has committed, which it has when this returns).
+pub fn apply_batch_timed(
+    conn: &mut PgConnection,
+    ignored: &IgnoredLabels,
+    batch: &[(String, JobEvent)],
+) -> QueryResult<(Vec<Outcome>, Vec<JobTimes>)> {
+    let mut times = Vec::new();
+    let outcomes = conn.transaction::<_, DieselError, _>(|conn| {
+        times.clear();
         queries::lock_flavors_shared(conn)?;
         // Lock rows in one order (by job) so that two planners never deadlock; the sort is
         // stable, so deliveries of one job keep their arrival order.
@@ -125,10 +167,11 @@ pub fn apply_batch(
                 outcomes[index] = Outcome::Duplicate;
                 continue;
             }
-            apply_event(conn, ignored, &mut flavors, event)?;
+            times.extend(apply_event(conn, ignored, &mut flavors, event)?);
         }
         Ok(outcomes)
-    })
+    })?;
+    Ok((outcomes, times))
 }
 
 fn apply_event(
@@ -136,7 +179,7 @@ fn apply_event(
     ignored: &IgnoredLabels,
     flavors: &mut Option<(String, Vec<FlavorSpec>)>,
     event: &JobEvent,
-) -> QueryResult<()> {
+) -> QueryResult<Option<JobTimes>> {
     if let Some(current) = queries::lock_job(conn, &event.platform, event.id)? {
         return update_existing(conn, current, event);
     }
@@ -149,8 +192,8 @@ fn apply_event(
     };
     let state = JobState::new(event);
     let assigned = match_flavor(conn, specs, &ignored.matching_labels(&state.labels))?;
-    if queries::insert_job_if_absent(conn, &to_row(&state, assigned))? {
-        return Ok(());
+    if queries::insert_job_if_absent(conn, &to_row(&state, assigned.clone()))? {
+        return Ok(job_times(None, None, &state, assigned));
     }
     // Another planner inserted it first; its transaction has committed, so the row is there.
     let current =
@@ -158,11 +201,48 @@ fn apply_event(
     update_existing(conn, current, event)
 }
 
-fn update_existing(conn: &mut PgConnection, current: Job, event: &JobEvent) -> QueryResult<()> {
+fn update_existing(
+    conn: &mut PgConnection,
+    current: Job,
+    event: &JobEvent,
+) -> QueryResult<Option<JobTimes>> {
     let assigned = current.assigned_flavor.clone();
+    let (started_before, completed_before) = (current.started_at, current.completed_at);
     let mut state = from_row(current)?;
     state.apply(event);
-    queries::update_job(conn, &to_row(&state, assigned))
+    queries::update_job(conn, &to_row(&state, assigned.clone()))?;
+    Ok(job_times(
+        started_before,
+        completed_before,
+        &state,
+        assigned,
+    ))
+}
+
+/// The times to record when `state` (after an event) is started or completed and was not
+/// before: waiting = created to started, running = started to completed (never negative).
+fn job_times(
+    started_before: Option<chrono::DateTime<Utc>>,
+    completed_before: Option<chrono::DateTime<Utc>>,
+    state: &JobState,
+    flavor: Option<String>,
+) -> Option<JobTimes> {
+    let seconds = |from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>| {
+        ((to - from).num_milliseconds().max(0) as f64) / 1000.0
+    };
+    let waiting = match (started_before, state.started_at) {
+        (None, Some(started)) => Some(seconds(state.created_at, started)),
+        _ => None,
+    };
+    let running = match (completed_before, state.started_at, state.completed_at) {
+        (None, Some(started), Some(completed)) => Some(seconds(started, completed)),
+        _ => None,
+    };
+    (waiting.is_some() || running.is_some()).then_some(JobTimes {
+        flavor,
+        waiting,
+        running,
+    })
 }
 
 /// The flavor a job with `matching_labels` gets now (pressure breaks ties).

@@ -33,6 +33,8 @@ pub const ADMIN_TOKEN: &str = "planner_v0_testtesttesttesttest";
 pub struct TestPlanner {
     /// `http://127.0.0.1:<port>`.
     pub address: String,
+    /// `http://127.0.0.1:<metrics port>/metrics`.
+    pub metrics_url: String,
     pub topology: Topology,
     pub stats: Arc<ConsumerStats>,
     pub pool: PgPool,
@@ -121,6 +123,7 @@ pub async fn spawn_planner_with(config: Config) -> TestPlanner {
     let app = Application::build(config).await.expect("planner builds");
     let planner = TestPlanner {
         address: format!("http://127.0.0.1:{}", app.port()),
+        metrics_url: format!("http://127.0.0.1:{}/metrics", app.metrics_port()),
         topology,
         stats: app.stats(),
         pool: app.pool(),

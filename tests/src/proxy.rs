@@ -98,7 +98,9 @@ async fn accept_loop(
     }
 }
 
-/// Copies one direction until EOF, an error, or [`Mode::Cut`]. Returning drops both halves.
+/// Copies one direction until EOF, an error, or [`Mode::Cut`]. While [`Mode::Paused`] it keeps
+/// reading, holds what it read (counted in `held`), and writes it all once forwarding resumes.
+/// Returning drops both halves.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -106,28 +108,52 @@ async fn pump(
     held: Option<Arc<watch::Sender<u64>>>,
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
     loop {
-        let read = tokio::select! {
-            read = from.read(&mut buffer) => read,
-            _ = mode.wait_for(|m| *m == Mode::Cut) => return,
-        };
-        let n = match read {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if *mode.borrow() == Mode::Paused {
-            if let Some(held) = &held {
-                held.send_modify(|total| *total += n as u64);
+        let current = *mode.borrow_and_update();
+        match current {
+            Mode::Cut => return,
+            Mode::Forward if !pending.is_empty() => {
+                if to.write_all(&pending).await.is_err() {
+                    return;
+                }
+                pending.clear();
             }
-            if mode.wait_for(|m| *m != Mode::Paused).await.is_err() {
-                return;
+            _ => {}
+        }
+        tokio::select! {
+            read = from.read(&mut buffer) => {
+                let n = match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let now = *mode.borrow();
+                match now {
+                    Mode::Cut => return,
+                    Mode::Paused => {
+                        pending.extend_from_slice(&buffer[..n]);
+                        if let Some(held) = &held {
+                            held.send_modify(|total| *total += n as u64);
+                        }
+                    }
+                    Mode::Forward => {
+                        if !pending.is_empty() {
+                            if to.write_all(&pending).await.is_err() {
+                                return;
+                            }
+                            pending.clear();
+                        }
+                        if to.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             }
-        }
-        if *mode.borrow() == Mode::Cut {
-            return;
-        }
-        if to.write_all(&buffer[..n]).await.is_err() {
-            return;
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -674,6 +674,7 @@ async fn openapi_document_lists_every_route() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let expected = [
         ("/health", "get"),
+        ("/ready", "get"),
         ("/api/v1/openapi.json", "get"),
         ("/api/v1/flavors", "get"),
         ("/api/v1/flavors/{name}", "post"),

@@ -25,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .app_data(web::PathConfig::default().error_handler(|err, _| error::path_error(err).into()))
         .service(health::health)
+        .service(health::ready)
         .service(openapi::openapi_json)
         .service(flavors::list)
         .service(flavors::create)

@@ -19,6 +19,7 @@ use crate::error::ErrorBody;
     info(title = "runner planner", description = "Jobs, runner flavors and tokens of the GitHub runner planner."),
     paths(
         health::health,
+        health::ready,
         openapi_json,
         flavors::list,
         flavors::create,

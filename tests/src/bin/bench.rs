@@ -158,6 +158,63 @@ async fn post(client: &reqwest::Client, url: &str, webhook: &Signed) -> Duration
     started.elapsed()
 }
 
+/// The broker alone at the gateway's fixed rate: publish-to-confirm latency of persistent
+/// 20 KB messages at FIXED_RATE per second, each awaited on its own (the floor under the
+/// gateway's latency at that rate).
+async fn broker_fixed_rate(body: &[u8]) -> Vec<Duration> {
+    let topology = Topology::with_prefix(&tests::unique("bench-broker-rate"));
+    let broker = Broker::connect(topology.clone()).await;
+    let connection = actors::amqp::connect(&rabbitmq_url(), "bench", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let body = bytes::Bytes::copy_from_slice(body);
+    let total = (FIXED_RATE * FIXED_SECONDS) as usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / FIXED_RATE as u32);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut confirms = Vec::with_capacity(total);
+    for _ in 0..total {
+        ticker.tick().await;
+        let channel = channel.clone();
+        let topology = topology.clone();
+        let body = body.clone();
+        confirms.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let confirmation = channel
+                .basic_publish(
+                    topology.exchange.as_str().into(),
+                    topology.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirmation.is_ack());
+            started.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for confirm in confirms {
+        latencies.push(confirm.await.unwrap());
+    }
+    latencies.sort();
+    let _ = connection.close(200, "done".into()).await;
+    broker.cleanup().await;
+    latencies
+}
+
 async fn gateway_scenarios(body: Vec<u8>, ceiling: f64, rows: &mut Vec<Row>) {
     let topology = Topology::with_prefix(&tests::unique("bench-gateway"));
     let broker = Broker::connect(topology.clone()).await;
@@ -313,6 +370,20 @@ async fn main() {
     let mut rows = Vec::new();
     eprintln!("bench: broker ceiling ...");
     let ceiling = broker_ceiling(&body).await;
+    eprintln!("bench: broker at a fixed rate ...");
+    let broker_latencies = broker_fixed_rate(&body).await;
+    rows.push(Row {
+        scenario: format!(
+            "1. broker alone at a fixed {FIXED_RATE} msg/s for {FIXED_SECONDS} s: publish to confirm"
+        ),
+        figure: format!(
+            "p50 {}, p99 {}, max {}",
+            ms(percentile(&broker_latencies, 0.50)),
+            ms(percentile(&broker_latencies, 0.99)),
+            ms(*broker_latencies.last().unwrap())
+        ),
+        target: "(reference)".into(),
+    });
     eprintln!("bench: gateway ...");
     gateway_scenarios(body, ceiling, &mut rows).await;
 

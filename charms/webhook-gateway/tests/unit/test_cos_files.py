@@ -1,7 +1,11 @@
 # Copyright 2026 runner-planner contributors
 # See LICENSE file for licensing details.
 
-"""Dashboards and alert rules only use the metrics the services export."""
+"""Dashboards and alert rules only use the metrics the services export.
+
+The names are those of `gateway/src/metrics.rs` and `planner/src/metrics.rs`; the Rust test
+`tests/tests/observability.rs` checks the same files against a running system's `/metrics`.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +19,35 @@ SRC = pathlib.Path(__file__).parents[2] / "src"
 METRICS = {
     "github_runner_webhook_gateway_inbound_total",
     "github_runner_webhook_gateway_inbound_errors_total",
+    "github_runner_webhook_gateway_rejected_total",
+    "github_runner_webhook_gateway_ignored_total",
     "github_runner_webhook_gateway_outbound_total",
     "github_runner_webhook_gateway_outbound_errors_total",
+    "github_runner_webhook_gateway_broker_connected",
     "github_runner_planner_flavor_pressure",
     "github_runner_planner_webhook_consumed_total",
     "github_runner_planner_webhook_errors_total",
     "github_runner_planner_webhook_discarded_total",
+    "github_runner_planner_webhook_duplicates_total",
+    "github_runner_planner_webhook_dead_lettered_total",
+    "github_runner_planner_broker_connected",
+    "github_runner_planner_broker_connect_attempts_total",
+    "github_runner_planner_database_reachable",
+    "github_runner_planner_stream_subscribers",
+    "github_runner_planner_queue_messages",
+    "github_runner_webhook_gateway_http_requests_total",
+    "github_runner_planner_http_requests_total",
     *(
-        f"github_runner_planner_webhook_job_{kind}_seconds_{suffix}"
-        for kind in ("waiting", "running")
+        f"{histogram}_{suffix}"
+        for histogram in (
+            "github_runner_webhook_gateway_publish_confirm_seconds",
+            "github_runner_webhook_gateway_http_request_duration_seconds",
+            "github_runner_planner_webhook_job_waiting_seconds",
+            "github_runner_planner_webhook_job_running_seconds",
+            "github_runner_planner_job_waiting_seconds",
+            "github_runner_planner_webhook_processing_seconds",
+            "github_runner_planner_http_request_duration_seconds",
+        )
         for suffix in ("bucket", "sum", "count")
     ),
 }
