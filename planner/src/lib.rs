@@ -14,6 +14,8 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod messages;
+// issue 9: reconciliation with GitHub's API
+pub mod reconcile;
 pub mod routes;
 pub mod startup;
 pub mod state;
