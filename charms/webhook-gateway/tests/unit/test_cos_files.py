@@ -21,6 +21,12 @@ METRICS = {
     "github_runner_planner_webhook_consumed_total",
     "github_runner_planner_webhook_errors_total",
     "github_runner_planner_webhook_discarded_total",
+    # issue 9: redelivery (gateway) and reconciliation (planner)
+    "github_runner_webhook_gateway_redeliveries_total",
+    "github_runner_webhook_gateway_redelivery_failures_total",
+    "github_runner_planner_reconcile_checked_total",
+    "github_runner_planner_reconcile_corrected_total",
+    "github_runner_planner_reconcile_errors_total",
     *(
         f"github_runner_planner_webhook_job_{kind}_seconds_{suffix}"
         for kind in ("waiting", "running")
