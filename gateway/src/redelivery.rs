@@ -328,6 +328,8 @@ impl Redeliverer {
         let mut all_asked = true;
         while let Some(url) = next.take() {
             if report.pages >= MAX_PAGES {
+                // Unfinished: the mark stays, the next round covers this ground again.
+                next = Some(url);
                 break;
             }
             let answer = match self.client.get(&url).await {
@@ -364,10 +366,17 @@ impl Redeliverer {
                         );
                     }
                     Err(err) => {
-                        all_asked = false;
                         self.failed(&mut report, "redeliver", &err);
                         if matches!(err, GitHubError::RateLimited(_) | GitHubError::Forbidden(_)) {
                             return report;
+                        }
+                        if err.is_transient() {
+                            // Asked again next round: the mark must not move past it.
+                            all_asked = false;
+                        } else {
+                            // GitHub refuses this one for good (gone, 422): do not insist.
+                            self.remembered
+                                .insert(delivery.guid.clone(), Instant::now());
                         }
                     }
                 }

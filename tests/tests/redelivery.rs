@@ -248,3 +248,84 @@ async fn the_fake_refuses_jwts_not_signed_by_the_app_key() {
     assert_eq!(fake.state().tokens_issued, 0);
     fake.stop().await;
 }
+
+#[actix_web::test]
+async fn later_rounds_stop_at_the_previous_scan_and_ask_only_for_new_failures() {
+    use gateway::redelivery::{HookOwner, Redeliverer, RedeliveryConfig, RedeliveryMetrics};
+    let fake = FakeGitHub::start().await;
+    let payload = job_payload("queued.1", 92_001, "queued", &["self-hosted"]);
+    let first = {
+        let mut state = fake.state();
+        state.page_size = 2;
+        for n in 0..5 {
+            let age = chrono::Duration::minutes(20 + n);
+            state.add_delivery(&format!("guid-ok-{n}"), age, 200, "workflow_job", &payload);
+        }
+        state.add_delivery(
+            "guid-a",
+            chrono::Duration::minutes(30),
+            503,
+            "workflow_job",
+            &payload,
+        )
+    };
+    let config = RedeliveryConfig {
+        owner: HookOwner::Repo("octo".into(), "repo".into()),
+        hook_id: 9,
+        interval: Duration::from_secs(600),
+        app: fake.app_config(),
+    };
+    let metrics = RedeliveryMetrics::register(&prometheus::Registry::new()).unwrap();
+    let mut redeliverer = Redeliverer::new(&config, metrics.clone()).unwrap();
+    let report = redeliverer.round().await;
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.pages, 3, "six deliveries, two per page");
+    assert_eq!(report.asked, 1);
+
+    // New: a failure after the first scan, and one from before it that was never listed
+    // (older than the previous scan less its margin): only the new one is asked for.
+    let second = {
+        let mut state = fake.state();
+        state.add_delivery(
+            "guid-b",
+            chrono::Duration::seconds(1),
+            500,
+            "workflow_job",
+            &payload,
+        );
+        state.add_delivery(
+            "guid-c",
+            chrono::Duration::minutes(40),
+            500,
+            "workflow_job",
+            &payload,
+        );
+        state.deliveries.retain(|d| !d.redelivery);
+        state.requests("/repos/octo/repo/hooks/9/deliveries").len()
+    };
+    let report = redeliverer.round().await;
+    assert_eq!(report.asked, 1, "{report:?}");
+    assert!(
+        report.pages <= 2,
+        "stopped at the previous scan: {report:?}"
+    );
+    let state = fake.state();
+    let asked: Vec<String> = state
+        .redelivery_requests
+        .iter()
+        .map(|id| {
+            state
+                .deliveries
+                .iter()
+                .find(|d| d.id == *id)
+                .unwrap()
+                .guid
+                .clone()
+        })
+        .collect();
+    assert_eq!(asked, vec!["guid-a".to_owned(), "guid-b".to_owned()]);
+    assert_eq!(state.redelivery_requests[0], first);
+    assert!(state.requests("/repos/octo/repo/hooks/9/deliveries").len() > second);
+    assert_eq!(metrics.asked.get(), 2);
+    assert_eq!(metrics.failures.get(), 0);
+}
