@@ -90,6 +90,8 @@ pub struct State {
     pub page_size: usize,
     /// The next deliveries listing is answered 429 with `Retry-After: 1`.
     pub rate_limit_next_listing: bool,
+    /// The next deliveries listing is answered 403 "secondary rate limit" with no time given.
+    pub forbid_next_listing: bool,
     /// Job lookups, by job id.
     pub jobs: HashMap<i64, JobAnswer>,
     /// Lookups per job id.
@@ -157,6 +159,7 @@ impl FakeGitHub {
             deliveries: Vec::new(),
             page_size: 100,
             rate_limit_next_listing: false,
+            forbid_next_listing: false,
             jobs: HashMap::new(),
             job_lookups: HashMap::new(),
             redelivery_requests: Vec::new(),
@@ -335,6 +338,15 @@ fn route(
                     .insert_header(("X-RateLimit-Remaining", "0"));
                 return (
                     response.json(json!({"message": "You have exceeded a secondary rate limit"})),
+                    None,
+                );
+            }
+            if std::mem::take(&mut state.forbid_next_listing) {
+                return (
+                    answer(
+                        403,
+                        json!({"message": "You have exceeded a secondary rate limit."}),
+                    ),
                     None,
                 );
             }

@@ -307,4 +307,20 @@ async fn tokens_are_refreshed_before_expiry_and_rate_limits_are_respected() {
         client.get("/repos/o/r/actions/jobs/1").await.is_ok()
     })
     .await;
+
+    // A 403 secondary limit that names no time: at least a minute without requests.
+    fake.state().forbid_next_listing = true;
+    let err = client
+        .get("/orgs/o/hooks/1/deliveries?per_page=100")
+        .await
+        .unwrap_err();
+    assert_eq!(err, GitHubError::RateLimited(github::SECONDARY_LIMIT_WAIT));
+    let sent = fake.state().log.len();
+    let err = client.get("/repos/o/r/actions/jobs/1").await.unwrap_err();
+    assert!(matches!(err, GitHubError::RateLimited(wait) if wait > Duration::from_secs(50)));
+    assert_eq!(
+        fake.state().log.len(),
+        sent,
+        "nothing sent while rate limited"
+    );
 }
