@@ -10,6 +10,8 @@
 pub mod config;
 pub mod error;
 pub mod metrics;
+// issue 9: redelivery of failed deliveries
+pub mod redelivery;
 pub mod routes;
 pub mod startup;
 pub mod webhook;

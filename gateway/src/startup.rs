@@ -82,6 +82,18 @@ impl Application {
             }
         });
         let http_metrics = web::Data::new(metrics.http.clone());
+        // --- issue 9: redelivery of failed deliveries, only when configured ---
+        let redelivery_metrics = crate::redelivery::RedeliveryMetrics::register(&metrics.registry)
+            .map_err(std::io::Error::other)?;
+        if let Some(redelivery) = &config.redelivery {
+            let redeliverer = crate::redelivery::Redeliverer::new(redelivery, redelivery_metrics)
+                .map_err(std::io::Error::other)?;
+            actix::Actor::start(crate::redelivery::RedeliveryActor::new(
+                redeliverer,
+                redelivery.interval,
+            ));
+        }
+        // --- end issue 9 ---
 
         let state = web::Data::new(AppState {
             validator,

@@ -55,6 +55,12 @@ pub struct Config {
     pub stream_heartbeat: Duration,
     /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
     pub telemetry: TelemetryConfig,
+    // --- issue 9: reconciliation with GitHub's API ---
+    /// `APP_GITHUB_*` (optional): the GitHub App; reconciliation runs only when it is set.
+    pub github: Option<github::AppConfig>,
+    /// `APP_RECONCILE_*`: when and how much to reconcile.
+    pub reconcile: crate::reconcile::ReconcileConfig,
+    // --- end issue 9 ---
 }
 
 const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
@@ -125,6 +131,9 @@ impl Config {
             )?,
             stream_heartbeat: actors::stream::heartbeat_from(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
+            // issue 9
+            github: github::AppConfig::from_source(source)?,
+            reconcile: crate::reconcile::ReconcileConfig::from_source(source)?,
         })
     }
 
@@ -159,6 +168,9 @@ impl Config {
                 prometheus_port: 0,
                 otlp_traces_endpoint: None,
             },
+            // issue 9
+            github: None,
+            reconcile: crate::reconcile::ReconcileConfig::default(),
         }
     }
 }

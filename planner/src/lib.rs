@@ -16,6 +16,8 @@ pub mod error;
 pub mod extract;
 pub mod messages;
 pub mod metrics;
+// issue 9: reconciliation with GitHub's API
+pub mod reconcile;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -32,6 +32,8 @@ pub struct Application {
     stats: Arc<ConsumerStats>,
     pool: PgPool,
     consumer: Addr<Consumer>,
+    // issue 9: reconciliation counters (registered by whoever owns the registry)
+    reconcile_metrics: crate::reconcile::ReconcileMetrics,
 }
 
 /// Runs pending migrations through `pool`.
@@ -85,6 +87,21 @@ impl Application {
         .start();
         spawn_database_probe(pool.clone(), metrics.clone());
 
+        // --- issue 9: reconciliation with GitHub's API, only with a GitHub App ---
+        let reconcile_metrics = crate::reconcile::ReconcileMetrics::new()?;
+        if let Some(app) = config.github.clone() {
+            let client = github::Client::new(app, "github-runner-planner")?;
+            crate::reconcile::ReconcileActor::new(crate::reconcile::Reconciler::new(
+                client,
+                pool.clone(),
+                config.ignored_labels.clone(),
+                config.reconcile.clone(),
+                reconcile_metrics.clone(),
+            ))
+            .start();
+        }
+        // --- end issue 9 ---
+
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             admin_token_sha256: token_sha256(config.admin_token.expose_secret()),
@@ -126,6 +143,7 @@ impl Application {
             stats,
             pool,
             consumer,
+            reconcile_metrics,
         })
     }
 
@@ -157,6 +175,11 @@ impl Application {
     /// The consumer actor.
     pub fn consumer(&self) -> Addr<Consumer> {
         self.consumer.clone()
+    }
+
+    /// Reconciliation counters, at zero when no GitHub App is configured (issue 9).
+    pub fn reconcile_metrics(&self) -> crate::reconcile::ReconcileMetrics {
+        self.reconcile_metrics.clone()
     }
 
     /// Serves until the server stops (a signal, or its handle), then stops the `/metrics`

@@ -52,6 +52,7 @@ diesel::table! {
         assigned_flavor -> Nullable<Text>,
         payloads -> Jsonb,
         updated_at -> Timestamptz,
+        reconciled_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod amqp;
 pub mod db;
+// issue 9: fake GitHub API for redelivery and reconciliation tests
+pub mod fake_github;
 pub mod fixtures;
 pub mod gateway;
 pub mod planner;

@@ -37,6 +37,12 @@ METRICS = {
     "github_runner_planner_queue_messages",
     "github_runner_webhook_gateway_http_requests_total",
     "github_runner_planner_http_requests_total",
+    # issue 9: redelivery (gateway) and reconciliation (planner)
+    "github_runner_webhook_gateway_redeliveries_total",
+    "github_runner_webhook_gateway_redelivery_failures_total",
+    "github_runner_planner_reconcile_checked_total",
+    "github_runner_planner_reconcile_corrected_total",
+    "github_runner_planner_reconcile_errors_total",
     *(
         f"{histogram}_{suffix}"
         for histogram in (

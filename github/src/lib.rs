@@ -1,0 +1,632 @@
+//! GitHub App authentication and a small, rate-limit aware GitHub REST client, shared by the
+//! gateway (webhook redelivery) and the planner (job reconciliation).
+//!
+//! - [`AppConfig::from_source`]: the optional `APP_GITHUB_*` variables. Unset: `Ok(None)` and the
+//!   services run exactly as without GitHub. Partial or invalid: a [`ConfigError`] naming the
+//!   variable (an unparsable private key included: it is tried once at start-up).
+//! - [`Client`]: signs an RS256 JWT (`iss` = App id, 9 minutes) to get an installation access
+//!   token, caches the token and fetches a new one [`AppConfig::refresh_margin`] before it
+//!   expires. Every request has a timeout and GitHub's `Accept`, `X-GitHub-Api-Version` and
+//!   `User-Agent` headers. Rate limits (`X-RateLimit-Remaining: 0` with `X-RateLimit-Reset`,
+//!   `Retry-After`, 403/429 secondary limits) block the client until the limit lifts: while
+//!   blocked it answers [`GitHubError::RateLimited`] without touching the network.
+//!
+//! Secrets (the private key, JWTs, tokens) live in [`SecretString`]s and are never logged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::config::{self, ConfigError, Source};
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LINK, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+/// Default of `APP_GITHUB_API_URL`.
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+/// The REST API version every request asks for.
+pub const API_VERSION: &str = "2022-11-28";
+/// Longest wait for one request (connect, send, and read the whole answer).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long before its expiry an installation token is replaced (tokens live one hour).
+pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// Wait after a secondary rate limit that names no time (GitHub: "at least one minute").
+pub const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
+/// Largest answer body read (a page of 100 deliveries is some 50 KB).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// The GitHub App a service authenticates as. `Debug` never prints the key.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// `APP_GITHUB_API_URL` (default `https://api.github.com`; GitHub Enterprise Server:
+    /// `https://HOST/api/v3`), without a trailing slash.
+    pub api_url: Url,
+    /// `APP_GITHUB_APP_ID`: the App's id (or client id), the JWT's `iss`.
+    pub app_id: String,
+    /// `APP_GITHUB_APP_INSTALLATION_ID`: the installation whose token is used.
+    pub installation_id: u64,
+    /// `APP_GITHUB_APP_PRIVATE_KEY_VALUE`: the App's PEM private key.
+    pub private_key: SecretString,
+    /// Timeout of every request (not configurable from the environment).
+    pub request_timeout: Duration,
+    /// How long before expiry a token is replaced (tests shorten it).
+    pub refresh_margin: Duration,
+}
+
+const APP_ID: &str = "APP_GITHUB_APP_ID";
+const INSTALLATION_ID: &str = "APP_GITHUB_APP_INSTALLATION_ID";
+const PRIVATE_KEY: &str = "APP_GITHUB_APP_PRIVATE_KEY_VALUE";
+const API_URL: &str = "APP_GITHUB_API_URL";
+
+impl AppConfig {
+    /// Reads the `APP_GITHUB_*` variables: `Ok(None)` when none of the App's three is set;
+    /// an error naming the variable when only some are, or one is invalid.
+    pub fn from_source(source: &dyn Source) -> Result<Option<Self>, ConfigError> {
+        let set = [APP_ID, INSTALLATION_ID, PRIVATE_KEY]
+            .iter()
+            .any(|name| source.get(name).is_some());
+        if !set {
+            return Ok(None);
+        }
+        let app_id = config::required(source, APP_ID)?.trim().to_owned();
+        if !app_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(ConfigError::new(
+                APP_ID,
+                "must be the App's id (or client id)",
+            ));
+        }
+        let installation_id = config::required(source, INSTALLATION_ID).and_then(|v| {
+            config::positive_integer::<u64>(v.trim())
+                .map_err(|reason| ConfigError::new(INSTALLATION_ID, reason))
+        })?;
+        let pem = config::required(source, PRIVATE_KEY)?;
+        // Some secret stores flatten newlines to a literal `\n`.
+        let pem = if pem.contains('\n') {
+            pem
+        } else {
+            pem.replace("\\n", "\n")
+        };
+        let api_url = config::parsed(source, API_URL, default_api_url(), parse_api_url)?;
+        let config = Self {
+            api_url,
+            app_id,
+            installation_id,
+            private_key: pem.into(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            refresh_margin: DEFAULT_REFRESH_MARGIN,
+        };
+        // Sign once now: a key that cannot sign stops start-up, not the first round an hour in.
+        Signer::new(&config)
+            .and_then(|signer| signer.jwt().map(drop))
+            .map_err(|_| {
+                ConfigError::new(PRIVATE_KEY, "is not a PEM RSA private key that can sign")
+            })?;
+        Ok(Some(config))
+    }
+}
+
+fn default_api_url() -> Url {
+    Url::parse(DEFAULT_API_URL).expect("default API URL")
+}
+
+/// An `http(s)://` URL, kept without a trailing slash.
+pub fn parse_api_url(value: &str) -> Result<Url, String> {
+    let url = Url::parse(value.trim_end_matches('/'))
+        .map_err(|_| "is not a URL such as https://api.github.com".to_owned())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL".to_owned());
+    }
+    Ok(url)
+}
+
+/// What a request to GitHub can end in, besides success.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GitHubError {
+    /// A rate limit holds; nothing is sent before it lifts.
+    #[error("rate limited for another {0:?}")]
+    RateLimited(Duration),
+    /// 404: the resource does not exist (or the installation cannot see it).
+    #[error("not found")]
+    NotFound,
+    /// 401/403 that is not a rate limit: the App lacks a permission or its token was refused.
+    #[error("refused with status {0}")]
+    Forbidden(u16),
+    /// 5xx: GitHub failed; try again later.
+    #[error("server error {0}")]
+    Server(u16),
+    /// Any other status.
+    #[error("unexpected status {0}")]
+    Status(u16),
+    /// No answer: connection refused, reset, or the timeout.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// An answer that is not what GitHub documents.
+    #[error("invalid answer: {0}")]
+    Invalid(String),
+    /// The App's JWT could not be signed.
+    #[error("cannot sign the App JWT")]
+    Signing,
+}
+
+impl GitHubError {
+    /// Whether a later attempt may succeed without anything changing here.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited(_) | Self::Server(_) | Self::Transport(_)
+        )
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Its status (2xx).
+    pub status: StatusCode,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, GitHubError> {
+        serde_json::from_slice(&self.body).map_err(|err| GitHubError::Invalid(err.to_string()))
+    }
+
+    /// The `rel="next"` URL of the `Link` header, if any.
+    pub fn next_page(&self) -> Option<String> {
+        let link = self.headers.get(LINK)?.to_str().ok()?;
+        next_link(link)
+    }
+}
+
+/// The `rel="next"` target of a `Link` header value.
+pub fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|param| param.trim().replace(' ', "") == "rel=\"next\"");
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        is_next.then(|| target.to_owned())
+    })
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iat: i64,
+    exp: i64,
+    iss: &'a str,
+}
+
+struct Signer {
+    key: EncodingKey,
+    app_id: String,
+}
+
+impl Signer {
+    fn new(config: &AppConfig) -> Result<Self, GitHubError> {
+        let key = EncodingKey::from_rsa_pem(config.private_key.expose_secret().as_bytes())
+            .map_err(|_| GitHubError::Signing)?;
+        Ok(Self {
+            key,
+            app_id: config.app_id.clone(),
+        })
+    }
+
+    /// A JWT valid from a minute ago (clock drift, as GitHub advises) for 9 minutes (GitHub
+    /// allows at most 10).
+    fn jwt(&self) -> Result<SecretString, GitHubError> {
+        let now = Utc::now().timestamp();
+        let claims = Claims {
+            iat: now - 60,
+            exp: now + 9 * 60,
+            iss: &self.app_id,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
+            .map(SecretString::from)
+            .map_err(|_| GitHubError::Signing)
+    }
+}
+
+struct Token {
+    value: SecretString,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    token: String,
+    expires_at: DateTime<Utc>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    config: AppConfig,
+    signer: Signer,
+    token: Mutex<Option<Token>>,
+    blocked_until: std::sync::Mutex<Option<Instant>>,
+    tokens_fetched: std::sync::atomic::AtomicU64,
+}
+
+/// A GitHub App client; clones share the token cache and the rate-limit state.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("api_url", &self.inner.config.api_url.as_str())
+            .field("installation_id", &self.inner.config.installation_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for `config`; `user_agent` names the service (GitHub requires one).
+    pub fn new(config: AppConfig, user_agent: &str) -> Result<Self, GitHubError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.github+json"),
+        );
+        headers.insert(
+            "X-GitHub-Api-Version",
+            HeaderValue::from_static(API_VERSION),
+        );
+        let http = reqwest::Client::builder()
+            .user_agent(user_agent)
+            .default_headers(headers)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+            .timeout(config.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|err| GitHubError::Transport(err.to_string()))?;
+        let signer = Signer::new(&config)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                config,
+                signer,
+                token: Mutex::new(None),
+                blocked_until: std::sync::Mutex::new(None),
+                tokens_fetched: std::sync::atomic::AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The API base URL.
+    pub fn api_url(&self) -> &Url {
+        &self.inner.config.api_url
+    }
+
+    /// How many installation tokens this client has fetched so far.
+    pub fn tokens_fetched(&self) -> u64 {
+        self.inner
+            .tokens_fetched
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `GET path` (`/repos/...`) or a full URL under the API URL (a `Link` target).
+    pub async fn get(&self, path_or_url: &str) -> Result<Answer, GitHubError> {
+        self.request(Method::GET, path_or_url).await
+    }
+
+    /// `POST path` without a body.
+    pub async fn post(&self, path_or_url: &str) -> Result<Answer, GitHubError> {
+        self.request(Method::POST, path_or_url).await
+    }
+
+    fn url(&self, path_or_url: &str) -> Result<Url, GitHubError> {
+        let base = &self.inner.config.api_url;
+        if path_or_url.starts_with('/') {
+            let joined = format!("{}{path_or_url}", base.as_str().trim_end_matches('/'));
+            return Url::parse(&joined).map_err(|err| GitHubError::Invalid(err.to_string()));
+        }
+        // A `Link` target: only ever send the token to the API's own origin.
+        let url = Url::parse(path_or_url).map_err(|err| GitHubError::Invalid(err.to_string()))?;
+        if url.origin() != base.origin() || !url.path().starts_with(base.path()) {
+            return Err(GitHubError::Invalid(
+                "link points outside the API URL".to_owned(),
+            ));
+        }
+        Ok(url)
+    }
+
+    /// Whether a rate limit holds now, and for how long.
+    pub fn blocked_for(&self) -> Option<Duration> {
+        let mut blocked = self.inner.blocked_until.lock().expect("rate-limit state");
+        match *blocked {
+            Some(until) if until > Instant::now() => Some(until - Instant::now()),
+            Some(_) => {
+                *blocked = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn block_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut blocked = self.inner.blocked_until.lock().expect("rate-limit state");
+        if blocked.is_none_or(|current| current < until) {
+            *blocked = Some(until);
+        }
+        log::warn!("event=github_rate_limited wait_ms={}", wait.as_millis());
+    }
+
+    async fn request(&self, method: Method, path_or_url: &str) -> Result<Answer, GitHubError> {
+        if let Some(wait) = self.blocked_for() {
+            return Err(GitHubError::RateLimited(wait));
+        }
+        let url = self.url(path_or_url)?;
+        let token = self.token().await?;
+        let result = self
+            .send(
+                self.inner
+                    .http
+                    .request(method.clone(), url.clone())
+                    .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret())),
+            )
+            .await;
+        if let Err(GitHubError::Forbidden(401)) = result {
+            // The token was revoked or expired early: fetch a new one next time.
+            *self.inner.token.lock().await = None;
+        }
+        if let Err(err) = &result {
+            log::debug!(
+                "event=github_request_failed method={method} path={} error=\"{err}\"",
+                url.path()
+            );
+        }
+        result
+    }
+
+    /// The cached installation token, or a new one when it is missing or about to expire.
+    async fn token(&self) -> Result<SecretString, GitHubError> {
+        let mut cached = self.inner.token.lock().await;
+        let margin = chrono::Duration::from_std(self.inner.config.refresh_margin)
+            .unwrap_or(chrono::Duration::zero());
+        if let Some(token) = cached.as_ref() {
+            if token.expires_at - margin > Utc::now() {
+                return Ok(token.value.clone());
+            }
+        }
+        let jwt = self.inner.signer.jwt()?;
+        let path = format!(
+            "/app/installations/{}/access_tokens",
+            self.inner.config.installation_id
+        );
+        let answer = self
+            .send(
+                self.inner
+                    .http
+                    .post(self.url(&path)?)
+                    .header(AUTHORIZATION, format!("Bearer {}", jwt.expose_secret())),
+            )
+            .await?;
+        let TokenAnswer { token, expires_at } = answer.json()?;
+        self.inner
+            .tokens_fetched
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        log::info!(
+            "event=github_token_fetched installation_id={} expires_at={}",
+            self.inner.config.installation_id,
+            expires_at.to_rfc3339()
+        );
+        let value = SecretString::from(token);
+        *cached = Some(Token {
+            value: value.clone(),
+            expires_at,
+        });
+        Ok(value)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, GitHubError> {
+        let mut response = request
+            .send()
+            .await
+            .map_err(|err| GitHubError::Transport(without_url(&err)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_BODY_BYTES {
+                        return Err(GitHubError::Invalid("answer too large".to_owned()));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(err) => return Err(GitHubError::Transport(without_url(&err))),
+            }
+        }
+        let remaining = header_u64(&headers, "x-ratelimit-remaining");
+        let reset_wait = header_u64(&headers, "x-ratelimit-reset").map(|reset| {
+            let now = Utc::now().timestamp().max(0) as u64;
+            Duration::from_secs(reset.saturating_sub(now).max(1))
+        });
+        let retry_after = header_u64(&headers, RETRY_AFTER.as_str()).map(Duration::from_secs);
+        if status.is_success() {
+            // The last request of the window succeeded: wait for the reset before the next.
+            if remaining == Some(0) {
+                self.block_for(reset_wait.unwrap_or(SECONDARY_LIMIT_WAIT));
+            }
+            return Ok(Answer {
+                status,
+                headers,
+                body: body.into(),
+            });
+        }
+        let says_rate_limit = String::from_utf8_lossy(&body)
+            .to_ascii_lowercase()
+            .contains("rate limit");
+        let limited = status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::FORBIDDEN
+                && (retry_after.is_some() || remaining == Some(0) || says_rate_limit));
+        if limited {
+            let wait = retry_after
+                .or(if remaining == Some(0) {
+                    reset_wait
+                } else {
+                    None
+                })
+                .unwrap_or(SECONDARY_LIMIT_WAIT);
+            self.block_for(wait);
+            return Err(GitHubError::RateLimited(wait));
+        }
+        Err(match status.as_u16() {
+            404 => GitHubError::NotFound,
+            code @ (401 | 403) => GitHubError::Forbidden(code),
+            code @ 500..=599 => GitHubError::Server(code),
+            code => GitHubError::Status(code),
+        })
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// A transport error's description without its URL (a `Link` URL may carry a cursor; nothing
+/// secret, but logs stay short).
+fn without_url(err: &reqwest::Error) -> String {
+    let kind = if err.is_timeout() {
+        "timeout"
+    } else if err.is_connect() {
+        "connect"
+    } else if err.is_body() || err.is_decode() {
+        "body"
+    } else {
+        "request"
+    };
+    format!(
+        "{kind}: {}",
+        std::error::Error::source(err).map_or_else(|| err.to_string(), ToString::to_string)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = include_str!("../../tests/fixtures/github-app/test-only-private-key.pem");
+
+    #[test]
+    fn unset_means_disabled() {
+        assert!(AppConfig::from_source(&[("OTHER", "x")]).unwrap().is_none());
+        // The URL alone has a default and enables nothing.
+        assert!(
+            AppConfig::from_source(&[(API_URL, "https://ghe.example/api/v3")])
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_full_configuration_is_read() {
+        let config = AppConfig::from_source(&[
+            (APP_ID, "1234"),
+            (INSTALLATION_ID, "5678"),
+            (PRIVATE_KEY, KEY),
+            (API_URL, "https://ghe.example/api/v3/"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(config.app_id, "1234");
+        assert_eq!(config.installation_id, 5678);
+        assert_eq!(config.api_url.as_str(), "https://ghe.example/api/v3");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("PRIVATE KEY"), "{printed}");
+    }
+
+    #[test]
+    fn escaped_newlines_are_accepted() {
+        let flat = KEY.replace('\n', "\\n");
+        let config = AppConfig::from_source(&[
+            (APP_ID, "1"),
+            (INSTALLATION_ID, "2"),
+            (PRIVATE_KEY, flat.as_str()),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(config.api_url.as_str(), "https://api.github.com/");
+    }
+
+    #[test]
+    fn partial_or_bad_configurations_name_the_variable() {
+        let cases: [(&[(&str, &str)], &str); 6] = [
+            (&[(APP_ID, "1")], INSTALLATION_ID),
+            (&[(APP_ID, "1"), (INSTALLATION_ID, "2")], PRIVATE_KEY),
+            (&[(INSTALLATION_ID, "2"), (PRIVATE_KEY, KEY)], APP_ID),
+            (
+                &[
+                    (APP_ID, "1"),
+                    (INSTALLATION_ID, "2"),
+                    (PRIVATE_KEY, "not a key"),
+                ],
+                PRIVATE_KEY,
+            ),
+            (
+                &[(APP_ID, "1"), (INSTALLATION_ID, "zero"), (PRIVATE_KEY, KEY)],
+                INSTALLATION_ID,
+            ),
+            (
+                &[
+                    (APP_ID, "1"),
+                    (INSTALLATION_ID, "2"),
+                    (PRIVATE_KEY, KEY),
+                    (API_URL, "ftp://x"),
+                ],
+                API_URL,
+            ),
+        ];
+        for (vars, variable) in cases {
+            let err = AppConfig::from_source(&vars).unwrap_err();
+            assert_eq!(err.variable, variable, "{err}");
+            assert!(!err.to_string().contains("PRIVATE KEY"));
+        }
+    }
+
+    #[test]
+    fn link_headers_give_the_next_page() {
+        let link = "<https://api.github.com/orgs/o/hooks/1/deliveries?per_page=100&cursor=v1_9>; \
+                    rel=\"next\", <https://api.github.com/x?cursor=>; rel=\"prev\"";
+        assert_eq!(
+            next_link(link).as_deref(),
+            Some("https://api.github.com/orgs/o/hooks/1/deliveries?per_page=100&cursor=v1_9")
+        );
+        assert_eq!(next_link("<https://a/b>; rel=\"prev\""), None);
+        assert_eq!(next_link("garbage"), None);
+    }
+
+    #[test]
+    fn links_outside_the_api_are_refused() {
+        let config = AppConfig::from_source(&[
+            (APP_ID, "1"),
+            (INSTALLATION_ID, "2"),
+            (PRIVATE_KEY, KEY),
+            (API_URL, "https://ghe.example/api/v3"),
+        ])
+        .unwrap()
+        .unwrap();
+        let client = Client::new(config, "test").unwrap();
+        assert!(client
+            .url("https://ghe.example/api/v3/orgs/o/hooks/1/deliveries?cursor=x")
+            .is_ok());
+        assert!(client.url("https://evil.example/api/v3/orgs").is_err());
+        assert!(client.url("https://ghe.example/other").is_err());
+        assert_eq!(
+            client.url("/repos/o/r").unwrap().as_str(),
+            "https://ghe.example/api/v3/repos/o/r"
+        );
+    }
+}

@@ -1,0 +1,2 @@
+DROP INDEX job_reconcile_due;
+ALTER TABLE job DROP COLUMN reconciled_at;
