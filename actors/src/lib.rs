@@ -14,6 +14,7 @@
 pub mod amqp;
 pub mod broadcast;
 pub mod config;
+pub mod github;
 pub mod pressure;
 pub mod stream;
 pub mod telemetry;

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, AsyncContext, Context, WrapFuture};
 use actors::config::{self, ConfigError, Source};
+use actors::github::GitHubError;
 use chrono::{DateTime, Utc};
-use github::GitHubError;
 use prometheus::{IntCounter, Registry};
 use serde::Deserialize;
 
@@ -55,7 +55,7 @@ pub struct RedeliveryConfig {
     /// `APP_REDELIVERY_INTERVAL` (default 600 s): time between rounds.
     pub interval: Duration,
     /// The GitHub App (`APP_GITHUB_APP_*`, `APP_GITHUB_API_URL`).
-    pub app: github::AppConfig,
+    pub app: actors::github::AppConfig,
 }
 
 fn name_part(value: &str) -> bool {
@@ -83,7 +83,7 @@ impl RedeliveryConfig {
     /// Reads the redelivery variables: `Ok(None)` when neither the hook (`APP_GITHUB_PATH`,
     /// `APP_WEBHOOK_ID`) nor a GitHub App is configured; otherwise all of them are required.
     pub fn from_source(source: &dyn Source) -> Result<Option<Self>, ConfigError> {
-        let app = github::AppConfig::from_source(source)?;
+        let app = actors::github::AppConfig::from_source(source)?;
         let hook_set = ["APP_GITHUB_PATH", "APP_WEBHOOK_ID"]
             .iter()
             .any(|name| source.get(name).is_some());
@@ -282,7 +282,7 @@ pub struct RoundReport {
 
 /// Asks GitHub to redeliver failed deliveries.
 pub struct Redeliverer {
-    client: github::Client,
+    client: actors::github::Client,
     hook_path: String,
     remembered: Remembered,
     /// Start of the last complete round.
@@ -294,7 +294,10 @@ impl Redeliverer {
     /// A redeliverer for `config`'s hook.
     pub fn new(config: &RedeliveryConfig, metrics: RedeliveryMetrics) -> Result<Self, GitHubError> {
         Ok(Self {
-            client: github::Client::new(config.app.clone(), "github-runner-webhook-gateway")?,
+            client: actors::github::Client::new(
+                config.app.clone(),
+                "github-runner-webhook-gateway",
+            )?,
             hook_path: config.hook_path(),
             remembered: Remembered::with_capacity(MAX_REMEMBERED),
             scanned_since: None,

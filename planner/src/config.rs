@@ -57,7 +57,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     // --- issue 9: reconciliation with GitHub's API ---
     /// `APP_GITHUB_*` (optional): the GitHub App; reconciliation runs only when it is set.
-    pub github: Option<github::AppConfig>,
+    pub github: Option<actors::github::AppConfig>,
     /// `APP_RECONCILE_*`: when and how much to reconcile.
     pub reconcile: crate::reconcile::ReconcileConfig,
     // --- end issue 9 ---
@@ -132,7 +132,7 @@ impl Config {
             stream_heartbeat: actors::stream::heartbeat_from(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
             // issue 9
-            github: github::AppConfig::from_source(source)?,
+            github: actors::github::AppConfig::from_source(source)?,
             reconcile: crate::reconcile::ReconcileConfig::from_source(source)?,
         })
     }

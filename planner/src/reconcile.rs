@@ -18,7 +18,7 @@
 //!   or their jobs are taken for gone.
 //! - 5xx, timeouts, other failures: left open and unchecked, so the next round tries again.
 //! - a rate limit or a refusal (401/403): the round stops; the rest of the batch waits for a
-//!   later round. The shared [`github::Client`] refuses to send anything while a limit holds.
+//!   later round. The shared [`actors::github::Client`] refuses to send anything while a limit holds.
 //!
 //! Several planners: the claim is one `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`
 //! that stamps `reconciled_at`, so concurrent rounds take disjoint jobs and a job claimed by one
@@ -29,12 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, AsyncContext, Context, WrapFuture};
+use actors::github::GitHubError;
 use chrono::{DateTime, Utc};
 use diesel::{
     sql_types::{BigInt, Double, Nullable, Text, Timestamptz},
     Connection, PgConnection, QueryResult, QueryableByName, RunQueryDsl,
 };
-use github::GitHubError;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use schema::queries;
 use serde_json::{json, Value};
@@ -344,7 +344,7 @@ pub struct RoundReport {
 
 /// Runs reconciliation rounds.
 pub struct Reconciler {
-    client: github::Client,
+    client: actors::github::Client,
     pool: PgPool,
     ignored: IgnoredLabels,
     config: ReconcileConfig,
@@ -354,7 +354,7 @@ pub struct Reconciler {
 impl Reconciler {
     /// A reconciler asking GitHub through `client`.
     pub fn new(
-        client: github::Client,
+        client: actors::github::Client,
         pool: PgPool,
         ignored: IgnoredLabels,
         config: ReconcileConfig,

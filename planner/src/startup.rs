@@ -89,8 +89,11 @@ impl Application {
 
         // --- issue 9: reconciliation with GitHub's API, only with a GitHub App ---
         let reconcile_metrics = crate::reconcile::ReconcileMetrics::new()?;
+        reconcile_metrics
+            .register(&metrics.registry)
+            .map_err(std::io::Error::other)?;
         if let Some(app) = config.github.clone() {
-            let client = github::Client::new(app, "github-runner-planner")?;
+            let client = actors::github::Client::new(app, "github-runner-planner")?;
             crate::reconcile::ReconcileActor::new(crate::reconcile::Reconciler::new(
                 client,
                 pool.clone(),

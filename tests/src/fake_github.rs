@@ -193,14 +193,14 @@ impl FakeGitHub {
     }
 
     /// A GitHub App configuration pointing at this fake.
-    pub fn app_config(&self) -> github::AppConfig {
+    pub fn app_config(&self) -> actors::github::AppConfig {
         let vars: &[(&str, &str)] = &[
             ("APP_GITHUB_APP_ID", APP_ID),
             ("APP_GITHUB_APP_INSTALLATION_ID", "777"),
             ("APP_GITHUB_APP_PRIVATE_KEY_VALUE", PRIVATE_KEY),
             ("APP_GITHUB_API_URL", &self.url),
         ];
-        let mut config = github::AppConfig::from_source(&vars)
+        let mut config = actors::github::AppConfig::from_source(&vars)
             .expect("valid App configuration")
             .expect("App configured");
         config.request_timeout = Duration::from_secs(5);

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use actors::github::{Client, GitHubError};
 use chrono::Utc;
 use diesel::RunQueryDsl;
-use github::{Client, GitHubError};
 use planner::{
     config::Config,
     domain::labels::IgnoredLabels,
@@ -84,6 +84,7 @@ async fn lost_completions_are_reconciled_and_open_jobs_stay() {
         let pool = build_pool(db.url(), 1, Duration::from_secs(5));
         let seeder = TestPlanner {
             address: String::new(),
+            metrics_url: String::new(),
             topology: topology.clone(),
             stats: Default::default(),
             pool: pool.clone(),
@@ -122,6 +123,7 @@ async fn lost_completions_are_reconciled_and_open_jobs_stay() {
     let metrics = app.reconcile_metrics();
     let planner = TestPlanner {
         address: format!("http://127.0.0.1:{}", app.port()),
+        metrics_url: format!("http://127.0.0.1:{}/metrics", app.metrics_port()),
         topology: topology.clone(),
         stats: app.stats(),
         pool: app.pool(),
@@ -210,6 +212,7 @@ async fn concurrent_rounds_check_each_job_once() {
     let pool = build_pool(db.url(), 4, Duration::from_secs(5));
     let seeder = TestPlanner {
         address: String::new(),
+        metrics_url: String::new(),
         topology: unique_topology(),
         stats: Default::default(),
         pool: pool.clone(),
@@ -314,7 +317,10 @@ async fn tokens_are_refreshed_before_expiry_and_rate_limits_are_respected() {
         .get("/orgs/o/hooks/1/deliveries?per_page=100")
         .await
         .unwrap_err();
-    assert_eq!(err, GitHubError::RateLimited(github::SECONDARY_LIMIT_WAIT));
+    assert_eq!(
+        err,
+        GitHubError::RateLimited(actors::github::SECONDARY_LIMIT_WAIT)
+    );
     let sent = fake.state().log.len();
     let err = client.get("/repos/o/r/actions/jobs/1").await.unwrap_err();
     assert!(matches!(err, GitHubError::RateLimited(wait) if wait > Duration::from_secs(50)));
