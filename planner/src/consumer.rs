@@ -33,6 +33,7 @@ use crate::{
         webhook::{classify, Classified, Headers},
     },
     messages::{ApplyBatch, Outcome, StoreError},
+    pressure::Nudge,
 };
 
 /// How many times a batch the database refuses (while answering) is retried before its
@@ -76,6 +77,9 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     pub retry_min_delay: Duration,
     pub retry_max_delay: Duration,
+    /// Told after every committed batch, so local changes reach streams without waiting for
+    /// PostgreSQL's NOTIFY.
+    pub pressure: Option<Recipient<Nudge>>,
 }
 
 /// The consumer actor. It owns the AMQP connection and its reconnects; stopping the actor stops
@@ -260,6 +264,16 @@ async fn handle_batch(
         return Ok(());
     }
 
+    // The calculator's span joins the trace of the batch's first delivery.
+    let nudge = config.pressure.as_ref().map(|pressure| {
+        let context = events[0]
+            .0
+            .properties
+            .headers()
+            .as_ref()
+            .map(actors::telemetry::extract);
+        (pressure, Nudge { context })
+    });
     let payload: Vec<(String, JobEvent)> = events
         .iter()
         .map(|(_, id, event)| (id.clone(), event.clone()))
@@ -296,6 +310,9 @@ async fn handle_batch(
                 }
             }
         }
+    }
+    if let Some((pressure, nudge)) = nudge {
+        pressure.do_send(nudge);
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod messages;
+pub mod pressure;
 pub mod routes;
 pub mod startup;
 pub mod state;

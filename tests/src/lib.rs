@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod planner;
 pub mod process;
 pub mod proxy;
+pub mod stream;
 pub mod telemetry;
 
 use std::future::Future;

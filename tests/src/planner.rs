@@ -41,6 +41,8 @@ pub struct TestPlanner {
     pub db: Option<TestDb>,
     /// The queues and exchanges, when this planner owns them.
     pub queues: Option<TopologyGuard>,
+    /// Its pressure broadcaster.
+    pub broadcaster: actix::Addr<actors::broadcast::Broadcaster>,
 }
 
 /// Deletes a test topology's queues and exchanges on `Drop`, even when the test panics.
@@ -127,6 +129,7 @@ pub async fn spawn_planner_with(config: Config) -> TestPlanner {
         http: reqwest::Client::new(),
         db: None,
         queues: None,
+        broadcaster: app.broadcaster(),
     };
     actix_web::rt::spawn(app.run_until_stopped());
     let stats = planner.stats.clone();
