@@ -7,6 +7,7 @@ pub mod db;
 pub mod fixtures;
 pub mod gateway;
 pub mod planner;
+pub mod pressure_bench;
 pub mod process;
 pub mod proxy;
 pub mod stream;
