@@ -315,7 +315,24 @@ impl TestPublisher {
 
     /// Publishes raw bytes with the gateway's headers (`None` leaves a header out).
     pub async fn publish_raw(&self, body: &[u8], event: Option<&str>, delivery: Option<&str>) {
+        self.publish_with(body, event, delivery, &[]).await;
+    }
+
+    /// Like [`TestPublisher::publish_raw`], with `extra` headers (e.g. `traceparent`).
+    pub async fn publish_with(
+        &self,
+        body: &[u8],
+        event: Option<&str>,
+        delivery: Option<&str>,
+        extra: &[(&str, &str)],
+    ) {
         let mut headers = FieldTable::default();
+        for (name, value) in extra {
+            headers.insert(
+                ShortString::from(*name),
+                AMQPValue::LongString((*value).into()),
+            );
+        }
         if let Some(event) = event {
             headers.insert(
                 ShortString::from("X-GitHub-Event"),
