@@ -162,7 +162,8 @@ impl Calculator {
             })
             .await
             .map_err(|err| err.to_string())
-            .and_then(|result| result);
+            .and_then(|result| result)
+            .map_err(Some);
             let query_time = started.elapsed();
             let result = match computed {
                 Ok((map, next)) => {
@@ -179,7 +180,8 @@ impl Calculator {
                             );
                             Ok(next)
                         }
-                        Err(err) => Err(format!("broadcaster: {err}")),
+                        // The broadcaster has stopped (shutdown): nothing left to do.
+                        Err(_) => Err(None),
                     }
                 }
                 Err(err) => Err(err),
@@ -191,7 +193,12 @@ impl Calculator {
             act.running = false;
             match result {
                 Ok(next) => act.schedule(next.unwrap_or(IDLE_RECOMPUTE), ctx),
-                Err(err) => {
+                Err(None) => {
+                    log::info!("event=pressure_calculator_stopped reason=\"broadcaster stopped\"");
+                    ctx.stop();
+                    return;
+                }
+                Err(Some(err)) => {
                     log::warn!(
                         "event=pressure_recompute_failed error=\"{err}\" retry_in={FAILED_RECOMPUTE_RETRY:?}"
                     );
