@@ -142,7 +142,7 @@ impl Broadcaster {
     fn close(&mut self) {
         if self.sender.take().is_some() {
             log::info!(
-                "pressure broadcaster closing generation={}",
+                "event=pressure_broadcaster_closing generation={}",
                 self.current.generation()
             );
         }
@@ -154,7 +154,7 @@ impl Actor for Broadcaster {
 
     fn started(&mut self, _: &mut Self::Context) {
         log::info!(
-            "pressure broadcaster started generation={} flavors={}",
+            "event=pressure_broadcaster_started generation={} flavors={}",
             self.current.generation(),
             self.current.flavors().len()
         );
@@ -171,7 +171,7 @@ impl Handler<Publish> for Broadcaster {
     fn handle(&mut self, Publish(flavors): Publish, _: &mut Self::Context) -> u64 {
         if flavors == *self.current.flavors() {
             log::trace!(
-                "pressure unchanged generation={}",
+                "event=pressure_unchanged generation={}",
                 self.current.generation()
             );
             return self.current.generation();
@@ -183,7 +183,7 @@ impl Handler<Publish> for Broadcaster {
             sender.send_replace(Arc::clone(&self.current));
         }
         log::debug!(
-            "pressure changed generation={generation} flavors={} subscribers={}",
+            "event=pressure_changed generation={generation} flavors={} subscribers={}",
             self.current.flavors().len(),
             self.subscribers()
         );
@@ -223,7 +223,7 @@ impl Handler<Shutdown> for Broadcaster {
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
         log::info!(
-            "pressure broadcaster shutdown subscribers={}",
+            "event=pressure_broadcaster_shutdown subscribers={}",
             self.subscribers()
         );
         self.close();

@@ -112,7 +112,7 @@ pub fn respond(
         if let Some(last) = req.headers().get("last-event-id") {
             // Nothing to replay: the current state (sent first) supersedes what was missed.
             log::debug!(
-                "pressure stream resumed last_event_id={:?} filter={filter}",
+                "event=pressure_stream_resumed last_event_id={:?} filter={filter}",
                 last.to_str().unwrap_or("<not text>")
             );
         }
@@ -140,7 +140,7 @@ pub fn body(
     format: Format,
     heartbeat: Duration,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
-    log::debug!("pressure stream opened format={format:?} filter={filter}");
+    log::debug!("event=pressure_stream_opened format={format:?} filter={filter}");
     let heartbeat = heartbeat.max(Duration::from_millis(1));
     let feed = Feed {
         subscription,
@@ -217,7 +217,7 @@ impl Feed {
 impl Drop for Feed {
     fn drop(&mut self) {
         log::debug!(
-            "pressure stream closed format={:?} filter={}",
+            "event=pressure_stream_closed format={:?} filter={}",
             self.format,
             self.filter
         );

@@ -52,6 +52,7 @@ use crate::{
     },
     messages::{ApplyBatch, Outcome, StoreError},
     metrics::Metrics,
+    pressure::Nudge,
 };
 
 /// How many times a batch the database refuses (while answering) is retried before its
@@ -97,6 +98,9 @@ pub struct ConsumerConfig {
     pub retry_max_delay: Duration,
     /// How often the depths of the job queue and the dead-letter queue are polled (metrics).
     pub queue_depth_interval: Duration,
+    /// Told after every committed batch, so local changes reach streams without waiting for
+    /// PostgreSQL's NOTIFY.
+    pub pressure: Option<Recipient<Nudge>>,
 }
 
 /// The consumer actor. It owns the AMQP connection and its reconnects; stopping the actor stops
@@ -525,6 +529,16 @@ async fn handle_batch(
         .map(|(_, id, event)| (id.clone(), event.clone()))
         .collect();
     let spans = commit_spans(&events.iter().map(|(r, _, _)| r).collect::<Vec<_>>());
+    // The calculator's `pressure broadcast` span continues the trace of the batch's first
+    // delivery, as a child of its commit: receive -> publish -> consume -> commit -> broadcast.
+    let nudge = config.pressure.as_ref().map(|pressure| {
+        (
+            pressure,
+            Nudge {
+                context: spans.first().cloned(),
+            },
+        )
+    });
     match apply(config, store, stats, payload, REFUSED_ATTEMPTS, &spans).await {
         Some(outcomes) => {
             end_commit_spans(spans, None);
@@ -565,6 +579,9 @@ async fn handle_batch(
                 }
             }
         }
+    }
+    if let Some((pressure, nudge)) = nudge {
+        pressure.do_send(nudge);
     }
     Ok(())
 }

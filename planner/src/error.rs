@@ -44,6 +44,9 @@ pub enum ApiError {
     /// PostgreSQL cannot be reached (no connection within the pool timeout).
     #[error("database unavailable")]
     Unavailable(#[source] diesel::r2d2::PoolError),
+    /// The service is shutting down (the pressure broadcaster has closed).
+    #[error("shutting down")]
+    ShuttingDown,
     /// Anything else on the server side.
     #[error("internal error")]
     Internal(String),
@@ -83,7 +86,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

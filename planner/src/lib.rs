@@ -17,6 +17,7 @@ pub mod extract;
 pub mod messages;
 pub mod metrics;
 // issue 9: reconciliation with GitHub's API
+pub mod pressure;
 pub mod reconcile;
 pub mod routes;
 pub mod startup;

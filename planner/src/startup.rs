@@ -9,6 +9,7 @@ use actix_web::{
     middleware::{self, Logger},
     web, App, HttpServer,
 };
+use actors::broadcast::{Broadcaster, Shutdown};
 use actors::telemetry::{metrics_server, HttpMetrics};
 use secrecy::ExposeSecret;
 
@@ -17,7 +18,8 @@ use crate::{
     config::Config,
     consumer::{Consumer, ConsumerConfig, ConsumerStats},
     metrics::Metrics,
-    routes::{self, health},
+    pressure::{Calculator, CalculatorConfig},
+    routes::{self, health, pressure::PressureService},
     state::AppState,
     store::{build_pool, JobStore, PgPool},
 };
@@ -34,6 +36,7 @@ pub struct Application {
     consumer: Addr<Consumer>,
     // issue 9: reconciliation counters (registered by whoever owns the registry)
     reconcile_metrics: crate::reconcile::ReconcileMetrics,
+    broadcaster: Addr<Broadcaster>,
 }
 
 /// Runs pending migrations through `pool`.
@@ -70,6 +73,8 @@ impl Application {
                 JobStore::new(pool.clone(), ignored.clone()).with_metrics(metrics.clone())
             })
         };
+        let (broadcaster, calculator) = start_pressure(&config, &pool).await;
+        spawn_pressure_metrics(broadcaster.clone(), pool.clone(), metrics.clone());
         let stats = Arc::new(ConsumerStats::default());
         let consumer = Consumer::new(
             ConsumerConfig {
@@ -79,6 +84,7 @@ impl Application {
                 retry_min_delay: config.retry_min_delay,
                 retry_max_delay: config.retry_max_delay,
                 queue_depth_interval: config.queue_depth_interval,
+                pressure: Some(calculator.clone()),
             },
             store.recipient(),
             stats.clone(),
@@ -115,6 +121,11 @@ impl Application {
             },
         });
         let http_metrics = web::Data::new(metrics.http.clone());
+        let pressure = web::Data::new(PressureService {
+            broadcaster: broadcaster.clone(),
+            calculator,
+            heartbeat: config.stream_heartbeat,
+        });
         let listener = TcpListener::bind((config.bind_address, config.port))?;
         let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
@@ -126,8 +137,12 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(http_metrics.clone())
                 .wrap(middleware::from_fn(HttpMetrics::middleware))
+                .app_data(pressure.clone())
                 .configure(routes::configure)
         })
+        // Notice a client that went away at once, so its stream (and subscription) ends.
+        .h1_allow_half_closed(false)
+        .shutdown_signal(shutdown_signal(broadcaster.clone()))
         .listen(listener)?;
         if let Some(workers) = config.http_workers {
             server = server.workers(workers);
@@ -147,6 +162,7 @@ impl Application {
             pool,
             consumer,
             reconcile_metrics,
+            broadcaster,
         })
     }
 
@@ -180,6 +196,11 @@ impl Application {
         self.consumer.clone()
     }
 
+    /// The pressure broadcaster (tests watch its subscribers).
+    pub fn broadcaster(&self) -> Addr<Broadcaster> {
+        self.broadcaster.clone()
+    }
+
     /// Reconciliation counters, at zero when no GitHub App is configured (issue 9).
     pub fn reconcile_metrics(&self) -> crate::reconcile::ReconcileMetrics {
         self.reconcile_metrics.clone()
@@ -211,4 +232,122 @@ fn spawn_database_probe(pool: PgPool, metrics: Metrics) {
             metrics.database_reachable.set(i64::from(up));
         }
     });
+}
+
+/// How often the stream-subscriber gauge is refreshed between pressure changes.
+const SUBSCRIBER_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps `github_runner_planner_flavor_pressure{platform,flavor}` equal to what the streams
+/// send (it follows the broadcaster like any subscriber) and
+/// `github_runner_planner_stream_subscribers` current (less this follower itself). A flavor's
+/// platform comes from a cache of the flavor table, refreshed when an unknown flavor appears.
+fn spawn_pressure_metrics(broadcaster: Addr<Broadcaster>, pool: PgPool, metrics: Metrics) {
+    actix_web::rt::spawn(async move {
+        let Ok(Ok(mut subscription)) = broadcaster.send(actors::broadcast::Subscribe).await else {
+            return;
+        };
+        let mut platforms: std::collections::HashMap<String, String> = Default::default();
+        let mut shown: Vec<(String, String)> = Vec::new();
+        let mut snapshot = Some(subscription.current());
+        let mut ticks = tokio::time::interval(SUBSCRIBER_GAUGE_INTERVAL);
+        loop {
+            if let Some(pressure) = snapshot.take() {
+                if pressure
+                    .flavors()
+                    .keys()
+                    .any(|f| !platforms.contains_key(f))
+                {
+                    let pool = pool.clone();
+                    if let Ok(Ok(flavors)) = web::block(move || {
+                        let mut conn = pool.get().map_err(|e| e.to_string())?;
+                        schema::queries::list_flavors(&mut conn).map_err(|e| e.to_string())
+                    })
+                    .await
+                    {
+                        platforms = flavors.into_iter().map(|f| (f.name, f.platform)).collect();
+                    }
+                }
+                for (platform, flavor) in shown.drain(..) {
+                    let _ = metrics
+                        .flavor_pressure
+                        .remove_label_values(&[&platform, &flavor]);
+                }
+                for (flavor, value) in pressure.flavors() {
+                    let platform = platforms.get(flavor).cloned().unwrap_or_default();
+                    metrics
+                        .flavor_pressure
+                        .with_label_values(&[&platform, flavor])
+                        .set(i64::try_from(*value).unwrap_or(i64::MAX));
+                    shown.push((platform, flavor.clone()));
+                }
+            }
+            if let Ok(count) = broadcaster.send(actors::broadcast::SubscriberCount).await {
+                metrics
+                    .stream_subscribers
+                    .set(i64::try_from(count.saturating_sub(1)).unwrap_or(i64::MAX));
+            }
+            tokio::select! {
+                changed = subscription.changed() => match changed {
+                    Some(pressure) => snapshot = Some(pressure),
+                    None => return,
+                },
+                _ = ticks.tick() => {}
+            }
+        }
+    });
+}
+
+/// Starts the broadcaster (with the database's pressure now, when it answers) and the
+/// calculator that keeps it current.
+async fn start_pressure(
+    config: &Config,
+    pool: &PgPool,
+) -> (Addr<Broadcaster>, actix::Recipient<crate::pressure::Nudge>) {
+    let (initial_pool, max_age) = (pool.clone(), config.job_max_age);
+    let initial = web::block(move || -> Result<_, String> {
+        let mut conn = initial_pool.get().map_err(|err| err.to_string())?;
+        crate::pressure::compute(&mut conn, max_age).map_err(|err| err.to_string())
+    })
+    .await
+    .map_err(|err| err.to_string())
+    .and_then(|result| result);
+    let initial = initial.map(|(map, _)| map).unwrap_or_else(|err| {
+        log::warn!("event=pressure_initial_failed error=\"{err}\"");
+        Default::default()
+    });
+    let broadcaster = Broadcaster::new(initial).start();
+    let calculator = Calculator::new(
+        CalculatorConfig {
+            database_url: config.database_url.clone(),
+            job_max_age: config.job_max_age,
+            connect_timeout: config
+                .db_checkout_timeout
+                .max(std::time::Duration::from_secs(1)),
+            retry_min_delay: config.retry_min_delay,
+            retry_max_delay: config.retry_max_delay,
+        },
+        pool.clone(),
+        broadcaster.clone().recipient(),
+    )
+    .start();
+    (broadcaster, calculator.recipient())
+}
+
+/// Resolves on SIGTERM or SIGINT, after ending every pressure stream: the server then drains
+/// connections that are no longer held open by streams.
+async fn shutdown_signal(broadcaster: Addr<Broadcaster>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("event=signal_handlers_failed");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    log::info!("event=shutdown_started signal={name}");
+    broadcaster.do_send(Shutdown);
 }

@@ -112,6 +112,52 @@ pub fn open_job_counts(
         .load(conn)
 }
 
+/// One flavor's inputs to pressure, as [`flavor_pressures`] reads them.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct FlavorPressureRow {
+    /// The flavor.
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    /// Disabled flavors report their minimum pressure only.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub is_disabled: bool,
+    /// Runners to keep however few jobs there are.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub minimum_pressure: i32,
+    /// `queued` or `in_progress` jobs assigned to the flavor, created within the age limit.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub open_jobs: i64,
+    /// Milliseconds until the oldest of those jobs passes the age limit (`None`: no open job).
+    #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
+    pub oldest_expires_in_ms: Option<f64>,
+}
+
+/// Every flavor with its count of open jobs (`queued` or `in_progress`, created less than
+/// `max_age_seconds` ago) and when the oldest of them ages out: everything pressure needs, in
+/// one statement (an index-only scan of `job_open_by_flavor` plus the flavor table).
+pub fn flavor_pressures(
+    conn: &mut PgConnection,
+    max_age_seconds: f64,
+) -> QueryResult<Vec<FlavorPressureRow>> {
+    diesel::sql_query(
+        "WITH open AS ( \
+             SELECT assigned_flavor, count(*) AS n, min(created_at) AS oldest \
+             FROM job \
+             WHERE status IN ('queued', 'in_progress') \
+               AND assigned_flavor IS NOT NULL \
+               AND created_at > now() - make_interval(secs => $1) \
+             GROUP BY assigned_flavor \
+         ) \
+         SELECT f.name, f.is_disabled, f.minimum_pressure, \
+                coalesce(o.n, 0)::bigint AS open_jobs, \
+                (extract(epoch FROM (o.oldest + make_interval(secs => $1) - now())) * 1000)::float8 \
+                    AS oldest_expires_in_ms \
+         FROM flavor f LEFT JOIN open o ON o.assigned_flavor = f.name",
+    )
+    .bind::<diesel::sql_types::Double, _>(max_age_seconds)
+    .load(conn)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Jobs
 

@@ -9,8 +9,10 @@ pub mod fake_github;
 pub mod fixtures;
 pub mod gateway;
 pub mod planner;
+pub mod pressure_bench;
 pub mod process;
 pub mod proxy;
+pub mod stream;
 pub mod system;
 pub mod telemetry;
 

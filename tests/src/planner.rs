@@ -43,6 +43,8 @@ pub struct TestPlanner {
     pub db: Option<TestDb>,
     /// The queues and exchanges, when this planner owns them.
     pub queues: Option<TopologyGuard>,
+    /// Its pressure broadcaster.
+    pub broadcaster: actix::Addr<actors::broadcast::Broadcaster>,
 }
 
 /// Deletes a test topology's queues and exchanges on `Drop`, even when the test panics.
@@ -130,6 +132,7 @@ pub async fn spawn_planner_with(config: Config) -> TestPlanner {
         http: reqwest::Client::new(),
         db: None,
         queues: None,
+        broadcaster: app.broadcaster(),
     };
     actix_web::rt::spawn(app.run_until_stopped());
     let stats = planner.stats.clone();
@@ -315,7 +318,24 @@ impl TestPublisher {
 
     /// Publishes raw bytes with the gateway's headers (`None` leaves a header out).
     pub async fn publish_raw(&self, body: &[u8], event: Option<&str>, delivery: Option<&str>) {
+        self.publish_with(body, event, delivery, &[]).await;
+    }
+
+    /// Like [`TestPublisher::publish_raw`], with `extra` headers (e.g. `traceparent`).
+    pub async fn publish_with(
+        &self,
+        body: &[u8],
+        event: Option<&str>,
+        delivery: Option<&str>,
+        extra: &[(&str, &str)],
+    ) {
         let mut headers = FieldTable::default();
+        for (name, value) in extra {
+            headers.insert(
+                ShortString::from(*name),
+                AMQPValue::LongString((*value).into()),
+            );
+        }
         if let Some(event) = event {
             headers.insert(
                 ShortString::from("X-GitHub-Event"),

@@ -468,7 +468,7 @@ const PROMETHEUS_SERIES: &[&str] = &["up", "scrape_duration_seconds", "ALERTS"];
 
 /// Metrics the services declare but the lead wires at merge time (issue 4's pressure
 /// calculator sets them); until then no series exists. Remove an entry once it is wired.
-const AWAITING_WIRING: &[&str] = &["github_runner_planner_flavor_pressure"];
+const AWAITING_WIRING: &[&str] = &[];
 
 /// The metric names a PromQL expression uses: identifiers that are not inside a label
 /// matcher `{...}`, a range `[...]` or a string, not followed by `(` (functions and

@@ -687,6 +687,7 @@ async fn openapi_document_lists_every_route() {
         ("/api/v1/jobs/{platform}", "get"),
         ("/api/v1/jobs/{platform}/{id}", "get"),
         ("/api/v1/match", "get"),
+        ("/api/v1/flavors/{name}/pressure", "get"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();

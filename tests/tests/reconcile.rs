@@ -85,6 +85,9 @@ async fn lost_completions_are_reconciled_and_open_jobs_stay() {
         let seeder = TestPlanner {
             address: String::new(),
             metrics_url: String::new(),
+            broadcaster: actix::Actor::start(actors::broadcast::Broadcaster::new(
+                Default::default(),
+            )),
             topology: topology.clone(),
             stats: Default::default(),
             pool: pool.clone(),
@@ -124,6 +127,7 @@ async fn lost_completions_are_reconciled_and_open_jobs_stay() {
     let planner = TestPlanner {
         address: format!("http://127.0.0.1:{}", app.port()),
         metrics_url: format!("http://127.0.0.1:{}/metrics", app.metrics_port()),
+        broadcaster: app.broadcaster(),
         topology: topology.clone(),
         stats: app.stats(),
         pool: app.pool(),
@@ -213,6 +217,7 @@ async fn concurrent_rounds_check_each_job_once() {
     let seeder = TestPlanner {
         address: String::new(),
         metrics_url: String::new(),
+        broadcaster: actix::Actor::start(actors::broadcast::Broadcaster::new(Default::default())),
         topology: unique_topology(),
         stats: Default::default(),
         pool: pool.clone(),

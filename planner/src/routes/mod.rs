@@ -5,6 +5,7 @@ pub mod health;
 pub mod jobs;
 pub mod matching;
 pub mod openapi;
+pub mod pressure;
 pub mod tokens;
 
 use actix_web::web;
@@ -38,6 +39,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(jobs::list)
         .service(jobs::get)
         .service(matching::explain)
+        .service(pressure::pressure)
         .default_service(web::to(not_found));
 }
 

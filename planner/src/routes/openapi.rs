@@ -10,7 +10,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{flavors, health, jobs, matching, tokens};
+use super::{flavors, health, jobs, matching, pressure, tokens};
 use crate::error::ErrorBody;
 
 /// The API description.
@@ -32,6 +32,7 @@ use crate::error::ErrorBody;
         jobs::list,
         jobs::get,
         matching::explain,
+        pressure::pressure,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth)

@@ -33,6 +33,9 @@ const SATURATION_WEBHOOKS: usize = 10_000;
 const SATURATION_CONNECTIONS: usize = 64;
 const FIXED_RATE: u64 = 1_000;
 const FIXED_SECONDS: u64 = 5;
+const PRESSURE_RATE: u64 = 200;
+const PRESSURE_SECONDS: u64 = 5;
+const FAN_OUT: usize = 10_000;
 
 struct Row {
     scenario: String,
@@ -343,6 +346,27 @@ async fn gateway_scenarios(body: Vec<u8>, ceiling: f64, rows: &mut Vec<Row>) {
     });
 }
 
+/// Scenario 4 (pressure): recomputation time, webhook-to-stream latency, fan-out.
+async fn pressure_scenarios(rows: &mut Vec<Row>) {
+    use tests::pressure_bench;
+    let mut pressure_rows = Vec::new();
+    eprintln!("bench: pressure recomputation ...");
+    tokio::task::block_in_place(|| pressure_bench::recompute(&mut pressure_rows));
+    eprintln!("bench: webhook to stream latency ...");
+    pressure_bench::latency(PRESSURE_RATE, PRESSURE_SECONDS, &mut pressure_rows).await;
+    eprintln!("bench: fan-out to {FAN_OUT} subscribers ...");
+    pressure_bench::fan_out(FAN_OUT, &mut pressure_rows).await;
+    rows.extend(
+        pressure_rows
+            .into_iter()
+            .map(|(scenario, figure, target)| Row {
+                scenario,
+                figure,
+                target,
+            }),
+    );
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -364,28 +388,36 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {memory} RAM; RabbitMQ, PostgreSQL, the services and the load generator all share it")
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let body = payload();
     let mut rows = Vec::new();
-    eprintln!("bench: broker ceiling ...");
-    let ceiling = broker_ceiling(&body).await;
-    eprintln!("bench: broker at a fixed rate ...");
-    let broker_latencies = broker_fixed_rate(&body).await;
-    rows.push(Row {
-        scenario: format!(
-            "1. broker alone at a fixed {FIXED_RATE} msg/s for {FIXED_SECONDS} s: publish to confirm"
-        ),
-        figure: format!(
-            "p50 {}, p99 {}, max {}",
-            ms(percentile(&broker_latencies, 0.50)),
-            ms(percentile(&broker_latencies, 0.99)),
-            ms(*broker_latencies.last().unwrap())
-        ),
-        target: "(reference)".into(),
-    });
-    eprintln!("bench: gateway ...");
-    gateway_scenarios(body, ceiling, &mut rows).await;
+    // `BENCH_ONLY=pressure make bench`: the pressure scenarios alone.
+    let only_pressure = std::env::var("BENCH_ONLY").is_ok_and(|only| only == "pressure");
+    if only_pressure {
+        pressure_scenarios(&mut rows).await;
+    }
+    let body = payload();
+    if !only_pressure {
+        eprintln!("bench: broker ceiling ...");
+        let ceiling = broker_ceiling(&body).await;
+        eprintln!("bench: broker at a fixed rate ...");
+        let broker_latencies = broker_fixed_rate(&body).await;
+        rows.push(Row {
+            scenario: format!(
+                "1. broker alone at a fixed {FIXED_RATE} msg/s for {FIXED_SECONDS} s: publish to confirm"
+            ),
+            figure: format!(
+                "p50 {}, p99 {}, max {}",
+                ms(percentile(&broker_latencies, 0.50)),
+                ms(percentile(&broker_latencies, 0.99)),
+                ms(*broker_latencies.last().unwrap())
+            ),
+            target: "(reference)".into(),
+        });
+        eprintln!("bench: gateway ...");
+        gateway_scenarios(body, ceiling, &mut rows).await;
+        pressure_scenarios(&mut rows).await;
+    }
 
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])

@@ -1,0 +1,353 @@
+//! The pressure calculator: one actor per planner process that keeps the broadcaster's pressure
+//! map equal to what the database says.
+//!
+//! pressure(flavor) = max(minimum_pressure, jobs assigned to it that are `queued` or
+//! `in_progress` and were created within `APP_JOB_MAX_AGE`); a disabled flavor reports its
+//! minimum pressure. Waiting jobs do not count.
+//!
+//! What makes it recompute:
+//! - `NOTIFY planner_changes`, sent by statement triggers on `job` and `flavor`: changes made by
+//!   any planner process on the database (and by hand). The calculator holds the process's only
+//!   `LISTEN` connection (tokio-postgres: diesel's blocking connection cannot wait on
+//!   notifications), reconnects with capped backoff and recomputes after every (re)connect, since
+//!   notifications sent while it was away are lost.
+//! - [`Nudge`] from the local consumer after each committed batch, so local changes do not wait
+//!   for the NOTIFY round trip. It carries the deliveries' trace context: the recompute's span
+//!   (`pressure broadcast`) is a child of the first nudge's context.
+//! - Time: a timer fires when the oldest counted job passes the age limit (at least hourly).
+//!
+//! Bursts coalesce: while a recompute runs, further requests only mark the map dirty, and one
+//! more recompute follows. Each recompute is one query through the r2d2 pool on the blocking
+//! thread pool; the result goes to the broadcaster, which ignores an unchanged map.
+
+use std::time::{Duration, Instant};
+
+use ::actors::{broadcast::Publish, pressure::PressureMap};
+use actix::prelude::*;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use diesel::{PgConnection, QueryResult};
+use opentelemetry::{
+    global,
+    trace::{Span, Tracer},
+    KeyValue,
+};
+use schema::queries::{self, FlavorPressureRow};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::store::PgPool;
+
+/// The channel the schema's triggers notify.
+pub const CHANNEL: &str = "planner_changes";
+
+/// Longest wait between two recomputations when nothing happens (a bound on any missed change).
+const IDLE_RECOMPUTE: Duration = Duration::from_secs(3600);
+
+/// Added to the age-out delay so the job has certainly aged out when the recompute runs.
+const AGE_OUT_MARGIN: Duration = Duration::from_millis(10);
+
+/// Delay before retrying a recompute that failed (database unavailable).
+const FAILED_RECOMPUTE_RETRY: Duration = Duration::from_secs(1);
+
+/// Reads every flavor's pressure in one query: the map, and how long until the oldest counted
+/// job ages out (`None`: no counted job). This is the whole of what the calculator runs against
+/// the database.
+pub fn compute(
+    conn: &mut PgConnection,
+    max_age: Duration,
+) -> QueryResult<(PressureMap, Option<Duration>)> {
+    Ok(fold(queries::flavor_pressures(
+        conn,
+        max_age.as_secs_f64(),
+    )?))
+}
+
+/// Pressure of each row, and the earliest age-out among enabled flavors.
+pub fn fold(rows: Vec<FlavorPressureRow>) -> (PressureMap, Option<Duration>) {
+    let mut next: Option<Duration> = None;
+    let mut map = PressureMap::new();
+    for row in rows {
+        let minimum = u64::try_from(row.minimum_pressure).unwrap_or(0);
+        let pressure = if row.is_disabled {
+            minimum
+        } else {
+            if let Some(ms) = row.oldest_expires_in_ms {
+                let delay = Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+                next = Some(next.map_or(delay, |current| current.min(delay)));
+            }
+            minimum.max(u64::try_from(row.open_jobs).unwrap_or(0))
+        };
+        map.insert(row.name, pressure);
+    }
+    (map, next)
+}
+
+/// Ask the calculator to recompute (coalesced with any recompute already running or pending).
+#[derive(Debug, Clone, Default, Message)]
+#[rtype(result = "()")]
+pub struct Nudge {
+    /// Trace context of what caused the change (the consumer's deliveries), if any.
+    pub context: Option<opentelemetry::Context>,
+}
+
+/// Settings of the calculator.
+#[derive(Debug, Clone)]
+pub struct CalculatorConfig {
+    /// The database, for the `LISTEN` connection.
+    pub database_url: SecretString,
+    /// `APP_JOB_MAX_AGE`.
+    pub job_max_age: Duration,
+    /// Connect timeout of the `LISTEN` connection.
+    pub connect_timeout: Duration,
+    /// First delay between `LISTEN` reconnects.
+    pub retry_min_delay: Duration,
+    /// Cap of that delay.
+    pub retry_max_delay: Duration,
+}
+
+/// The pressure-calculator actor. See the module documentation.
+pub struct Calculator {
+    config: CalculatorConfig,
+    pool: PgPool,
+    broadcaster: Recipient<Publish>,
+    running: bool,
+    dirty: bool,
+    /// Trace context of the first nudge since the last recompute started.
+    context: Option<opentelemetry::Context>,
+    timer: Option<SpawnHandle>,
+}
+
+impl Calculator {
+    /// A calculator reading through `pool` and publishing to `broadcaster`.
+    pub fn new(config: CalculatorConfig, pool: PgPool, broadcaster: Recipient<Publish>) -> Self {
+        Self {
+            config,
+            pool,
+            broadcaster,
+            running: false,
+            dirty: false,
+            context: None,
+            timer: None,
+        }
+    }
+
+    fn request(&mut self, context: Option<opentelemetry::Context>, ctx: &mut Context<Self>) {
+        if self.context.is_none() {
+            self.context = context;
+        }
+        if self.running {
+            self.dirty = true;
+        } else {
+            self.recompute(ctx);
+        }
+    }
+
+    fn recompute(&mut self, ctx: &mut Context<Self>) {
+        self.running = true;
+        self.dirty = false;
+        let parent = self.context.take().unwrap_or_default();
+        let tracer = global::tracer("planner");
+        let mut span = tracer
+            .span_builder("pressure broadcast")
+            .start_with_context(&tracer, &parent);
+        let (pool, max_age, broadcaster) = (
+            self.pool.clone(),
+            self.config.job_max_age,
+            self.broadcaster.clone(),
+        );
+        let work = async move {
+            let started = Instant::now();
+            let computed = actix_web::rt::task::spawn_blocking(move || {
+                let mut conn = pool.get().map_err(|err| err.to_string())?;
+                compute(&mut conn, max_age).map_err(|err| err.to_string())
+            })
+            .await
+            .map_err(|err| err.to_string())
+            .and_then(|result| result)
+            .map_err(Some);
+            let query_time = started.elapsed();
+            let result = match computed {
+                Ok((map, next)) => {
+                    let flavors = map.len();
+                    match broadcaster.send(Publish(map)).await {
+                        Ok(generation) => {
+                            span.set_attribute(KeyValue::new(
+                                "pressure.generation",
+                                i64::try_from(generation).unwrap_or(i64::MAX),
+                            ));
+                            log::debug!(
+                                "event=pressure_recomputed generation={generation} flavors={flavors} query_ms={:.3}",
+                                query_time.as_secs_f64() * 1000.0
+                            );
+                            Ok(next)
+                        }
+                        // The broadcaster has stopped (shutdown): nothing left to do.
+                        Err(_) => Err(None),
+                    }
+                }
+                Err(err) => Err(err),
+            };
+            span.end();
+            result
+        };
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.running = false;
+            match result {
+                Ok(next) => act.schedule(next.unwrap_or(IDLE_RECOMPUTE), ctx),
+                Err(None) => {
+                    log::info!("event=pressure_calculator_stopped reason=\"broadcaster stopped\"");
+                    ctx.stop();
+                    return;
+                }
+                Err(Some(err)) => {
+                    log::warn!(
+                        "event=pressure_recompute_failed error=\"{err}\" retry_in={FAILED_RECOMPUTE_RETRY:?}"
+                    );
+                    act.schedule(FAILED_RECOMPUTE_RETRY, ctx);
+                }
+            }
+            if act.dirty {
+                act.recompute(ctx);
+            }
+        }));
+    }
+
+    /// (Re)arms the one timer: a recompute after `delay` (capped at [`IDLE_RECOMPUTE`]).
+    fn schedule(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let delay = delay.min(IDLE_RECOMPUTE) + AGE_OUT_MARGIN;
+        self.timer = Some(ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            act.request(None, ctx);
+        }));
+    }
+}
+
+impl Actor for Calculator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.spawn(listen_forever(self.config.clone(), ctx.address()).into_actor(self));
+        // Whatever the LISTEN connection does, start from the database's state now.
+        self.request(None, ctx);
+    }
+}
+
+impl Handler<Nudge> for Calculator {
+    type Result = ();
+
+    fn handle(&mut self, nudge: Nudge, ctx: &mut Self::Context) {
+        self.request(nudge.context, ctx);
+    }
+}
+
+async fn listen_forever(config: CalculatorConfig, calculator: Addr<Calculator>) {
+    let backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(config.retry_min_delay)
+            .with_max_delay(config.retry_max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
+    loop {
+        let mut listening = false;
+        let error = listen(&config, &calculator, &mut listening).await;
+        if listening {
+            delays = backoff();
+        }
+        let delay = delays.next().unwrap_or(config.retry_max_delay);
+        log::warn!("event=pressure_listen_failed error=\"{error}\" retry_in={delay:?}");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// One `LISTEN` connection's life; returns why it ended.
+async fn listen(
+    config: &CalculatorConfig,
+    calculator: &Addr<Calculator>,
+    listening: &mut bool,
+) -> String {
+    let mut pg: tokio_postgres::Config = match config.database_url.expose_secret().parse() {
+        Ok(pg) => pg,
+        // The message of a URL parse error may quote the URL: do not log it.
+        Err(_) => return "the database URL is not understood by tokio-postgres".to_owned(),
+    };
+    pg.connect_timeout(config.connect_timeout)
+        .application_name("planner-pressure");
+    let (client, mut connection) = match pg.connect(tokio_postgres::NoTls).await {
+        Ok(pair) => pair,
+        Err(err) => return format!("connect: {err}"),
+    };
+    // The connection object does the I/O; it hands over notifications as they arrive.
+    let forward = calculator.clone();
+    let driver = actix_web::rt::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = futures::StreamExt::next(&mut messages).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    forward.do_send(Nudge::default());
+                }
+                Ok(_) => {}
+                Err(err) => return format!("connection: {err}"),
+            }
+        }
+        "connection closed".to_owned()
+    });
+    if let Err(err) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        driver.abort();
+        return format!("listen: {err}");
+    }
+    *listening = true;
+    log::info!("event=pressure_listening channel={CHANNEL}");
+    // Notifications sent while this process was not listening are lost: recompute once.
+    calculator.do_send(Nudge::default());
+    let outcome = driver
+        .await
+        .unwrap_or_else(|err| format!("listener task: {err}"));
+    drop(client);
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, disabled: bool, min: i32, open: i64, ms: Option<f64>) -> FlavorPressureRow {
+        FlavorPressureRow {
+            name: name.into(),
+            is_disabled: disabled,
+            minimum_pressure: min,
+            open_jobs: open,
+            oldest_expires_in_ms: ms,
+        }
+    }
+
+    #[test]
+    fn pressure_is_open_jobs_at_least_the_minimum_and_disabled_flavors_report_the_minimum() {
+        let (map, next) = fold(vec![
+            row("busy", false, 1, 5, Some(9_000.0)),
+            row("quiet", false, 3, 1, Some(2_000.0)),
+            row("off", true, 2, 7, Some(10.0)),
+            row("empty", false, 0, 0, None),
+        ]);
+        let expected: PressureMap = [("busy", 5), ("quiet", 3), ("off", 2), ("empty", 0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(map, expected);
+        // The disabled flavor's jobs do not count, so neither does their age.
+        assert_eq!(next, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn an_overdue_age_out_is_due_now_and_no_open_job_means_no_timer() {
+        let (_, next) = fold(vec![row("a", false, 0, 1, Some(-5.0))]);
+        assert_eq!(next, Some(Duration::ZERO));
+        let (map, next) = fold(vec![row("a", false, 0, 0, None)]);
+        assert_eq!(map.get("a"), Some(&0));
+        assert_eq!(next, None);
+    }
+}
