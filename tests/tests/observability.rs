@@ -322,7 +322,7 @@ fn hex(bytes: &[u8]) -> String {
 /// The real gateway and planner binaries export to one OTLP receiver: one trace runs from the
 /// webhook's receipt to the planner's commit, with the right parents and attributes.
 #[actix_web::test]
-async fn one_trace_from_webhook_to_commit() {
+async fn one_trace_from_webhook_to_pressure_broadcast() {
     let mut receiver = OtlpReceiver::start();
     let system = System::start(Some(&receiver.endpoint)).await;
     let delivery = unique("traced");
@@ -335,9 +335,19 @@ async fn one_trace_from_webhook_to_commit() {
     let wanted = ["webhook receive", "publish", "consume", "commit"];
     let mut spans: Vec<opentelemetry_proto::tonic::trace::v1::Span> = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
+    // The planner's calculator also traces recomputes of its own (start-up), each a root span
+    // of another trace: the one wanted here is the child of this delivery's commit.
+    let broadcast_of = |spans: &[opentelemetry_proto::tonic::trace::v1::Span]| {
+        let commit = spans.iter().find(|s| s.name == "commit")?;
+        spans
+            .iter()
+            .find(|s| s.name == "pressure broadcast" && s.parent_span_id == commit.span_id)
+            .cloned()
+    };
     while !wanted
         .iter()
         .all(|name| spans.iter().any(|s| s.name.starts_with(name)))
+        || broadcast_of(&spans).is_none()
     {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         assert!(
@@ -402,6 +412,10 @@ async fn one_trace_from_webhook_to_commit() {
     // The commit happens inside the consume span.
     assert!(commit.start_time_unix_nano >= consume.start_time_unix_nano);
     assert!(commit.end_time_unix_nano <= consume.end_time_unix_nano);
+    // ... and the pressure recompute it caused closes the trace.
+    let broadcast = broadcast_of(&spans).unwrap();
+    assert_eq!(hex(&broadcast.trace_id), trace);
+    assert!(attribute(&broadcast, "pressure.generation").is_some());
     receiver.stop().await;
 }
 
