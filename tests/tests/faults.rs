@@ -21,8 +21,31 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Webhooks per phase (before, during and after the fault).
 const PER_PHASE: usize = 40;
 
+/// A planner process and the URL of its API.
+struct Planner {
+    service: Service,
+    url: String,
+}
+
+impl Planner {
+    /// The pressure the planner serves for the test's flavor.
+    async fn pressure(&self) -> Option<u64> {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/v1/flavors/{FLAVOR}/pressure", self.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = response.json().await.ok()?;
+        body[FLAVOR].as_u64()
+    }
+}
+
+/// The flavor every test job is assigned to (labels `faults`).
+const FLAVOR: &str = "faults";
+
 /// A planner binary on the test's database and queue, through proxies.
-async fn start_planner(database_url: &str, broker_url: &str, amqp_name: &str) -> Service {
+async fn start_planner(database_url: &str, broker_url: &str, amqp_name: &str) -> Planner {
     let mut planner = Service::spawn(
         "planner",
         &["serve"],
@@ -35,8 +58,14 @@ async fn start_planner(database_url: &str, broker_url: &str, amqp_name: &str) ->
             ("APP_AMQP_NAME", amqp_name),
         ],
     );
+    let port = planner
+        .logged_value("event=planner_listening", "port", WAIT)
+        .await;
     planner.wait_for_log("event=consumer_started", WAIT).await;
-    planner
+    Planner {
+        service: planner,
+        url: format!("http://127.0.0.1:{port}"),
+    }
 }
 
 /// What the load generator saw: delivery ids answered 2xx, and how many were refused.
@@ -59,7 +88,9 @@ async fn send(gateway: &TestGateway, phase: &str, count: usize, sent: &mut Sent)
             let delivery = format!("{phase}-{i}-{}", unique("d"));
             async move {
                 let id = 1_000_000 + (rand_id(&delivery) % 1_000_000_000);
-                let body = job_payload("queued.1", id, "queued", &["self-hosted", "faults"]);
+                let mut body = job_payload("queued.1", id, "queued", &["self-hosted", FLAVOR]);
+                // Recent, so the job counts towards pressure (APP_JOB_MAX_AGE).
+                body["workflow_job"]["created_at"] = chrono::Utc::now().to_rfc3339().into();
                 let response = webhook(
                     &client,
                     &url,
@@ -144,6 +175,30 @@ async fn assert_all_stored_once(db: &TestDb, sent: &Sent) {
     assert_eq!(jobs.n, deliveries.n);
 }
 
+/// The planner's pressure converges to a recount from scratch of the open jobs in the database.
+async fn assert_pressure_recomputes(db: &TestDb, planner: &Planner) {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let recount = || {
+        sql_query(format!(
+            "SELECT count(*) AS n FROM job WHERE assigned_flavor = '{FLAVOR}' \
+             AND status IN ('queued', 'in_progress') AND created_at > now() - interval '5 days'"
+        ))
+        .get_result::<Count>(&mut db.connect())
+        .expect("recount")
+        .n as u64
+    };
+    let expected = recount();
+    assert!(expected > 0, "the test jobs should count towards pressure");
+    eventually("pressure to equal a recount from scratch", WAIT, || async {
+        planner.pressure().await == Some(expected)
+    })
+    .await;
+}
+
 /// The proxies and addresses one scenario needs.
 struct Rig {
     db: TestDb,
@@ -156,6 +211,12 @@ struct Rig {
 impl Rig {
     async fn new() -> Self {
         let db = TestDb::new();
+        sql_query(format!(
+            "INSERT INTO flavor (name, platform, labels, priority) \
+             VALUES ('{FLAVOR}', 'github', ARRAY['{FLAVOR}'], 1)"
+        ))
+        .execute(&mut db.connect())
+        .expect("create the test flavor");
         let rabbit: SocketAddr = socket_address(&rabbitmq_url()).await;
         let postgres: SocketAddr = socket_address(db.url()).await;
         Self {
@@ -179,7 +240,7 @@ impl Rig {
         .await
     }
 
-    async fn planner(&self) -> Service {
+    async fn planner(&self) -> Planner {
         start_planner(
             &with_address(self.db.url(), self.planner_database.addr()),
             &with_address(&rabbitmq_url(), self.planner_broker.addr()),
@@ -218,6 +279,7 @@ async fn gateway_broker_cut_loses_no_accepted_webhook() {
     send(&gateway, "after", PER_PHASE, &mut sent).await;
     assert_eq!(sent.accepted.len() + sent.refused, 3 * PER_PHASE);
     assert_all_stored_once(&rig.db, &sent).await;
+    assert_pressure_recomputes(&rig.db, &planner).await;
     drop(planner);
     gateway.stop().await;
     rig.cleanup().await;
@@ -240,6 +302,7 @@ async fn planner_broker_cut_loses_nothing_and_recovers() {
     );
     // Recovered by itself: the one planner process, never restarted, stored what came after.
     assert_all_stored_once(&rig.db, &sent).await;
+    assert_pressure_recomputes(&rig.db, &planner).await;
     drop(planner);
     gateway.stop().await;
     rig.cleanup().await;
@@ -258,6 +321,7 @@ async fn planner_database_cut_loses_nothing_and_recovers() {
     send(&gateway, "after", PER_PHASE, &mut sent).await;
     assert_eq!(sent.refused, 0);
     assert_all_stored_once(&rig.db, &sent).await;
+    assert_pressure_recomputes(&rig.db, &planner).await;
     drop(planner);
     gateway.stop().await;
     rig.cleanup().await;
@@ -270,13 +334,14 @@ async fn killed_planner_restarts_and_loses_nothing() {
     let planner = rig.planner().await;
     let mut sent = Sent::default();
     send(&gateway, "before", PER_PHASE, &mut sent).await;
-    planner.kill();
-    let _ = planner.wait(WAIT).await;
+    planner.service.kill();
+    let _ = planner.service.wait(WAIT).await;
     send(&gateway, "during", PER_PHASE, &mut sent).await;
     let restarted = rig.planner().await;
     send(&gateway, "after", PER_PHASE, &mut sent).await;
     assert_eq!(sent.refused, 0);
     assert_all_stored_once(&rig.db, &sent).await;
+    assert_pressure_recomputes(&rig.db, &restarted).await;
     drop(restarted);
     gateway.stop().await;
     rig.cleanup().await;
@@ -290,12 +355,13 @@ async fn one_of_two_planners_killed_the_other_takes_over() {
     let second = rig.planner().await;
     let mut sent = Sent::default();
     send(&gateway, "before", PER_PHASE, &mut sent).await;
-    first.kill();
+    first.service.kill();
     send(&gateway, "during", PER_PHASE, &mut sent).await;
     send(&gateway, "after", PER_PHASE, &mut sent).await;
     assert_eq!(sent.refused, 0);
     assert_all_stored_once(&rig.db, &sent).await;
-    let _ = first.wait(WAIT).await;
+    assert_pressure_recomputes(&rig.db, &second).await;
+    let _ = first.service.wait(WAIT).await;
     drop(second);
     gateway.stop().await;
     rig.cleanup().await;
