@@ -270,11 +270,10 @@ where
 
 /// A fixture from `tests/fixtures/workflow_job/<name>.json`.
 pub fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/fixtures/workflow_job/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON")
+    serde_json::from_slice(&crate::fixtures::fixture(&format!(
+        "workflow_job/{name}.json"
+    )))
+    .expect("fixture JSON")
 }
 
 /// `body` as a self-hosted job with `labels`, id `id` and action `action`.

@@ -141,8 +141,8 @@ pub enum PublishError {
 #[derive(Message)]
 #[rtype(result = "Result<(), PublishError>")]
 pub struct Publish {
-    /// The message body, sent unchanged.
-    pub body: Vec<u8>,
+    /// The message body, sent unchanged (shared, not copied, with the HTTP request's body).
+    pub body: bytes::Bytes,
     /// Content type property (e.g. `application/json`).
     pub content_type: &'static str,
     /// AMQP headers.

@@ -168,7 +168,7 @@ async fn handle(
     actors::telemetry::inject(&publish_context, &mut amqp_headers);
     let started = Instant::now();
     let publish = state.publisher.send(Publish {
-        body: body.to_vec(),
+        body: body.clone(),
         content_type: "application/json",
         headers: amqp_headers,
     });
