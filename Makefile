@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services run test lint fmt clippy build unit charms bench
+.PHONY: services run test lint fmt clippy deny audit schema build unit charms bench profile
 
 ## services: make PostgreSQL and RabbitMQ reachable on 127.0.0.1 (start or install them)
 services:
@@ -12,8 +12,8 @@ services:
 run: services
 	@bash scripts/demo.sh
 
-## lint: formatting and clippy, warnings are errors
-lint: fmt clippy
+## lint: formatting, clippy (warnings are errors) and the offline supply-chain checks
+lint: fmt clippy deny
 
 fmt:
 	$(CARGO) fmt --all --check
@@ -21,12 +21,25 @@ fmt:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# After clippy, which fetched every crate of the build: cargo-deny then needs no network.
+## deny: cargo-deny bans, licenses and sources (deny.toml), offline; installs cargo-deny if missing
+deny: clippy
+	@bash scripts/deny.sh offline
+
+## audit: cargo-deny advisories against the RustSec database (needs the network to fetch it)
+audit:
+	@bash scripts/deny.sh advisories
+
+## schema: schema/src/schema.rs is what `diesel print-schema` makes of the migrations (needs PostgreSQL)
+schema: services
+	@bash scripts/check-schema.sh
+
 ## build: the service binaries the end-to-end tests run
 build:
 	$(CARGO) build --workspace --bins
 
-## test: lint, then every test against the real local PostgreSQL and RabbitMQ
-test: services lint build
+## test: lint and the schema check, then every test against the real local PostgreSQL and RabbitMQ
+test: services lint schema build
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-tests=fail; \
 	else \
@@ -39,3 +52,7 @@ bench: services
 	$(CARGO) build --release --workspace --bins
 	# 10,000 stream subscribers need as many sockets in the bench and in the planner.
 	ulimit -n $$(ulimit -Hn); $(CARGO) run --release -p tests --bin bench
+
+## profile: flamegraph of one bench group, e.g. `make profile GROUP=consumer` (target/profile/)
+profile: services
+	bash scripts/profile.sh $(GROUP)

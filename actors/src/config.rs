@@ -105,6 +105,20 @@ pub fn duration(value: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// Default of `APP_REQUEST_TIMEOUT`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `APP_REQUEST_TIMEOUT` (default 10 s, both services): longest time to receive a request body;
+/// a client that sends it slower gets 408.
+pub fn request_timeout(source: &dyn Source) -> Result<Duration, ConfigError> {
+    parsed(
+        source,
+        "APP_REQUEST_TIMEOUT",
+        DEFAULT_REQUEST_TIMEOUT,
+        duration,
+    )
+}
+
 /// An AMQP URI (`amqp://` or `amqps://`); the error never repeats the value (it may hold a
 /// password).
 pub fn amqp_uri(value: &str) -> Result<String, String> {

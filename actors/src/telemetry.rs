@@ -191,6 +191,29 @@ async fn render(registry: web::Data<Registry>) -> HttpResponse {
     }
 }
 
+/// The `method` label of a request: one of the nine standard methods, or `other`. HTTP lets a
+/// client send any token as a method; taking it as a label would let anyone create series
+/// without bound.
+pub fn method_label(method: &actix_web::http::Method) -> &str {
+    use actix_web::http::Method;
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ];
+    if STANDARD.contains(method) {
+        method.as_str()
+    } else {
+        "other"
+    }
+}
+
 /// HTTP request metrics of one service: `<prefix>_http_requests_total{route,method,status}` and
 /// `<prefix>_http_request_duration_seconds{route,method}`. The route is the matched pattern
 /// (`/api/v1/flavors/{name}`), never the raw path, so cardinality stays bounded.
@@ -236,7 +259,7 @@ impl HttpMetrics {
         let route = request
             .match_pattern()
             .unwrap_or_else(|| "unmatched".to_owned());
-        let method = request.method().as_str().to_owned();
+        let method = method_label(request.method()).to_owned();
         let response = next.call(request).await?;
         if let Some(metrics) = metrics {
             let status = response.status().as_u16().to_string();
@@ -259,6 +282,14 @@ mod tests {
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
+
+    #[test]
+    fn only_standard_methods_are_labels() {
+        use actix_web::http::Method;
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let custom = Method::from_bytes(b"X-RANDOM-1234").unwrap();
+        assert_eq!(method_label(&custom), "other");
+    }
 
     #[test]
     fn trace_context_round_trips_through_amqp_headers() {

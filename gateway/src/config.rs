@@ -52,8 +52,7 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default of `APP_MAX_IN_FLIGHT`.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
-/// Default of `APP_REQUEST_TIMEOUT`.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub use actors::config::DEFAULT_REQUEST_TIMEOUT;
 
 impl Config {
     /// Reads the process environment.
@@ -92,12 +91,7 @@ impl Config {
                 DEFAULT_MAX_IN_FLIGHT,
                 config::positive_integer,
             )?,
-            request_timeout: config::parsed(
-                source,
-                "APP_REQUEST_TIMEOUT",
-                DEFAULT_REQUEST_TIMEOUT,
-                config::duration,
-            )?,
+            request_timeout: config::request_timeout(source)?,
             topology: config::topology(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
             redelivery: crate::redelivery::RedeliveryConfig::from_source(source)?, // issue 9

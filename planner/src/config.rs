@@ -16,6 +16,8 @@ pub use actors::config::ConfigError;
 /// pressure (Canonical's planner uses the same 5 days).
 pub const DEFAULT_JOB_MAX_AGE: Duration = Duration::from_secs(5 * 24 * 3600);
 
+pub use actors::config::DEFAULT_REQUEST_TIMEOUT;
+
 /// Everything the planner needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -31,7 +33,9 @@ pub struct Config {
     pub admin_token: SecretString,
     /// `APP_IGNORED_LABELS` (default `self-hosted,linux`): labels left out of matching.
     pub ignored_labels: IgnoredLabels,
-    /// `APP_CONSUMER_PREFETCH` (default 64, 1..=65535): unacknowledged deliveries in flight.
+    /// `APP_CONSUMER_PREFETCH` (default 256, 1..=65535): unacknowledged deliveries in flight;
+    /// a transaction applies at most half of them, two run at once. 256 measured twice the
+    /// throughput of 64 on a backlog (larger transactions, fewer commits; `BENCHMARKS.md`).
     pub consumer_prefetch: u16,
     /// `APP_DB_POOL_SIZE` (default 10, 1..=100): PostgreSQL connections per process.
     pub db_pool_size: u32,
@@ -53,6 +57,9 @@ pub struct Config {
     pub job_max_age: Duration,
     /// `APP_STREAM_HEARTBEAT` (default 30 s): longest silence on a pressure stream.
     pub stream_heartbeat: Duration,
+    /// `APP_REQUEST_TIMEOUT` (default 10 s): longest time to receive a request body; a client
+    /// that sends it slower gets 408 (as the gateway does).
+    pub request_timeout: Duration,
     /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
     pub telemetry: TelemetryConfig,
     // --- issue 9: reconciliation with GitHub's API ---
@@ -93,7 +100,7 @@ impl Config {
         let consumer_prefetch = config::parsed(
             source,
             "APP_CONSUMER_PREFETCH",
-            64u16,
+            256u16,
             config::positive_integer,
         )?;
         let db_pool_size = config::parsed(source, "APP_DB_POOL_SIZE", 10u32, |v| {
@@ -130,6 +137,7 @@ impl Config {
                 config::duration,
             )?,
             stream_heartbeat: actors::stream::heartbeat_from(source)?,
+            request_timeout: config::request_timeout(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
             // issue 9
             github: actors::github::AppConfig::from_source(source)?,
@@ -163,6 +171,7 @@ impl Config {
             queue_depth_interval: Duration::from_millis(100),
             job_max_age: DEFAULT_JOB_MAX_AGE,
             stream_heartbeat: actors::stream::DEFAULT_HEARTBEAT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             telemetry: TelemetryConfig {
                 prometheus_host: IpAddr::from([127, 0, 0, 1]),
                 prometheus_port: 0,
@@ -223,12 +232,13 @@ mod tests {
     fn defaults() {
         let config = load(&valid()).unwrap();
         assert_eq!(config.port, 8080);
-        assert_eq!(config.consumer_prefetch, 64);
+        assert_eq!(config.consumer_prefetch, 256);
         assert_eq!(config.ignored_labels, IgnoredLabels::default());
         assert_eq!(config.topology, Topology::default());
         assert!(config.migrate_on_start);
         assert_eq!(config.job_max_age, Duration::from_secs(5 * 24 * 3600));
         assert_eq!(config.stream_heartbeat, Duration::from_secs(30));
+        assert_eq!(config.request_timeout, Duration::from_secs(10));
         assert_eq!(config.telemetry.prometheus_port, 9464);
     }
 
@@ -261,6 +271,7 @@ mod tests {
             ("APP_DB_POOL_SIZE", "0"),
             ("APP_JOB_MAX_AGE", "forever"),
             ("APP_STREAM_HEARTBEAT", "0s"),
+            ("APP_REQUEST_TIMEOUT", "soon"),
             ("APP_AMQP_NAME", "no spaces"),
             ("OTEL_EXPORTER_PROMETHEUS_PORT", "x"),
         ] {
@@ -286,6 +297,16 @@ mod tests {
         assert_eq!(
             config.ignored_labels,
             IgnoredLabels::new(["self-hosted", "x64"])
+        );
+    }
+
+    #[test]
+    fn request_timeout_is_configurable() {
+        let mut vars = valid();
+        vars.insert("APP_REQUEST_TIMEOUT", "1500ms".to_owned());
+        assert_eq!(
+            load(&vars).unwrap().request_timeout,
+            Duration::from_millis(1500)
         );
     }
 

@@ -29,7 +29,7 @@ use actix::{Actor, AsyncContext, Context, Recipient, WrapFuture};
 use actors::amqp::{self, Topology};
 use actors::telemetry;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::{FutureExt, StreamExt};
+use futures::{stream::FuturesUnordered, FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
     options::{
@@ -188,6 +188,12 @@ impl Recorder {
             metrics.errors.inc();
         }
         self.stats.dead_lettered.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn batch(&self, deliveries: usize) {
+        if let Some(metrics) = &self.metrics {
+            metrics.batch_deliveries.observe(deliveries as f64);
+        }
     }
 
     fn store_failed(&self, deliveries: usize) {
@@ -409,19 +415,108 @@ async fn consume(
         None => None,
     };
 
-    while let Some(first) = deliveries.next().await {
+    // Up to BATCHES_IN_FLIGHT transactions at once, each of at most half the prefetch: while
+    // one commits, the broker has room to send the next batch, and the database works on two.
+    // A job's events are applied in the order they arrived (queued and waiting follow arrival
+    // order): a batch holding a job that a batch in flight holds waits for it.
+    let largest = batch_limit(config.prefetch);
+    let mut in_flight = FuturesUnordered::new();
+    let mut busy = BusyJobs::default();
+    loop {
+        let first = loop {
+            if in_flight.len() >= BATCHES_IN_FLIGHT {
+                if let Some(done) = in_flight.next().await {
+                    busy.release(done?);
+                }
+                continue;
+            }
+            tokio::select! {
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => busy.release(done?),
+                delivery = deliveries.next() => break delivery,
+            }
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first.map_err(|err| err.to_string())?];
         let at = Instant::now();
         // Take whatever else has already arrived, without waiting: one transaction for all.
-        while batch.len() < usize::from(config.prefetch) {
+        while batch.len() < largest {
             match deliveries.next().now_or_never() {
                 Some(Some(delivery)) => batch.push(delivery.map_err(|err| err.to_string())?),
                 _ => break,
             }
         }
-        handle_batch(config, store, stats, batch, at).await?;
+        let events = classify_batch(config, stats, batch, at).await?;
+        if events.is_empty() {
+            continue;
+        }
+        let jobs = BusyJobs::of(&events);
+        while in_flight.len() >= BATCHES_IN_FLIGHT || busy.holds_any(&jobs) {
+            match in_flight.next().await {
+                Some(done) => busy.release(done?),
+                None => break,
+            }
+        }
+        busy.take(&jobs);
+        in_flight.push(async move {
+            apply_events(config, store, stats, events).await?;
+            Ok::<_, String>(jobs)
+        });
+    }
+    while let Some(done) = in_flight.next().await {
+        done?;
     }
     Ok(())
+}
+
+/// The jobs of the batches in flight, each with the number of batches holding it.
+#[derive(Debug, Default)]
+struct BusyJobs(std::collections::HashMap<(String, i64), usize>);
+
+impl BusyJobs {
+    /// The distinct jobs of a batch's events.
+    fn of(events: &Events) -> Vec<(String, i64)> {
+        let mut jobs: Vec<(String, i64)> = events
+            .iter()
+            .map(|(_, _, event)| (event.platform.clone(), event.id))
+            .collect();
+        jobs.sort();
+        jobs.dedup();
+        jobs
+    }
+
+    fn holds_any(&self, jobs: &[(String, i64)]) -> bool {
+        jobs.iter().any(|job| self.0.contains_key(job))
+    }
+
+    fn take(&mut self, jobs: &[(String, i64)]) {
+        for job in jobs {
+            *self.0.entry(job.clone()).or_default() += 1;
+        }
+    }
+
+    fn release(&mut self, jobs: Vec<(String, i64)>) {
+        for job in jobs {
+            if let std::collections::hash_map::Entry::Occupied(mut held) = self.0.entry(job) {
+                *held.get_mut() -= 1;
+                if *held.get() == 0 {
+                    held.remove();
+                }
+            }
+        }
+    }
+}
+
+/// Transactions the consumer has in flight at once (the job store runs as many threads).
+pub const BATCHES_IN_FLIGHT: usize = 2;
+
+/// The most deliveries one transaction applies, whatever the prefetch: a transaction takes an
+/// advisory lock per job, and PostgreSQL's shared lock table holds 64 per connection by default.
+pub const MAX_BATCH: usize = 256;
+
+/// The largest batch (one transaction) for a prefetch: half of it, so that a second batch can
+/// arrive while the first commits, and at most [`MAX_BATCH`].
+pub fn batch_limit(prefetch: u16) -> usize {
+    usize::from(prefetch / 2).clamp(1, MAX_BATCH)
 }
 
 /// Polls the number of messages ready in the job queue and the dead-letter queue (passive
@@ -479,14 +574,18 @@ impl Drop for DepthPoller {
     }
 }
 
-async fn handle_batch(
+/// The job events of a batch: each delivery, its `X-GitHub-Delivery` and its event.
+type Events = Vec<(Received, String, JobEvent)>;
+
+/// Classifies a batch's deliveries: settles at once those that are not job events (discarded
+/// or dead-lettered) and answers the job events, in arrival order.
+async fn classify_batch(
     config: &ConsumerConfig,
-    store: &Recipient<ApplyBatch>,
     stats: &Recorder,
     batch: Vec<Delivery>,
     at: Instant,
-) -> Result<(), String> {
-    let mut events: Vec<(Received, String, JobEvent)> = Vec::new();
+) -> Result<Events, String> {
+    let mut events: Events = Vec::new();
     for delivery in batch {
         let headers = headers(&delivery);
         let received = Received::new(delivery, at, &config.topology.queue, &headers);
@@ -520,10 +619,17 @@ async fn handle_batch(
             }
         }
     }
-    if events.is_empty() {
-        return Ok(());
-    }
+    Ok(events)
+}
 
+/// Applies a batch's job events in one transaction and settles them (acknowledged after the
+/// commit); splits a batch the database keeps refusing to find the deliveries at fault.
+async fn apply_events(
+    config: &ConsumerConfig,
+    store: &Recipient<ApplyBatch>,
+    stats: &Recorder,
+    events: Events,
+) -> Result<(), String> {
     let payload: Vec<(String, JobEvent)> = events
         .iter()
         .map(|(_, id, event)| (id.clone(), event.clone()))
@@ -539,8 +645,10 @@ async fn handle_batch(
             },
         )
     });
+    let size = payload.len();
     match apply(config, store, stats, payload, REFUSED_ATTEMPTS, &spans).await {
         Some(outcomes) => {
+            stats.batch(size);
             end_commit_spans(spans, None);
             for ((received, id, event), outcome) in events.iter().zip(outcomes) {
                 settle_applied(stats, received, id, event, outcome).await?;
@@ -688,5 +796,17 @@ fn headers(delivery: &Delivery) -> Headers {
     Headers {
         event: header("X-GitHub-Event"),
         delivery: header("X-GitHub-Delivery"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_half_the_prefetch_at_least_one_at_most_max_batch() {
+        assert_eq!(batch_limit(1), 1);
+        assert_eq!(batch_limit(256), 128);
+        assert_eq!(batch_limit(u16::MAX), MAX_BATCH);
     }
 }

@@ -1,22 +1,43 @@
-//! A JSON body extractor whose errors name the field at fault.
+//! Request extractors whose errors are deliberate: a JSON body ([`JsonBody`]) and a query string
+//! ([`QueryParams`]). A 400 names the field at fault and never repeats what the client sent.
+//!
+//! Both defer their errors to the handler, which asks for them once the credentials have been
+//! checked. actix-web resolves a handler's extractors concurrently, and the token check waits
+//! for PostgreSQL, so an extractor that failed at once would answer before it: a caller without
+//! a valid token would get a 400 or 415 instead of the 401, and would have its body read. With
+//! these, credentials come first, always, and an unauthenticated body is never read.
 
-use actix_web::{dev::Payload, http::header, web::Bytes, FromRequest, HttpRequest};
-use futures::future::LocalBoxFuture;
+use std::{marker::PhantomData, time::Duration};
+
+use actix_web::{body, dev::Payload, http::header, web, FromRequest, HttpRequest};
+use futures::future::{ready, Ready};
 use serde::de::DeserializeOwned;
+use serde_path_to_error::{Path, Segment};
 
-use crate::error::ApiError;
+use crate::{
+    error::{query_error, without_input, ApiError},
+    state::AppState,
+};
 
 /// Largest JSON body accepted, in bytes.
 pub const MAX_BODY: usize = 16 * 1024;
 
-/// Like `web::Json`, but a deserialisation error becomes a 400 saying which field (`labels[2]:
-/// invalid type ...`), and a body over [`MAX_BODY`] a 413.
-#[derive(Debug)]
-pub struct JsonBody<T>(pub T);
+/// A JSON body, read by [`JsonBody::read`] (in the handler, after the credentials). Unlike
+/// `web::Json`, every failure has its own answer: a `Content-Type` other than `application/json`
+/// is a 415, a body over [`MAX_BODY`] a 413, a body that does not arrive within
+/// `APP_REQUEST_TIMEOUT` a 408, an incomplete one a 400, and a deserialisation error a 400 saying
+/// which field (`labels[2]: invalid type, expected a string ...`).
+pub struct JsonBody<T> {
+    is_json: bool,
+    declared: Option<usize>,
+    timeout: Option<Duration>,
+    payload: Payload,
+    body: PhantomData<T>,
+}
 
-impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+impl<T> FromRequest for JsonBody<T> {
     type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+    type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let is_json = req
@@ -30,30 +51,209 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<usize>().ok());
-        let body = Bytes::from_request(req, payload);
-        Box::pin(async move {
-            if !is_json {
-                return Err(ApiError::field("content-type", "must be application/json"));
+        let timeout = req
+            .app_data::<web::Data<AppState>>()
+            .map(|state| state.request_timeout);
+        ready(Ok(Self {
+            is_json,
+            declared,
+            timeout,
+            payload: payload.take(),
+            body: PhantomData,
+        }))
+    }
+}
+
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// Reads and deserialises the body.
+    pub async fn read(self) -> Result<T, ApiError> {
+        if !self.is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        if self.declared.is_some_and(|length| length > MAX_BODY) {
+            return Err(ApiError::TooLarge(MAX_BODY));
+        }
+        let timeout = self
+            .timeout
+            .ok_or_else(|| ApiError::Internal("no application state".into()))?;
+        let read = body::to_bytes_limited(body::BodyStream::new(self.payload), MAX_BODY);
+        let bytes = tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| ApiError::BodyTimeout(timeout))?
+            // Over the limit while reading (a chunked body has no length to check first).
+            .map_err(|_| ApiError::TooLarge(MAX_BODY))?
+            // The connection ended (or broke) before the whole body arrived.
+            .map_err(|_| ApiError::field("body", "incomplete or unreadable"))?;
+        from_json(&bytes)
+    }
+}
+
+/// Deserialises a JSON body; an error names the field at fault, without the client's input.
+pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let message = without_input(&err.inner().to_string());
+        ApiError::field(
+            &field_name(err.path(), message.starts_with("unknown field")),
+            message,
+        )
+    })?;
+    deserializer
+        .end()
+        .map_err(|err| ApiError::field("body", err))?;
+    Ok(value)
+}
+
+/// The field a deserialisation error is about, as `labels[2]`; `body` for the whole body or an
+/// unknown place (a syntax error). For an unknown field the path ends with the client's key,
+/// which is left out: the error is about the object that has it.
+fn field_name(path: &Path, unknown_field: bool) -> String {
+    let mut segments: Vec<&Segment> = path.iter().collect();
+    if unknown_field {
+        segments.pop();
+    }
+    let mut name = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Seq { index } => name.push_str(&format!("[{index}]")),
+            Segment::Map { key } => push_key(&mut name, key),
+            Segment::Enum { variant } => push_key(&mut name, variant),
+            Segment::Unknown => return "body".to_owned(),
+        }
+    }
+    if name.is_empty() {
+        "body".to_owned()
+    } else {
+        name
+    }
+}
+
+fn push_key(name: &mut String, key: &str) {
+    if !name.is_empty() {
+        name.push('.');
+    }
+    name.push_str(key);
+}
+
+/// The query string, parsed; [`QueryParams::get`] (in the handler, after the credentials) gives
+/// it or the error. Unlike `web::Query`, a query string that is not UTF-8 once percent-decoded is
+/// a 400 (rather than decoded with replacement characters), and errors do not repeat what was
+/// sent.
+#[derive(Debug)]
+pub struct QueryParams<T>(Result<T, ApiError>);
+
+impl<T> QueryParams<T> {
+    /// The parameters, or the 400.
+    pub fn get(self) -> Result<T, ApiError> {
+        self.0
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest for QueryParams<T> {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(Ok(QueryParams(parse_query(req.query_string()))))
+    }
+}
+
+/// Parses a query string (`a=1&b=2`).
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    if !percent_decodes_to_utf8(query) {
+        return Err(ApiError::field("query", "not UTF-8 once percent-decoded"));
+    }
+    web::Query::<T>::from_query(query)
+        .map(web::Query::into_inner)
+        .map_err(query_error)
+}
+
+/// Whether `text` is UTF-8 after `+` and `%XX` decoding (a `%` not followed by two hex digits
+/// stays as it is, as form decoding does).
+fn percent_decodes_to_utf8(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| {
+            bytes
+                .get(at)
+                .and_then(|b| char::from(*b).to_digit(16))
+                .map(|d| d as u8)
+        };
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push(high << 4 | low);
+                i += 3;
             }
-            if declared.is_some_and(|length| length > MAX_BODY) {
-                return Err(ApiError::TooLarge(MAX_BODY));
+            (byte, _, _) => {
+                decoded.push(byte);
+                i += 1;
             }
-            let bytes = body.await.map_err(|_| ApiError::TooLarge(MAX_BODY))?;
-            let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-            let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-                let path = err.path().to_string();
-                // `.` is the whole body; `?` an unknown place (a syntax error).
-                let field = if path == "." || path.starts_with('?') {
-                    "body".to_owned()
-                } else {
-                    path
-                };
-                ApiError::field(&field, err.into_inner())
-            })?;
-            deserializer
-                .end()
-                .map_err(|err| ApiError::field("body", err))?;
-            Ok(JsonBody(value))
-        })
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only deserialised")]
+    struct Body {
+        name: String,
+        labels: Vec<String>,
+    }
+
+    fn error(json: &str) -> String {
+        from_json::<Body>(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn json_errors_name_the_field_and_never_repeat_the_input() {
+        let secret = "planner_v0_SECRETSECRETSECRET1";
+        for (json, field) in [
+            (format!(r#"{{"name": 1, "labels": ["{secret}"]}}"#), "name:"),
+            (
+                format!(r#"{{"name": "x", "labels": ["a", {{"{secret}": 1}}]}}"#),
+                "labels[1]:",
+            ),
+            (
+                format!(r#"{{"name": "x", "labels": [], "{secret}": 1}}"#),
+                "body: unknown field",
+            ),
+            (
+                format!(r#"{{"name": "x", "labels": "{secret}"}}"#),
+                "labels:",
+            ),
+            (
+                format!(r#"{{"name": "x", "labels": []}} "{secret}""#),
+                "body:",
+            ),
+            (format!(r#"[{{"{secret}": 1}}]"#), "[0]:"),
+            (format!(r#"{{"name": "{secret}""#), "body:"),
+        ] {
+            let message = error(&json);
+            assert!(message.starts_with(field), "{json}: {message}");
+            assert!(!message.contains("SECRET"), "{json}: {message}");
+        }
+    }
+
+    #[test]
+    fn query_strings_must_decode_to_utf8() {
+        let parsed: HashMap<String, String> = parse_query("a=%C3%A9t%C3%A9&b=x+y&c=100%").unwrap();
+        assert_eq!(parsed["a"], "été");
+        assert_eq!(parsed["b"], "x y");
+        assert_eq!(parsed["c"], "100%");
+        for bad in ["a=%FF", "a=%C3", "%FF=1", "a=1&b=%ed%a0%80"] {
+            let err = parse_query::<HashMap<String, String>>(bad).unwrap_err();
+            assert!(err.to_string().contains("UTF-8"), "{bad}: {err}");
+        }
     }
 }

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     /// Time from receiving a delivery to settling it (ack or dead-letter).
     pub processing: Histogram,
+    /// Deliveries applied per database transaction (the consumer's batches).
+    pub batch_deliveries: Histogram,
     /// Messages ready in the job queue and in the dead-letter queue ([`QUEUES`]), polled by the
     /// consumer: the consumer lag, and the dead letters waiting for a human.
     pub queue_messages: IntGaugeVec,
@@ -188,6 +190,11 @@ impl Metrics {
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0,
                 ],
+            )?,
+            batch_deliveries: histogram(
+                "consumer_batch_deliveries",
+                "Deliveries applied per database transaction.",
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
             )?,
             broker_connected: gauge(
                 "broker_connected",

@@ -17,8 +17,14 @@
 //! - Time: a timer fires when the oldest counted job passes the age limit (at least hourly).
 //!
 //! Bursts coalesce: while a recompute runs, further requests only mark the map dirty, and one
-//! more recompute follows. Each recompute is one query through the r2d2 pool on the blocking
-//! thread pool; the result goes to the broadcaster, which ignores an unchanged map.
+//! more recompute follows. Each recompute ([`compute`]) runs on the blocking thread pool through
+//! the r2d2 pool; the result goes to the broadcaster, which ignores an unchanged map.
+//!
+//! The recompute does not count open jobs: statement triggers on `job` keep signed per-flavor
+//! counts (`job_open_delta`, written in the same transaction as each job change, so they are
+//! exact in every snapshot); the recompute sums those few rows, subtracts the open jobs past the
+//! age limit and finds the next age-out with two index range scans per flavor, so its cost grows
+//! with flavors, not with open jobs or history.
 
 use std::time::{Duration, Instant};
 
@@ -48,17 +54,28 @@ const AGE_OUT_MARGIN: Duration = Duration::from_millis(10);
 /// Delay before retrying a recompute that failed (database unavailable).
 const FAILED_RECOMPUTE_RETRY: Duration = Duration::from_secs(1);
 
-/// Reads every flavor's pressure in one query: the map, and how long until the oldest counted
-/// job ages out (`None`: no counted job). This is the whole of what the calculator runs against
-/// the database.
+/// Above this many `job_open_delta` rows a recompute compacts them (one row per flavor) after
+/// reading them, so reading the counts stays a scan of a few hundred rows at most.
+pub const COMPACT_ABOVE: i64 = 512;
+
+/// Reads every flavor's pressure: the map, and how long until the oldest counted job ages out
+/// (`None`: no counted job). This is the whole of what the calculator runs against the database:
+/// one statement whose cost grows with flavors, not open jobs (see
+/// [`queries::flavor_pressures`]), after compacting the open-job counts when they have grown.
 pub fn compute(
     conn: &mut PgConnection,
     max_age: Duration,
 ) -> QueryResult<(PressureMap, Option<Duration>)> {
-    Ok(fold(queries::flavor_pressures(
-        conn,
-        max_age.as_secs_f64(),
-    )?))
+    let rows = queries::flavor_pressures(conn, max_age.as_secs_f64())?;
+    // The counts the next recompute reads: compacted once they have grown.
+    if rows
+        .first()
+        .is_some_and(|row| row.delta_rows > COMPACT_ABOVE)
+    {
+        let removed = queries::compact_open_job_deltas(conn)?;
+        log::debug!("event=open_job_counts_compacted rows={removed}");
+    }
+    Ok(fold(rows))
 }
 
 /// Pressure of each row, and the earliest age-out among enabled flavors.
@@ -322,6 +339,7 @@ mod tests {
             minimum_pressure: min,
             open_jobs: open,
             oldest_expires_in_ms: ms,
+            delta_rows: 0,
         }
     }
 

@@ -209,8 +209,9 @@ pub fn complete(
     event: JobEvent,
 ) -> QueryResult<bool> {
     conn.transaction(|conn| {
-        // The same lock order as a webhook: flavor lock shared, then the job row.
+        // The same lock order as a webhook: flavor lock shared, the job's turn, then its row.
         queries::lock_flavors_shared(conn)?;
+        queries::lock_job_keys(conn, &[(&event.platform, event.id)])?;
         let Some(row) = queries::lock_job(conn, &event.platform, event.id)? else {
             return Ok(false);
         };
@@ -308,7 +309,9 @@ fn event(job: &Claimed, fields: JobFields, workflow_job: Value, marker: &str) ->
             "planner_reconciled": marker,
             "workflow_job": workflow_job,
             "repository": { "full_name": job.repository },
-        }),
+        })
+        .to_string()
+        .into(),
     }
 }
 
@@ -591,12 +594,14 @@ mod tests {
             event.completed_at.unwrap().to_rfc3339(),
             "2023-01-01T00:01:00+00:00"
         );
-        assert_eq!(event.payload["planner_reconciled"], "github_api");
-        assert_eq!(event.payload["workflow_job"]["runner_name"], "r-1");
+        let payload: Value = serde_json::from_str(&event.payload).unwrap();
+        assert_eq!(payload["planner_reconciled"], "github_api");
+        assert_eq!(payload["workflow_job"]["runner_name"], "r-1");
         let gone = not_found_event(&claimed());
         assert_eq!(gone.conclusion.as_deref(), Some(NOT_FOUND_CONCLUSION));
         assert!(gone.completed_at.is_some());
-        assert_eq!(gone.payload["planner_reconciled"], "not_found");
+        let payload: Value = serde_json::from_str(&gone.payload).unwrap();
+        assert_eq!(payload["planner_reconciled"], "not_found");
     }
 
     #[test]

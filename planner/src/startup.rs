@@ -69,7 +69,8 @@ impl Application {
         let store = {
             let (pool, ignored) = (pool.clone(), config.ignored_labels.clone());
             let metrics = metrics.clone();
-            SyncArbiter::start(1, move || {
+            // One thread per transaction the consumer has in flight.
+            SyncArbiter::start(crate::consumer::BATCHES_IN_FLIGHT, move || {
                 JobStore::new(pool.clone(), ignored.clone()).with_metrics(metrics.clone())
             })
         };
@@ -119,6 +120,7 @@ impl Application {
                 consumer: stats.clone(),
                 database_reachable: metrics.database_reachable.clone(),
             },
+            request_timeout: config.request_timeout,
         });
         let http_metrics = web::Data::new(metrics.http.clone());
         let pressure = web::Data::new(PressureService {

@@ -1,5 +1,7 @@
 //! State shared by the HTTP handlers.
 
+use std::time::Duration;
+
 use crate::{domain::labels::IgnoredLabels, routes::health::Readiness, store::PgPool};
 
 /// What every handler may use.
@@ -12,4 +14,6 @@ pub struct AppState {
     pub ignored_labels: IgnoredLabels,
     /// What `GET /ready` checks.
     pub readiness: Readiness,
+    /// `APP_REQUEST_TIMEOUT`: longest time to receive a request body (then 408).
+    pub request_timeout: Duration,
 }

@@ -4,10 +4,14 @@
 //! deliveries. The functions below are what it and the routes run inside transactions.
 //!
 //! Concurrency: job events take the flavor lock shared, flavor changes exclusively, so a flavor
-//! re-match sees every committed job and every job event sees every committed flavor. A job row
-//! is created with `INSERT ... ON CONFLICT DO NOTHING` and then changed under `SELECT ... FOR
-//! UPDATE`, so planners sharing a queue serialise on each job and converge to the same row.
+//! re-match sees every committed job and every job event sees every committed flavor. Whoever
+//! changes a job's state (a batch of deliveries, reconciliation) first takes the job's turn, a
+//! transaction-level advisory lock per job taken in one global order
+//! ([`queries::lock_job_keys`]): between reading the row and writing it back nobody else can
+//! change it, so planners sharing a queue (and a planner's own concurrent batches) serialise on
+//! each job, converge to the same row, and never deadlock.
 
+use std::collections::{hash_map::Entry, BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use actix::{Actor, Handler, SyncContext};
@@ -20,7 +24,7 @@ use diesel::{
 };
 use schema::{
     models::{Flavor, FlavorChanges, Job, NewFlavor},
-    queries,
+    queries::{self, NewDelivery, NewPayload},
 };
 
 use crate::{
@@ -136,87 +140,167 @@ pub fn apply_batch(
 
 /// [`apply_batch`], also answering the waiting and running times of the jobs the transaction
 /// moved to started or completed (valid once it has committed, which it has when this returns).
+///
+/// A handful of statements whatever the batch's size: the flavor lock (shared), the jobs' turns
+/// ([`queries::lock_job_keys`]), the deliveries (duplicates are counted, not applied), the rows of
+/// the jobs that exist, then one upsert of every job's new state and one insert of the
+/// payloads. Each job's events are folded onto its row in arrival order; a new job is matched to
+/// a flavor once, with the jobs matched earlier in the batch counted in the tie-break.
 pub fn apply_batch_timed(
     conn: &mut PgConnection,
     ignored: &IgnoredLabels,
     batch: &[(String, JobEvent)],
 ) -> QueryResult<(Vec<Outcome>, Vec<JobTimes>)> {
-    let mut times = Vec::new();
-    let outcomes = conn.transaction::<_, DieselError, _>(|conn| {
-        times.clear();
+    conn.transaction::<_, DieselError, _>(|conn| {
+        queries::plan_for_actual_parameters(conn)?;
         queries::lock_flavors_shared(conn)?;
-        // Lock rows in one order (by job) so that two planners never deadlock; the sort is
-        // stable, so deliveries of one job keep their arrival order.
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (a, b) = (&batch[a].1, &batch[b].1);
-            (&a.platform, a.id).cmp(&(&b.platform, b.id))
-        });
-        let mut flavors: Option<(String, Vec<FlavorSpec>)> = None;
-        let mut outcomes = vec![Outcome::Applied; batch.len()];
-        for index in order {
-            let (delivery, event) = &batch[index];
-            let seen = queries::record_delivery(
-                conn,
-                delivery,
-                &event.platform,
-                event.id,
-                event.action.as_str(),
-            )?;
-            if seen > 0 {
-                outcomes[index] = Outcome::Duplicate;
-                continue;
+        let keys: BTreeSet<(&str, i64)> = batch
+            .iter()
+            .map(|(_, event)| (event.platform.as_str(), event.id))
+            .collect();
+        queries::lock_job_keys(conn, &keys.iter().copied().collect::<Vec<_>>())?;
+        let outcomes = record_deliveries(conn, batch)?;
+
+        // What to apply, by job in key order; each job's events in arrival order.
+        let mut jobs: BTreeMap<(&str, i64), Vec<&JobEvent>> = BTreeMap::new();
+        for ((_, event), outcome) in batch.iter().zip(&outcomes) {
+            if *outcome == Outcome::Applied {
+                jobs.entry((event.platform.as_str(), event.id))
+                    .or_default()
+                    .push(event);
             }
-            times.extend(apply_event(conn, ignored, &mut flavors, event)?);
         }
-        Ok(outcomes)
-    })?;
-    Ok((outcomes, times))
+        let mut existing: HashMap<(String, i64), Job> = HashMap::new();
+        let mut by_platform: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        for (platform, id) in jobs.keys() {
+            by_platform.entry(platform).or_default().push(*id);
+        }
+        for (platform, ids) in &by_platform {
+            for row in queries::get_jobs(conn, platform, ids)? {
+                existing.insert((row.platform.clone(), row.id), row);
+            }
+        }
+
+        let mut flavors: HashMap<&str, Vec<FlavorSpec>> = HashMap::new();
+        // New open jobs matched to each flavor in this batch, not in the database yet: ties
+        // between flavors see them. (Existing jobs that open or close in this batch are not
+        // counted until it commits; a tie-break is a preference, not a count.)
+        let mut matched: HashMap<String, i64> = HashMap::new();
+        let mut rows = Vec::with_capacity(jobs.len());
+        let mut times = Vec::new();
+        for ((platform, id), events) in &jobs {
+            let (state, assigned, before) = match existing.remove(&(platform.to_string(), *id)) {
+                Some(row) => {
+                    let assigned = row.assigned_flavor.clone();
+                    let before = (row.started_at, row.completed_at);
+                    let mut state = from_row(row)?;
+                    events.iter().for_each(|event| state.apply(event));
+                    (state, assigned, before)
+                }
+                None => {
+                    let mut state = JobState::new(events[0]);
+                    events[1..].iter().for_each(|event| state.apply(event));
+                    let specs = match flavors.entry(platform) {
+                        Entry::Occupied(specs) => specs.into_mut(),
+                        Entry::Vacant(slot) => slot.insert(flavor_specs(
+                            queries::list_platform_flavors(conn, platform)?,
+                        )),
+                    };
+                    let labels = ignored.matching_labels(&state.labels);
+                    let assigned = matching::select_flavor(&labels, specs, |tied| {
+                        pressures(conn, tied, &matched)
+                    })?;
+                    if let Some(flavor) = &assigned {
+                        if state.status.is_open() {
+                            *matched.entry(flavor.clone()).or_default() += 1;
+                        }
+                    }
+                    (state, assigned, (None, None))
+                }
+            };
+            times.extend(job_times(before.0, before.1, &state, assigned.clone()));
+            rows.push(to_row(&state, assigned));
+        }
+        if !rows.is_empty() {
+            queries::upsert_jobs(conn, &rows)?;
+        }
+
+        // The last payload of each job and action, as a sequence of single deliveries would
+        // leave it.
+        let mut payloads: BTreeMap<(&str, i64, &str), &str> = BTreeMap::new();
+        for event in jobs.values().flatten() {
+            payloads.insert(
+                (event.platform.as_str(), event.id, event.action.as_str()),
+                &event.payload,
+            );
+        }
+        let payloads: Vec<NewPayload<'_>> = payloads
+            .into_iter()
+            .map(|((platform, job_id, action), payload)| NewPayload {
+                platform,
+                job_id,
+                action,
+                payload,
+            })
+            .collect();
+        if !payloads.is_empty() {
+            queries::upsert_payloads(conn, &payloads)?;
+        }
+        Ok((outcomes, times))
+    })
 }
 
-fn apply_event(
+/// Records the batch's deliveries; the outcome of each: `Duplicate` when its id was seen before
+/// (in an earlier transaction, or earlier in this batch), else `Applied`.
+fn record_deliveries(
     conn: &mut PgConnection,
-    ignored: &IgnoredLabels,
-    flavors: &mut Option<(String, Vec<FlavorSpec>)>,
-    event: &JobEvent,
-) -> QueryResult<Option<JobTimes>> {
-    if let Some(current) = queries::lock_job(conn, &event.platform, event.id)? {
-        return update_existing(conn, current, event);
-    }
-    let specs = match flavors {
-        Some((platform, specs)) if *platform == event.platform => specs,
-        _ => {
-            let specs = flavor_specs(queries::list_platform_flavors(conn, &event.platform)?);
-            &mut flavors.insert((event.platform.clone(), specs)).1
+    batch: &[(String, JobEvent)],
+) -> QueryResult<Vec<Outcome>> {
+    let mut outcomes = vec![Outcome::Applied; batch.len()];
+    let mut first: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut repeated = Vec::new();
+    for (index, (delivery, _)) in batch.iter().enumerate() {
+        match first.entry(delivery.as_str()) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                outcomes[index] = Outcome::Duplicate;
+                repeated.push(index);
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
         }
-    };
-    let state = JobState::new(event);
-    let assigned = match_flavor(conn, specs, &ignored.matching_labels(&state.labels))?;
-    if queries::insert_job_if_absent(conn, &to_row(&state, assigned.clone()))? {
-        return Ok(job_times(None, None, &state, assigned));
     }
-    // Another planner inserted it first; its transaction has committed, so the row is there.
-    let current =
-        queries::lock_job(conn, &event.platform, event.id)?.ok_or(DieselError::NotFound)?;
-    update_existing(conn, current, event)
-}
-
-fn update_existing(
-    conn: &mut PgConnection,
-    current: Job,
-    event: &JobEvent,
-) -> QueryResult<Option<JobTimes>> {
-    let assigned = current.assigned_flavor.clone();
-    let (started_before, completed_before) = (current.started_at, current.completed_at);
-    let mut state = from_row(current)?;
-    state.apply(event);
-    queries::update_job(conn, &to_row(&state, assigned.clone()))?;
-    Ok(job_times(
-        started_before,
-        completed_before,
-        &state,
-        assigned,
-    ))
+    let deliveries: Vec<NewDelivery<'_>> = first
+        .iter()
+        .map(|(id, &index)| {
+            let event = &batch[index].1;
+            NewDelivery {
+                id,
+                platform: &event.platform,
+                job_id: event.id,
+                action: event.action.as_str(),
+            }
+        })
+        .collect();
+    for (id, seen) in queries::record_deliveries(conn, &deliveries)? {
+        if seen > 0 {
+            if let Some(&index) = first.get(id.as_str()) {
+                outcomes[index] = Outcome::Duplicate;
+            }
+        }
+    }
+    // The same id twice in one batch (rare): each repeat is counted as a duplicate too.
+    for index in repeated {
+        let (delivery, event) = &batch[index];
+        queries::record_delivery(
+            conn,
+            delivery,
+            &event.platform,
+            event.id,
+            event.action.as_str(),
+        )?;
+    }
+    Ok(outcomes)
 }
 
 /// The times to record when `state` (after an event) is started or completed and was not
@@ -251,14 +335,17 @@ pub fn match_flavor(
     flavors: &[FlavorSpec],
     matching_labels: &[String],
 ) -> QueryResult<Option<String>> {
-    matching::select_flavor(matching_labels, flavors, |tied| pressures(conn, tied))
+    matching::select_flavor(matching_labels, flavors, |tied| {
+        pressures(conn, tied, &HashMap::new())
+    })
 }
 
-/// Current pressure of each flavor: its open (`queued` or `in_progress`) jobs, at least its
-/// minimum pressure.
+/// Current pressure of each flavor: its open (`queued` or `in_progress`) jobs, plus `pending`
+/// ones not written yet, at least its minimum pressure.
 pub fn pressures(
     conn: &mut PgConnection,
     flavors: &[&FlavorSpec],
+    pending: &HashMap<String, i64>,
 ) -> QueryResult<Vec<(String, i64)>> {
     let names: Vec<String> = flavors.iter().map(|flavor| flavor.name.clone()).collect();
     let counts = queries::open_job_counts(conn, &names)?;
@@ -268,7 +355,8 @@ pub fn pressures(
             let open = counts
                 .iter()
                 .find(|(name, _)| *name == flavor.name)
-                .map_or(0, |(_, count)| *count);
+                .map_or(0, |(_, count)| *count)
+                + pending.get(&flavor.name).copied().unwrap_or(0);
             (
                 flavor.name.clone(),
                 open.max(i64::from(flavor.minimum_pressure)),
@@ -373,7 +461,6 @@ fn to_row(state: &JobState, assigned_flavor: Option<String>) -> Job {
         started_at: state.started_at,
         completed_at: state.completed_at,
         assigned_flavor,
-        payloads: state.payloads.clone(),
         updated_at: Utc::now(),
     }
 }
@@ -398,6 +485,5 @@ fn from_row(row: Job) -> QueryResult<JobState> {
         created_at: row.created_at,
         started_at: row.started_at,
         completed_at: row.completed_at,
-        payloads: row.payloads,
     })
 }

@@ -90,7 +90,6 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub assigned_flavor: Option<String>,
-    pub payloads: serde_json::Value,
     pub updated_at: DateTime<Utc>,
 }
 

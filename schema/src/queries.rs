@@ -2,15 +2,15 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    dsl::{count_star, now},
+    dsl::now,
     pg::PgConnection,
     prelude::*,
-    sql_types::{Array, Nullable, Text},
+    sql_types::{Array, BigInt, Nullable, Text},
 };
 
 use crate::{
     models::{Flavor, FlavorChanges, Job, NewFlavor, TextArray},
-    schema::{auth, delivery, flavor, job},
+    schema::{auth, delivery, flavor, job, job_payload},
 };
 
 /// Job statuses of jobs that have not started yet, and may still move to another flavor.
@@ -81,6 +81,18 @@ pub fn delete_flavor(conn: &mut PgConnection, name: &str) -> QueryResult<Option<
         .optional()
 }
 
+/// Plans every statement of the rest of the transaction for its actual parameters and the
+/// tables as they are now. Prepared statements (diesel caches them) otherwise switch to a
+/// generic plan after five runs, and a generic plan made while a table was nearly empty (a new
+/// installation) can keep scanning it long after it has grown: reading a batch's jobs by
+/// `id = ANY($ids)` became a filter over every job. Planning a batch's few statements costs far
+/// less than that.
+pub fn plan_for_actual_parameters(conn: &mut PgConnection) -> QueryResult<()> {
+    diesel::sql_query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(conn)
+        .map(drop)
+}
+
 /// Takes the flavor-change lock exclusively until the end of the transaction.
 pub fn lock_flavors_exclusive(conn: &mut PgConnection) -> QueryResult<()> {
     diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
@@ -99,17 +111,29 @@ pub fn lock_flavors_shared(conn: &mut PgConnection) -> QueryResult<()> {
         .map(drop)
 }
 
-/// Number of `queued` or `in_progress` jobs assigned to each of `names` (absent: none).
+/// Number of `queued` or `in_progress` jobs assigned to each of `names` (absent: none), from
+/// the open-job counts the triggers keep (`job_open_delta`), whatever the jobs' age.
 pub fn open_job_counts(
     conn: &mut PgConnection,
     names: &[String],
 ) -> QueryResult<Vec<(String, i64)>> {
-    job::table
-        .filter(job::assigned_flavor.eq_any(names))
-        .filter(job::status.eq_any(["queued", "in_progress"]))
-        .group_by(job::assigned_flavor)
-        .select((job::assigned_flavor.assume_not_null(), count_star()))
-        .load(conn)
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = Text)]
+        flavor: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        open_jobs: i64,
+    }
+    let counts: Vec<Count> = diesel::sql_query(
+        "SELECT flavor, sum(delta)::bigint AS open_jobs FROM job_open_delta \
+         WHERE flavor = ANY($1) GROUP BY flavor HAVING sum(delta) <> 0",
+    )
+    .bind::<Array<Text>, _>(names)
+    .load(conn)?;
+    Ok(counts
+        .into_iter()
+        .map(|count| (count.flavor, count.open_jobs))
+        .collect())
 }
 
 /// One flavor's inputs to pressure, as [`flavor_pressures`] reads them.
@@ -130,45 +154,102 @@ pub struct FlavorPressureRow {
     /// Milliseconds until the oldest of those jobs passes the age limit (`None`: no open job).
     #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
     pub oldest_expires_in_ms: Option<f64>,
+    /// Rows in `job_open_delta` now (the same on every row): when to compact them.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub delta_rows: i64,
 }
 
 /// Every flavor with its count of open jobs (`queued` or `in_progress`, created less than
 /// `max_age_seconds` ago) and when the oldest of them ages out: everything pressure needs, in
-/// one statement (an index-only scan of `job_open_by_flavor` plus the flavor table).
+/// one statement whose cost does not grow with the number of open jobs. The count is the sum of
+/// the flavor's `job_open_delta` rows (every open job, kept by triggers) less its open jobs past
+/// the age limit; those, and the oldest job within it, are two short range scans of
+/// `job_open_by_flavor_age` per flavor. (Written with scalar subqueries rather than `LATERAL`
+/// joins: the same plan, planned in a fraction of the time, and it is planned on every run.)
 pub fn flavor_pressures(
     conn: &mut PgConnection,
     max_age_seconds: f64,
 ) -> QueryResult<Vec<FlavorPressureRow>> {
     diesel::sql_query(
-        "WITH open AS ( \
-             SELECT assigned_flavor, count(*) AS n, min(created_at) AS oldest \
-             FROM job \
-             WHERE status IN ('queued', 'in_progress') \
-               AND assigned_flavor IS NOT NULL \
-               AND created_at > now() - make_interval(secs => $1) \
-             GROUP BY assigned_flavor \
-         ) \
-         SELECT f.name, f.is_disabled, f.minimum_pressure, \
-                coalesce(o.n, 0)::bigint AS open_jobs, \
-                (extract(epoch FROM (o.oldest + make_interval(secs => $1) - now())) * 1000)::float8 \
-                    AS oldest_expires_in_ms \
-         FROM flavor f LEFT JOIN open o ON o.assigned_flavor = f.name",
+        "SELECT f.name, f.is_disabled, f.minimum_pressure, \
+                (coalesce(c.n, 0) - ( \
+                    SELECT count(*) FROM job j \
+                    WHERE j.assigned_flavor = f.name AND j.status IN ('queued', 'in_progress') \
+                      AND j.created_at <= now() - make_interval(secs => $1) \
+                ))::bigint AS open_jobs, \
+                (extract(epoch FROM (( \
+                    SELECT min(j.created_at) FROM job j \
+                    WHERE j.assigned_flavor = f.name AND j.status IN ('queued', 'in_progress') \
+                      AND j.created_at > now() - make_interval(secs => $1) \
+                ) + make_interval(secs => $1) - now())) * 1000)::float8 AS oldest_expires_in_ms, \
+                (SELECT count(*) FROM job_open_delta) AS delta_rows \
+         FROM flavor f \
+         LEFT JOIN ( \
+             SELECT flavor, sum(delta) AS n FROM job_open_delta GROUP BY flavor \
+         ) c ON c.flavor = f.name",
     )
     .bind::<diesel::sql_types::Double, _>(max_age_seconds)
     .load(conn)
 }
 
+/// Number of rows in `job_open_delta` (what reading the open-job counts scans).
+pub fn open_job_delta_rows(conn: &mut PgConnection) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Rows {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query("SELECT count(*) AS n FROM job_open_delta")
+        .get_result::<Rows>(conn)
+        .map(|rows| rows.n)
+}
+
+/// Replaces the `job_open_delta` rows by one row per flavor holding their sum (none where the
+/// sum is zero), in one statement, so readers see either the old rows or the new ones. Rows
+/// another planner is compacting at the same moment are skipped, not waited for. Returns the
+/// number of rows removed.
+pub fn compact_open_job_deltas(conn: &mut PgConnection) -> QueryResult<usize> {
+    #[derive(QueryableByName)]
+    struct Removed {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(
+        "WITH gone AS ( \
+             DELETE FROM job_open_delta WHERE ctid = ANY (ARRAY( \
+                 SELECT ctid FROM job_open_delta FOR UPDATE SKIP LOCKED)) \
+             RETURNING flavor, delta \
+         ), kept AS ( \
+             INSERT INTO job_open_delta (flavor, delta) \
+             SELECT flavor, sum(delta) FROM gone GROUP BY flavor HAVING sum(delta) <> 0 \
+         ) \
+         SELECT count(*) AS n FROM gone",
+    )
+    .get_result::<Removed>(conn)
+    .map(|removed| usize::try_from(removed.n).unwrap_or(0))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Jobs
 
-/// Inserts a job unless one with its key exists; `true` when inserted.
-pub fn insert_job_if_absent(conn: &mut PgConnection, row: &Job) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(job::table)
-        .values(row)
-        .on_conflict((job::platform, job::id))
-        .do_nothing()
-        .execute(conn)?;
-    Ok(inserted == 1)
+/// Takes turns on jobs until the end of the transaction: a transaction-level advisory lock per
+/// job key (`platform`, `id`), all of them in one statement and in the order of the lock keys,
+/// the same for every caller. Whoever applies events to a job holds its turn from reading the
+/// row to writing it back, so planners sharing a queue never overwrite each other's changes,
+/// and since every transaction takes its turns in the same order, they never deadlock.
+pub fn lock_job_keys(conn: &mut PgConnection, keys: &[(&str, i64)]) -> QueryResult<()> {
+    let (platforms, ids): (Vec<&str>, Vec<i64>) = keys.iter().copied().unzip();
+    diesel::sql_query(
+        "SELECT count(pg_advisory_xact_lock(turn.key)) FROM ( \
+             SELECT DISTINCT hashtextextended(k.platform || ':' || k.id::text, 0) AS key \
+             FROM unnest($1::text[], $2::bigint[]) AS k(platform, id) \
+             ORDER BY key \
+         ) turn",
+    )
+    .bind::<Array<Text>, _>(platforms)
+    .bind::<Array<BigInt>, _>(ids)
+    .execute(conn)
+    .map(drop)
 }
 
 /// Reads a job and locks its row until the end of the transaction.
@@ -181,12 +262,85 @@ pub fn lock_job(conn: &mut PgConnection, platform: &str, id: i64) -> QueryResult
         .optional()
 }
 
-/// Overwrites every column of a job but its key.
-pub fn update_job(conn: &mut PgConnection, row: &Job) -> QueryResult<()> {
-    diesel::update(job::table.find((&row.platform, row.id)))
-        .set(row)
+/// The jobs of `platform` among `ids`, by id. Read under the jobs' turns
+/// ([`lock_job_keys`]), which every writer of a job's state takes, so no row lock is needed.
+pub fn get_jobs(conn: &mut PgConnection, platform: &str, ids: &[i64]) -> QueryResult<Vec<Job>> {
+    job::table
+        .filter(job::platform.eq(platform))
+        .filter(job::id.eq_any(ids))
+        .order(job::id.asc())
+        .select(Job::as_select())
+        .load(conn)
+}
+
+/// Inserts jobs and, for those that exist, overwrites every column but the key (one
+/// statement). `rows` must have distinct keys; in key order, concurrent writers meet in one
+/// order.
+pub fn upsert_jobs(conn: &mut PgConnection, rows: &[Job]) -> QueryResult<usize> {
+    use diesel::upsert::excluded;
+    diesel::insert_into(job::table)
+        .values(rows)
+        .on_conflict((job::platform, job::id))
+        .do_update()
+        .set((
+            job::labels.eq(excluded(job::labels)),
+            job::status.eq(excluded(job::status)),
+            job::conclusion.eq(excluded(job::conclusion)),
+            job::repository.eq(excluded(job::repository)),
+            job::run_id.eq(excluded(job::run_id)),
+            job::run_attempt.eq(excluded(job::run_attempt)),
+            job::workflow_name.eq(excluded(job::workflow_name)),
+            job::job_name.eq(excluded(job::job_name)),
+            job::runner_name.eq(excluded(job::runner_name)),
+            job::created_at.eq(excluded(job::created_at)),
+            job::started_at.eq(excluded(job::started_at)),
+            job::completed_at.eq(excluded(job::completed_at)),
+            job::assigned_flavor.eq(excluded(job::assigned_flavor)),
+            job::updated_at.eq(excluded(job::updated_at)),
+        ))
         .execute(conn)
-        .map(drop)
+}
+
+/// A raw webhook payload to keep: the job, the action, and the body as JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewPayload<'a> {
+    pub platform: &'a str,
+    pub job_id: i64,
+    pub action: &'a str,
+    /// JSON text (PostgreSQL parses it into `jsonb`).
+    pub payload: &'a str,
+}
+
+/// Stores payloads (one statement); one already stored for the same job and action is
+/// replaced. `rows` must have distinct (platform, job, action).
+pub fn upsert_payloads<'a>(conn: &mut PgConnection, rows: &[NewPayload<'a>]) -> QueryResult<usize> {
+    let column = |f: fn(NewPayload<'a>) -> &'a str| rows.iter().copied().map(f).collect::<Vec<_>>();
+    diesel::sql_query(
+        "INSERT INTO job_payload (platform, job_id, action, payload) \
+         SELECT p.platform, p.job_id, p.action, p.payload::jsonb \
+         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) \
+             AS p(platform, job_id, action, payload) \
+         ON CONFLICT (platform, job_id, action) DO UPDATE SET payload = excluded.payload",
+    )
+    .bind::<Array<Text>, _>(column(|row| row.platform))
+    .bind::<Array<BigInt>, _>(rows.iter().map(|row| row.job_id).collect::<Vec<i64>>())
+    .bind::<Array<Text>, _>(column(|row| row.action))
+    .bind::<Array<Text>, _>(column(|row| row.payload))
+    .execute(conn)
+}
+
+/// Every payload kept for one job, by action.
+pub fn job_payloads(
+    conn: &mut PgConnection,
+    platform: &str,
+    id: i64,
+) -> QueryResult<Vec<(String, serde_json::Value)>> {
+    job_payload::table
+        .filter(job_payload::platform.eq(platform))
+        .filter(job_payload::job_id.eq(id))
+        .order(job_payload::action.asc())
+        .select((job_payload::action, job_payload::payload))
+        .load(conn)
 }
 
 /// One job.
@@ -275,6 +429,49 @@ pub fn reassign_not_started(
 
 // ---------------------------------------------------------------------------------------------
 // Deliveries
+
+/// A delivery to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewDelivery<'a> {
+    /// `X-GitHub-Delivery`.
+    pub id: &'a str,
+    pub platform: &'a str,
+    pub job_id: i64,
+    pub action: &'a str,
+}
+
+/// Records deliveries with distinct ids (one statement, in id order, so concurrent writers meet
+/// in one order); answers, for each id, how many times it had been seen before (0: first time).
+pub fn record_deliveries<'a>(
+    conn: &mut PgConnection,
+    deliveries: &[NewDelivery<'a>],
+) -> QueryResult<Vec<(String, i32)>> {
+    #[derive(QueryableByName)]
+    struct Seen {
+        #[diesel(sql_type = Text)]
+        id: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        duplicates: i32,
+    }
+    let column =
+        |f: fn(NewDelivery<'a>) -> &'a str| deliveries.iter().copied().map(f).collect::<Vec<_>>();
+    let seen: Vec<Seen> = diesel::sql_query(
+        "INSERT INTO delivery (id, job_platform, job_id, action) \
+         SELECT d.id, d.platform, d.job_id, d.action \
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) \
+             AS d(id, platform, job_id, action) \
+         ORDER BY d.id \
+         ON CONFLICT (id) DO UPDATE \
+             SET duplicates = delivery.duplicates + 1, last_seen_at = now() \
+         RETURNING id, duplicates",
+    )
+    .bind::<Array<Text>, _>(column(|d| d.id))
+    .bind::<Array<Text>, _>(column(|d| d.platform))
+    .bind::<Array<BigInt>, _>(deliveries.iter().map(|d| d.job_id).collect::<Vec<i64>>())
+    .bind::<Array<Text>, _>(column(|d| d.action))
+    .load(conn)?;
+    Ok(seen.into_iter().map(|s| (s.id, s.duplicates)).collect())
+}
 
 /// Records a delivery id; returns how many times it had been seen before (0: first time).
 pub fn record_delivery(

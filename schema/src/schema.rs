@@ -50,10 +50,18 @@ diesel::table! {
         started_at -> Nullable<Timestamptz>,
         completed_at -> Nullable<Timestamptz>,
         assigned_flavor -> Nullable<Text>,
-        payloads -> Jsonb,
         updated_at -> Timestamptz,
         reconciled_at -> Nullable<Timestamptz>,
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(auth, delivery, flavor, job,);
+diesel::table! {
+    job_payload (platform, job_id, action) {
+        platform -> Text,
+        job_id -> Int8,
+        action -> Text,
+        payload -> Jsonb,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(auth, delivery, flavor, job, job_payload,);

@@ -73,6 +73,17 @@ impl Broker {
             .expect("queue_unbind");
     }
 
+    /// Drops every message waiting in the main queue.
+    pub async fn purge(&self) {
+        self.channel
+            .queue_purge(
+                self.topology.queue.as_str().into(),
+                lapin::options::QueuePurgeOptions::default(),
+            )
+            .await
+            .expect("queue_purge");
+    }
+
     /// Deletes the test's queues and exchanges.
     pub async fn cleanup(self) {
         for queue in [&self.topology.queue, &self.topology.dead_letter_queue] {

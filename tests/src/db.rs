@@ -147,10 +147,19 @@ impl TestDb {
     pub fn new() -> Self {
         let mut admin = admin_connection();
         let template = ensure_template(&mut admin);
+        Self::create(&mut admin, &format!("TEMPLATE {template}"))
+    }
+
+    /// A fresh database without any migration (to test the migrations themselves).
+    pub fn empty() -> Self {
+        Self::create(&mut admin_connection(), "")
+    }
+
+    fn create(admin: &mut PgConnection, options: &str) -> Self {
         let name = format!("planner_test_{}", uuid::Uuid::new_v4().simple());
-        diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
-            .execute(&mut admin)
-            .expect("clone template database");
+        diesel::sql_query(format!("CREATE DATABASE {name} {options}"))
+            .execute(admin)
+            .expect("create test database");
         let url = with_database(&database_url(), &name);
         Self { name, url }
     }
@@ -163,6 +172,33 @@ impl TestDb {
     /// A new connection to this database.
     pub fn connect(&self) -> PgConnection {
         PgConnection::establish(&self.url).expect("connect to test database")
+    }
+}
+
+impl TestDb {
+    /// Every row of the planner's tables (flavors, tokens, jobs, deliveries) as JSON, in a fixed
+    /// order: two snapshots are equal exactly when nothing was changed in between.
+    pub fn snapshot(&self) -> serde_json::Value {
+        #[derive(diesel::QueryableByName)]
+        struct Rows {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            rows: String,
+        }
+        let mut conn = self.connect();
+        let mut snapshot = serde_json::Map::new();
+        for table in ["flavor", "auth", "job", "delivery"] {
+            let rows: Rows = diesel::sql_query(format!(
+                "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text), '[]')::text \
+                 AS rows FROM {table} t"
+            ))
+            .get_result(&mut conn)
+            .unwrap_or_else(|err| panic!("read table {table}: {err}"));
+            snapshot.insert(
+                table.to_owned(),
+                serde_json::from_str(&rows.rows).expect("rows as JSON"),
+            );
+        }
+        snapshot.into()
     }
 }
 

@@ -5,13 +5,14 @@
 pub mod amqp;
 pub mod db;
 // issue 9: fake GitHub API for redelivery and reconciliation tests
+pub mod bench;
 pub mod fake_github;
 pub mod fixtures;
 pub mod gateway;
 pub mod planner;
-pub mod pressure_bench;
 pub mod process;
 pub mod proxy;
+pub mod raw_http;
 pub mod stream;
 pub mod system;
 pub mod telemetry;

@@ -99,10 +99,17 @@ pub fn unique_topology() -> Topology {
 
 /// A planner with its own database and its own queues.
 pub async fn spawn_planner() -> TestPlanner {
+    spawn_planner_tuned(|_| {}).await
+}
+
+/// Like [`spawn_planner`], with `tune` changing the test configuration first.
+pub async fn spawn_planner_tuned(tune: impl FnOnce(&mut Config)) -> TestPlanner {
     let db = TestDb::new();
     let topology = unique_topology();
     let guard = TopologyGuard(topology.clone());
-    let mut planner = spawn_planner_on(db.url(), topology).await;
+    let mut config = Config::for_tests(db.url(), &rabbitmq_url(), ADMIN_TOKEN, topology);
+    tune(&mut config);
+    let mut planner = spawn_planner_with(config).await;
     planner.db = Some(db);
     planner.queues = Some(guard);
     planner
@@ -328,6 +335,38 @@ impl TestPublisher {
         delivery: Option<&str>,
         extra: &[(&str, &str)],
     ) {
+        let confirm = self.send(body, event, delivery, extra).await;
+        confirmed(confirm.await);
+    }
+
+    /// Publishes `workflow_job` deliveries (body, delivery id) in order, up to `in_flight` of
+    /// them awaiting their confirms at once; returns when the broker has confirmed every one.
+    pub async fn publish_all(&self, messages: Vec<(Vec<u8>, String)>, in_flight: usize) {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut pending = FuturesUnordered::new();
+        for (body, delivery) in messages {
+            if pending.len() >= in_flight {
+                confirmed(pending.next().await.expect("a pending confirm"));
+            }
+            pending.push(
+                self.send(&body, Some("workflow_job"), Some(&delivery), &[])
+                    .await,
+            );
+        }
+        while let Some(confirmation) = pending.next().await {
+            confirmed(confirmation);
+        }
+    }
+
+    /// Publishes one message with the gateway's headers (`None` leaves a header out) and
+    /// properties; the answer resolves on the broker's confirm.
+    async fn send(
+        &self,
+        body: &[u8],
+        event: Option<&str>,
+        delivery: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> lapin::PublisherConfirm {
         let mut headers = FieldTable::default();
         for (name, value) in extra {
             headers.insert(
@@ -351,8 +390,7 @@ impl TestPublisher {
             ShortString::from("X-GitHub-Hook-ID"),
             AMQPValue::LongString("1".into()),
         );
-        let confirm = self
-            .channel
+        self.channel
             .basic_publish(
                 self.topology.exchange.as_str().into(),
                 self.topology.routing_key.as_str().into(),
@@ -367,9 +405,7 @@ impl TestPublisher {
                     .with_headers(headers),
             )
             .await
-            .expect("publish");
-        let confirmation = confirm.await.expect("confirm");
-        assert!(confirmation.is_ack(), "broker did not ack the publish");
+            .expect("publish")
     }
 
     /// Publishes a `workflow_job` webhook body.
@@ -436,5 +472,131 @@ impl TestPublisher {
     /// Deletes the test's queues and exchanges.
     pub async fn delete_topology(&self) {
         delete_topology(&self.channel, &self.topology).await;
+    }
+}
+
+/// Fails unless the broker acknowledged a publish.
+fn confirmed(confirmation: lapin::Result<lapin::Confirmation>) {
+    let confirmation = confirmation.expect("confirm");
+    assert!(confirmation.is_ack(), "broker did not ack the publish");
+}
+
+/// Who may call a route of the REST API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a token (`/health`, `/ready`, `/api/v1/openapi.json`).
+    Public,
+    /// Any valid token, general or admin.
+    Token,
+    /// The admin token only.
+    Admin,
+}
+
+/// One operation of the REST API as a client calls it successfully, once [`prepare_routes`]
+/// has made what it needs. Every test that goes over "every route" takes them from
+/// [`api_routes`], which a test checks against the OpenAPI document.
+#[derive(Debug, Clone)]
+pub struct ApiRoute {
+    pub method: reqwest::Method,
+    /// The path pattern, as the OpenAPI document names it (`/api/v1/flavors/{name}`).
+    pub pattern: &'static str,
+    /// The path to call; `{who}` stands for a caller's name, so that calls with side effects
+    /// (creating, deleting) by different callers do not meet.
+    pub path: &'static str,
+    pub access: Access,
+    /// The JSON body, for routes that take one.
+    pub body: Option<Value>,
+    /// The answer to a call with the right credential.
+    pub success: reqwest::StatusCode,
+}
+
+impl ApiRoute {
+    /// The path for caller `who`.
+    pub fn path_for(&self, who: &str) -> String {
+        self.path.replace("{who}", who)
+    }
+
+    /// The request for caller `who`, with `authorization` as the raw `Authorization` value.
+    pub fn request(
+        &self,
+        planner_url: &str,
+        client: &reqwest::Client,
+        who: &str,
+        authorization: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut request = client.request(
+            self.method.clone(),
+            format!("{planner_url}{}", self.path_for(who)),
+        );
+        if let Some(value) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        if let Some(body) = &self.body {
+            request = request.json(body);
+        }
+        request
+    }
+}
+
+/// A line of [`ROUTES`]: method, pattern, path (`{who}`: the caller's name), who may call it,
+/// JSON body, and the answer.
+type RouteLine = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Access,
+    Option<&'static str>,
+    u16,
+);
+
+/// Every route of the REST API, with a call that succeeds.
+#[rustfmt::skip]
+const ROUTES: &[RouteLine] = &[
+    ("GET",    "/health",                         "/health",                                    Access::Public, None,                                          200),
+    ("GET",    "/ready",                          "/ready",                                     Access::Public, None,                                          200),
+    ("GET",    "/api/v1/openapi.json",            "/api/v1/openapi.json",                       Access::Public, None,                                          200),
+    ("GET",    "/api/v1/flavors",                 "/api/v1/flavors",                            Access::Token,  None,                                          200),
+    ("POST",   "/api/v1/flavors/{name}",          "/api/v1/flavors/new-{who}",                  Access::Token,  Some(r#"{"platform":"github","labels":["x64"]}"#), 201),
+    ("GET",    "/api/v1/flavors/{name}",          "/api/v1/flavors/small",                      Access::Token,  None,                                          200),
+    ("PATCH",  "/api/v1/flavors/{name}",          "/api/v1/flavors/small",                      Access::Token,  Some(r#"{"minimum_pressure":1}"#),             204),
+    ("DELETE", "/api/v1/flavors/{name}",          "/api/v1/flavors/old-{who}",                  Access::Token,  None,                                          204),
+    ("GET",    "/api/v1/flavors/{name}/pressure", "/api/v1/flavors/small/pressure",             Access::Token,  None,                                          200),
+    ("GET",    "/api/v1/flavors/{name}/pressure", "/api/v1/flavors/_/pressure?stream=true",     Access::Token,  None,                                          200),
+    ("POST",   "/api/v1/auth/token/{name}",       "/api/v1/auth/token/new-{who}",               Access::Admin,  None,                                          201),
+    ("GET",    "/api/v1/auth/token",              "/api/v1/auth/token",                         Access::Admin,  None,                                          200),
+    ("DELETE", "/api/v1/auth/token/{name}",       "/api/v1/auth/token/old-{who}",               Access::Admin,  None,                                          204),
+    ("GET",    "/api/v1/jobs/{platform}",         "/api/v1/jobs/github?status=queued&limit=10", Access::Token,  None,                                          200),
+    ("GET",    "/api/v1/jobs/{platform}/{id}",    "/api/v1/jobs/github/4242",                   Access::Token,  None,                                          200),
+    ("GET",    "/api/v1/match",                   "/api/v1/match?labels=self-hosted,x64",       Access::Token,  None,                                          200),
+];
+
+/// Every route of the REST API ([`ROUTES`]), with a call that succeeds.
+pub fn api_routes() -> Vec<ApiRoute> {
+    ROUTES
+        .iter()
+        .map(|&(method, pattern, path, access, body, success)| ApiRoute {
+            method: method.parse().expect("method"),
+            pattern,
+            path,
+            access,
+            body: body.map(|text| serde_json::from_str(text).expect("route body")),
+            success: reqwest::StatusCode::from_u16(success).expect("status"),
+        })
+        .collect()
+}
+
+/// Makes what [`api_routes`]' successful calls need, for each caller in `callers`: the flavor
+/// `small`, the job 4242, and a flavor and a token `old-<caller>` to delete.
+pub async fn prepare_routes(planner: &TestPlanner, callers: &[&str]) {
+    planner.create_flavor("small", &["x64"], 1).await;
+    planner.seed(
+        &job_payload("queued.1", 4242, "queued", &["self-hosted", "x64"]),
+        "route-job",
+    );
+    for caller in callers {
+        planner
+            .create_flavor(&format!("old-{caller}"), &["x64"], 1)
+            .await;
+        planner.create_token(&format!("old-{caller}")).await;
     }
 }

@@ -174,3 +174,99 @@ impl Service {
             .expect("wait for child")
     }
 }
+
+/// Which build of a service binary to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// `target/debug` (tests; `make test` builds it).
+    Debug,
+    /// `target/release` when built (benchmarks; `make bench` builds it), else the debug one.
+    Release,
+}
+
+/// A service binary listening on port 0: the process and the URLs of its API and metrics.
+pub struct Running {
+    /// The process.
+    pub service: Service,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// `http://127.0.0.1:<metrics port>/metrics`.
+    pub metrics_url: String,
+}
+
+/// How long a service may take to start listening and connect.
+const START: Duration = Duration::from_secs(30);
+
+fn spawn_build(build: Build, binary: &str, args: &[&str], vars: &[(&str, &str)]) -> Service {
+    match build {
+        Build::Debug => Service::spawn(binary, args, vars),
+        Build::Release => Service::spawn_release(binary, args, vars),
+    }
+}
+
+/// Starts the planner (`serve` and `args`, e.g. `--no-migrate`) on `database_url`, consuming
+/// the AMQP names `amqp_name` on the test broker, with the admin token
+/// [`crate::planner::ADMIN_TOKEN`], the API and metrics on free ports of 127.0.0.1, and then
+/// `extra` (which overrides any of those, e.g. a broker URL through a proxy or another token).
+/// Returns once it listens and its consumer has started.
+pub async fn start_planner(
+    build: Build,
+    database_url: &str,
+    amqp_name: &str,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> Running {
+    let broker = crate::amqp::rabbitmq_url();
+    let mut vars = vec![
+        ("POSTGRESQL_DB_CONNECT_STRING", database_url),
+        ("RABBITMQ_CONNECT_STRING", broker.as_str()),
+        ("APP_ADMIN_TOKEN_VALUE", crate::planner::ADMIN_TOKEN),
+        ("APP_AMQP_NAME", amqp_name),
+        ("APP_PORT", "0"),
+        ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
+        ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
+    ];
+    vars.extend_from_slice(extra);
+    let mut service = spawn_build(build, "planner", &[&["serve"], args].concat(), &vars);
+    let (url, metrics_url) = listening(&mut service, "event=planner_listening").await;
+    service.wait_for_log("event=consumer_started", START).await;
+    Running {
+        service,
+        url,
+        metrics_url,
+    }
+}
+
+/// Starts the gateway publishing to the AMQP names `amqp_name` on the test broker, checking
+/// signatures with [`crate::gateway::SECRET`], the API and metrics on free ports of 127.0.0.1,
+/// and then `extra` (which overrides any of those). Returns once it is connected to the broker.
+pub async fn start_gateway(build: Build, amqp_name: &str, extra: &[(&str, &str)]) -> Running {
+    let broker = crate::amqp::rabbitmq_url();
+    let mut vars = vec![
+        ("RABBITMQ_CONNECT_STRING", broker.as_str()),
+        ("APP_WEBHOOK_SECRET_VALUE", crate::gateway::SECRET),
+        ("APP_AMQP_NAME", amqp_name),
+        ("APP_PORT", "0"),
+        ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
+        ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
+    ];
+    vars.extend_from_slice(extra);
+    let mut service = spawn_build(build, "gateway", &[], &vars);
+    let (url, metrics_url) = listening(&mut service, "event=gateway_listening").await;
+    service.wait_for_log("event=amqp_connected", START).await;
+    Running {
+        service,
+        url,
+        metrics_url,
+    }
+}
+
+/// The API and metrics URLs from the service's `..._listening` log line.
+async fn listening(service: &mut Service, needle: &str) -> (String, String) {
+    let port = service.logged_value(needle, "port", START).await;
+    let metrics_port = service.logged_value(needle, "metrics_port", START).await;
+    (
+        format!("http://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{metrics_port}/metrics"),
+    )
+}

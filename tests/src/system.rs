@@ -7,8 +7,8 @@ use actors::amqp::Topology;
 
 use crate::{
     db::TestDb,
-    planner::{TopologyGuard, ADMIN_TOKEN},
-    process::Service,
+    planner::TopologyGuard,
+    process::{start_gateway, start_planner, Build, Service},
 };
 
 /// How long start-up and each step may take.
@@ -41,46 +41,19 @@ impl System {
         let db = TestDb::new();
         let topology = Topology::with_prefix(&crate::unique("system"));
         let queues = TopologyGuard(topology.clone());
-        let broker = crate::amqp::rabbitmq_url();
-        let mut common = vec![
-            ("RABBITMQ_CONNECT_STRING", broker.as_str()),
-            ("APP_PORT", "0"),
-            ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
-            ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
-            ("APP_AMQP_NAME", topology.queue.as_str()),
-        ];
-        if let Some(endpoint) = traces {
-            common.push(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint));
-        }
-        let mut gateway_vars = common.clone();
-        gateway_vars.push(("APP_WEBHOOK_SECRET_VALUE", crate::gateway::SECRET));
-        let mut planner_vars = common;
-        planner_vars.push(("POSTGRESQL_DB_CONNECT_STRING", db.url()));
-        planner_vars.push(("APP_ADMIN_TOKEN_VALUE", ADMIN_TOKEN));
-
-        let mut gateway = Service::spawn("gateway", &[], &gateway_vars);
-        let mut planner = Service::spawn("planner", &["serve"], &planner_vars);
-        let gateway_port = gateway
-            .logged_value("event=gateway_listening", "port", WAIT)
-            .await;
-        let gateway_metrics_port = gateway
-            .logged_value("event=gateway_listening", "metrics_port", WAIT)
-            .await;
-        let planner_port = planner
-            .logged_value("event=planner_listening", "port", WAIT)
-            .await;
-        let planner_metrics_port = planner
-            .logged_value("event=planner_listening", "metrics_port", WAIT)
-            .await;
-        gateway.wait_for_log("event=amqp_connected", WAIT).await;
-        planner.wait_for_log("event=consumer_started", WAIT).await;
+        let extra: Vec<(&str, &str)> = traces
+            .map(|endpoint| ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint))
+            .into_iter()
+            .collect();
+        let gateway = start_gateway(Build::Debug, &topology.queue, &extra).await;
+        let planner = start_planner(Build::Debug, db.url(), &topology.queue, &[], &extra).await;
         Self {
-            gateway,
-            planner,
-            gateway_url: format!("http://127.0.0.1:{gateway_port}"),
-            planner_url: format!("http://127.0.0.1:{planner_port}"),
-            gateway_metrics: format!("http://127.0.0.1:{gateway_metrics_port}/metrics"),
-            planner_metrics: format!("http://127.0.0.1:{planner_metrics_port}/metrics"),
+            gateway: gateway.service,
+            planner: planner.service,
+            gateway_url: gateway.url,
+            planner_url: planner.url,
+            gateway_metrics: gateway.metrics_url,
+            planner_metrics: planner.metrics_url,
             topology,
             _queues: queues,
             _db: db,

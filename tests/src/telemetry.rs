@@ -15,7 +15,15 @@ pub struct Scrape(pub BTreeMap<String, f64>);
 impl Scrape {
     /// GETs `url` and parses the Prometheus text format.
     pub async fn get(url: &str) -> Self {
-        let text = reqwest::get(url)
+        Self::get_with(&reqwest::Client::new(), url).await
+    }
+
+    /// [`Scrape::get`] with a client of the caller's (a client is costly to build: polling
+    /// loops keep one).
+    pub async fn get_with(client: &reqwest::Client, url: &str) -> Self {
+        let text = client
+            .get(url)
+            .send()
             .await
             .expect("scrape /metrics")
             .error_for_status()
@@ -41,6 +49,15 @@ impl Scrape {
             .0
             .get(series)
             .unwrap_or_else(|| panic!("{series} is not exported; have: {:#?}", self.0.keys()))
+    }
+
+    /// The sum of every series of metric `name`, whatever its labels (0 when none).
+    pub fn sum(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(key, _)| key.split('{').next() == Some(name))
+            .map(|(_, value)| value)
+            .sum()
     }
 
     /// The metric names exported (labels stripped, histogram/summary suffixes kept).

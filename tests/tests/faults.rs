@@ -12,7 +12,7 @@ use futures::{stream, StreamExt};
 use tests::db::{socket_address, with_address, TestDb};
 use tests::gateway::{webhook, Options, TestGateway, SECRET};
 use tests::planner::{eventually, job_payload};
-use tests::process::Service;
+use tests::process::{start_planner as start, Build, Service};
 use tests::proxy::{Mode, TcpProxy};
 use tests::{amqp::rabbitmq_url, unique};
 
@@ -46,25 +46,20 @@ const FLAVOR: &str = "faults";
 
 /// A planner binary on the test's database and queue, through proxies.
 async fn start_planner(database_url: &str, broker_url: &str, amqp_name: &str) -> Planner {
-    let mut planner = Service::spawn(
-        "planner",
-        &["serve"],
+    let running = start(
+        Build::Debug,
+        database_url,
+        amqp_name,
+        &[],
         &[
-            ("POSTGRESQL_DB_CONNECT_STRING", database_url),
             ("RABBITMQ_CONNECT_STRING", broker_url),
             ("APP_ADMIN_TOKEN_VALUE", ADMIN),
-            ("APP_PORT", "0"),
-            ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
-            ("APP_AMQP_NAME", amqp_name),
         ],
-    );
-    let port = planner
-        .logged_value("event=planner_listening", "port", WAIT)
-        .await;
-    planner.wait_for_log("event=consumer_started", WAIT).await;
+    )
+    .await;
     Planner {
-        service: planner,
-        url: format!("http://127.0.0.1:{port}"),
+        service: running.service,
+        url: running.url,
     }
 }
 

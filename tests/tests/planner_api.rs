@@ -1,9 +1,14 @@
 //! The planner's REST API against a real PostgreSQL: every route's success and error codes, the
 //! auth matrix, flavor re-matching, the match endpoint and the OpenAPI document.
 
+use std::collections::BTreeSet;
+
 use reqwest::{header, Method, StatusCode};
 use serde_json::{json, Value};
-use tests::planner::{job_payload, spawn_planner, TestPlanner, ADMIN_TOKEN};
+use tests::planner::{
+    api_routes, job_payload, prepare_routes, spawn_planner, Access, ApiRoute, TestPlanner,
+    ADMIN_TOKEN,
+};
 
 async fn call(
     planner: &TestPlanner,
@@ -47,101 +52,161 @@ async fn health_needs_no_token() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body, json!({"error": "route not found"}));
-    let (status, _) = call(
-        &planner,
-        Method::PUT,
-        "/api/v1/flavors/x",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A path that exists, with a method it does not have: 405 naming those it has.
+    let response = planner
+        .request(Method::PUT, "/api/v1/flavors/x", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        response.headers()[header::ALLOW],
+        "GET, POST, PATCH, DELETE"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(error_of(&body).contains("method not allowed"), "{body}");
 }
 
+/// What a credential is, for the auth matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// No, a malformed, an unknown or a revoked token: 401.
+    Refused,
+    General,
+    Admin,
+}
+
+/// The answer `route` owes a caller of `standing`.
+fn expected(route: &ApiRoute, standing: Standing) -> StatusCode {
+    match (route.access, standing) {
+        (Access::Public, _) => route.success,
+        (_, Standing::Refused) => StatusCode::UNAUTHORIZED,
+        (Access::Admin, Standing::General) => StatusCode::FORBIDDEN,
+        (Access::Token, Standing::General) | (_, Standing::Admin) => route.success,
+    }
+}
+
+/// Every route of the API (`tests::planner::api_routes`, checked here against the OpenAPI
+/// document) with every kind of credential: none, malformed (wrong scheme, empty, the scheme
+/// alone, two words), unknown, revoked (a general token deleted through the API, refused on
+/// every route at once), general and admin.
 #[actix_web::test]
 async fn auth_matrix() {
     let planner = spawn_planner().await;
     let general = planner.create_token("general").await;
-    planner.create_flavor("small", &["x64"], 1).await;
-
-    let token_routes = [
-        (Method::GET, "/api/v1/flavors"),
-        (Method::GET, "/api/v1/flavors/small"),
-        (Method::GET, "/api/v1/jobs/github"),
-        (Method::GET, "/api/v1/match?labels=x64"),
-    ];
-    let admin_routes = [
-        (Method::GET, "/api/v1/auth/token"),
-        (Method::DELETE, "/api/v1/auth/token/nobody"),
-    ];
-
-    for (method, path) in token_routes.iter().chain(admin_routes.iter()) {
-        for token in [None, Some("planner_v0_wrongwrongwrongwrong"), Some("")] {
-            let response = planner
-                .request(method.clone(), path, token)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(
-                response.status(),
-                StatusCode::UNAUTHORIZED,
-                "{method} {path} with {token:?}"
-            );
-            assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
-            let body: Value = response.json().await.unwrap();
-            assert!(error_of(&body).contains("token") || error_of(&body).contains("Authorization"));
-        }
-        let response = planner
-            .http
-            .request(method.clone(), format!("{}{path}", planner.address))
-            .header(header::AUTHORIZATION, format!("Basic {ADMIN_TOKEN}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::UNAUTHORIZED,
-            "Basic scheme on {path}"
-        );
-    }
-    for (method, path) in &token_routes {
-        for token in [general.as_str(), ADMIN_TOKEN] {
-            let (status, _) = call(&planner, method.clone(), path, Some(token), None).await;
-            assert_eq!(status, StatusCode::OK, "{method} {path}");
-        }
-    }
-    for (method, path) in &admin_routes {
-        let (status, body) = call(&planner, method.clone(), path, Some(&general), None).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
-        assert!(error_of(&body).contains("admin"));
-    }
-    let (status, _) = call(
-        &planner,
-        Method::POST,
-        "/api/v1/auth/token/other",
-        Some(&general),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = call(
-        &planner,
-        Method::GET,
-        "/api/v1/auth/token",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    let revoked = planner.create_token("revoked").await;
     let (status, _) = call(
         &planner,
         Method::DELETE,
-        "/api/v1/auth/token/nobody",
+        "/api/v1/auth/token/revoked",
         Some(ADMIN_TOKEN),
         None,
     )
     .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    prepare_routes(&planner, &["general", "admin"]).await;
+
+    let credentials: Vec<(&str, Option<String>, Standing)> = vec![
+        ("none", None, Standing::Refused),
+        (
+            "basic",
+            Some(format!("Basic {ADMIN_TOKEN}")),
+            Standing::Refused,
+        ),
+        ("empty", Some(String::new()), Standing::Refused),
+        ("scheme-only", Some("Bearer".into()), Standing::Refused),
+        (
+            "two-words",
+            Some(format!("Bearer {ADMIN_TOKEN} x")),
+            Standing::Refused,
+        ),
+        (
+            "unknown",
+            Some("Bearer planner_v0_unknownunknownunkn".into()),
+            Standing::Refused,
+        ),
+        (
+            "revoked",
+            Some(format!("Bearer {revoked}")),
+            Standing::Refused,
+        ),
+        (
+            "general",
+            Some(format!("Bearer {general}")),
+            Standing::General,
+        ),
+        (
+            "admin",
+            Some(format!("Bearer {ADMIN_TOKEN}")),
+            Standing::Admin,
+        ),
+    ];
+    let routes = api_routes();
+    let mut failures = Vec::new();
+    for route in &routes {
+        for (who, authorization, standing) in &credentials {
+            let response = route
+                .request(
+                    &planner.address,
+                    &planner.http,
+                    who,
+                    authorization.as_deref(),
+                )
+                .send()
+                .await
+                .expect("request");
+            let status = response.status();
+            let want = expected(route, *standing);
+            let what = format!("{} {} as {who}", route.method, route.path_for(who));
+            if status != want {
+                failures.push(format!("{what}: {status}, expected {want}"));
+                continue;
+            }
+            if status == StatusCode::UNAUTHORIZED {
+                assert_eq!(
+                    response
+                        .headers()
+                        .get(header::WWW_AUTHENTICATE)
+                        .map(|v| v.to_str().unwrap()),
+                    Some("Bearer"),
+                    "{what}"
+                );
+            }
+            if status.is_client_error() {
+                let body: Value = response.json().await.expect("JSON error body");
+                let error = error_of(&body);
+                let explains = match status {
+                    StatusCode::FORBIDDEN => error.contains("admin"),
+                    _ => error.contains("token") || error.contains("Authorization"),
+                };
+                assert!(explains, "{what}: {body}");
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "wrong answers:\n{}",
+        failures.join("\n")
+    );
+
+    // The matrix covers every operation the API documents, and nothing else.
+    let (_, doc) = call(&planner, Method::GET, "/api/v1/openapi.json", None, None).await;
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let covered: BTreeSet<(String, String)> = routes
+        .iter()
+        .map(|route| (route.method.to_string(), route.pattern.to_owned()))
+        .collect();
+    assert_eq!(covered, documented);
 }
 
 #[actix_web::test]
@@ -361,7 +426,7 @@ async fn flavors_crud_and_validation() {
         (
             "/api/v1/flavors/x",
             json!({"platform": "github", "labels": [], "colour": "red"}),
-            "colour",
+            "body: unknown field",
         ),
         ("/api/v1/flavors/x", json!({"labels": []}), "platform"),
         (
@@ -403,7 +468,7 @@ async fn flavors_crud_and_validation() {
         (json!({}), "body"),
         (json!({"is_disabled": "no"}), "is_disabled"),
         (json!({"priority": -1}), "priority"),
-        (json!({"platform": "other"}), "platform"),
+        (json!({"platform": "other"}), "body: unknown field"),
     ] {
         let (status, error) = call(
             &planner,
@@ -436,7 +501,7 @@ async fn flavors_crud_and_validation() {
     )
     .await
     .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(error_of(&response.json().await.unwrap()).contains("content-type"));
     let huge = json!({"platform": "github", "labels": vec!["x".repeat(100); 200]});
     let (status, _) = call(
@@ -609,7 +674,7 @@ async fn jobs_listing_filters_and_pages() {
         ("/api/v1/jobs/github?limit=1001", "limit"),
         ("/api/v1/jobs/github?limit=ten", "limit"),
         ("/api/v1/jobs/github?cursor=garbage", "cursor"),
-        ("/api/v1/jobs/github?colour=red", "colour"),
+        ("/api/v1/jobs/github?colour=red", "query: unknown field"),
         ("/api/v1/jobs/github/abc", "id"),
         ("/api/v1/jobs/GitHub", "platform"),
     ] {

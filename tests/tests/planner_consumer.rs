@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use tests::{
     db::{database_url, rabbitmq_url, socket_address, with_address, TestDb},
     planner::{
-        eventually, fixture, job_payload, spawn_planner, spawn_planner_on, spawn_planner_with,
-        unique_topology, TestPublisher, TopologyGuard, ADMIN_TOKEN,
+        eventually, fixture, job_payload, spawn_planner, spawn_planner_on, spawn_planner_tuned,
+        spawn_planner_with, unique_topology, TestPublisher, TopologyGuard, ADMIN_TOKEN,
     },
     proxy::{Mode, TcpProxy},
 };
@@ -257,17 +257,20 @@ async fn reordered_and_duplicated_deliveries_converge() {
     let mut conn = planner.db.as_ref().unwrap().connect();
     let rows = jobs(&mut conn);
     assert_eq!(rows.len() as i64, CASES + 1);
-    let normalise = |row: &Job| {
-        let mut row = comparable(row.clone());
-        row.id = 0;
-        for payload in row.payloads.as_object_mut().unwrap().values_mut() {
+    // The row and every action's payload, without the job's id.
+    let mut normalise = |row: &Job| {
+        let mut payloads = schema::queries::job_payloads(&mut conn, &row.platform, row.id).unwrap();
+        for (_, payload) in &mut payloads {
             payload["workflow_job"]["id"] = 0.into();
         }
-        row
+        let mut row = comparable(row.clone());
+        row.id = 0;
+        (row, payloads)
     };
     let expected = normalise(&rows[0]);
-    assert_eq!(expected.status, "completed");
-    assert_eq!(expected.assigned_flavor.as_deref(), Some("x64"));
+    assert_eq!(expected.0.status, "completed");
+    assert_eq!(expected.0.assigned_flavor.as_deref(), Some("x64"));
+    assert_eq!(expected.1.len(), 4, "every action's raw payload is kept");
     for row in &rows[1..] {
         assert_eq!(normalise(row), expected, "job {}", row.id);
     }
@@ -508,4 +511,49 @@ async fn two_planners_on_one_queue_converge_to_the_state_of_one() {
         .collect();
     assert_eq!(together.len() as i64, JOBS);
     assert_eq!(together, one);
+}
+
+/// A job's deliveries that land in different batches (with two transactions in flight) are
+/// applied in the order they arrived: queued, waiting, queued again (an approval) ends queued,
+/// for every job, however the batches fall.
+#[actix_web::test]
+async fn a_job_s_deliveries_in_different_batches_apply_in_arrival_order() {
+    const JOBS: i64 = 200;
+    // Batches of at most two deliveries: each job's three deliveries span two batches.
+    let planner = spawn_planner_tuned(|config| config.consumer_prefetch = 4).await;
+    planner.create_flavor("x64", &["x64"], 1).await;
+    let publisher = TestPublisher::connect(&planner.topology).await;
+    let mut messages = Vec::new();
+    for id in 1..=JOBS {
+        let sequence = [
+            ("queued.1", "queued"),
+            ("waiting.0", "waiting"),
+            ("queued.1", "queued"),
+        ];
+        for (n, (fixture, action)) in sequence.into_iter().enumerate() {
+            let body = job_payload(fixture, id, action, &SELF_HOSTED);
+            messages.push((
+                serde_json::to_vec(&body).unwrap(),
+                format!("order-{id}-{n}"),
+            ));
+        }
+    }
+    publisher.publish_all(messages, 64).await;
+    planner.settled(3 * JOBS as u64).await;
+    assert_eq!(
+        planner.stats.applied.load(Ordering::SeqCst),
+        3 * JOBS as u64
+    );
+
+    let rows = jobs(&mut planner.db.as_ref().unwrap().connect());
+    assert_eq!(rows.len() as i64, JOBS);
+    let out_of_order: Vec<i64> = rows
+        .iter()
+        .filter(|row| row.status != "queued")
+        .map(|row| row.id)
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "jobs whose last delivery (queued) was not applied last: {out_of_order:?}"
+    );
 }

@@ -13,7 +13,7 @@ use tests::{
         job_payload, spawn_planner, spawn_planner_with, unique_topology, TestPlanner,
         TestPublisher, TopologyGuard, ADMIN_TOKEN,
     },
-    process::Service,
+    process::{start_planner, Build, Running, Service},
     stream::Lines,
     within,
 };
@@ -341,33 +341,20 @@ async fn pressure_needs_a_token_and_a_known_flavor_and_disconnects_release_subsc
     .await;
 }
 
-fn planner_vars<'a>(
-    database_url: &'a str,
-    amqp: &'a str,
-    rabbitmq: &'a str,
-) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("POSTGRESQL_DB_CONNECT_STRING", database_url),
-        ("RABBITMQ_CONNECT_STRING", rabbitmq),
-        ("APP_ADMIN_TOKEN_VALUE", ADMIN_TOKEN),
-        ("APP_AMQP_NAME", amqp),
-        ("APP_PORT", "0"),
-        ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
-    ]
-}
-
-async fn spawn_process(vars: &[(&str, &str)]) -> (Service, String) {
-    let mut service = Service::spawn("planner", &["serve", "--no-migrate"], vars);
-    let port = service
-        .logged_value("event=planner_listening", "port", Duration::from_secs(20))
-        .await;
-    service
-        .wait_for_log("event=consumer_started", Duration::from_secs(20))
-        .await;
+/// A planner process on `database_url` and the AMQP names `amqp`, once its pressure calculator
+/// listens for changes.
+async fn spawn_process(
+    database_url: &str,
+    amqp: &str,
+    extra: &[(&str, &str)],
+) -> (Service, String) {
+    let Running {
+        mut service, url, ..
+    } = start_planner(Build::Debug, database_url, amqp, &["--no-migrate"], extra).await;
     service
         .wait_for_log("event=pressure_listening", Duration::from_secs(20))
         .await;
-    (service, format!("http://127.0.0.1:{port}"))
+    (service, url)
 }
 
 #[actix_web::test]
@@ -375,10 +362,8 @@ async fn a_webhook_through_the_gateway_changes_the_streams_of_two_planner_proces
     let db = TestDb::new();
     let gateway = TestGateway::spawn(Options::default()).await;
     let _queues = TopologyGuard(gateway.topology.clone());
-    let rabbitmq = rabbitmq_url();
-    let vars = planner_vars(db.url(), &gateway.topology.queue, &rabbitmq);
-    let (_a, a) = spawn_process(&vars).await;
-    let (_b, b) = spawn_process(&vars).await;
+    let (_a, a) = spawn_process(db.url(), &gateway.topology.queue, &[]).await;
+    let (_b, b) = spawn_process(db.url(), &gateway.topology.queue, &[]).await;
 
     let client = reqwest::Client::new();
     let created = client
@@ -419,10 +404,8 @@ async fn shutdown_ends_open_streams_without_waiting_for_a_heartbeat() {
     let db = TestDb::new();
     let topology = unique_topology();
     let _queues = TopologyGuard(topology.clone());
-    let rabbitmq = rabbitmq_url();
-    let mut vars = planner_vars(db.url(), &topology.queue, &rabbitmq);
-    vars.push(("APP_STREAM_HEARTBEAT", "1h"));
-    let (service, address) = spawn_process(&vars).await;
+    let (service, address) =
+        spawn_process(db.url(), &topology.queue, &[("APP_STREAM_HEARTBEAT", "1h")]).await;
     let mut ndjson = open_stream(&address, "_", false).await;
     let mut sse = open_stream(&address, "_", true).await;
     assert_eq!(ndjson.next(LIMIT).await.unwrap(), "{}");

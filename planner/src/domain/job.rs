@@ -4,12 +4,11 @@
 //! `waiting` follow arrival order (GitHub sends queued -> waiting -> queued for jobs behind an
 //! environment approval). Descriptive fields come from the most advanced action that carries
 //! them, so any permutation or duplication of a job's deliveries (one per action) ends in the
-//! same state, and every action's raw payload is kept.
+//! same state. (Every action's raw payload is kept beside the state, by the job store.)
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, sync::Arc};
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 /// Status of a job, named as GitHub names the `workflow_job` actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +50,12 @@ impl Status {
     /// Whether a job in this status has not started yet (and may still change flavor).
     pub fn is_not_started(self) -> bool {
         self.rank() == 0
+    }
+
+    /// Whether a job in this status needs a runner (counts towards pressure): `queued` or
+    /// `in_progress`; a `waiting` job waits for an approval, not for a runner.
+    pub fn is_open(self) -> bool {
+        matches!(self, Status::Queued | Status::InProgress)
     }
 }
 
@@ -99,8 +104,8 @@ pub struct JobEvent {
     pub started_at: Option<DateTime<Utc>>,
     /// Only from `completed`.
     pub completed_at: Option<DateTime<Utc>>,
-    /// The raw webhook body.
-    pub payload: Value,
+    /// The raw webhook body (JSON text), kept as it came.
+    pub payload: Arc<str>,
 }
 
 /// The state of a job, as kept in the `job` table (without bookkeeping columns).
@@ -120,15 +125,11 @@ pub struct JobState {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
-    /// Raw payloads by action (`{"queued": {...}, "completed": {...}}`).
-    pub payloads: Value,
 }
 
 impl JobState {
     /// The state of a job first heard of through `event`.
     pub fn new(event: &JobEvent) -> Self {
-        let mut payloads = serde_json::Map::new();
-        payloads.insert(event.action.as_str().to_owned(), event.payload.clone());
         Self {
             platform: event.platform.clone(),
             id: event.id,
@@ -144,7 +145,6 @@ impl JobState {
             created_at: event.created_at,
             started_at: event.started_at,
             completed_at: event.completed_at,
-            payloads: Value::Object(payloads),
         }
     }
 
@@ -177,13 +177,6 @@ impl JobState {
             self.repository.clone_from(&event.repository);
             self.created_at = event.created_at;
         }
-
-        if !self.payloads.is_object() {
-            self.payloads = Value::Object(serde_json::Map::new());
-        }
-        if let Value::Object(payloads) = &mut self.payloads {
-            payloads.insert(event.action.as_str().to_owned(), event.payload.clone());
-        }
     }
 }
 
@@ -214,7 +207,7 @@ mod tests {
             created_at: at(0),
             started_at: started.then(|| at(10)),
             completed_at: completed.then(|| at(20)),
-            payload: serde_json::json!({ "action": action.as_str() }),
+            payload: format!(r#"{{"action":"{}"}}"#, action.as_str()).into(),
         }
     }
 
@@ -244,7 +237,6 @@ mod tests {
         assert_eq!(state.status, Status::Completed);
         assert_eq!(state.conclusion.as_deref(), Some("success"));
         assert_eq!(state.started_at, Some(at(10)));
-        assert_eq!(state.payloads.as_object().unwrap().len(), 3);
     }
 
     #[test]

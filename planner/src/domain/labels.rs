@@ -81,4 +81,49 @@ mod tests {
         assert_eq!(ignored.matching_labels(&labels), ["large"]);
         assert_eq!(ignored.iter().collect::<Vec<_>>(), ["linux", "self-hosted"]);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Never panics; the result is trimmed, lowercased, without empty labels or
+            /// duplicates, keeps first-seen order, and holds every input label once normalised.
+            #[test]
+            fn normalised_labels_are_trimmed_lowercased_and_unique(
+                labels in proptest::collection::vec("[ \t]?(\\PC|[A-Za-z]){0,10}[ \t]?", 0..12),
+            ) {
+                let out = normalize(&labels);
+                let mut seen = BTreeSet::new();
+                for label in &out {
+                    prop_assert!(!label.is_empty());
+                    prop_assert_eq!(label, &label.trim().to_lowercase());
+                    prop_assert!(seen.insert(label.clone()), "duplicate {:?}", label);
+                }
+                let expected: Vec<String> = labels
+                    .iter()
+                    .map(|label| label.trim().to_lowercase())
+                    .filter(|label| !label.is_empty())
+                    .collect();
+                for label in &expected {
+                    prop_assert!(out.contains(label), "{:?} lost", label);
+                }
+                let mut first_seen = expected.clone();
+                let mut kept = BTreeSet::new();
+                first_seen.retain(|label| kept.insert(label.clone()));
+                prop_assert_eq!(&out, &first_seen);
+                prop_assert_eq!(normalize(&out), out, "normalising twice changes nothing");
+            }
+
+            #[test]
+            fn lists_never_panic_and_split_on_every_comma(list in ".{0,64}") {
+                let labels = parse_list(&list);
+                prop_assert!(labels.iter().all(|label| !label.contains(',')));
+                prop_assert!(labels.len() <= list.matches(',').count() + 1);
+            }
+        }
+    }
 }

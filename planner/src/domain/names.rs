@@ -41,4 +41,30 @@ mod tests {
             assert!(validate_name(name).is_err(), "{name}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Never panics; accepts exactly 1-63 of `a-z 0-9 - _ .`, not `_` alone.
+            #[test]
+            fn accepts_exactly_the_documented_names(name in ".{0,80}") {
+                let expected = !name.is_empty()
+                    && name.len() <= MAX_NAME_LEN
+                    && name != "_"
+                    && name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.'));
+                prop_assert_eq!(validate_name(&name).is_ok(), expected, "{:?}", name);
+            }
+
+            #[test]
+            fn every_name_of_the_alphabet_is_accepted(name in "[a-z0-9._-]{1,63}") {
+                prop_assume!(name != "_");
+                prop_assert_eq!(validate_name(&name), Ok(()));
+            }
+        }
+    }
 }

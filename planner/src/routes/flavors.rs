@@ -82,11 +82,16 @@ fn non_negative(field: &str, value: i64) -> Result<i32, ApiError> {
 }
 
 fn labels(labels: &[String]) -> Result<Vec<String>, ApiError> {
-    if let Some(index) = labels.iter().position(|label| label.trim().is_empty()) {
-        return Err(ApiError::field(
-            &format!("labels[{index}]"),
-            "must not be empty",
-        ));
+    for (index, label) in labels.iter().enumerate() {
+        let problem = if label.trim().is_empty() {
+            "must not be empty"
+        } else if label.contains('\0') {
+            // PostgreSQL text cannot hold it.
+            "must not contain U+0000"
+        } else {
+            continue;
+        };
+        return Err(ApiError::field(&format!("labels[{index}]"), problem));
     }
     Ok(normalize(labels))
 }
@@ -116,7 +121,9 @@ pub async fn list(_: Authenticated, state: web::Data<AppState>) -> Result<HttpRe
         (status = 400, description = "Invalid name or body; the error names the field", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 409, description = "A flavor of that name exists", body = ErrorBody),
+        (status = 408, description = "Body not received within APP_REQUEST_TIMEOUT", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -129,7 +136,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
     path_name(&name)?;
-    let body = body.0;
+    let body = body.read().await?;
     validate_name(&body.platform).map_err(|problem| ApiError::field("platform", problem))?;
     let new = NewFlavor {
         name: name.clone(),
@@ -199,7 +206,9 @@ pub async fn get(
         (status = 400, description = "Invalid name or body; the error names the field", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 404, description = "No such flavor", body = ErrorBody),
+        (status = 408, description = "Body not received within APP_REQUEST_TIMEOUT", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -212,7 +221,7 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
     path_name(&name)?;
-    let body = body.0;
+    let body = body.read().await?;
     let changes = FlavorChanges {
         labels: body.labels.as_deref().map(labels).transpose()?,
         priority: body

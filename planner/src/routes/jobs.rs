@@ -15,6 +15,7 @@ use crate::{
     auth::Authenticated,
     domain::{job::Status, names::validate_name},
     error::{ApiError, ErrorBody},
+    extract::QueryParams,
     state::AppState,
 };
 
@@ -51,7 +52,8 @@ pub struct JobBody {
 }
 
 impl JobBody {
-    fn new(job: Job, with_payloads: bool) -> Self {
+    /// The job as the API shows it; `payloads` (action -> raw payload) only for a single job.
+    fn new(job: Job, payloads: Option<serde_json::Value>) -> Self {
         Self {
             platform: job.platform,
             id: job.id,
@@ -69,7 +71,7 @@ impl JobBody {
             job_name: job.job_name,
             runner_name: job.runner_name,
             updated_at: job.updated_at,
-            payloads: with_payloads.then_some(job.payloads),
+            payloads,
         }
     }
 }
@@ -116,6 +118,18 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, i64), ApiError> {
     Ok((DateTime::from_timestamp_micros(micros).ok_or_else(bad)?, id))
 }
 
+/// A repository filter: any text PostgreSQL can compare (it is a bound parameter, compared for
+/// equality), so neither empty nor holding U+0000, which PostgreSQL text cannot.
+fn repository_filter(repository: &str) -> Result<(), ApiError> {
+    if repository.is_empty() || repository.contains('\0') {
+        return Err(ApiError::field(
+            "repository",
+            "must be `owner/name`, not empty, without U+0000",
+        ));
+    }
+    Ok(())
+}
+
 fn platform(platform: &str) -> Result<(), ApiError> {
     validate_name(platform).map_err(|problem| ApiError::field("platform", problem))
 }
@@ -135,15 +149,21 @@ pub async fn list(
     _: Authenticated,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    query: web::Query<JobQuery>,
+    query: QueryParams<JobQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let path = path.into_inner();
     platform(&path)?;
-    let query = query.into_inner();
+    let query = query.get()?;
     if let Some(status) = &query.status {
         status
             .parse::<Status>()
             .map_err(|err| ApiError::field("status", err))?;
+    }
+    if let Some(flavor) = &query.flavor {
+        validate_name(flavor).map_err(|problem| ApiError::field("flavor", problem))?;
+    }
+    if let Some(repository) = &query.repository {
+        repository_filter(repository)?;
     }
     let limit = match &query.limit {
         None => DEFAULT_LIMIT,
@@ -166,7 +186,7 @@ pub async fn list(
     })
     .await?
     .into_iter()
-    .map(|job| JobBody::new(job, false))
+    .map(|job| JobBody::new(job, None))
     .collect::<Vec<_>>();
     let more = jobs.len() as i64 > limit;
     jobs.truncate(limit as usize);
@@ -202,9 +222,18 @@ pub async fn get(
         .map_err(|_| ApiError::field("id", "must be an integer"))?;
     let pool = state.pool.clone();
     let lookup = path_platform.clone();
-    let job = with_conn(pool, move |conn| Ok(queries::get_job(conn, &lookup, id)?)).await?;
-    let job = job.ok_or_else(|| ApiError::NotFound(format!("job {path_platform}/{id}")))?;
-    Ok(HttpResponse::Ok().json(JobBody::new(job, true)))
+    let found = with_conn(pool, move |conn| {
+        let Some(job) = queries::get_job(conn, &lookup, id)? else {
+            return Ok(None);
+        };
+        let payloads = queries::job_payloads(conn, &lookup, id)?;
+        Ok(Some((job, payloads)))
+    })
+    .await?;
+    let (job, payloads) =
+        found.ok_or_else(|| ApiError::NotFound(format!("job {path_platform}/{id}")))?;
+    let payloads = serde_json::Value::Object(payloads.into_iter().collect());
+    Ok(HttpResponse::Ok().json(JobBody::new(job, Some(payloads))))
 }
 
 #[cfg(test)]

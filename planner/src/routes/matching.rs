@@ -10,6 +10,7 @@ use crate::{
     auth::Authenticated,
     domain::{labels::parse_list, matching::missing_labels, names::validate_name, webhook::GITHUB},
     error::{ApiError, ErrorBody},
+    extract::QueryParams,
     state::AppState,
     store,
 };
@@ -65,9 +66,9 @@ pub struct MatchResult {
 pub async fn explain(
     _: Authenticated,
     state: web::Data<AppState>,
-    query: web::Query<MatchQuery>,
+    query: QueryParams<MatchQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
+    let query = query.get()?;
     let platform = query.platform.unwrap_or_else(|| GITHUB.to_owned());
     validate_name(&platform).map_err(|problem| ApiError::field("platform", problem))?;
     let labels = parse_list(&query.labels);

@@ -8,8 +8,11 @@ pub mod openapi;
 pub mod pressure;
 pub mod tokens;
 
+use std::{collections::BTreeMap, sync::LazyLock};
+
 use actix_web::web;
 use diesel::PgConnection;
+use utoipa::OpenApi;
 
 use crate::{
     domain::names::validate_name,
@@ -18,12 +21,9 @@ use crate::{
     store::PgPool,
 };
 
-/// Registers every route.
+/// Registers every route, then for each route path a fallback answering any other method 405.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(MAX_BODY))
-        .app_data(
-            web::QueryConfig::default().error_handler(|err, _| error::query_error(err).into()),
-        )
         .app_data(web::PathConfig::default().error_handler(|err, _| error::path_error(err).into()))
         .service(health::health)
         .service(health::ready)
@@ -39,11 +39,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(jobs::list)
         .service(jobs::get)
         .service(matching::explain)
-        .service(pressure::pressure)
-        .default_service(web::to(not_found));
+        .service(pressure::pressure);
+    for (path, allow) in ALLOWED_METHODS.iter() {
+        let allow = allow.clone();
+        cfg.service(web::resource(path.as_str()).default_service(web::to(move || {
+            let allow = allow.clone();
+            async move { Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed { allow }) }
+        })));
+    }
+    cfg.default_service(web::to(not_found));
 }
 
-/// Anything that is not a route: a JSON 404 like every other error.
+/// Each route path and the methods it has (`GET, POST`), from the OpenAPI document, which is
+/// generated from the handlers themselves: a new handler cannot be left out.
+pub static ALLOWED_METHODS: LazyLock<BTreeMap<String, String>> = LazyLock::new(|| {
+    openapi::ApiDoc::openapi()
+        .paths
+        .paths
+        .into_iter()
+        .map(|(path, item)| {
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ];
+            let allow: Vec<&str> = methods
+                .into_iter()
+                .filter_map(|(method, present)| present.then_some(method))
+                .collect();
+            (path, allow.join(", "))
+        })
+        .collect()
+});
+
+/// Any path that is not a route: a JSON 404 like every other error.
 async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("route".to_owned()))
 }
@@ -64,4 +95,22 @@ where
         work(&mut conn)
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_path_lists_its_methods() {
+        let allowed = &*ALLOWED_METHODS;
+        assert_eq!(allowed["/api/v1/flavors"], "GET");
+        assert_eq!(
+            allowed["/api/v1/flavors/{name}"],
+            "GET, POST, PATCH, DELETE"
+        );
+        assert_eq!(allowed["/api/v1/auth/token/{name}"], "POST, DELETE");
+        assert_eq!(allowed["/health"], "GET");
+        assert!(allowed.values().all(|allow| !allow.is_empty()));
+    }
 }
