@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 
 import ops
 
@@ -13,6 +14,13 @@ import ops
 DURATION_RE = re.compile(r"^(\d+(ms|s|m|h|d))+$")
 
 SECRET_VALUE_KEY = "value"
+
+# The GitHub App options shared by both charms (actors/src/github.rs reads the variables).
+GITHUB_APP_OPTIONS = ("github-app-id", "github-app-installation-id", "github-app-private-key")
+DEFAULT_GITHUB_API_URL = "https://api.github.com"
+GITHUB_APP_ID_RE = re.compile(r"^[A-Za-z0-9]+$")
+# Largest value of an int64 option (Juju's int); ids on GitHub are far below it.
+MAX_ID = (1 << 63) - 1
 
 
 class ConfigError(Exception):
@@ -88,4 +96,86 @@ def duration_option(charm: ops.CharmBase, option: str) -> str:
     value = str(charm.config[option]).strip()
     if not DURATION_RE.match(value):
         raise ConfigError(f"invalid {option} config: {value!r} is not a duration like 30s or 120h")
+    if not any(int(number) for number in re.findall(r"\d+", value)):
+        # The services refuse a zero duration ("must be greater than zero") and would not start.
+        raise ConfigError(f"invalid {option} config: {value!r} must be greater than zero")
     return value
+
+
+def _join(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+
+
+def github_api_url(charm: ops.CharmBase) -> str:
+    """Read ``github-api-url``: an ``http(s)://`` URL with a host (default GitHub's API).
+
+    Args:
+        charm: the charm.
+
+    Returns:
+        the URL, stripped.
+
+    Raises:
+        ConfigError: the value is not an http(s) URL.
+    """
+    value = str(charm.config.get("github-api-url") or "").strip() or DEFAULT_GITHUB_API_URL
+    try:
+        url = urllib.parse.urlsplit(value)
+        valid = url.scheme in ("http", "https") and bool(url.hostname)
+    except ValueError:
+        valid = False
+    if not valid or any(c.isspace() for c in value):
+        raise ConfigError(
+            f"invalid github-api-url config: {value!r} is not an http(s) URL"
+            " such as https://api.github.com"
+        )
+    return value
+
+
+def github_app_env(charm: ops.CharmBase) -> dict[str, str]:
+    """The optional GitHub App environment (``APP_GITHUB_*``), shared by both services.
+
+    The App is configured by three options, set together or not at all: ``github-app-id``
+    (string, letters and digits: the App's id or client id), ``github-app-installation-id``
+    (int, 0 = unset) and ``github-app-private-key`` (a Juju secret id, key ``value`` holding
+    the PEM private key). ``github-api-url`` is always checked but only emitted with the App.
+
+    Args:
+        charm: the charm.
+
+    Returns:
+        ``APP_GITHUB_APP_ID``, ``APP_GITHUB_APP_INSTALLATION_ID``,
+        ``APP_GITHUB_APP_PRIVATE_KEY_VALUE`` and ``APP_GITHUB_API_URL``; empty when the App is
+        not configured.
+
+    Raises:
+        ConfigError: the App is partly configured, or an option is invalid. The message never
+            holds the private key.
+    """
+    api_url = github_api_url(charm)
+    app_id = str(charm.config.get("github-app-id") or "").strip()
+    installation_id = int(charm.config.get("github-app-installation-id") or 0)
+    key_id = str(charm.config.get("github-app-private-key") or "").strip()
+    is_set = dict(
+        zip(GITHUB_APP_OPTIONS, (bool(app_id), installation_id != 0, bool(key_id)), strict=True)
+    )
+    if not any(is_set.values()):
+        return {}
+    missing = [option for option, present in is_set.items() if not present]
+    if missing:
+        raise ConfigError(f"incomplete GitHub App config: missing {_join(missing)}")
+    if not GITHUB_APP_ID_RE.match(app_id):
+        raise ConfigError(
+            f"invalid github-app-id config: {app_id!r} is not an App id or client id"
+            " (letters and digits only)"
+        )
+    installation_id = int_option(charm, "github-app-installation-id", minimum=1, maximum=MAX_ID)
+    private_key = str(read_secret_value(charm, "github-app-private-key", required=True))
+    if "-----BEGIN" not in private_key or "PRIVATE KEY-----" not in private_key:
+        raise ConfigError("github-app-private-key: secret value is not a PEM private key")
+    return {
+        "APP_GITHUB_APP_ID": app_id,
+        "APP_GITHUB_APP_INSTALLATION_ID": str(installation_id),
+        "APP_GITHUB_APP_PRIVATE_KEY_VALUE": private_key,
+        "APP_GITHUB_API_URL": api_url,
+    }

@@ -27,6 +27,7 @@ from runner_common import http, workload
 from runner_common.config import (
     ConfigError,
     duration_option,
+    github_app_env,
     int_option,
     read_secret_value,
 )
@@ -159,8 +160,20 @@ class PlannerCharm(ops.CharmBase):
             "APP_IGNORED_LABELS": ",".join(labels),
             "APP_JOB_MAX_AGE": duration_option(self, "job-max-age"),
             "APP_STREAM_HEARTBEAT": duration_option(self, "stream-heartbeat"),
+            "APP_REQUEST_TIMEOUT": duration_option(self, "request-timeout"),
+            "APP_CONSUMER_PREFETCH": str(
+                int_option(self, "consumer-prefetch", minimum=1, maximum=65535)
+            ),
+            "APP_DB_POOL_SIZE": str(int_option(self, "db-pool-size", minimum=1, maximum=100)),
+            "APP_RECONCILE_AFTER": duration_option(self, "reconcile-after"),
+            "APP_RECONCILE_INTERVAL": duration_option(self, "reconcile-interval"),
+            "APP_RECONCILE_BATCH": str(
+                int_option(self, "reconcile-batch", minimum=1, maximum=1000)
+            ),
             "RUST_LOG": str(self.config["log-level"]).strip() or "info",
         }
+        # Optional: with a GitHub App the planner reconciles stale jobs with GitHub's API.
+        env.update(github_app_env(self))
         env.update(workload.otel_env(workload.tracing_endpoint(self.tracing), metrics_port))
         return env
 

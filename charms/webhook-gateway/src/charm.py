@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import re
 
 import ops
 from charmlibs.interfaces.tracing import TracingEndpointRequirer
 
 from runner_common import http, workload
-from runner_common.config import ConfigError, duration_option, int_option, read_secret_value
+from runner_common.config import (
+    GITHUB_APP_OPTIONS,
+    MAX_ID,
+    ConfigError,
+    duration_option,
+    github_app_env,
+    int_option,
+    read_secret_value,
+)
 from runner_common.ingress import IngressRequirer
 from runner_common.observability import (
     GrafanaDashboardProvider,
@@ -28,6 +37,9 @@ SRC = pathlib.Path(__file__).parent
 CONTAINER = "gateway"
 SERVICE = "gateway"
 COMMAND = "/usr/local/bin/gateway"
+# APP_GITHUB_PATH as gateway/src/redelivery.rs parses it: `org` or `owner/repo`.
+_NAME = r"(?!\.\.?(?:/|$))[A-Za-z0-9_.-]+"
+GITHUB_PATH_RE = re.compile(rf"^{_NAME}(?:/{_NAME})?$")
 
 
 class WebhookGatewayCharm(ops.CharmBase):
@@ -104,12 +116,57 @@ class WebhookGatewayCharm(ops.CharmBase):
                 int_option(self, "max-body-bytes", minimum=1, maximum=1 << 30)
             ),
             "APP_PUBLISH_TIMEOUT": duration_option(self, "publish-timeout"),
+            "APP_MAX_IN_FLIGHT": str(
+                int_option(self, "max-in-flight", minimum=1, maximum=1 << 20)
+            ),
+            "APP_REQUEST_TIMEOUT": duration_option(self, "request-timeout"),
             "RUST_LOG": str(self.config["log-level"]).strip() or "info",
         }
         if previous:
             env["APP_WEBHOOK_SECRET_PREVIOUS_VALUE"] = previous
+        env.update(self._redelivery_environment())
         env.update(workload.otel_env(workload.tracing_endpoint(self.tracing), metrics_port))
         return env
+
+    def _redelivery_environment(self) -> dict[str, str]:
+        """The GitHub App and redelivery variables; empty when neither is configured.
+
+        The gateway uses the GitHub App only to redeliver failed webhooks, so the App,
+        ``github-path`` and ``webhook-id`` are required together (as the gateway requires).
+
+        Returns:
+            environment variables.
+
+        Raises:
+            ConfigError: the App or the hook is partly configured, or a value is invalid.
+        """
+        app_env = github_app_env(self)
+        interval = duration_option(self, "redelivery-interval")
+        path = str(self.config.get("github-path") or "").strip()
+        webhook_id = int(self.config.get("webhook-id") or 0)
+        if not app_env and not path and webhook_id == 0:
+            return {}
+        missing = [
+            name
+            for name, value in (("github-path", path), ("webhook-id", webhook_id))
+            if not value
+        ]
+        if not app_env:
+            missing.append(f"the GitHub App ({', '.join(GITHUB_APP_OPTIONS)})")
+        if missing:
+            raise ConfigError(f"incomplete redelivery config: missing {' and '.join(missing)}")
+        if not GITHUB_PATH_RE.match(path):
+            raise ConfigError(
+                f"invalid github-path config: {path!r} is not an organization (org)"
+                " or a repository (owner/repo)"
+            )
+        webhook_id = int_option(self, "webhook-id", minimum=1, maximum=MAX_ID)
+        return {
+            **app_env,
+            "APP_GITHUB_PATH": path,
+            "APP_WEBHOOK_ID": str(webhook_id),
+            "APP_REDELIVERY_INTERVAL": interval,
+        }
 
     def _publish_relation_data(self) -> None:
         """Data we owe related applications; none of it depends on the workload."""

@@ -18,6 +18,14 @@ from .conftest import ADMIN_TOKEN
 ADMIN = testing.Secret({"value": ADMIN_TOKEN})
 MIGRATE = testing.Exec(["/usr/local/bin/planner", "migrate"])
 DB_URI = "postgresql://planner-user:pw%3Ax@pg-primary.model.svc:5432/planner"
+# Not a real key: the charm only checks the PEM markers, the planner parses the key.
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n"
+APP_KEY = testing.Secret({"value": PEM})
+GITHUB_APP = {
+    "github-app-id": "123456",
+    "github-app-installation-id": 987,
+    "github-app-private-key": APP_KEY.id,
+}
 
 
 def rabbitmq() -> testing.Relation:
@@ -124,10 +132,34 @@ def test_blocked_when_admin_token_not_granted(ctx, planner):
         ({"job-max-age": "5 days"}, "invalid job-max-age config: '5 days' is not a duration"),
         ({"stream-heartbeat": ""}, "invalid stream-heartbeat config: '' is not a duration"),
         ({"metrics-port": 0}, "invalid metrics-port config: 0 not in [1, 65535]"),
+        ({"request-timeout": "soon"}, "invalid request-timeout config: 'soon' is not a duration"),
+        ({"request-timeout": "0ms"}, "invalid request-timeout config: '0ms' must be greater"),
+        ({"consumer-prefetch": 0}, "invalid consumer-prefetch config: 0 not in [1, 65535]"),
+        (
+            {"consumer-prefetch": 65536},
+            "invalid consumer-prefetch config: 65536 not in [1, 65535]",
+        ),
+        ({"db-pool-size": 0}, "invalid db-pool-size config: 0 not in [1, 100]"),
+        ({"db-pool-size": 101}, "invalid db-pool-size config: 101 not in [1, 100]"),
+        ({"reconcile-after": "15"}, "invalid reconcile-after config: '15' is not a duration"),
+        ({"reconcile-interval": "0s"}, "invalid reconcile-interval config: '0s' must be greater"),
+        ({"reconcile-batch": 0}, "invalid reconcile-batch config: 0 not in [1, 1000]"),
+        ({"reconcile-batch": 1001}, "invalid reconcile-batch config: 1001 not in [1, 1000]"),
+        ({"github-api-url": "api.github.com"}, "invalid github-api-url config: 'api.github.com'"),
+        (
+            {**GITHUB_APP, "github-app-id": "app-1"},
+            "invalid github-app-id config: 'app-1' is not an App id or client id",
+        ),
+        (
+            {**GITHUB_APP, "github-app-installation-id": -2},
+            "invalid github-app-installation-id config: -2 not in [1, ",
+        ),
     ],
 )
 def test_blocked_on_invalid_config(ctx, planner, config, message):
-    out = ctx.run(ctx.on.config_changed(), state(planner.port, config=config))
+    out = ctx.run(
+        ctx.on.config_changed(), state(planner.port, config=config, secrets=[ADMIN, APP_KEY])
+    )
     assert out.unit_status.name == "blocked"
     assert out.unit_status.message.startswith(message)
 
@@ -176,12 +208,19 @@ def test_leader_migrates_then_serves(ctx, planner):
         "APP_IGNORED_LABELS": "self-hosted,linux",
         "APP_JOB_MAX_AGE": "120h",
         "APP_STREAM_HEARTBEAT": "30s",
+        "APP_REQUEST_TIMEOUT": "10s",
+        "APP_CONSUMER_PREFETCH": "256",
+        "APP_DB_POOL_SIZE": "10",
+        "APP_RECONCILE_AFTER": "15m",
+        "APP_RECONCILE_INTERVAL": "1m",
+        "APP_RECONCILE_BATCH": "50",
         "OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0",
         "OTEL_EXPORTER_PROMETHEUS_PORT": "9464",
         "POSTGRESQL_DB_CONNECT_STRING": DB_URI,
         "RABBITMQ_CONNECT_STRING": "amqp://planner:rpw@rabbitmq.model.svc:5672/%2F",
         "RUST_LOG": "info",
     }
+    assert not [name for name in env_of(out) if name.startswith("APP_GITHUB_")]
     container = out.get_container("planner")
     assert container.plan.services["planner"].command == "/usr/local/bin/planner serve"
     assert container.service_statuses["planner"] == pebble.ServiceStatus.ACTIVE
@@ -262,9 +301,21 @@ def test_config_reaches_environment(ctx, planner):
         "stream-heartbeat": "1m30s",
         "log-level": "planner=debug",
         "metrics-port": 9100,
+        "request-timeout": "3s",
+        "consumer-prefetch": 64,
+        "db-pool-size": 20,
+        "reconcile-after": "1h",
+        "reconcile-interval": "30s",
+        "reconcile-batch": 200,
     }
     out = ctx.run(ctx.on.config_changed(), state(planner.port, config=config))
     env = env_of(out)
+    assert env["APP_REQUEST_TIMEOUT"] == "3s"
+    assert env["APP_CONSUMER_PREFETCH"] == "64"
+    assert env["APP_DB_POOL_SIZE"] == "20"
+    assert env["APP_RECONCILE_AFTER"] == "1h"
+    assert env["APP_RECONCILE_INTERVAL"] == "30s"
+    assert env["APP_RECONCILE_BATCH"] == "200"
     assert env["APP_IGNORED_LABELS"] == "self-hosted,linux,X64"
     assert env["APP_JOB_MAX_AGE"] == "48h"
     assert env["APP_STREAM_HEARTBEAT"] == "1m30s"
@@ -358,3 +409,78 @@ def test_non_leader_does_not_request_database(ctx, planner):
         ctx.on.relation_joined(pg), state(planner.port, leader=False, relations=[rabbitmq(), pg])
     )
     assert out.get_relation(pg.id).local_app_data == {}
+
+
+def test_github_app_reaches_environment(ctx, planner):
+    config = {**GITHUB_APP, "github-api-url": "https://ghe.example.com/api/v3/"}
+    out = ctx.run(
+        ctx.on.config_changed(), state(planner.port, config=config, secrets=[ADMIN, APP_KEY])
+    )
+    assert out.unit_status == testing.ActiveStatus()
+    assert {k: v for k, v in env_of(out).items() if k.startswith("APP_GITHUB_")} == {
+        "APP_GITHUB_APP_ID": "123456",
+        "APP_GITHUB_APP_INSTALLATION_ID": "987",
+        "APP_GITHUB_APP_PRIVATE_KEY_VALUE": PEM,
+        "APP_GITHUB_API_URL": "https://ghe.example.com/api/v3/",
+    }
+    # The migration gets the same environment.
+    migrate_env = ctx.exec_history["planner"][0].environment
+    assert migrate_env["APP_GITHUB_APP_PRIVATE_KEY_VALUE"] == PEM
+
+
+def test_github_api_url_alone_is_not_emitted(ctx, planner):
+    config = {"github-api-url": "https://ghe.example.com/api/v3"}
+    out = ctx.run(ctx.on.config_changed(), state(planner.port, config=config))
+    assert out.unit_status == testing.ActiveStatus()
+    assert not [name for name in env_of(out) if name.startswith("APP_GITHUB_")]
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"github-app-id": "123456"},
+            "incomplete GitHub App config: missing github-app-installation-id"
+            " and github-app-private-key",
+        ),
+        (
+            {"github-app-installation-id": 987},
+            "incomplete GitHub App config: missing github-app-id and github-app-private-key",
+        ),
+        (
+            {"github-app-id": "123456", "github-app-installation-id": 987},
+            "incomplete GitHub App config: missing github-app-private-key",
+        ),
+        (
+            {"github-app-installation-id": 987, "github-app-private-key": APP_KEY.id},
+            "incomplete GitHub App config: missing github-app-id",
+        ),
+    ],
+)
+def test_blocked_on_partial_github_app(ctx, planner, config, message):
+    out = ctx.run(
+        ctx.on.config_changed(), state(planner.port, config=config, secrets=[ADMIN, APP_KEY])
+    )
+    assert out.unit_status == testing.BlockedStatus(message)
+    assert out.get_container("planner").plan.services == {}
+
+
+def test_blocked_on_unusable_private_key(ctx, planner):
+    out = ctx.run(ctx.on.config_changed(), state(planner.port, config=GITHUB_APP))
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith(
+        "github-app-private-key: secret not found or not granted"
+    )
+    empty = testing.Secret({"key": PEM})
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(
+            planner.port,
+            config={**GITHUB_APP, "github-app-private-key": empty.id},
+            secrets=[ADMIN, empty],
+        ),
+    )
+    assert out.unit_status == testing.BlockedStatus(
+        "github-app-private-key: secret has no 'value' key"
+    )
+    assert "PRIVATE KEY" not in out.unit_status.message

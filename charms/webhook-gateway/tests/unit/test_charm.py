@@ -16,6 +16,15 @@ from charm import WebhookGatewayCharm
 
 SECRET = testing.Secret({"value": "s3cret"})
 PREVIOUS = testing.Secret({"value": "old-s3cret"})
+# Not a real key: the charm only checks the PEM markers, the gateway parses the key.
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIBfake\n-----END RSA PRIVATE KEY-----\n"
+APP_KEY = testing.Secret({"value": PEM})
+GITHUB_APP = {
+    "github-app-id": "Iv1abc123",
+    "github-app-installation-id": 4242,
+    "github-app-private-key": APP_KEY.id,
+}
+REDELIVERY = {"github-path": "octo-org/hooks.repo", "webhook-id": 77}
 
 
 def rabbitmq_k8s(**kwargs) -> testing.Relation:
@@ -103,6 +112,22 @@ def test_blocked_when_secret_has_no_value_key(ctx, gateway):
         ({"publish-timeout": "soon"}, "invalid publish-timeout config: 'soon' is not a duration"),
         ({"metrics-port": "same"}, "metrics-port must differ from port"),
         ({"port": 70000}, "invalid port config: 70000 not in [1, 65535]"),
+        ({"max-in-flight": 0}, "invalid max-in-flight config: 0 not in [1, 1048576]"),
+        ({"max-in-flight": 1 << 21}, "invalid max-in-flight config: 2097152 not in [1, 1048576]"),
+        ({"request-timeout": "10"}, "invalid request-timeout config: '10' is not a duration"),
+        (
+            {"request-timeout": "0s"},
+            "invalid request-timeout config: '0s' must be greater than zero",
+        ),
+        (
+            {"redelivery-interval": "10 minutes"},
+            "invalid redelivery-interval config: '10 minutes' is not a duration",
+        ),
+        (
+            {"github-api-url": "ftp://github.example"},
+            "invalid github-api-url config: 'ftp://github.example' is not an http(s) URL",
+        ),
+        ({"github-api-url": "https://"}, "invalid github-api-url config: 'https://'"),
     ],
 )
 def test_blocked_on_invalid_config(ctx, gateway, config, message):
@@ -140,12 +165,15 @@ def test_active_with_full_environment(ctx, gateway):
         "APP_PORT": str(gateway.port),
         "APP_MAX_BODY_BYTES": "1048576",
         "APP_PUBLISH_TIMEOUT": "5s",
+        "APP_MAX_IN_FLIGHT": "1024",
+        "APP_REQUEST_TIMEOUT": "10s",
         "APP_WEBHOOK_SECRET_VALUE": "s3cret",
         "OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0",
         "OTEL_EXPORTER_PROMETHEUS_PORT": "9464",
         "RABBITMQ_CONNECT_STRING": "amqp://webhook-gateway:p%40ss%2Fword@rabbitmq.model.svc:5672/%2F",
         "RUST_LOG": "info",
     }
+    assert not [name for name in env_of(out) if name.startswith("APP_GITHUB_")]
     container = out.get_container("gateway")
     assert container.plan.services["gateway"].command == "/usr/local/bin/gateway"
     assert container.service_statuses["gateway"] == pebble.ServiceStatus.ACTIVE
@@ -163,6 +191,8 @@ def test_config_options_reach_the_environment(ctx, gateway):
         "metrics-port": 9000,
         "log-level": "gateway=debug",
         "previous-webhook-secret": PREVIOUS.id,
+        "max-in-flight": 64,
+        "request-timeout": "1500ms",
     }
     out = ctx.run(
         ctx.on.config_changed(),
@@ -174,6 +204,8 @@ def test_config_options_reach_the_environment(ctx, gateway):
     assert env["OTEL_EXPORTER_PROMETHEUS_PORT"] == "9000"
     assert env["RUST_LOG"] == "gateway=debug"
     assert env["APP_WEBHOOK_SECRET_PREVIOUS_VALUE"] == "old-s3cret"
+    assert env["APP_MAX_IN_FLIGHT"] == "64"
+    assert env["APP_REQUEST_TIMEOUT"] == "1500ms"
     assert out.unit_status == testing.ActiveStatus("")
 
 
@@ -372,3 +404,186 @@ def test_ready_check_events_refresh_status(ctx, gateway):
     gateway.ready_status = 200
     out = ctx.run(ctx.on.pebble_check_recovered(out.get_container("gateway"), check), out)
     assert out.unit_status == testing.ActiveStatus("")
+
+
+def test_redelivery_environment_with_github_app(ctx, gateway):
+    config = {
+        **GITHUB_APP,
+        **REDELIVERY,
+        "github-api-url": "https://ghe.example.com/api/v3",
+        "redelivery-interval": "5m",
+    }
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(gateway.port, config=config, relations=[rabbitmq_k8s()], secrets=[SECRET, APP_KEY]),
+    )
+    assert out.unit_status == testing.ActiveStatus("")
+    env = env_of(out)
+    assert {k: v for k, v in env.items() if k.startswith(("APP_GITHUB", "APP_WEBHOOK_ID"))} == {
+        "APP_GITHUB_APP_ID": "Iv1abc123",
+        "APP_GITHUB_APP_INSTALLATION_ID": "4242",
+        "APP_GITHUB_APP_PRIVATE_KEY_VALUE": PEM,
+        "APP_GITHUB_API_URL": "https://ghe.example.com/api/v3",
+        "APP_GITHUB_PATH": "octo-org/hooks.repo",
+        "APP_WEBHOOK_ID": "77",
+    }
+    assert env["APP_REDELIVERY_INTERVAL"] == "5m"
+
+
+def test_redelivery_defaults(ctx, gateway):
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(
+            gateway.port,
+            config={**GITHUB_APP, "github-path": "octo-org", "webhook-id": 1},
+            relations=[rabbitmq_k8s()],
+            secrets=[SECRET, APP_KEY],
+        ),
+    )
+    env = env_of(out)
+    assert env["APP_GITHUB_PATH"] == "octo-org"
+    assert env["APP_GITHUB_API_URL"] == "https://api.github.com"
+    assert env["APP_REDELIVERY_INTERVAL"] == "600s"
+
+
+def test_redelivery_interval_only_with_redelivery(ctx, gateway):
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(gateway.port, config={"redelivery-interval": "5m"}, relations=[rabbitmq_k8s()]),
+    )
+    assert out.unit_status == testing.ActiveStatus("")
+    assert "APP_REDELIVERY_INTERVAL" not in env_of(out)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"github-app-id": "123"},
+            "incomplete GitHub App config: missing github-app-installation-id"
+            " and github-app-private-key",
+        ),
+        (
+            {"github-app-installation-id": 5, "github-app-private-key": APP_KEY.id},
+            "incomplete GitHub App config: missing github-app-id",
+        ),
+        (
+            {"github-app-id": "123", "github-app-private-key": APP_KEY.id},
+            "incomplete GitHub App config: missing github-app-installation-id",
+        ),
+        (
+            {"github-app-private-key": APP_KEY.id},
+            "incomplete GitHub App config: missing github-app-id and github-app-installation-id",
+        ),
+    ],
+)
+def test_blocked_on_partial_github_app(ctx, gateway, config, message):
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(
+            gateway.port,
+            config={**config, **REDELIVERY},
+            relations=[rabbitmq_k8s()],
+            secrets=[SECRET, APP_KEY],
+        ),
+    )
+    assert out.unit_status == testing.BlockedStatus(message)
+    assert out.get_container("gateway").plan.services == {}
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            REDELIVERY,
+            "incomplete redelivery config: missing the GitHub App"
+            " (github-app-id, github-app-installation-id, github-app-private-key)",
+        ),
+        (
+            {"github-path": "octo-org", "webhook-id": 0},
+            "incomplete redelivery config: missing webhook-id and the GitHub App"
+            " (github-app-id, github-app-installation-id, github-app-private-key)",
+        ),
+        (
+            {**GITHUB_APP, "github-path": "octo"},
+            "incomplete redelivery config: missing webhook-id",
+        ),
+        ({**GITHUB_APP, "webhook-id": 9}, "incomplete redelivery config: missing github-path"),
+        # The gateway uses the App only for redelivery and refuses it without the hook.
+        (GITHUB_APP, "incomplete redelivery config: missing github-path and webhook-id"),
+        (
+            {**GITHUB_APP, **REDELIVERY, "github-path": "a/b/c"},
+            "invalid github-path config: 'a/b/c' is not an organization (org)"
+            " or a repository (owner/repo)",
+        ),
+        (
+            {**GITHUB_APP, **REDELIVERY, "github-path": "../etc"},
+            "invalid github-path config: '../etc'",
+        ),
+        (
+            {**GITHUB_APP, **REDELIVERY, "webhook-id": -3},
+            "invalid webhook-id config: -3 not in [1, ",
+        ),
+        (
+            {**GITHUB_APP, **REDELIVERY, "github-app-id": "12 3"},
+            "invalid github-app-id config: '12 3' is not an App id or client id",
+        ),
+        (
+            {**GITHUB_APP, **REDELIVERY, "github-app-installation-id": -1},
+            "invalid github-app-installation-id config: -1 not in [1, ",
+        ),
+        (
+            {**GITHUB_APP, **REDELIVERY, "redelivery-interval": "0m"},
+            "invalid redelivery-interval config: '0m' must be greater than zero",
+        ),
+    ],
+)
+def test_blocked_on_invalid_redelivery(ctx, gateway, config, message):
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(gateway.port, config=config, relations=[rabbitmq_k8s()], secrets=[SECRET, APP_KEY]),
+    )
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith(message)
+    assert out.get_container("gateway").plan.services == {}
+
+
+def test_blocked_when_private_key_not_granted(ctx, gateway):
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(gateway.port, config={**GITHUB_APP, **REDELIVERY}, relations=[rabbitmq_k8s()]),
+    )
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith(
+        "github-app-private-key: secret not found or not granted"
+    )
+
+
+def test_private_key_that_is_not_pem_is_not_shown(ctx, gateway):
+    bad = testing.Secret({"value": "hunter2-not-a-key"})
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(
+            gateway.port,
+            config={**GITHUB_APP, **REDELIVERY, "github-app-private-key": bad.id},
+            relations=[rabbitmq_k8s()],
+            secrets=[SECRET, bad],
+        ),
+    )
+    assert out.unit_status == testing.BlockedStatus(
+        "github-app-private-key: secret value is not a PEM private key"
+    )
+    assert "hunter2" not in out.unit_status.message
+
+
+def test_private_key_rotation_updates_environment(ctx, gateway):
+    new = PEM.replace("MIIBfake", "MIIBnew")
+    key = testing.Secret({"value": PEM}, latest_content={"value": new})
+    st = state(
+        gateway.port,
+        config={**GITHUB_APP, **REDELIVERY, "github-app-private-key": key.id},
+        relations=[rabbitmq_k8s()],
+        secrets=[SECRET, key],
+    )
+    out = ctx.run(ctx.on.secret_changed(key), st)
+    assert env_of(out)["APP_GITHUB_APP_PRIVATE_KEY_VALUE"] == new
