@@ -1,11 +1,11 @@
-//! `planner serve [--no-migrate]` | `planner migrate`.
+//! `planner serve [--no-migrate]` | `planner migrate` | `planner recount`.
 
 use actors::telemetry::{init_logging, Tracing};
 use anyhow::{bail, Context};
 use planner::{config::Config, startup::Application, store};
 
 fn usage() -> &'static str {
-    "usage: planner serve [--no-migrate] | planner migrate"
+    "usage: planner serve [--no-migrate] | planner migrate | planner recount"
 }
 
 #[actix_web::main]
@@ -45,16 +45,38 @@ async fn run() -> anyhow::Result<()> {
             result?;
         }
         ["migrate"] => {
-            let url = std::env::var("POSTGRESQL_DB_CONNECT_STRING")
-                .context("environment variable POSTGRESQL_DB_CONNECT_STRING is required")?;
-            let pool = store::build_pool(&url, 1, store::CHECKOUT_TIMEOUT);
+            let pool = one_connection_pool()?;
             let applied = actix_web::web::block(move || planner::startup::migrate(&pool)).await??;
             log::info!(
                 "event=migrations_applied count={} versions={applied:?}",
                 applied.len()
             );
         }
+        ["recount"] => {
+            let pool = one_connection_pool()?;
+            let corrections =
+                actix_web::web::block(move || planner::startup::recount(&pool)).await??;
+            for fix in &corrections {
+                log::warn!(
+                    "event=open_jobs_recounted flavor={} counted={} actual={}",
+                    fix.flavor,
+                    fix.counted,
+                    fix.actual
+                );
+            }
+            log::info!(
+                "event=open_jobs_recount_done corrected_flavors={}",
+                corrections.len()
+            );
+        }
         _ => bail!(usage()),
     }
     Ok(())
+}
+
+/// A pool of one connection to `POSTGRESQL_DB_CONNECT_STRING`, for the one-off commands.
+fn one_connection_pool() -> anyhow::Result<store::PgPool> {
+    let url = std::env::var("POSTGRESQL_DB_CONNECT_STRING")
+        .context("environment variable POSTGRESQL_DB_CONNECT_STRING is required")?;
+    Ok(store::build_pool(&url, 1, store::CHECKOUT_TIMEOUT))
 }

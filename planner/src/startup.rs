@@ -45,6 +45,13 @@ pub fn migrate(pool: &PgPool) -> anyhow::Result<Vec<String>> {
     schema::run_migrations(&mut conn).map_err(|err| anyhow::anyhow!("migrations failed: {err}"))
 }
 
+/// Rebuilds the open-job counts behind pressure from the `job` table (`planner recount`);
+/// returns the flavors whose count was wrong. See [`schema::queries::recount_open_jobs`].
+pub fn recount(pool: &PgPool) -> anyhow::Result<Vec<schema::queries::CountCorrection>> {
+    let mut conn = pool.get()?;
+    Ok(schema::queries::recount_open_jobs(&mut conn)?)
+}
+
 impl Application {
     /// Builds the planner. Must run inside an actix system (`#[actix_web::main]`, tests'
     /// `#[actix_web::test]`).

@@ -229,6 +229,68 @@ pub fn compact_open_job_deltas(conn: &mut PgConnection) -> QueryResult<usize> {
     .map(|removed| usize::try_from(removed.n).unwrap_or(0))
 }
 
+/// One flavor whose open-job count [`recount_open_jobs`] corrected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountCorrection {
+    pub flavor: String,
+    /// What the counts said before.
+    pub counted: i64,
+    /// What the `job` table says.
+    pub actual: i64,
+}
+
+/// Rebuilds `job_open_delta` from the `job` table, for when the counts can no longer be
+/// trusted (jobs written with triggers disabled, a restored dump): one row per flavor with open
+/// jobs. Runs in a transaction of its own holding `SHARE ROW EXCLUSIVE` on `job_open_delta`:
+/// it waits for every transaction that has written counts (job writers, whose triggers write
+/// them at the end of each statement, and compactions) and holds off new ones until it commits,
+/// so the recount sees exactly the committed jobs and no count lands beside it; readers go on,
+/// and writers wait only at their trigger. It takes no lock on `job` (writers take `job` first,
+/// then the counts), so it cannot deadlock with them. Notifies `planner_changes`, so every
+/// planner recomputes pressure. Returns the flavors whose count was wrong, by name.
+pub fn recount_open_jobs(conn: &mut PgConnection) -> QueryResult<Vec<CountCorrection>> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = Text)]
+        flavor: String,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    conn.transaction(|conn| {
+        diesel::sql_query("LOCK TABLE job_open_delta IN SHARE ROW EXCLUSIVE MODE").execute(conn)?;
+        let counted: Vec<Count> = diesel::sql_query(
+            "SELECT flavor, sum(delta)::bigint AS n FROM job_open_delta GROUP BY flavor",
+        )
+        .load(conn)?;
+        diesel::sql_query("DELETE FROM job_open_delta").execute(conn)?;
+        let actual: Vec<Count> = diesel::sql_query(
+            "INSERT INTO job_open_delta (flavor, delta) \
+             SELECT assigned_flavor, count(*) FROM job \
+             WHERE status IN ('queued', 'in_progress') AND assigned_flavor IS NOT NULL \
+             GROUP BY assigned_flavor \
+             RETURNING flavor, delta AS n",
+        )
+        .load(conn)?;
+        diesel::sql_query("SELECT pg_notify('planner_changes', 'job_open_delta')").execute(conn)?;
+        let mut counts = std::collections::BTreeMap::<String, (i64, i64)>::new();
+        for count in counted {
+            counts.entry(count.flavor).or_default().0 = count.n;
+        }
+        for count in actual {
+            counts.entry(count.flavor).or_default().1 = count.n;
+        }
+        Ok(counts
+            .into_iter()
+            .filter(|(_, (counted, actual))| counted != actual)
+            .map(|(flavor, (counted, actual))| CountCorrection {
+                flavor,
+                counted,
+                actual,
+            })
+            .collect())
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Jobs
 
