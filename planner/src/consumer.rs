@@ -510,7 +510,8 @@ impl BusyJobs {
 pub const BATCHES_IN_FLIGHT: usize = 2;
 
 /// The most deliveries one transaction applies, whatever the prefetch: a transaction takes an
-/// advisory lock per job, and PostgreSQL's shared lock table holds 64 per connection by default.
+/// advisory lock per job, and PostgreSQL's shared lock table holds `max_locks_per_transaction`
+/// (64 by default) times `max_connections` locks for all sessions together.
 pub const MAX_BATCH: usize = 256;
 
 /// The largest batch (one transaction) for a prefetch: half of it, so that a second batch can

@@ -352,6 +352,30 @@ async fn database_cut_mid_stream_loses_nothing() {
     assert!(publisher.drain_dead_letters().await.is_empty());
 }
 
+/// A body holding a number that serde_json reads but `jsonb` cannot hold (`1e-20000`: more
+/// digits after the point than PostgreSQL's `numeric` keeps) is applied at once, its payload
+/// stored as read (the number as 0), not refused by the database with its batch.
+#[actix_web::test]
+async fn numbers_jsonb_cannot_hold_are_stored_as_read() {
+    let planner = spawn_planner().await;
+    let publisher = TestPublisher::connect(&planner.topology).await;
+    let mut odd = job_payload("queued.1", 1, "queued", &SELF_HOSTED).to_string();
+    odd.insert_str(1, r#""extra": [1e-20000, 1.5e-16383], "#);
+    publisher
+        .publish_raw(odd.as_bytes(), Some("workflow_job"), Some("odd"))
+        .await;
+    publisher
+        .publish(&job_payload("queued.1", 2, "queued", &SELF_HOSTED), "plain")
+        .await;
+    planner.settled(2).await;
+    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 2);
+    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 0);
+    let job = planner.job(1).await.expect("job stored");
+    assert_eq!(job["payloads"]["queued"]["extra"], json!([0.0, 0.0]));
+    assert!(planner.job(2).await.is_some());
+    assert!(publisher.drain_dead_letters().await.is_empty());
+}
+
 /// A delivery the database keeps refusing while it answers (here: a trigger) is dead-lettered
 /// after a few attempts; the deliveries around it (in its batch or not) are applied.
 #[actix_web::test]

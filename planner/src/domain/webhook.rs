@@ -62,8 +62,10 @@ pub fn classify(headers: &Headers, body: &[u8]) -> Result<Classified, Poison> {
         Ok(FromObject(outline)) => {
             // The outline skipped what it does not read without looking into it (escapes,
             // numbers, nesting): read all of it as the general case would, without building
-            // it, so that what PostgreSQL would refuse (a lone surrogate, a number out of
-            // range, nesting deeper than 128) is refused here too.
+            // it, so that what the general case refuses (a lone surrogate, a number out of
+            // f64's range, nesting deeper than 128) is refused here too. What serde_json reads
+            // but `jsonb` cannot hold is handled when the event is built (U+0000: poison; a
+            // number beyond `numeric`'s scale: stored as read).
             serde_json::from_slice::<Checked>(body)
                 .map_err(|err| Poison::InvalidJson(err.to_string()))?;
             outline
@@ -160,10 +162,7 @@ fn decide(
         } else {
             None
         },
-        // Valid JSON is valid UTF-8; kept as it came, PostgreSQL parses it into `jsonb`.
-        payload: std::str::from_utf8(body)
-            .map_err(|err| Poison::InvalidJson(err.to_string()))?
-            .into(),
+        payload: stored_payload(body)?,
     };
     Ok(Classified::Apply {
         delivery,
@@ -351,6 +350,95 @@ fn timestamp(value: Option<&Value>, field: &'static str) -> Result<Option<DateTi
     }
 }
 
+/// The payload to store for `body` (valid JSON): the body as it came, which PostgreSQL parses
+/// into `jsonb`, unless it holds a number that `jsonb` cannot (see
+/// [`overflows_numeric_scale`]): then what serde_json read of it, so the delivery is applied
+/// (the number as the nearest float, usually 0) rather than refused by the database.
+fn stored_payload(body: &[u8]) -> Result<std::sync::Arc<str>, Poison> {
+    if overflows_numeric_scale(body) {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|err| Poison::InvalidJson(err.to_string()))?;
+        return Ok(value.to_string().into());
+    }
+    // Valid JSON is valid UTF-8.
+    Ok(std::str::from_utf8(body)
+        .map_err(|err| Poison::InvalidJson(err.to_string()))?
+        .into())
+}
+
+/// The most digits after the decimal point of PostgreSQL's `numeric`, which holds the numbers
+/// of `jsonb`.
+const NUMERIC_MAX_SCALE: u64 = 16_383;
+
+/// Whether valid JSON text holds a number with more digits after the decimal point than
+/// PostgreSQL's `numeric` keeps: `1e-16384`, `1.5e-16383`, or 16,384 written digits of
+/// fraction. serde_json reads such a number (as 0 or the nearest float); `jsonb` refuses it
+/// ("value overflows numeric format"). The scale is counted as PostgreSQL does: the fraction's
+/// digits as written (trailing zeros included) minus the exponent.
+fn overflows_numeric_scale(json: &[u8]) -> bool {
+    // Such a number has a negative exponent or is longer than the limit: most bodies have
+    // neither, and are not read further.
+    let negative_exponent = [b"e-", b"E-"]
+        .iter()
+        .any(|needle| memchr::memmem::find(json, *needle).is_some());
+    if !negative_exponent && json.len() <= NUMERIC_MAX_SCALE as usize {
+        return false;
+    }
+    let digits = |from: usize| {
+        json[from.min(json.len())..]
+            .iter()
+            .take_while(|byte| byte.is_ascii_digit())
+            .count()
+    };
+    let mut at = 0;
+    while at < json.len() {
+        match json[at] {
+            b'"' => {
+                // A string (valid JSON: it ends): skip it, escapes included.
+                at += 1;
+                while at < json.len() && json[at] != b'"' {
+                    at += if json[at] == b'\\' { 2 } else { 1 };
+                }
+                at += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                at += usize::from(json[at] == b'-');
+                at += digits(at);
+                let mut fraction = 0u64;
+                if json.get(at) == Some(&b'.') {
+                    let count = digits(at + 1);
+                    fraction = count as u64;
+                    at += 1 + count;
+                }
+                let mut exponent = 0i64;
+                if matches!(json.get(at), Some(b'e' | b'E')) {
+                    at += 1;
+                    let negative = json.get(at) == Some(&b'-');
+                    at += usize::from(matches!(json.get(at), Some(b'-' | b'+')));
+                    let count = digits(at);
+                    exponent = json[at..at + count].iter().fold(0i64, |value, digit| {
+                        value
+                            .saturating_mul(10)
+                            .saturating_add(i64::from(digit - b'0'))
+                    });
+                    if negative {
+                        exponent = -exponent;
+                    }
+                    at += count;
+                }
+                let scale = i64::try_from(fraction)
+                    .unwrap_or(i64::MAX)
+                    .saturating_sub(exponent);
+                if scale > NUMERIC_MAX_SCALE as i64 {
+                    return true;
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    false
+}
+
 /// Whether JSON text holds U+0000 in a string or a key. JSON can only write it as the escape
 /// `\u0000` (a raw control character is not JSON), so the escapes are read in order: `\\`
 /// followed by `u0000` is an escaped backslash, not U+0000.
@@ -446,6 +534,58 @@ mod tests {
             classify_value(&body),
             Ok(Classified::Discard("workflow_job action not handled"))
         );
+    }
+
+    /// The limits as PostgreSQL 15 applies them (`'<number>'::jsonb`, checked by hand and by
+    /// the consumer test `numbers_jsonb_cannot_hold_are_stored_as_read`).
+    #[test]
+    fn a_scale_beyond_numeric_s_is_found_outside_strings_only() {
+        for (json, overflows) in [
+            ("1e-16383", false),
+            ("1e-16384", true),
+            ("-1E-16384", true),
+            ("1.5e-16382", false),
+            ("1.5e-16383", true),
+            ("1.0e-16383", true),
+            ("100e-16385", true),
+            ("1e-0016384", true),
+            ("1e-99999999999999999999999999", true),
+            ("1e+16384", false),
+            ("[0.5, 1e-400, {\"a\": 2.5e-3}]", false),
+            ("{\"note\": \"1e-16384\", \"x\": 1}", false),
+            ("{\"a\\\"1e-99999\": 1}", false),
+            ("{\"a\": [true, 1e-16384]}", true),
+        ] {
+            assert_eq!(
+                overflows_numeric_scale(json.as_bytes()),
+                overflows,
+                "{json}"
+            );
+        }
+        let digits = |count| format!("[0.{}]", "1".repeat(count));
+        assert!(!overflows_numeric_scale(digits(16_383).as_bytes()));
+        assert!(overflows_numeric_scale(digits(16_384).as_bytes()));
+        let long_string = format!("{{\"a\": \"{}\", \"b\": 0.5}}", "e".repeat(20_000));
+        assert!(!overflows_numeric_scale(long_string.as_bytes()));
+    }
+
+    #[test]
+    fn a_body_with_a_number_jsonb_cannot_hold_is_stored_as_serde_reads_it() {
+        let body = self_hosted(fixture("queued.1"));
+        let mut text = serde_json::to_string(&body).unwrap();
+        text.insert_str(1, r#""extra": 1e-20000, "#);
+        let Ok(Classified::Apply { event, .. }) = classify(&headers(), text.as_bytes()) else {
+            panic!("not applied");
+        };
+        let stored: Value = serde_json::from_str(&event.payload).unwrap();
+        assert_eq!(stored["extra"], serde_json::json!(0.0));
+        assert!(!event.payload.contains("e-20000"));
+        // Bodies without such numbers are kept byte for byte.
+        let plain = serde_json::to_string(&body).unwrap();
+        let Ok(Classified::Apply { event, .. }) = classify(&headers(), plain.as_bytes()) else {
+            panic!("not applied");
+        };
+        assert_eq!(&*event.payload, plain);
     }
 
     #[test]
@@ -803,8 +943,13 @@ mod properties {
             let created = DateTime::parse_from_rfc3339(job["created_at"].as_str().unwrap_or(""))
                 .map(|at| at.with_timezone(&Utc));
             prop_assert_eq!(Ok(event.created_at), created);
-            // The body is kept exactly as it came.
-            prop_assert_eq!(event.payload.as_bytes(), body);
+            // The body is kept exactly as it came, unless jsonb cannot hold one of its numbers.
+            if overflows_numeric_scale(body) {
+                let stored = serde_json::from_str::<Value>(&event.payload).ok();
+                prop_assert_eq!(stored.as_ref(), Some(&value));
+            } else {
+                prop_assert_eq!(event.payload.as_bytes(), body);
+            }
             prop_assert_eq!(event.platform.as_str(), GITHUB);
         }
         Ok(())
@@ -818,6 +963,7 @@ mod properties {
             headers in any_headers(),
             body in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
+            overflows_numeric_scale(&body);
             check(&headers, &body)?;
         }
 
