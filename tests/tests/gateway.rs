@@ -463,6 +463,12 @@ async fn sigterm_finishes_in_flight_publishes_and_exits_zero() {
         .unwrap()
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // The publisher stopped once, for good: its supervisor does not bring it back (the log
+    // is read in order, so a restart would show before the gateway's last line).
+    service.wait_for_log("event=gateway_stopped", WAIT).await;
+    let log = service.log();
+    assert!(log.contains("event=amqp_publisher_stopped"), "{log}");
+    assert!(!log.contains("event=amqp_publisher_restarting"), "{log}");
     let status = service.wait(WAIT).await;
     assert_eq!(status.code(), Some(0));
     let message = queue.next(WAIT).await;

@@ -267,6 +267,11 @@ impl Actor for Publisher {
 
 impl Supervised for Publisher {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
+        // After a shutdown the supervisor restarts the actor while addresses to it remain; it
+        // stays stopped (`Connect` does nothing once stopping): nothing to report or reset.
+        if self.stopping {
+            return;
+        }
         log::warn!(
             "event=amqp_publisher_restarting connection={}",
             self.config.connection_name
