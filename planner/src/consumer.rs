@@ -423,16 +423,14 @@ async fn consume(
     let mut in_flight = FuturesUnordered::new();
     let mut busy = BusyJobs::default();
     loop {
+        // The next delivery once a transaction can start (until then they gather, to make the
+        // next batch larger), settling the batches that finish meanwhile.
         let first = loop {
-            if in_flight.len() >= BATCHES_IN_FLIGHT {
-                if let Some(done) = in_flight.next().await {
-                    busy.release(done?);
-                }
-                continue;
-            }
             tokio::select! {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => busy.release(done?),
-                delivery = deliveries.next() => break delivery,
+                delivery = deliveries.next(), if in_flight.len() < BATCHES_IN_FLIGHT => {
+                    break delivery;
+                }
             }
         };
         let Some(first) = first else { break };

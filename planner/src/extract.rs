@@ -168,31 +168,13 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
         .map_err(query_error)
 }
 
-/// Whether `text` is UTF-8 after `+` and `%XX` decoding (a `%` not followed by two hex digits
-/// stays as it is, as form decoding does).
+/// Whether `text` is UTF-8 after `%XX` decoding (a `%` not followed by two hex digits stays as
+/// it is, as form decoding does; `+`, which form decoding turns into a space, cannot make it
+/// invalid).
 fn percent_decodes_to_utf8(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |at: usize| {
-            bytes
-                .get(at)
-                .and_then(|b| char::from(*b).to_digit(16))
-                .map(|d| d as u8)
-        };
-        match (bytes[i], hex(i + 1), hex(i + 2)) {
-            (b'%', Some(high), Some(low)) => {
-                decoded.push(high << 4 | low);
-                i += 3;
-            }
-            (byte, _, _) => {
-                decoded.push(byte);
-                i += 1;
-            }
-        }
-    }
-    std::str::from_utf8(&decoded).is_ok()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .is_ok()
 }
 
 #[cfg(test)]

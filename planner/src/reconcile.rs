@@ -209,10 +209,11 @@ pub fn complete(
     event: JobEvent,
 ) -> QueryResult<bool> {
     conn.transaction(|conn| {
-        // The same lock order as a webhook: flavor lock shared, the job's turn, then its row.
+        // The same lock order as a webhook: flavor lock shared, then the job's turn, which
+        // every writer of the job takes: the row read here stays as it is until the commit.
         queries::lock_flavors_shared(conn)?;
         queries::lock_job_keys(conn, &[(&event.platform, event.id)])?;
-        let Some(row) = queries::lock_job(conn, &event.platform, event.id)? else {
+        let Some(row) = queries::get_job(conn, &event.platform, event.id)? else {
             return Ok(false);
         };
         if row.status == Status::Completed.as_str() {

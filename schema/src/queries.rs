@@ -314,16 +314,6 @@ pub fn lock_job_keys(conn: &mut PgConnection, keys: &[(&str, i64)]) -> QueryResu
     .map(drop)
 }
 
-/// Reads a job and locks its row until the end of the transaction.
-pub fn lock_job(conn: &mut PgConnection, platform: &str, id: i64) -> QueryResult<Option<Job>> {
-    job::table
-        .find((platform, id))
-        .select(Job::as_select())
-        .for_update()
-        .first(conn)
-        .optional()
-}
-
 /// The jobs of `platform` among `ids`, by id. Read under the jobs' turns
 /// ([`lock_job_keys`]), which every writer of a job's state takes, so no row lock is needed.
 pub fn get_jobs(conn: &mut PgConnection, platform: &str, ids: &[i64]) -> QueryResult<Vec<Job>> {

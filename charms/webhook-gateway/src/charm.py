@@ -22,6 +22,7 @@ from runner_common.config import (
     github_app_env,
     int_option,
     read_secret_value,
+    require_together,
 )
 from runner_common.ingress import IngressRequirer
 from runner_common.observability import (
@@ -144,17 +145,13 @@ class WebhookGatewayCharm(ops.CharmBase):
         interval = duration_option(self, "redelivery-interval")
         path = str(self.config.get("github-path") or "").strip()
         webhook_id = int(self.config.get("webhook-id") or 0)
-        if not app_env and not path and webhook_id == 0:
+        present = {
+            "github-path": bool(path),
+            "webhook-id": webhook_id != 0,
+            f"the GitHub App ({', '.join(GITHUB_APP_OPTIONS)})": bool(app_env),
+        }
+        if not require_together("redelivery", present):
             return {}
-        missing = [
-            name
-            for name, value in (("github-path", path), ("webhook-id", webhook_id))
-            if not value
-        ]
-        if not app_env:
-            missing.append(f"the GitHub App ({', '.join(GITHUB_APP_OPTIONS)})")
-        if missing:
-            raise ConfigError(f"incomplete redelivery config: missing {' and '.join(missing)}")
         if not GITHUB_PATH_RE.match(path):
             raise ConfigError(
                 f"invalid github-path config: {path!r} is not an organization (org)"

@@ -106,6 +106,27 @@ def _join(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
+def require_together(what: str, present: dict[str, bool]) -> bool:
+    """Check options that are set together or not at all.
+
+    Args:
+        what: what they configure, for the message (``GitHub App``).
+        present: each option (or group of options) and whether it is set.
+
+    Returns:
+        True when all are set, False when none is.
+
+    Raises:
+        ConfigError: only some are set; the message names the missing ones.
+    """
+    if not any(present.values()):
+        return False
+    missing = [option for option, is_set in present.items() if not is_set]
+    if missing:
+        raise ConfigError(f"incomplete {what} config: missing {_join(missing)}")
+    return True
+
+
 def github_api_url(charm: ops.CharmBase) -> str:
     """Read ``github-api-url``: an ``http(s)://`` URL with a host (default GitHub's API).
 
@@ -159,11 +180,8 @@ def github_app_env(charm: ops.CharmBase) -> dict[str, str]:
     is_set = dict(
         zip(GITHUB_APP_OPTIONS, (bool(app_id), installation_id != 0, bool(key_id)), strict=True)
     )
-    if not any(is_set.values()):
+    if not require_together("GitHub App", is_set):
         return {}
-    missing = [option for option, present in is_set.items() if not present]
-    if missing:
-        raise ConfigError(f"incomplete GitHub App config: missing {_join(missing)}")
     if not GITHUB_APP_ID_RE.match(app_id):
         raise ConfigError(
             f"invalid github-app-id config: {app_id!r} is not an App id or client id"
