@@ -20,8 +20,8 @@ if ! command -v inferno-flamegraph >/dev/null; then
     cargo install --locked inferno@0.12.8
 fi
 bash scripts/services.sh
+# Builds the services and the bench (a binary of the `tests` member) alike.
 cargo build --release --workspace --bins
-cargo build --release -p tests --bin bench
 
 # 10,000 stream subscribers need as many sockets.
 ulimit -n "$(ulimit -Hn)"

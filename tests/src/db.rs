@@ -222,6 +222,12 @@ impl Drop for TestDb {
     }
 }
 
+/// Runs one SQL statement, panicking with the statement and the error when it fails.
+pub fn execute(conn: &mut diesel::PgConnection, sql: &str) {
+    diesel::RunQueryDsl::execute(diesel::sql_query(sql), conn)
+        .unwrap_or_else(|err| panic!("{sql}: {err}"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ use planner::{
     config::Config,
     consumer::ConsumerStats,
     domain::{
+        job::JobEvent,
         labels::IgnoredLabels,
         webhook::{classify, Classified, Headers},
     },
@@ -228,17 +229,13 @@ impl TestPlanner {
 
     /// Applies a webhook body straight through the job store (no queue), for API tests.
     pub fn seed(&self, body: &Value, delivery: &str) {
-        let headers = Headers {
-            event: Some("workflow_job".into()),
-            delivery: Some(delivery.into()),
-        };
-        let Ok(Classified::Apply { delivery, event }) =
-            classify(&headers, &serde_json::to_vec(body).unwrap())
-        else {
-            panic!("seed payload is not a self-hosted job event");
-        };
         let mut conn = self.pool.get().expect("database connection");
-        apply_batch(&mut conn, &IgnoredLabels::default(), &[(delivery, *event)]).expect("apply");
+        apply_batch(
+            &mut conn,
+            &IgnoredLabels::default(),
+            &[job_event(body, delivery)],
+        )
+        .expect("apply");
     }
 
     /// Waits until the consumer has settled at least `count` deliveries.
@@ -277,10 +274,34 @@ where
 
 /// A fixture from `tests/fixtures/workflow_job/<name>.json`.
 pub fn fixture(name: &str) -> Value {
-    serde_json::from_slice(&crate::fixtures::fixture(&format!(
-        "workflow_job/{name}.json"
-    )))
-    .expect("fixture JSON")
+    // Read and parsed once per process: the benchmarks build tens of thousands of bodies.
+    static PARSED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Value>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut parsed = PARSED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    parsed
+        .entry(name.to_owned())
+        .or_insert_with(|| {
+            serde_json::from_slice(&crate::fixtures::fixture(&format!(
+                "workflow_job/{name}.json"
+            )))
+            .expect("fixture JSON")
+        })
+        .clone()
+}
+
+/// A webhook body delivered as `delivery`, as the consumer hands it to the job store; panics
+/// unless it is a self-hosted job event.
+pub fn job_event(body: &Value, delivery: &str) -> (String, JobEvent) {
+    let headers = Headers {
+        event: Some("workflow_job".into()),
+        delivery: Some(delivery.into()),
+    };
+    match classify(&headers, &serde_json::to_vec(body).unwrap()) {
+        Ok(Classified::Apply { delivery, event }) => (delivery, *event),
+        other => panic!("not a self-hosted job event: {other:?}"),
+    }
 }
 
 /// `body` as a self-hosted job with `labels`, id `id` and action `action`.

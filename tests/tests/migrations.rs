@@ -4,7 +4,7 @@
 
 use diesel::{sql_query, Connection, PgConnection, QueryableByName, RunQueryDsl};
 use diesel_migrations::MigrationHarness;
-use tests::db::TestDb;
+use tests::db::{execute, TestDb};
 
 /// Runs pending migrations until `version` has been applied.
 fn migrate_through(conn: &mut PgConnection, version: &str) {
@@ -17,12 +17,6 @@ fn migrate_through(conn: &mut PgConnection, version: &str) {
             return;
         }
     }
-}
-
-fn execute(conn: &mut PgConnection, sql: &str) {
-    sql_query(sql)
-        .execute(conn)
-        .unwrap_or_else(|err| panic!("{sql}: {err}"));
 }
 
 #[derive(QueryableByName, Debug, PartialEq)]

@@ -9,7 +9,7 @@ use actors::pressure::PressureMap;
 use diesel::{sql_query, Connection, PgConnection, QueryableByName, RunQueryDsl};
 use proptest::prelude::*;
 use schema::queries;
-use tests::db::TestDb;
+use tests::db::{execute, TestDb};
 
 const FLAVORS: [&str; 3] = ["a", "b", "c"];
 /// The age limit of these tests: 1 hour, so jobs can be made older than it.
@@ -39,12 +39,6 @@ fn recount(conn: &mut PgConnection) -> PressureMap {
     rows.into_iter()
         .map(|row| (row.name, u64::try_from(row.pressure).unwrap()))
         .collect()
-}
-
-fn execute(conn: &mut PgConnection, sql: &str) {
-    sql_query(sql)
-        .execute(conn)
-        .unwrap_or_else(|err| panic!("{sql}: {err}"));
 }
 
 fn flavors(conn: &mut PgConnection) {
@@ -380,25 +374,13 @@ fn concurrent_writers_compaction_and_recounts_keep_the_counts_exact() {
 
 /// A job's event, as the consumer hands it to the store.
 fn event(id: i64, action: &str, delivery: &str) -> (String, planner::domain::job::JobEvent) {
-    use planner::domain::webhook::{classify, Classified, Headers};
-    let body = tests::planner::job_payload(
-        if action == "queued" {
-            "queued.1"
-        } else {
-            "in_progress.1"
-        },
-        id,
-        action,
-        &["self-hosted", "a"],
-    );
-    let headers = Headers {
-        event: Some("workflow_job".into()),
-        delivery: Some(delivery.into()),
+    let fixture = if action == "queued" {
+        "queued.1"
+    } else {
+        "in_progress.1"
     };
-    match classify(&headers, &serde_json::to_vec(&body).unwrap()) {
-        Ok(Classified::Apply { delivery, event }) => (delivery, *event),
-        other => panic!("not a job event: {other:?}"),
-    }
+    let body = tests::planner::job_payload(fixture, id, action, &["self-hosted", "a"]);
+    tests::planner::job_event(&body, delivery)
 }
 
 /// Two transactions applying events of the same new jobs at the same moment (two planners, or

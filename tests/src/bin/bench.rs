@@ -48,7 +48,7 @@ async fn main() {
         gateway::scenarios(&mut rows).await;
     }
     if wanted("consumer") {
-        settle();
+        // Settles before each of its runs itself.
         consumer::scenario_2(&mut rows).await;
     }
     if wanted("e2e") {
