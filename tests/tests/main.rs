@@ -1,0 +1,15 @@
+//! The end-to-end tests: one binary (one link), a module per area. Helpers live in the `tests`
+//! crate's `src/`; every test gets its own database, AMQP names and ports.
+
+mod faults;
+mod gateway_api;
+mod migrations;
+mod observability;
+mod open_job_counts;
+mod planner_api;
+mod planner_consumer;
+mod planner_hostile;
+mod planner_pressure;
+mod planner_pressure_trace;
+mod reconcile;
+mod redelivery;
