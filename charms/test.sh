@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Lint and unit-test the Juju charms. Safe to run from any directory, on a clean clone:
-# creates charms/.venv when needed and installs the pinned requirements-dev.txt into it.
+# creates charms/.venv when needed, installs the pinned requirements-dev.txt into it and the
+# charms' shared package (charms/common) in editable mode. Once installed, it runs offline.
 set -euo pipefail
 
 charms="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -9,7 +10,8 @@ venv="$charms/.venv"
 python="${PYTHON:-python3}"
 
 stamp="$venv/.requirements-dev.sha256"
-want="$(cat "$charms/requirements-dev.txt" "$charms"/*/requirements.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat "$charms/requirements-dev.txt" "$charms"/*/requirements.txt "$charms/common/pyproject.toml" |
+  sha256sum | cut -d' ' -f1)"
 if [[ ! -x "$venv/bin/python" ]]; then
   echo "==> creating $venv"
   "$python" -m venv "$venv"
@@ -18,12 +20,15 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "==> installing charms/requirements-dev.txt"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r "$charms/requirements-dev.txt"
+  echo "==> installing charms/common (editable)"
+  # Its dependencies are pinned in the charms' requirements.txt, installed just above; the
+  # build backend (setuptools) is pinned in requirements-dev.txt.
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --no-deps --no-build-isolation -e "$charms/common"
   echo "$want" >"$stamp"
 fi
 
 cd "$repo"
-echo "==> shared library copies"
-"$charms/sync-common.sh" --check
 echo "==> ruff check charms"
 "$venv/bin/ruff" check charms
 echo "==> ruff format --check charms"

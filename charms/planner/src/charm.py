@@ -9,11 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pathlib
 import re
 
 import ops
-from charmlibs.interfaces.tracing import TracingEndpointRequirer
 
 from planner_client import ConflictError, NotFoundError, PlannerClient, PlannerError
 from planner_relation import (
@@ -23,7 +21,7 @@ from planner_relation import (
     token_name,
 )
 from postgresql import PostgreSQLRequirer
-from runner_common import http, workload
+from runner_common.charm import WorkloadCharm
 from runner_common.config import (
     ConfigError,
     duration_option,
@@ -31,17 +29,9 @@ from runner_common.config import (
     int_option,
     read_secret_value,
 )
-from runner_common.ingress import IngressRequirer
-from runner_common.observability import (
-    GrafanaDashboardProvider,
-    LogForwarder,
-    MetricsEndpointProvider,
-)
-from runner_common.rabbitmq import RabbitMQRequirer
 
 logger = logging.getLogger(__name__)
 
-SRC = pathlib.Path(__file__).parent
 CONTAINER = "planner"
 SERVICE = "planner"
 BINARY = "/usr/local/bin/planner"
@@ -54,62 +44,28 @@ MANAGED_KEY = "managed-flavors"  # JSON {token name: flavor name} of relation-ma
 MIGRATION_TIMEOUT = 300
 
 
-class PlannerCharm(ops.CharmBase):
+class PlannerCharm(WorkloadCharm):
     """Run the planner under Pebble; manage flavors and tokens of related runner managers."""
 
+    container_name = CONTAINER
+    service_name = SERVICE
+    command = f"{BINARY} serve"
+    summary = "runner-planner planner"
+    workload_name = "planner"
+    extra_relations = ("postgresql", PLANNER_RELATION, PEER)
+    required_relations = ("rabbitmq", "postgresql")
+
     def __init__(self, framework: ops.Framework):
-        """Set up relations, actions and observe every event that can change the state.
+        """Set up the PostgreSQL relation and the actions.
 
         Args:
             framework: the ops framework.
         """
         super().__init__(framework)
-        self.rabbitmq = RabbitMQRequirer(self, "rabbitmq", username=self.app.name)
         self.postgresql = PostgreSQLRequirer(
             self, "postgresql", database=self.app.name.replace("-", "_")
         )
-        self.ingress = IngressRequirer(self, "ingress")
-        self.tracing = TracingEndpointRequirer(
-            self, relation_name="tracing", protocols=[workload.TRACING_PROTOCOL]
-        )
-        self.metrics = MetricsEndpointProvider(
-            self, "metrics-endpoint", SRC / "prometheus_alert_rules"
-        )
-        self.dashboards = GrafanaDashboardProvider(
-            self, "grafana-dashboard", SRC / "grafana_dashboards"
-        )
-        self.logging = LogForwarder(self, "logging")
-
         observe = framework.observe
-        for event in (
-            self.on.config_changed,
-            self.on.leader_elected,
-            self.on.update_status,
-            self.on.secret_changed,
-            self.on[CONTAINER].pebble_ready,
-            # The ready check (GET /ready) changing state, e.g. the broker connection is lost.
-            self.on[CONTAINER].pebble_check_failed,
-            self.on[CONTAINER].pebble_check_recovered,
-            self.tracing.on.endpoint_changed,
-            self.tracing.on.endpoint_removed,
-        ):
-            observe(event, self._reconcile)
-        observe(self.on.upgrade_charm, self._on_upgrade_charm)
-        for relation in (
-            "rabbitmq",
-            "postgresql",
-            "ingress",
-            "metrics-endpoint",
-            "grafana-dashboard",
-            "logging",
-            PLANNER_RELATION,
-            PEER,
-        ):
-            observe(self.on[relation].relation_joined, self._reconcile)
-            observe(self.on[relation].relation_changed, self._reconcile)
-            observe(self.on[relation].relation_departed, self._reconcile)
-            observe(self.on[relation].relation_broken, self._reconcile)
-
         observe(self.on.enable_flavor_action, self._on_enable_flavor)
         observe(self.on.disable_flavor_action, self._on_disable_flavor)
         observe(self.on.create_token_action, self._on_create_token)
@@ -129,8 +85,7 @@ class PlannerCharm(ops.CharmBase):
         return str(token)
 
     def _client(self) -> PlannerClient:
-        port = int_option(self, "port", minimum=1, maximum=65535)
-        return PlannerClient(f"http://127.0.0.1:{port}", self._admin_token())
+        return PlannerClient(self.workload_url(), self._admin_token())
 
     def _endpoint(self) -> str:
         """The API URL runner managers should use: the ingress URL, else the K8s service."""
@@ -140,8 +95,10 @@ class PlannerCharm(ops.CharmBase):
         port = int(self.config["port"])
         return f"http://{self.app.name}.{self.model.name}.svc.cluster.local:{port}"
 
-    def _environment(self) -> dict[str, str]:
-        """The planner's environment from config (connection strings are added later).
+    # --- the workload -----------------------------------------------------------------
+
+    def service_environment(self) -> dict[str, str]:
+        """The planner's own variables: admin token, matching, stream, consumer, pool.
 
         Returns:
             environment variables.
@@ -149,18 +106,12 @@ class PlannerCharm(ops.CharmBase):
         Raises:
             ConfigError: a config option is missing or invalid.
         """
-        port = int_option(self, "port", minimum=1, maximum=65535)
-        metrics_port = int_option(self, "metrics-port", minimum=1, maximum=65535)
-        if metrics_port == port:
-            raise ConfigError("metrics-port must differ from port")
         labels = [x.strip() for x in str(self.config["ignored-labels"]).split(",") if x.strip()]
         env = {
-            "APP_PORT": str(port),
             "APP_ADMIN_TOKEN_VALUE": self._admin_token(),
             "APP_IGNORED_LABELS": ",".join(labels),
             "APP_JOB_MAX_AGE": duration_option(self, "job-max-age"),
             "APP_STREAM_HEARTBEAT": duration_option(self, "stream-heartbeat"),
-            "APP_REQUEST_TIMEOUT": duration_option(self, "request-timeout"),
             "APP_CONSUMER_PREFETCH": str(
                 int_option(self, "consumer-prefetch", minimum=1, maximum=65535)
             ),
@@ -170,89 +121,51 @@ class PlannerCharm(ops.CharmBase):
             "APP_RECONCILE_BATCH": str(
                 int_option(self, "reconcile-batch", minimum=1, maximum=1000)
             ),
-            "RUST_LOG": str(self.config["log-level"]).strip() or "info",
         }
         # Optional: with a GitHub App the planner reconciles stale jobs with GitHub's API.
         env.update(github_app_env(self))
-        env.update(workload.otel_env(workload.tracing_endpoint(self.tracing), metrics_port))
         return env
 
-    def _publish_relation_data(self) -> None:
-        """Data we owe related applications; none of it depends on the workload."""
-        self.rabbitmq.request_access()
+    def connection_strings(self) -> dict[str, tuple[str, str | None]]:
+        """RabbitMQ's and PostgreSQL's connection strings.
+
+        Returns:
+            for each relation: the variable and its value, None until the provider answered.
+        """
+        return {
+            **super().connection_strings(),
+            "postgresql": ("POSTGRESQL_DB_CONNECT_STRING", self.postgresql.connect_string()),
+        }
+
+    def publish_relation_data(self) -> None:
+        """The shared relation data, and the database request."""
+        super().publish_relation_data()
         self.postgresql.request_database()
-        self.ingress.publish(int(self.config["port"]))
-        self.metrics.publish(int(self.config["metrics-port"]))
-        self.dashboards.publish()
 
-    # --- reconciliation ---------------------------------------------------------------
-
-    def _on_upgrade_charm(self, event: ops.UpgradeCharmEvent) -> None:
+    def on_upgrade(self) -> None:
         """A new charm (and usually a new image): run the migrations again."""
         peer = self._peer_data
         if self.unit.is_leader() and peer is not None:
             peer.pop(MIGRATED_KEY, None)
-        self._reconcile(event)
 
-    def _reconcile(self, _: ops.EventBase) -> None:
-        """Converge on the desired state and set the unit status."""
-        self.unit.status = self._converge()
+    def before_start(self, container: ops.Container, env: dict[str, str]) -> ops.StatusBase | None:
+        """Migrate the database before the planner starts.
 
-    def _converge(self) -> ops.StatusBase:
-        try:
-            self._publish_relation_data()
-        except ops.ModelError as exc:
-            logger.warning("could not publish relation data: %s", exc)
+        Args:
+            container: the workload container.
+            env: the full workload environment.
 
-        container = self.unit.get_container(CONTAINER)
-        if not container.can_connect():
-            return ops.WaitingStatus("waiting for Pebble in the planner container")
+        Returns:
+            a status to report while the planner must not start yet, else None.
+        """
+        return self._migrate(container, env)
 
-        blocked = []
-        env: dict[str, str] = {}
-        try:
-            env = self._environment()
-        except ConfigError as exc:
-            blocked.append(str(exc))
-        missing = [
-            name for name in ("rabbitmq", "postgresql") if not self.model.get_relation(name)
-        ]
-        if missing:
-            blocked.append(
-                f"missing {' and '.join(missing)} relation{'s' if len(missing) > 1 else ''}"
-            )
-        if blocked:
-            return ops.BlockedStatus("; ".join(blocked))
+    def after_ready(self) -> ops.StatusBase:
+        """The leader syncs the ``planner`` relations with the running planner.
 
-        uris = {
-            "rabbitmq": self.rabbitmq.connect_string(),
-            "postgresql": self.postgresql.connect_string(),
-        }
-        waiting = [name for name, uri in uris.items() if not uri]
-        if waiting:
-            return ops.WaitingStatus(f"waiting for {' and '.join(waiting)} credentials")
-        env["RABBITMQ_CONNECT_STRING"] = str(uris["rabbitmq"])
-        env["POSTGRESQL_DB_CONNECT_STRING"] = str(uris["postgresql"])
-
-        status = self._migrate(container, env)
-        if status is not None:
-            return status
-
-        port = int(env["APP_PORT"])
-        layer = workload.build_layer(
-            service=SERVICE,
-            summary="runner-planner planner",
-            command=f"{BINARY} serve",
-            environment=env,
-            port=port,
-            log_targets=self.logging.log_targets(container.get_plan().log_targets),
-        )
-        workload.apply_layer(container, "planner", layer)
-        self.unit.set_ports(port, int(env["OTEL_EXPORTER_PROMETHEUS_PORT"]))
-
-        if not http.wait_ready(f"http://127.0.0.1:{port}/ready"):
-            return ops.WaitingStatus("waiting for the planner to be ready (GET /ready)")
-
+        Returns:
+            the unit status.
+        """
         if self.unit.is_leader():
             try:
                 problems = self._reconcile_planner_relations()

@@ -1,7 +1,7 @@
 # Copyright 2026 runner-planner contributors
 # See LICENSE file for licensing details.
 
-"""Fixtures: import paths and a fake planner speaking the planner's REST API over HTTP."""
+"""Fixtures: the import path and a fake planner speaking the planner's REST API over HTTP."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import urllib.parse
 import pytest
 
 CHARM_ROOT = pathlib.Path(__file__).parents[2]
-sys.path[:0] = [str(CHARM_ROOT / "src"), str(CHARM_ROOT / "lib")]
+# The charm's own modules; runner_common is the installed charms/common package (test.sh).
+sys.path[:0] = [str(CHARM_ROOT / "src")]
 
 ADMIN_TOKEN = "planner_v0_abcdefghij0123456789"
 

@@ -1,7 +1,7 @@
 # Copyright 2026 runner-planner contributors
 # See LICENSE file for licensing details.
 
-"""Fixtures: import paths and a fake gateway HTTP server (only /health and /ready)."""
+"""Fixtures: the import path and a fake gateway HTTP server (only /health and /ready)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import threading
 import pytest
 
 CHARM_ROOT = pathlib.Path(__file__).parents[2]
-sys.path[:0] = [str(CHARM_ROOT / "src"), str(CHARM_ROOT / "lib")]
+# The charm's own modules; runner_common is the installed charms/common package (test.sh).
+sys.path[:0] = [str(CHARM_ROOT / "src")]
 
 
 class FakeGateway(http.server.ThreadingHTTPServer):
