@@ -24,7 +24,7 @@ import ops
 from charmlibs.interfaces.tracing import TracingEndpointRequirer
 
 from runner_common import http, workload
-from runner_common.config import ConfigError, duration_option, int_option
+from runner_common.config import ConfigError, duration_option, int_option, url_path_option
 from runner_common.ingress import IngressRequirer
 from runner_common.observability import (
     GrafanaDashboardProvider,
@@ -46,8 +46,10 @@ def _join_and(names: list[str]) -> str:
 class WorkloadCharm(ops.CharmBase):
     """A sidecar charm running one service under Pebble, related to RabbitMQ and COS."""
 
-    # The workload container (and its Pebble service, command and layer summary).
-    container_name: typing.ClassVar[str]
+    # The workload container and its image resource are named as in Canonical's charms (the
+    # go-framework extension): `app` and `app-image`.
+    container_name: typing.ClassVar[str] = "app"
+    # The Pebble service, its command and the layer summary.
     service_name: typing.ClassVar[str]
     command: typing.ClassVar[str]
     summary: typing.ClassVar[str]
@@ -126,8 +128,8 @@ class WorkloadCharm(ops.CharmBase):
     def publish_relation_data(self) -> None:
         """Data we owe related applications; none of it depends on the workload."""
         self.rabbitmq.request_access()
-        self.ingress.publish(int(self.config["port"]))
-        self.metrics.publish(int(self.config["metrics-port"]))
+        self.ingress.publish(int(self.config["app-port"]))
+        self.metrics.publish(int(self.config["metrics-port"]), self._metrics_path())
         self.dashboards.publish()
 
     def before_start(self, container: ops.Container, env: dict[str, str]) -> ops.StatusBase | None:
@@ -162,9 +164,9 @@ class WorkloadCharm(ops.CharmBase):
             e.g. ``http://127.0.0.1:8080``.
 
         Raises:
-            ConfigError: the port option is out of range.
+            ConfigError: the app-port option is out of range.
         """
-        return f"http://127.0.0.1:{int_option(self, 'port', minimum=1, maximum=65535)}"
+        return f"http://127.0.0.1:{int_option(self, 'app-port', minimum=1, maximum=65535)}"
 
     def environment(self) -> dict[str, str]:
         """The service's environment from config (connection strings are added later).
@@ -175,16 +177,24 @@ class WorkloadCharm(ops.CharmBase):
         Raises:
             ConfigError: a config option is missing or invalid.
         """
-        port = int_option(self, "port", minimum=1, maximum=65535)
+        port = int_option(self, "app-port", minimum=1, maximum=65535)
         metrics_port = int_option(self, "metrics-port", minimum=1, maximum=65535)
         if metrics_port == port:
-            raise ConfigError("metrics-port must differ from port")
-        env = {"APP_PORT": str(port)}
+            # The services serve metrics on a listener of their own.
+            raise ConfigError("metrics-port must differ from app-port")
+        env = {"APP_PORT": str(port), "APP_METRICS_PATH": url_path_option(self, "metrics-path")}
         env.update(self.service_environment())
         env["APP_REQUEST_TIMEOUT"] = duration_option(self, "request-timeout")
         env["RUST_LOG"] = str(self.config["log-level"]).strip() or "info"
         env.update(workload.otel_env(workload.tracing_endpoint(self.tracing), metrics_port))
         return env
+
+    def _metrics_path(self) -> str:
+        """The scrape path: ``metrics-path``, or the default while it is invalid (Blocked)."""
+        try:
+            return url_path_option(self, "metrics-path")
+        except ConfigError:
+            return "/metrics"
 
     def _on_upgrade_charm(self, event: ops.UpgradeCharmEvent) -> None:
         self.on_upgrade()

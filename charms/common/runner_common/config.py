@@ -15,7 +15,11 @@ DURATION_RE = re.compile(r"^(\d+(ms|s|m|h|d))+$")
 
 SECRET_VALUE_KEY = "value"
 
-# The GitHub App options shared by both charms (actors/src/github.rs reads the variables).
+# An absolute URL path (RFC 3986 path characters), e.g. the Prometheus scrape path `/metrics`.
+URL_PATH_RE = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)+$")
+
+# The GitHub App options shared by both charms (actors/src/github.rs reads the variables);
+# `github-app-client-id` may stand in for `github-app-id`.
 GITHUB_APP_OPTIONS = ("github-app-id", "github-app-installation-id", "github-app-private-key")
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
 GITHUB_APP_ID_RE = re.compile(r"^[A-Za-z0-9]+$")
@@ -102,6 +106,27 @@ def duration_option(charm: ops.CharmBase, option: str) -> str:
     return value
 
 
+def url_path_option(charm: ops.CharmBase, option: str) -> str:
+    """Read an absolute URL path option (e.g. ``metrics-path``: ``/metrics``).
+
+    Args:
+        charm: the charm.
+        option: option name.
+
+    Returns:
+        the value, stripped.
+
+    Raises:
+        ConfigError: the value is not an absolute path.
+    """
+    value = str(charm.config[option]).strip()
+    if not URL_PATH_RE.match(value):
+        raise ConfigError(
+            f"invalid {option} config: {value!r} is not an absolute path like /metrics"
+        )
+    return value
+
+
 def _join(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
@@ -157,15 +182,16 @@ def github_app_env(charm: ops.CharmBase) -> dict[str, str]:
     """The optional GitHub App environment (``APP_GITHUB_*``), shared by both services.
 
     The App is configured by three options, set together or not at all: ``github-app-id``
-    (string, letters and digits: the App's id or client id), ``github-app-installation-id``
-    (int, 0 = unset) and ``github-app-private-key`` (a Juju secret id, key ``value`` holding
-    the PEM private key). ``github-api-url`` is always checked but only emitted with the App.
+    (int, as in Canonical's charms; 0 = unset) or instead ``github-app-client-id`` (string,
+    letters and digits: the App's client id), ``github-app-installation-id`` (int, 0 = unset)
+    and ``github-app-private-key`` (a Juju secret id, key ``value`` holding the PEM private
+    key). ``github-api-url`` is always checked but only emitted with the App.
 
     Args:
         charm: the charm.
 
     Returns:
-        ``APP_GITHUB_APP_ID``, ``APP_GITHUB_APP_INSTALLATION_ID``,
+        ``APP_GITHUB_APP_ID`` (the id or the client id), ``APP_GITHUB_APP_INSTALLATION_ID``,
         ``APP_GITHUB_APP_PRIVATE_KEY_VALUE`` and ``APP_GITHUB_API_URL``; empty when the App is
         not configured.
 
@@ -174,25 +200,39 @@ def github_app_env(charm: ops.CharmBase) -> dict[str, str]:
             holds the private key.
     """
     api_url = github_api_url(charm)
-    app_id = str(charm.config.get("github-app-id") or "").strip()
+    app_id = int(charm.config.get("github-app-id") or 0)
+    client_id = str(charm.config.get("github-app-client-id") or "").strip()
     installation_id = int(charm.config.get("github-app-installation-id") or 0)
     key_id = str(charm.config.get("github-app-private-key") or "").strip()
     is_set = dict(
-        zip(GITHUB_APP_OPTIONS, (bool(app_id), installation_id != 0, bool(key_id)), strict=True)
+        zip(
+            GITHUB_APP_OPTIONS,
+            (app_id != 0 or bool(client_id), installation_id != 0, bool(key_id)),
+            strict=True,
+        )
     )
     if not require_together("GitHub App", is_set):
         return {}
-    if not GITHUB_APP_ID_RE.match(app_id):
+    if app_id and client_id:
         raise ConfigError(
-            f"invalid github-app-id config: {app_id!r} is not an App id or client id"
-            " (letters and digits only)"
+            "github-app-id and github-app-client-id are both set: set the App's id or its"
+            " client id, not both"
         )
+    if client_id:
+        if not GITHUB_APP_ID_RE.match(client_id):
+            raise ConfigError(
+                f"invalid github-app-client-id config: {client_id!r} is not a client id"
+                " (letters and digits only)"
+            )
+        identity = client_id
+    else:
+        identity = str(int_option(charm, "github-app-id", minimum=1, maximum=MAX_ID))
     installation_id = int_option(charm, "github-app-installation-id", minimum=1, maximum=MAX_ID)
     private_key = str(read_secret_value(charm, "github-app-private-key", required=True))
     if "-----BEGIN" not in private_key or "PRIVATE KEY-----" not in private_key:
         raise ConfigError("github-app-private-key: secret value is not a PEM private key")
     return {
-        "APP_GITHUB_APP_ID": app_id,
+        "APP_GITHUB_APP_ID": identity,
         "APP_GITHUB_APP_INSTALLATION_ID": str(installation_id),
         "APP_GITHUB_APP_PRIVATE_KEY_VALUE": private_key,
         "APP_GITHUB_API_URL": api_url,

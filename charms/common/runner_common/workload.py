@@ -39,7 +39,10 @@ def tracing_endpoint(tracing: TracingEndpointRequirer) -> str | None:
 
 
 def otel_env(traces_endpoint: str | None, metrics_port: int) -> dict[str, str]:
-    """The OpenTelemetry variables both services read.
+    """The OpenTelemetry variables both services read, as Canonical's charms set them.
+
+    Metrics: the Prometheus exporter on every interface at ``metrics_port``. Traces: OTLP over
+    HTTP (protobuf) to ``traces_endpoint``, or no trace exporter without a tracing relation.
 
     Args:
         traces_endpoint: OTLP/HTTP traces URL, if tracing is related.
@@ -49,11 +52,15 @@ def otel_env(traces_endpoint: str | None, metrics_port: int) -> dict[str, str]:
         environment variables.
     """
     env = {
+        "OTEL_METRICS_EXPORTER": "prometheus",
         "OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0",
         "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port),
+        "OTEL_TRACES_EXPORTER": "none",
     }
     if traces_endpoint:
+        env["OTEL_TRACES_EXPORTER"] = "otlp"
         env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = traces_endpoint
+        env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
     return env
 
 

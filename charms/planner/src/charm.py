@@ -32,10 +32,10 @@ from runner_common.config import (
 
 logger = logging.getLogger(__name__)
 
-CONTAINER = "planner"
 SERVICE = "planner"
 BINARY = "/usr/local/bin/planner"
-PEER = "planner-peers"
+# The peer relation is named as in Canonical's charm, so that `juju refresh --switch` keeps it.
+PEER = "secret-storage"
 PLANNER_RELATION = "planner"
 ADMIN_TOKEN_RE = re.compile(r"^planner_v0_[A-Za-z0-9_-]{20}$")
 # Peer application databag keys (written by the leader).
@@ -47,7 +47,6 @@ MIGRATION_TIMEOUT = 300
 class PlannerCharm(WorkloadCharm):
     """Run the planner under Pebble; manage flavors and tokens of related runner managers."""
 
-    container_name = CONTAINER
     service_name = SERVICE
     command = f"{BINARY} serve"
     summary = "runner-planner planner"
@@ -62,9 +61,8 @@ class PlannerCharm(WorkloadCharm):
             framework: the ops framework.
         """
         super().__init__(framework)
-        self.postgresql = PostgreSQLRequirer(
-            self, "postgresql", database=self.app.name.replace("-", "_")
-        )
+        # The database named after the application, as Canonical's charm requests it.
+        self.postgresql = PostgreSQLRequirer(self, "postgresql", database=self.app.name)
         observe = framework.observe
         observe(self.on.enable_flavor_action, self._on_enable_flavor)
         observe(self.on.disable_flavor_action, self._on_disable_flavor)
@@ -92,7 +90,7 @@ class PlannerCharm(WorkloadCharm):
         url = self.ingress.url
         if url:
             return url
-        port = int(self.config["port"])
+        port = int(self.config["app-port"])
         return f"http://{self.app.name}.{self.model.name}.svc.cluster.local:{port}"
 
     # --- the workload -----------------------------------------------------------------

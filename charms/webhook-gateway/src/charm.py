@@ -25,18 +25,18 @@ from runner_common.config import (
 
 logger = logging.getLogger(__name__)
 
-CONTAINER = "gateway"
 SERVICE = "gateway"
 COMMAND = "/usr/local/bin/gateway"
 # APP_GITHUB_PATH as gateway/src/redelivery.rs parses it: `org` or `owner/repo`.
 _NAME = r"(?!\.\.?(?:/|$))[A-Za-z0-9_.-]+"
 GITHUB_PATH_RE = re.compile(rf"^{_NAME}(?:/{_NAME})?$")
+# Largest redelivery-interval, in seconds: a year.
+MAX_INTERVAL = 365 * 24 * 3600
 
 
 class WebhookGatewayCharm(WorkloadCharm):
     """Run the gateway under Pebble and wire it to RabbitMQ and COS."""
 
-    container_name = CONTAINER
     service_name = SERVICE
     command = COMMAND
     summary = "runner-planner webhook gateway"
@@ -81,7 +81,8 @@ class WebhookGatewayCharm(WorkloadCharm):
             ConfigError: the App or the hook is partly configured, or a value is invalid.
         """
         app_env = github_app_env(self)
-        interval = duration_option(self, "redelivery-interval")
+        # Whole seconds, as in Canonical's charm; the gateway reads a bare number as seconds.
+        interval = int_option(self, "redelivery-interval", minimum=1, maximum=MAX_INTERVAL)
         path = str(self.config.get("github-path") or "").strip()
         webhook_id = int(self.config.get("webhook-id") or 0)
         present = {
@@ -101,7 +102,7 @@ class WebhookGatewayCharm(WorkloadCharm):
             **app_env,
             "APP_GITHUB_PATH": path,
             "APP_WEBHOOK_ID": str(webhook_id),
-            "APP_REDELIVERY_INTERVAL": interval,
+            "APP_REDELIVERY_INTERVAL": str(interval),
         }
 
     def after_ready(self) -> ops.StatusBase:

@@ -15,6 +15,8 @@ from charm import PlannerCharm
 
 from .conftest import ADMIN_TOKEN
 
+# The application (and charm) name, Canonical's: relations and config survive a switch.
+APP = "github-runner-planner"
 ADMIN = testing.Secret({"value": ADMIN_TOKEN})
 MIGRATE = testing.Exec(["/usr/local/bin/planner", "migrate"])
 DB_URI = "postgresql://planner-user:pw%3Ax@pg-primary.model.svc:5432/planner"
@@ -22,7 +24,7 @@ DB_URI = "postgresql://planner-user:pw%3Ax@pg-primary.model.svc:5432/planner"
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n"
 APP_KEY = testing.Secret({"value": PEM})
 GITHUB_APP = {
-    "github-app-id": "123456",
+    "github-app-id": 123456,
     "github-app-installation-id": 987,
     "github-app-private-key": APP_KEY.id,
 }
@@ -60,27 +62,27 @@ def state(
     peer_data=None,
     **kwargs,
 ) -> testing.State:
-    cfg = {"admin-token": ADMIN.id, "port": port}
+    cfg = {"admin-token": ADMIN.id, "app-port": port}
     cfg.update(config or {})
     if relations is None:
         relations = [rabbitmq(), postgresql()]
-    peer = testing.PeerRelation("planner-peers", local_app_data=peer_data or {})
+    peer = testing.PeerRelation("secret-storage", local_app_data=peer_data or {})
     return testing.State(
         leader=leader,
         config={k: v for k, v in cfg.items() if v is not None},
         relations=[*relations, peer],
         secrets=list(secrets),
-        containers=[testing.Container("planner", can_connect=True, execs=set(execs))],
+        containers=[testing.Container("app", can_connect=True, execs=set(execs))],
         **kwargs,
     )
 
 
 def env_of(out: testing.State) -> dict:
-    return out.get_container("planner").plan.services["planner"].environment
+    return out.get_container("app").plan.services["planner"].environment
 
 
 def peer_of(out: testing.State) -> dict:
-    (peer,) = [r for r in out.relations if r.endpoint == "planner-peers"]
+    (peer,) = [r for r in out.relations if r.endpoint == "secret-storage"]
     return peer.local_app_data
 
 
@@ -90,9 +92,9 @@ def ctx():
 
 
 def test_waits_for_pebble(ctx):
-    st = testing.State(containers=[testing.Container("planner", can_connect=False)])
+    st = testing.State(containers=[testing.Container("app", can_connect=False)])
     out = ctx.run(ctx.on.update_status(), st)
-    assert out.unit_status == testing.WaitingStatus("waiting for Pebble in the planner container")
+    assert out.unit_status == testing.WaitingStatus("waiting for Pebble in the app container")
 
 
 def test_blocked_names_every_missing_piece(ctx, planner):
@@ -147,8 +149,8 @@ def test_blocked_when_admin_token_not_granted(ctx, planner):
         ({"reconcile-batch": 1001}, "invalid reconcile-batch config: 1001 not in [1, 1000]"),
         ({"github-api-url": "api.github.com"}, "invalid github-api-url config: 'api.github.com'"),
         (
-            {**GITHUB_APP, "github-app-id": "app-1"},
-            "invalid github-app-id config: 'app-1' is not an App id or client id",
+            {**GITHUB_APP, "github-app-id": None, "github-app-client-id": "app-1"},
+            "invalid github-app-client-id config: 'app-1' is not a client id",
         ),
         (
             {**GITHUB_APP, "github-app-installation-id": -2},
@@ -172,9 +174,10 @@ def test_requests_database_and_broker_then_waits(ctx, planner):
         "waiting for rabbitmq and postgresql credentials"
     )
     pg_data = out.get_relation(pg.id).local_app_data
-    assert pg_data["database"] == "planner"
+    # The database Canonical's charm requests: the application name, hyphens and all.
+    assert pg_data["database"] == APP
     assert "password" in json.loads(pg_data["requested-secrets"])
-    assert out.get_relation(rmq.id).local_app_data == {"username": "planner", "vhost": "/"}
+    assert out.get_relation(rmq.id).local_app_data == {"username": APP, "vhost": "/"}
 
 
 def test_postgresql_credentials_from_secret(ctx, planner):
@@ -195,15 +198,14 @@ def test_postgresql_credentials_from_secret(ctx, planner):
 
 def test_leader_migrates_then_serves(ctx, planner):
     out = ctx.run(ctx.on.config_changed(), state(planner.port))
-    assert [e.command for e in ctx.exec_history["planner"]] == [
-        ["/usr/local/bin/planner", "migrate"]
-    ]
-    migrate_env = ctx.exec_history["planner"][0].environment
+    assert [e.command for e in ctx.exec_history["app"]] == [["/usr/local/bin/planner", "migrate"]]
+    migrate_env = ctx.exec_history["app"][0].environment
     assert migrate_env["POSTGRESQL_DB_CONNECT_STRING"] == DB_URI
     assert peer_of(out)["migrated"]
     assert out.unit_status == testing.ActiveStatus()
     assert env_of(out) == {
         "APP_PORT": str(planner.port),
+        "APP_METRICS_PATH": "/metrics",
         "APP_ADMIN_TOKEN_VALUE": ADMIN_TOKEN,
         "APP_IGNORED_LABELS": "self-hosted,linux",
         "APP_JOB_MAX_AGE": "120h",
@@ -214,14 +216,16 @@ def test_leader_migrates_then_serves(ctx, planner):
         "APP_RECONCILE_AFTER": "15m",
         "APP_RECONCILE_INTERVAL": "1m",
         "APP_RECONCILE_BATCH": "50",
+        "OTEL_METRICS_EXPORTER": "prometheus",
         "OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0",
         "OTEL_EXPORTER_PROMETHEUS_PORT": "9464",
+        "OTEL_TRACES_EXPORTER": "none",
         "POSTGRESQL_DB_CONNECT_STRING": DB_URI,
-        "RABBITMQ_CONNECT_STRING": "amqp://planner:rpw@rabbitmq.model.svc:5672/%2F",
+        "RABBITMQ_CONNECT_STRING": f"amqp://{APP}:rpw@rabbitmq.model.svc:5672/%2F",
         "RUST_LOG": "info",
     }
     assert not [name for name in env_of(out) if name.startswith("APP_GITHUB_")]
-    container = out.get_container("planner")
+    container = out.get_container("app")
     assert container.plan.services["planner"].command == "/usr/local/bin/planner serve"
     assert container.service_statuses["planner"] == pebble.ServiceStatus.ACTIVE
     assert container.plan.checks["planner-ready"].level == pebble.CheckLevel.READY
@@ -230,7 +234,7 @@ def test_leader_migrates_then_serves(ctx, planner):
     # Already migrated for this database: no second migration.
     ctx2 = testing.Context(PlannerCharm)
     ctx2.run(ctx2.on.update_status(), out)
-    assert ctx2.exec_history.get("planner", []) == []
+    assert ctx2.exec_history.get("app", []) == []
 
 
 def test_migration_failure_waits_and_does_not_start(ctx, planner):
@@ -242,7 +246,7 @@ def test_migration_failure_waits_and_does_not_start(ctx, planner):
         "database migration failed, will retry: error: connection refused"
     )
     assert "migrated" not in peer_of(out)
-    assert out.get_container("planner").plan.services == {}
+    assert out.get_container("app").plan.services == {}
 
 
 def test_non_leader_waits_for_leader_migration(ctx, planner):
@@ -250,7 +254,7 @@ def test_non_leader_waits_for_leader_migration(ctx, planner):
     assert out.unit_status == testing.WaitingStatus(
         "waiting for the leader to migrate the database"
     )
-    assert ctx.exec_history.get("planner", []) == []
+    assert ctx.exec_history.get("app", []) == []
 
 
 def test_non_leader_serves_once_migrated_and_leaves_relations_alone(ctx, planner):
@@ -265,7 +269,7 @@ def test_non_leader_serves_once_migrated_and_leaves_relations_alone(ctx, planner
     planner.calls.clear()
     out = ctx.run(ctx.on.relation_changed(runner), st)
     assert out.unit_status == testing.ActiveStatus()
-    assert ctx.exec_history.get("planner", []) == []
+    assert ctx.exec_history.get("app", []) == []
     assert planner.api_calls() == []
     assert out.get_relation(runner.id).local_app_data == {}
 
@@ -274,13 +278,13 @@ def test_upgrade_reruns_migrations(ctx, planner):
     out = ctx.run(ctx.on.config_changed(), state(planner.port))
     ctx2 = testing.Context(PlannerCharm)
     ctx2.run(ctx2.on.upgrade_charm(), out)
-    assert len(ctx2.exec_history["planner"]) == 1
+    assert len(ctx2.exec_history["app"]) == 1
 
 
 def test_waits_for_peer_relation(ctx, planner):
     st = state(planner.port)
     st = testing.State(
-        **{**st.__dict__, "relations": [r for r in st.relations if r.endpoint != "planner-peers"]}
+        **{**st.__dict__, "relations": [r for r in st.relations if r.endpoint != "secret-storage"]}
     )
     out = ctx.run(ctx.on.config_changed(), st)
     assert out.unit_status == testing.WaitingStatus("waiting for the peer relation")
@@ -373,9 +377,9 @@ def test_logging_target(ctx, planner):
         ctx.on.relation_changed(loki),
         state(planner.port, relations=[rabbitmq(), postgresql(), loki]),
     )
-    target = out.get_container("planner").plan.log_targets["loki-loki-1"]
+    target = out.get_container("app").plan.log_targets["loki-loki-1"]
     assert target.location == "http://loki-1:3100/push"
-    assert target.labels["juju_application"] == "planner"
+    assert target.labels["juju_application"] == APP
 
 
 def test_postgresql_broken_blocks(ctx, planner):
@@ -400,7 +404,7 @@ def test_ingress_requested_with_api_port(ctx, planner):
     )
     data = out.get_relation(ingress.id).local_app_data
     assert json.loads(data["port"]) == planner.port
-    assert json.loads(data["name"]) == "planner"
+    assert json.loads(data["name"]) == APP
 
 
 def test_non_leader_does_not_request_database(ctx, planner):
@@ -424,7 +428,7 @@ def test_github_app_reaches_environment(ctx, planner):
         "APP_GITHUB_API_URL": "https://ghe.example.com/api/v3/",
     }
     # The migration gets the same environment.
-    migrate_env = ctx.exec_history["planner"][0].environment
+    migrate_env = ctx.exec_history["app"][0].environment
     assert migrate_env["APP_GITHUB_APP_PRIVATE_KEY_VALUE"] == PEM
 
 
@@ -439,7 +443,7 @@ def test_github_api_url_alone_is_not_emitted(ctx, planner):
     "config, message",
     [
         (
-            {"github-app-id": "123456"},
+            {"github-app-id": 123456},
             "incomplete GitHub App config: missing github-app-installation-id"
             " and github-app-private-key",
         ),
@@ -448,7 +452,7 @@ def test_github_api_url_alone_is_not_emitted(ctx, planner):
             "incomplete GitHub App config: missing github-app-id and github-app-private-key",
         ),
         (
-            {"github-app-id": "123456", "github-app-installation-id": 987},
+            {"github-app-id": 123456, "github-app-installation-id": 987},
             "incomplete GitHub App config: missing github-app-private-key",
         ),
         (
@@ -462,7 +466,7 @@ def test_blocked_on_partial_github_app(ctx, planner, config, message):
         ctx.on.config_changed(), state(planner.port, config=config, secrets=[ADMIN, APP_KEY])
     )
     assert out.unit_status == testing.BlockedStatus(message)
-    assert out.get_container("planner").plan.services == {}
+    assert out.get_container("app").plan.services == {}
 
 
 def test_blocked_on_unusable_private_key(ctx, planner):

@@ -44,7 +44,7 @@ def with_relations(out: testing.State, *relations: testing.Relation) -> testing.
 
 
 def managed(out: testing.State) -> dict:
-    (peer,) = [r for r in out.relations if r.endpoint == "planner-peers"]
+    (peer,) = [r for r in out.relations if r.endpoint == "secret-storage"]
     return json.loads(peer.local_app_data.get("managed-flavors", "{}"))
 
 
@@ -60,7 +60,8 @@ def test_new_relation_gets_token_secret_endpoint_and_flavor(ctx, planner):
     app_data = out.get_relation(rel.id).local_app_data
     assert app_data["token"] == secret.id
     assert (
-        app_data["endpoint"] == f"http://planner.{out.model.name}.svc.cluster.local:{planner.port}"
+        app_data["endpoint"]
+        == f"http://github-runner-planner.{out.model.name}.svc.cluster.local:{planner.port}"
     )
     assert planner.flavors == {
         "small": {

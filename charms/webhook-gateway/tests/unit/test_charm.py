@@ -14,13 +14,15 @@ from ops import pebble, testing
 
 from charm import WebhookGatewayCharm
 
+# The application (and charm) name, Canonical's: relations and config survive a switch.
+APP = "github-runner-webhook-gateway"
 SECRET = testing.Secret({"value": "s3cret"})
 PREVIOUS = testing.Secret({"value": "old-s3cret"})
 # Not a real key: the charm only checks the PEM markers, the gateway parses the key.
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIBfake\n-----END RSA PRIVATE KEY-----\n"
 APP_KEY = testing.Secret({"value": PEM})
 GITHUB_APP = {
-    "github-app-id": "Iv1abc123",
+    "github-app-id": 4711,
     "github-app-installation-id": 4242,
     "github-app-private-key": APP_KEY.id,
 }
@@ -37,14 +39,14 @@ def rabbitmq_k8s(**kwargs) -> testing.Relation:
 
 
 def state(port: int, *, leader=True, config=None, relations=(), secrets=(SECRET,), **kwargs):
-    cfg = {"webhook-secret": SECRET.id, "port": port}
+    cfg = {"webhook-secret": SECRET.id, "app-port": port}
     cfg.update(config or {})
     return testing.State(
         leader=leader,
         config={k: v for k, v in cfg.items() if v is not None},
         relations=list(relations),
         secrets=list(secrets),
-        containers=[testing.Container("gateway", can_connect=True)],
+        containers=[testing.Container("app", can_connect=True)],
         **kwargs,
     )
 
@@ -55,7 +57,7 @@ def ctx():
 
 
 def env_of(out: testing.State) -> dict:
-    plan = out.get_container("gateway").plan
+    plan = out.get_container("app").plan
     return plan.services["gateway"].environment
 
 
@@ -64,10 +66,10 @@ def test_waits_for_pebble(ctx, gateway):
         leader=True,
         config={"webhook-secret": SECRET.id},
         secrets=[SECRET],
-        containers=[testing.Container("gateway", can_connect=False)],
+        containers=[testing.Container("app", can_connect=False)],
     )
     out = ctx.run(ctx.on.config_changed(), st)
-    assert out.unit_status == testing.WaitingStatus("waiting for Pebble in the gateway container")
+    assert out.unit_status == testing.WaitingStatus("waiting for Pebble in the app container")
 
 
 def test_blocked_names_every_missing_piece(ctx, gateway):
@@ -80,7 +82,7 @@ def test_blocked_names_every_missing_piece(ctx, gateway):
 def test_blocked_without_rabbitmq_relation(ctx, gateway):
     out = ctx.run(ctx.on.config_changed(), state(gateway.port))
     assert out.unit_status == testing.BlockedStatus("missing rabbitmq relation")
-    assert out.get_container("gateway").plan.services == {}
+    assert out.get_container("app").plan.services == {}
 
 
 def test_blocked_when_secret_not_granted(ctx, gateway):
@@ -110,8 +112,8 @@ def test_blocked_when_secret_has_no_value_key(ctx, gateway):
     [
         ({"max-body-bytes": 0}, "invalid max-body-bytes config: 0 not in [1, 1073741824]"),
         ({"publish-timeout": "soon"}, "invalid publish-timeout config: 'soon' is not a duration"),
-        ({"metrics-port": "same"}, "metrics-port must differ from port"),
-        ({"port": 70000}, "invalid port config: 70000 not in [1, 65535]"),
+        ({"metrics-port": "same"}, "metrics-port must differ from app-port"),
+        ({"app-port": 70000}, "invalid app-port config: 70000 not in [1, 65535]"),
         ({"max-in-flight": 0}, "invalid max-in-flight config: 0 not in [1, 1048576]"),
         ({"max-in-flight": 1 << 21}, "invalid max-in-flight config: 2097152 not in [1, 1048576]"),
         ({"request-timeout": "10"}, "invalid request-timeout config: '10' is not a duration"),
@@ -120,8 +122,8 @@ def test_blocked_when_secret_has_no_value_key(ctx, gateway):
             "invalid request-timeout config: '0s' must be greater than zero",
         ),
         (
-            {"redelivery-interval": "10 minutes"},
-            "invalid redelivery-interval config: '10 minutes' is not a duration",
+            {"redelivery-interval": -5},
+            "invalid redelivery-interval config: -5 not in [1, 31536000]",
         ),
         (
             {"github-api-url": "ftp://github.example"},
@@ -144,8 +146,8 @@ def test_rabbitmq_joined_requests_access_and_waits_for_credentials(ctx, gateway)
     rel = testing.Relation("rabbitmq", remote_app_name="rabbitmq")
     out = ctx.run(ctx.on.relation_joined(rel), state(gateway.port, relations=[rel]))
     rel_out = out.get_relation(rel.id)
-    assert rel_out.local_app_data == {"username": "webhook-gateway", "vhost": "/"}
-    assert rel_out.local_unit_data["username"] == "webhook-gateway"
+    assert rel_out.local_app_data == {"username": APP, "vhost": "/"}
+    assert rel_out.local_unit_data["username"] == APP
     assert out.unit_status == testing.WaitingStatus("waiting for rabbitmq credentials")
 
 
@@ -163,18 +165,21 @@ def test_active_with_full_environment(ctx, gateway):
     assert out.unit_status == testing.ActiveStatus("")
     assert env_of(out) == {
         "APP_PORT": str(gateway.port),
+        "APP_METRICS_PATH": "/metrics",
         "APP_MAX_BODY_BYTES": "1048576",
         "APP_PUBLISH_TIMEOUT": "5s",
         "APP_MAX_IN_FLIGHT": "1024",
         "APP_REQUEST_TIMEOUT": "10s",
         "APP_WEBHOOK_SECRET_VALUE": "s3cret",
+        "OTEL_METRICS_EXPORTER": "prometheus",
         "OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0",
         "OTEL_EXPORTER_PROMETHEUS_PORT": "9464",
-        "RABBITMQ_CONNECT_STRING": "amqp://webhook-gateway:p%40ss%2Fword@rabbitmq.model.svc:5672/%2F",
+        "OTEL_TRACES_EXPORTER": "none",
+        "RABBITMQ_CONNECT_STRING": f"amqp://{APP}:p%40ss%2Fword@rabbitmq.model.svc:5672/%2F",
         "RUST_LOG": "info",
     }
     assert not [name for name in env_of(out) if name.startswith("APP_GITHUB_")]
-    container = out.get_container("gateway")
+    container = out.get_container("app")
     assert container.plan.services["gateway"].command == "/usr/local/bin/gateway"
     assert container.service_statuses["gateway"] == pebble.ServiceStatus.ACTIVE
     checks = container.plan.checks
@@ -228,7 +233,7 @@ def test_machine_rabbitmq_unit_data(ctx, gateway):
         remote_units_data={0: {"hostname": "10.1.2.3", "password": "pw"}},
     )
     out = ctx.run(ctx.on.relation_changed(rel), state(gateway.port, relations=[rel]))
-    assert env_of(out)["RABBITMQ_CONNECT_STRING"] == "amqp://webhook-gateway:pw@10.1.2.3:5672/%2F"
+    assert env_of(out)["RABBITMQ_CONNECT_STRING"] == f"amqp://{APP}:pw@10.1.2.3:5672/%2F"
 
 
 def test_waiting_while_not_ready(ctx, gateway):
@@ -241,7 +246,7 @@ def test_waiting_while_not_ready(ctx, gateway):
 
 def test_waiting_while_workload_unreachable(ctx, closed_port):
     out = ctx.run(
-        ctx.on.pebble_ready(testing.Container("gateway", can_connect=True)),
+        ctx.on.pebble_ready(testing.Container("app", can_connect=True)),
         state(closed_port, relations=[rabbitmq_k8s()]),
     )
     assert out.unit_status == testing.WaitingStatus(
@@ -293,7 +298,7 @@ def test_ingress(ctx, gateway):
     )
     app_data = out.get_relation(ingress.id).local_app_data
     assert json.loads(app_data["port"]) == gateway.port
-    assert json.loads(app_data["name"]) == "webhook-gateway"
+    assert json.loads(app_data["name"]) == APP
     assert json.loads(app_data["strip-prefix"]) is True
     assert "host" in out.get_relation(ingress.id).local_unit_data
     assert out.unit_status == testing.ActiveStatus(
@@ -308,14 +313,14 @@ def test_metrics_endpoint_publishes_jobs_and_alert_rules(ctx, gateway):
     jobs = json.loads(rel_out.local_app_data["scrape_jobs"])
     assert jobs == [{"metrics_path": "/metrics", "static_configs": [{"targets": ["*:9464"]}]}]
     meta = json.loads(rel_out.local_app_data["scrape_metadata"])
-    assert meta["application"] == "webhook-gateway"
+    assert meta["application"] == APP
     groups = json.loads(rel_out.local_app_data["alert_rules"])["groups"]
     alerts = {rule["alert"] for group in groups for rule in group["rules"]}
     assert {"GatewayBrokerDisconnected", "GatewayTargetDown"} <= alerts
     for group in groups:
         for rule in group["rules"]:
-            assert rule["labels"]["juju_application"] == "webhook-gateway"
-    assert rel_out.local_unit_data["prometheus_scrape_unit_name"] == "webhook-gateway/0"
+            assert rule["labels"]["juju_application"] == APP
+    assert rel_out.local_unit_data["prometheus_scrape_unit_name"] == f"{APP}/0"
 
 
 def test_grafana_dashboard_published(ctx, gateway):
@@ -327,7 +332,7 @@ def test_grafana_dashboard_published(ctx, gateway):
         dashboard = json.loads(cosl.LZMABase64.decompress(template["content"]))
         exprs = json.dumps(dashboard)
         assert "github_runner_webhook_gateway_inbound_total" in exprs
-        assert template["charm"] == "webhook-gateway"
+        assert template["charm"] == APP
 
 
 def test_grafana_dashboard_not_published_by_non_leader(ctx, gateway):
@@ -347,7 +352,7 @@ def test_logging_adds_and_disables_pebble_log_target(ctx, gateway):
     out = ctx.run(
         ctx.on.relation_changed(loki), state(gateway.port, relations=[rabbitmq_k8s(), loki])
     )
-    targets = out.get_container("gateway").plan.log_targets
+    targets = out.get_container("app").plan.log_targets
     assert targets["loki-loki-0"].location == "http://loki:3100/loki/api/v1/push"
     assert targets["loki-loki-0"].services == ["all"]
 
@@ -355,18 +360,18 @@ def test_logging_adds_and_disables_pebble_log_target(ctx, gateway):
     gone = testing.Relation("logging", remote_app_name="loki", id=loki.id)
     st = testing.State(
         leader=True,
-        config={"webhook-secret": SECRET.id, "port": gateway.port},
+        config={"webhook-secret": SECRET.id, "app-port": gateway.port},
         secrets=[SECRET],
         relations=[rabbitmq_k8s(), gone],
-        containers=[out.get_container("gateway")],
+        containers=[out.get_container("app")],
     )
     out2 = ctx.run(ctx.on.relation_broken(gone), st)
-    services = out2.get_container("gateway").plan.log_targets["loki-loki-0"].services
+    services = out2.get_container("app").plan.log_targets["loki-loki-0"].services
     assert services[-1] == "-all"
 
     # Later hooks leave the disabled target as it is.
     out3 = ctx.run(ctx.on.update_status(), out2)
-    assert out3.get_container("gateway").plan.log_targets["loki-loki-0"].services == services
+    assert out3.get_container("app").plan.log_targets["loki-loki-0"].services == services
 
 
 def test_blocked_when_previous_secret_not_granted(ctx, gateway):
@@ -387,13 +392,13 @@ def test_blocked_when_previous_secret_not_granted(ctx, gateway):
 def test_upgrade_charm_replans(ctx, gateway):
     out = ctx.run(ctx.on.upgrade_charm(), state(gateway.port, relations=[rabbitmq_k8s()]))
     assert out.unit_status == testing.ActiveStatus("")
-    assert "gateway" in out.get_container("gateway").plan.services
+    assert "gateway" in out.get_container("app").plan.services
 
 
 def test_ready_check_events_refresh_status(ctx, gateway):
     out = ctx.run(ctx.on.config_changed(), state(gateway.port, relations=[rabbitmq_k8s()]))
     check = testing.CheckInfo("gateway-ready", level=pebble.CheckLevel.READY)
-    container = dataclasses.replace(out.get_container("gateway"), check_infos={check})
+    container = dataclasses.replace(out.get_container("app"), check_infos={check})
     st = dataclasses.replace(out, containers=[container])
     gateway.ready_status = 503
     gateway.requests.clear()
@@ -402,7 +407,7 @@ def test_ready_check_events_refresh_status(ctx, gateway):
     # Polled several times before giving up.
     assert gateway.requests.count("/ready") == 5
     gateway.ready_status = 200
-    out = ctx.run(ctx.on.pebble_check_recovered(out.get_container("gateway"), check), out)
+    out = ctx.run(ctx.on.pebble_check_recovered(out.get_container("app"), check), out)
     assert out.unit_status == testing.ActiveStatus("")
 
 
@@ -411,7 +416,7 @@ def test_redelivery_environment_with_github_app(ctx, gateway):
         **GITHUB_APP,
         **REDELIVERY,
         "github-api-url": "https://ghe.example.com/api/v3",
-        "redelivery-interval": "5m",
+        "redelivery-interval": 300,
     }
     out = ctx.run(
         ctx.on.config_changed(),
@@ -420,14 +425,14 @@ def test_redelivery_environment_with_github_app(ctx, gateway):
     assert out.unit_status == testing.ActiveStatus("")
     env = env_of(out)
     assert {k: v for k, v in env.items() if k.startswith(("APP_GITHUB", "APP_WEBHOOK_ID"))} == {
-        "APP_GITHUB_APP_ID": "Iv1abc123",
+        "APP_GITHUB_APP_ID": "4711",
         "APP_GITHUB_APP_INSTALLATION_ID": "4242",
         "APP_GITHUB_APP_PRIVATE_KEY_VALUE": PEM,
         "APP_GITHUB_API_URL": "https://ghe.example.com/api/v3",
         "APP_GITHUB_PATH": "octo-org/hooks.repo",
         "APP_WEBHOOK_ID": "77",
     }
-    assert env["APP_REDELIVERY_INTERVAL"] == "5m"
+    assert env["APP_REDELIVERY_INTERVAL"] == "300"
 
 
 def test_redelivery_defaults(ctx, gateway):
@@ -443,13 +448,13 @@ def test_redelivery_defaults(ctx, gateway):
     env = env_of(out)
     assert env["APP_GITHUB_PATH"] == "octo-org"
     assert env["APP_GITHUB_API_URL"] == "https://api.github.com"
-    assert env["APP_REDELIVERY_INTERVAL"] == "600s"
+    assert env["APP_REDELIVERY_INTERVAL"] == "600"
 
 
 def test_redelivery_interval_only_with_redelivery(ctx, gateway):
     out = ctx.run(
         ctx.on.config_changed(),
-        state(gateway.port, config={"redelivery-interval": "5m"}, relations=[rabbitmq_k8s()]),
+        state(gateway.port, config={"redelivery-interval": 300}, relations=[rabbitmq_k8s()]),
     )
     assert out.unit_status == testing.ActiveStatus("")
     assert "APP_REDELIVERY_INTERVAL" not in env_of(out)
@@ -459,7 +464,7 @@ def test_redelivery_interval_only_with_redelivery(ctx, gateway):
     "config, message",
     [
         (
-            {"github-app-id": "123"},
+            {"github-app-id": 123},
             "incomplete GitHub App config: missing github-app-installation-id"
             " and github-app-private-key",
         ),
@@ -468,7 +473,7 @@ def test_redelivery_interval_only_with_redelivery(ctx, gateway):
             "incomplete GitHub App config: missing github-app-id",
         ),
         (
-            {"github-app-id": "123", "github-app-private-key": APP_KEY.id},
+            {"github-app-id": 123, "github-app-private-key": APP_KEY.id},
             "incomplete GitHub App config: missing github-app-installation-id",
         ),
         (
@@ -488,7 +493,7 @@ def test_blocked_on_partial_github_app(ctx, gateway, config, message):
         ),
     )
     assert out.unit_status == testing.BlockedStatus(message)
-    assert out.get_container("gateway").plan.services == {}
+    assert out.get_container("app").plan.services == {}
 
 
 @pytest.mark.parametrize(
@@ -525,16 +530,16 @@ def test_blocked_on_partial_github_app(ctx, gateway, config, message):
             "invalid webhook-id config: -3 not in [1, ",
         ),
         (
-            {**GITHUB_APP, **REDELIVERY, "github-app-id": "12 3"},
-            "invalid github-app-id config: '12 3' is not an App id or client id",
+            {**GITHUB_APP, **REDELIVERY, "github-app-id": None, "github-app-client-id": "12 3"},
+            "invalid github-app-client-id config: '12 3' is not a client id",
         ),
         (
             {**GITHUB_APP, **REDELIVERY, "github-app-installation-id": -1},
             "invalid github-app-installation-id config: -1 not in [1, ",
         ),
         (
-            {**GITHUB_APP, **REDELIVERY, "redelivery-interval": "0m"},
-            "invalid redelivery-interval config: '0m' must be greater than zero",
+            {**GITHUB_APP, **REDELIVERY, "redelivery-interval": 0},
+            "invalid redelivery-interval config: 0 not in [1, 31536000]",
         ),
     ],
 )
@@ -545,7 +550,7 @@ def test_blocked_on_invalid_redelivery(ctx, gateway, config, message):
     )
     assert out.unit_status.name == "blocked"
     assert out.unit_status.message.startswith(message)
-    assert out.get_container("gateway").plan.services == {}
+    assert out.get_container("app").plan.services == {}
 
 
 def test_blocked_when_private_key_not_granted(ctx, gateway):

@@ -49,7 +49,7 @@ def test_malformed_loki_endpoint_ignored(ctx, gateway):
     out = ctx.run(
         ctx.on.relation_changed(loki), state(gateway.port, relations=[rabbitmq_k8s(), loki])
     )
-    assert out.get_container("gateway").plan.log_targets == {}
+    assert out.get_container("app").plan.log_targets == {}
 
 
 def test_tracing_without_receivers_sets_no_endpoint(ctx, gateway):
@@ -59,7 +59,7 @@ def test_tracing_without_receivers_sets_no_endpoint(ctx, gateway):
     out = ctx.run(
         ctx.on.relation_changed(tracing), state(gateway.port, relations=[rabbitmq_k8s(), tracing])
     )
-    env = out.get_container("gateway").plan.services["gateway"].environment
+    env = out.get_container("app").plan.services["gateway"].environment
     assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in env
 
 
