@@ -34,11 +34,12 @@ echo "==> ruff check charms"
 echo "==> ruff format --check charms"
 "$venv/bin/ruff" format --check charms
 
-# Each charm is tested in its own pytest process: both have a top-level `charm` module.
+# Each charm is tested in its own pytest process (both have a top-level `charm` module), and
+# so is charms/common (the tests of both charms' files and of the shared code).
 passed=0
 failed=0
 status=0
-for charm in webhook-gateway planner; do
+for charm in common webhook-gateway planner; do
   echo "==> pytest charms/$charm"
   log="$(mktemp)"
   set +e

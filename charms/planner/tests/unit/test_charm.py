@@ -341,7 +341,10 @@ def test_tracing_endpoint(ctx, planner):
         ctx.on.relation_changed(tracing),
         state(planner.port, relations=[rabbitmq(), postgresql(), tracing]),
     )
-    assert env_of(out)["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == "http://tempo:4318/v1/traces"
+    env = env_of(out)
+    assert env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == "http://tempo:4318/v1/traces"
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
 
 
 def test_metrics_endpoint_and_alert_rules(ctx, planner):
@@ -488,3 +491,60 @@ def test_blocked_on_unusable_private_key(ctx, planner):
         "github-app-private-key: secret has no 'value' key"
     )
     assert "PRIVATE KEY" not in out.unit_status.message
+
+
+def test_metrics_path_and_port_reach_environment_and_scrape_job(ctx, planner):
+    rel = testing.Relation("metrics-endpoint", remote_app_name="prometheus")
+    config = {"metrics-path": "/prom", "metrics-port": 9200}
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(planner.port, config=config, relations=[rabbitmq(), postgresql(), rel]),
+    )
+    assert out.unit_status == testing.ActiveStatus()
+    assert env_of(out)["APP_METRICS_PATH"] == "/prom"
+    assert env_of(out)["OTEL_EXPORTER_PROMETHEUS_PORT"] == "9200"
+    jobs = json.loads(out.get_relation(rel.id).local_app_data["scrape_jobs"])
+    assert jobs == [{"metrics_path": "/prom", "static_configs": [{"targets": ["*:9200"]}]}]
+    assert {p.port for p in out.opened_ports} == {planner.port, 9200}
+
+
+def test_blocked_when_metrics_port_is_app_port(ctx, planner):
+    out = ctx.run(
+        ctx.on.config_changed(), state(planner.port, config={"metrics-port": planner.port})
+    )
+    assert out.unit_status == testing.BlockedStatus("metrics-port must differ from app-port")
+
+
+def test_github_app_client_id_in_place_of_the_id(ctx, planner):
+    config = {**GITHUB_APP, "github-app-id": None, "github-app-client-id": "Iv23abc"}
+    out = ctx.run(
+        ctx.on.config_changed(), state(planner.port, config=config, secrets=[ADMIN, APP_KEY])
+    )
+    assert out.unit_status == testing.ActiveStatus()
+    assert env_of(out)["APP_GITHUB_APP_ID"] == "Iv23abc"
+
+
+def test_canonical_configuration_and_peer_data_carry_over(ctx, planner):
+    """A Canonical deployment's options and its `secret-storage` peer relation, after a switch.
+
+    Canonical's charm keeps its own key in the peer databag; ours adds its bookkeeping beside it.
+    """
+    peer = testing.PeerRelation("secret-storage", local_app_data={"secret_key": "kept"})
+    st = testing.State(
+        leader=True,
+        config={"app-port": planner.port, "metrics-port": 9464, "admin-token": ADMIN.id},
+        relations=[rabbitmq(), postgresql(), peer],
+        secrets=[ADMIN],
+        containers=[testing.Container("app", can_connect=True, execs={MIGRATE})],
+    )
+    out = ctx.run(ctx.on.upgrade_charm(), st)
+    assert out.unit_status == testing.ActiveStatus()
+    env = env_of(out)
+    assert env["APP_PORT"] == str(planner.port)
+    assert env["APP_ADMIN_TOKEN_VALUE"] == ADMIN_TOKEN
+    assert env["OTEL_EXPORTER_PROMETHEUS_PORT"] == "9464"
+    # The new charm migrates the database it took over, once.
+    assert [e.command for e in ctx.exec_history["app"]] == [["/usr/local/bin/planner", "migrate"]]
+    data = out.get_relation(peer.id).local_app_data
+    assert data["secret_key"] == "kept"
+    assert data["migrated"]

@@ -274,7 +274,11 @@ def test_tracing_endpoint(ctx, gateway):
         ctx.on.relation_changed(tracing),
         state(gateway.port, relations=[rabbitmq_k8s(), tracing]),
     )
-    assert env_of(out)["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == "http://tempo:4318/v1/traces"
+    env = env_of(out)
+    assert env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == "http://tempo:4318/v1/traces"
+    # As Canonical's charm sets them.
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
     requested = out.get_relation(tracing.id).local_app_data["receivers"]
     assert json.loads(requested) == ["otlp_http"]
 
@@ -285,6 +289,7 @@ def test_tracing_removed(ctx, gateway):
         ctx.on.relation_broken(tracing), state(gateway.port, relations=[rabbitmq_k8s(), tracing])
     )
     assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in env_of(out)
+    assert env_of(out)["OTEL_TRACES_EXPORTER"] == "none"
 
 
 def test_ingress(ctx, gateway):
@@ -592,3 +597,140 @@ def test_private_key_rotation_updates_environment(ctx, gateway):
     )
     out = ctx.run(ctx.on.secret_changed(key), st)
     assert env_of(out)["APP_GITHUB_APP_PRIVATE_KEY_VALUE"] == new
+
+
+def test_metrics_path_reaches_environment_and_scrape_job(ctx, gateway):
+    metrics = testing.Relation("metrics-endpoint", remote_app_name="prometheus")
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(
+            gateway.port,
+            config={"metrics-path": "/internal/metrics", "metrics-port": 9101},
+            relations=[rabbitmq_k8s(), metrics],
+        ),
+    )
+    assert out.unit_status == testing.ActiveStatus("")
+    assert env_of(out)["APP_METRICS_PATH"] == "/internal/metrics"
+    assert env_of(out)["OTEL_EXPORTER_PROMETHEUS_PORT"] == "9101"
+    jobs = json.loads(out.get_relation(metrics.id).local_app_data["scrape_jobs"])
+    assert jobs == [
+        {"metrics_path": "/internal/metrics", "static_configs": [{"targets": ["*:9101"]}]}
+    ]
+
+
+@pytest.mark.parametrize("path", ["metrics", "/has space", "", "/a?b"])
+def test_blocked_on_invalid_metrics_path(ctx, gateway, path):
+    metrics = testing.Relation("metrics-endpoint", remote_app_name="prometheus")
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(gateway.port, config={"metrics-path": path}, relations=[rabbitmq_k8s(), metrics]),
+    )
+    assert out.unit_status == testing.BlockedStatus(
+        f"invalid metrics-path config: {path.strip()!r} is not an absolute path like /metrics"
+    )
+    # Scraped at the default path meanwhile.
+    jobs = json.loads(out.get_relation(metrics.id).local_app_data["scrape_jobs"])
+    assert jobs[0]["metrics_path"] == "/metrics"
+
+
+def test_app_port_reaches_environment_checks_ingress_and_ports(ctx, gateway):
+    ingress = testing.Relation("ingress", remote_app_name="traefik")
+    out = ctx.run(
+        ctx.on.config_changed(), state(gateway.port, relations=[rabbitmq_k8s(), ingress])
+    )
+    assert env_of(out)["APP_PORT"] == str(gateway.port)
+    checks = out.get_container("app").plan.checks
+    assert checks["gateway-alive"].http == {"url": f"http://localhost:{gateway.port}/health"}
+    assert json.loads(out.get_relation(ingress.id).local_app_data["port"]) == gateway.port
+    assert gateway.port in {p.port for p in out.opened_ports}
+    assert "/ready" in gateway.requests
+
+
+def test_github_app_client_id_in_place_of_the_id(ctx, gateway):
+    config = {**GITHUB_APP, **REDELIVERY, "github-app-id": None, "github-app-client-id": "Iv1abc"}
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(gateway.port, config=config, relations=[rabbitmq_k8s()], secrets=[SECRET, APP_KEY]),
+    )
+    assert out.unit_status == testing.ActiveStatus("")
+    assert env_of(out)["APP_GITHUB_APP_ID"] == "Iv1abc"
+
+
+def test_blocked_when_both_github_app_id_and_client_id(ctx, gateway):
+    config = {**GITHUB_APP, **REDELIVERY, "github-app-client-id": "Iv1abc"}
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(gateway.port, config=config, relations=[rabbitmq_k8s()], secrets=[SECRET, APP_KEY]),
+    )
+    assert out.unit_status == testing.BlockedStatus(
+        "github-app-id and github-app-client-id are both set: set the App's id or its client id,"
+        " not both"
+    )
+    assert out.get_container("app").plan.services == {}
+
+
+@pytest.mark.parametrize("interval", [1, 600, 31536000])
+def test_redelivery_interval_is_whole_seconds(ctx, gateway, interval):
+    config = {**GITHUB_APP, **REDELIVERY, "redelivery-interval": interval}
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(gateway.port, config=config, relations=[rabbitmq_k8s()], secrets=[SECRET, APP_KEY]),
+    )
+    assert out.unit_status == testing.ActiveStatus("")
+    # A bare number: the gateway reads it as seconds, as Canonical's gateway does.
+    assert env_of(out)["APP_REDELIVERY_INTERVAL"] == str(interval)
+
+
+def test_redelivery_interval_above_a_year_blocks(ctx, gateway):
+    config = {**GITHUB_APP, **REDELIVERY, "redelivery-interval": 31536001}
+    out = ctx.run(
+        ctx.on.config_changed(),
+        state(gateway.port, config=config, relations=[rabbitmq_k8s()], secrets=[SECRET, APP_KEY]),
+    )
+    assert out.unit_status == testing.BlockedStatus(
+        "invalid redelivery-interval config: 31536001 not in [1, 31536000]"
+    )
+
+
+def test_canonical_configuration_carries_over(ctx, gateway):
+    """The options a Canonical deployment sets, with their values, as they are after a switch."""
+    config = {
+        "app-port": gateway.port,
+        "metrics-port": 9464,
+        "metrics-path": "/metrics",
+        "webhook-secret": SECRET.id,
+        "github-app-id": 12345,
+        "github-app-installation-id": 678,
+        "github-app-private-key": APP_KEY.id,
+        "github-path": "canonical",
+        "webhook-id": 424242,
+        "redelivery-interval": 900,
+    }
+    st = testing.State(
+        leader=True,
+        config=config,
+        relations=[rabbitmq_k8s(), testing.PeerRelation("secret-storage")],
+        secrets=[SECRET, APP_KEY],
+        containers=[testing.Container("app", can_connect=True)],
+    )
+    out = ctx.run(ctx.on.upgrade_charm(), st)
+    assert out.unit_status == testing.ActiveStatus("")
+    env = env_of(out)
+    assert {k: env[k] for k in env if k.startswith(("APP_", "OTEL_EXPORTER_PROMETHEUS_"))} == {
+        "APP_PORT": str(gateway.port),
+        "APP_METRICS_PATH": "/metrics",
+        "APP_WEBHOOK_SECRET_VALUE": "s3cret",
+        "APP_MAX_BODY_BYTES": "1048576",
+        "APP_PUBLISH_TIMEOUT": "5s",
+        "APP_MAX_IN_FLIGHT": "1024",
+        "APP_REQUEST_TIMEOUT": "10s",
+        "APP_GITHUB_APP_ID": "12345",
+        "APP_GITHUB_APP_INSTALLATION_ID": "678",
+        "APP_GITHUB_APP_PRIVATE_KEY_VALUE": PEM,
+        "APP_GITHUB_API_URL": "https://api.github.com",
+        "APP_GITHUB_PATH": "canonical",
+        "APP_WEBHOOK_ID": "424242",
+        "APP_REDELIVERY_INTERVAL": "900",
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": "9464",
+    }
