@@ -84,6 +84,13 @@ def int_option(charm: ops.CharmBase, option: str, *, minimum: int, maximum: int)
     return value
 
 
+def _matching_option(charm: ops.CharmBase, option: str, pattern: re.Pattern, like: str) -> str:
+    value = str(charm.config[option]).strip()
+    if not pattern.match(value):
+        raise ConfigError(f"invalid {option} config: {value!r} is not {like}")
+    return value
+
+
 def duration_option(charm: ops.CharmBase, option: str) -> str:
     """Read a duration option (e.g. ``30s``, ``120h``).
 
@@ -97,9 +104,7 @@ def duration_option(charm: ops.CharmBase, option: str) -> str:
     Raises:
         ConfigError: the value is not a duration.
     """
-    value = str(charm.config[option]).strip()
-    if not DURATION_RE.match(value):
-        raise ConfigError(f"invalid {option} config: {value!r} is not a duration like 30s or 120h")
+    value = _matching_option(charm, option, DURATION_RE, "a duration like 30s or 120h")
     if not any(int(number) for number in re.findall(r"\d+", value)):
         # The services refuse a zero duration ("must be greater than zero") and would not start.
         raise ConfigError(f"invalid {option} config: {value!r} must be greater than zero")
@@ -107,24 +112,12 @@ def duration_option(charm: ops.CharmBase, option: str) -> str:
 
 
 def url_path_option(charm: ops.CharmBase, option: str) -> str:
-    """Read an absolute URL path option (e.g. ``metrics-path``: ``/metrics``).
-
-    Args:
-        charm: the charm.
-        option: option name.
-
-    Returns:
-        the value, stripped.
+    """Read an absolute URL path option (``metrics-path``, e.g. ``/metrics``).
 
     Raises:
         ConfigError: the value is not an absolute path.
     """
-    value = str(charm.config[option]).strip()
-    if not URL_PATH_RE.match(value):
-        raise ConfigError(
-            f"invalid {option} config: {value!r} is not an absolute path like /metrics"
-        )
-    return value
+    return _matching_option(charm, option, URL_PATH_RE, "an absolute path like /metrics")
 
 
 def _join(names: list[str]) -> str:

@@ -147,34 +147,6 @@ class PlannerCharm(WorkloadCharm):
             peer.pop(MIGRATED_KEY, None)
 
     def before_start(self, container: ops.Container, env: dict[str, str]) -> ops.StatusBase | None:
-        """Migrate the database before the planner starts.
-
-        Args:
-            container: the workload container.
-            env: the full workload environment.
-
-        Returns:
-            a status to report while the planner must not start yet, else None.
-        """
-        return self._migrate(container, env)
-
-    def after_ready(self) -> ops.StatusBase:
-        """The leader syncs the ``planner`` relations with the running planner.
-
-        Returns:
-            the unit status.
-        """
-        if self.unit.is_leader():
-            try:
-                problems = self._reconcile_planner_relations()
-            except (PlannerError, ConfigError) as exc:
-                logger.error("planner relation sync failed: %s", exc)
-                return ops.WaitingStatus(f"planner relation sync failed, will retry: {exc}")
-            if problems:
-                return ops.ActiveStatus(f"invalid flavor data: {'; '.join(problems)}")
-        return ops.ActiveStatus()
-
-    def _migrate(self, container: ops.Container, env: dict[str, str]) -> ops.StatusBase | None:
         """Run ``planner migrate`` once per database (leader); others wait for it.
 
         Args:
@@ -182,7 +154,7 @@ class PlannerCharm(WorkloadCharm):
             env: the full workload environment.
 
         Returns:
-            a status to report when the workload must not start yet, else None.
+            a status to report while the planner must not start yet, else None.
         """
         peer = self._peer_data
         if peer is None:
@@ -209,6 +181,22 @@ class PlannerCharm(WorkloadCharm):
         peer[MIGRATED_KEY] = fingerprint
         logger.info("database migrated")
         return None
+
+    def after_ready(self) -> ops.StatusBase:
+        """The leader syncs the ``planner`` relations with the running planner.
+
+        Returns:
+            the unit status.
+        """
+        if self.unit.is_leader():
+            try:
+                problems = self._reconcile_planner_relations()
+            except (PlannerError, ConfigError) as exc:
+                logger.error("planner relation sync failed: %s", exc)
+                return ops.WaitingStatus(f"planner relation sync failed, will retry: {exc}")
+            if problems:
+                return ops.ActiveStatus(f"invalid flavor data: {'; '.join(problems)}")
+        return ops.ActiveStatus()
 
     # --- github_runner_planner_v0 -----------------------------------------------------
 

@@ -9,7 +9,11 @@ Protocol, as postgresql-k8s implements it:
   (JSON list) to its application databag;
 * the provider answers in its application databag with ``endpoints`` (``host:port,...``) and
   either ``secret-user`` (the id of a Juju secret holding ``username`` and ``password``,
-  when secrets were requested) or plain ``username``/``password`` fields (older providers).
+  when secrets were requested) or plain ``username``/``password`` fields (older providers);
+  likewise ``tls`` (``"true"`` when the server requires TLS) in the ``secret-tls`` secret or
+  as a plain field.
+
+As in Canonical's charm, ``tls`` becomes the URI's ``sslmode``: ``require`` or ``disable``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import ops
 logger = logging.getLogger(__name__)
 
 REQUESTED_SECRETS = ["username", "password", "tls", "tls-ca", "uris"]
+SSLMODE = {"true": "require", "false": "disable"}
 
 
 class PostgreSQLRequirer:
@@ -54,17 +59,20 @@ class PostgreSQLRequirer:
             {"database": self.database, "requested-secrets": json.dumps(REQUESTED_SECRETS)}
         )
 
+    def _secret_fields(self, data: ops.RelationDataContent, secret: str) -> dict[str, str]:
+        """The fields of the provider's ``secret-<name>`` secret, or the plain fields."""
+        secret_id = data.get(f"secret-{secret}")
+        if not secret_id:
+            return dict(data)
+        try:
+            return dict(self._charm.model.get_secret(id=secret_id).get_content(refresh=True))
+        except (ops.SecretNotFoundError, ops.ModelError) as exc:
+            logger.warning("postgresql %s secret unavailable: %s", secret, exc)
+            return {}
+
     def _credentials(self, data: ops.RelationDataContent) -> tuple[str, str] | None:
-        secret_id = data.get("secret-user")
-        if secret_id:
-            try:
-                content = self._charm.model.get_secret(id=secret_id).get_content(refresh=True)
-            except (ops.SecretNotFoundError, ops.ModelError) as exc:
-                logger.warning("postgresql user secret unavailable: %s", exc)
-                return None
-            username, password = content.get("username"), content.get("password")
-        else:
-            username, password = data.get("username"), data.get("password")
+        fields = self._secret_fields(data, "user")
+        username, password = fields.get("username"), fields.get("password")
         if username and password:
             return username, password
         return None
@@ -73,7 +81,7 @@ class PostgreSQLRequirer:
         """The PostgreSQL URI once the provider has answered, else None.
 
         Returns:
-            e.g. ``postgresql://user:pw@host:5432/planner``.
+            e.g. ``postgresql://user:pw@host:5432/planner?sslmode=require``.
         """
         relation = self.relation
         if relation is None or relation.app is None:
@@ -86,4 +94,10 @@ class PostgreSQLRequirer:
         user = urllib.parse.quote(creds[0], safe="")
         password = urllib.parse.quote(creds[1], safe="")
         database = urllib.parse.quote(data.get("database") or self.database, safe="")
-        return f"postgresql://{user}:{password}@{endpoints[0]}/{database}"
+        uri = f"postgresql://{user}:{password}@{endpoints[0]}/{database}"
+        tls = str(self._secret_fields(data, "tls").get("tls") or "").strip().lower()
+        if tls in SSLMODE:
+            uri += f"?sslmode={SSLMODE[tls]}"
+        elif tls:
+            logger.warning("ignoring postgresql tls value %r (neither true nor false)", tls)
+        return uri

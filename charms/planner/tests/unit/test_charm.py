@@ -548,3 +548,34 @@ def test_canonical_configuration_and_peer_data_carry_over(ctx, planner):
     data = out.get_relation(peer.id).local_app_data
     assert data["secret_key"] == "kept"
     assert data["migrated"]
+
+
+@pytest.mark.parametrize(
+    "tls, suffix", [("True", "?sslmode=require"), ("false", "?sslmode=disable"), (None, "")]
+)
+def test_postgresql_tls_becomes_sslmode(ctx, planner, tls, suffix):
+    pg = postgresql() if tls is None else postgresql(tls=tls)
+    out = ctx.run(ctx.on.relation_changed(pg), state(planner.port, relations=[rabbitmq(), pg]))
+    assert env_of(out)["POSTGRESQL_DB_CONNECT_STRING"] == DB_URI + suffix
+
+
+def test_postgresql_tls_from_secret(ctx, planner):
+    user = testing.Secret({"username": "u", "password": "p"})
+    tls = testing.Secret({"tls": "true", "tls-ca": "-----BEGIN CERTIFICATE-----"})
+    pg = testing.Relation(
+        "postgresql",
+        remote_app_name="postgresql-k8s",
+        remote_app_data={
+            "endpoints": "pg:5432",
+            "secret-user": user.id,
+            "secret-tls": tls.id,
+            "database": APP,
+        },
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(pg),
+        state(planner.port, relations=[rabbitmq(), pg], secrets=[ADMIN, user, tls]),
+    )
+    assert env_of(out)["POSTGRESQL_DB_CONNECT_STRING"] == (
+        "postgresql://u:p@pg:5432/github-runner-planner?sslmode=require"
+    )
