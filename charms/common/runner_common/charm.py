@@ -6,8 +6,12 @@
 Both charms run one service of this repository under Pebble and converge on one desired state
 from every event (config, secrets, Pebble, relations): they publish what related applications
 need, turn the config into the service's environment, report what is missing, write the Pebble
-layer, open the ports and wait for ``GET /ready``. A charm supplies its own names (class
-attributes) and its own config (``service_environment``), and may add relations
+layer, open the ports and wait for ``GET /ready``. The options both charms have (``app-port``,
+``metrics-port``, ``metrics-path``, ``request-timeout``, ``log-level``) become the variables
+both services read (``APP_PORT``, ``OTEL_EXPORTER_PROMETHEUS_*``, ``APP_METRICS_PATH``,
+``APP_REQUEST_TIMEOUT``, ``RUST_LOG``, and the ``OTEL_*`` exporter variables). A charm supplies
+its own names (class attributes) and its own config (``service_environment``), and may add
+relations
 (``extra_relations``, ``connection_strings``, ``publish_relation_data``) and steps before the
 service starts (``before_start``, the planner's migration) or once it is ready
 (``after_ready``).
@@ -49,12 +53,11 @@ class WorkloadCharm(ops.CharmBase):
     # The workload container and its image resource are named as in Canonical's charms (the
     # go-framework extension): `app` and `app-image`.
     container_name: typing.ClassVar[str] = "app"
-    # The Pebble service, its command and the layer summary.
+    # The Pebble service (also how status messages name the workload), its command and the
+    # layer summary.
     service_name: typing.ClassVar[str]
     command: typing.ClassVar[str]
     summary: typing.ClassVar[str]
-    # How status messages name the workload: "waiting for the <name> to be ready".
-    workload_name: typing.ClassVar[str]
     # Relations besides COMMON_RELATIONS whose events trigger a reconciliation.
     extra_relations: typing.ClassVar[tuple[str, ...]] = ()
     # Relations without which the service cannot start (Blocked).
@@ -251,6 +254,6 @@ class WorkloadCharm(ops.CharmBase):
 
         if not http.wait_ready(f"http://127.0.0.1:{port}/ready"):
             return ops.WaitingStatus(
-                f"waiting for the {self.workload_name} to be ready (GET /ready)"
+                f"waiting for the {self.service_name} to be ready (GET /ready)"
             )
         return self.after_ready()

@@ -50,7 +50,6 @@ class PlannerCharm(WorkloadCharm):
     service_name = SERVICE
     command = f"{BINARY} serve"
     summary = "runner-planner planner"
-    workload_name = "planner"
     extra_relations = ("postgresql", PLANNER_RELATION, PEER)
     required_relations = ("rabbitmq", "postgresql")
 

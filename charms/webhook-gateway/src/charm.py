@@ -40,7 +40,6 @@ class WebhookGatewayCharm(WorkloadCharm):
     service_name = SERVICE
     command = COMMAND
     summary = "runner-planner webhook gateway"
-    workload_name = "gateway"
 
     def service_environment(self) -> dict[str, str]:
         """The gateway's own variables: its secrets, limits and redelivery.
