@@ -32,7 +32,6 @@ from runner_common.config import (
 
 logger = logging.getLogger(__name__)
 
-SERVICE = "planner"
 BINARY = "/usr/local/bin/planner"
 # The peer relation is named as in Canonical's charm, so that `juju refresh --switch` keeps it.
 PEER = "secret-storage"
@@ -47,7 +46,7 @@ MIGRATION_TIMEOUT = 300
 class PlannerCharm(WorkloadCharm):
     """Run the planner under Pebble; manage flavors and tokens of related runner managers."""
 
-    service_name = SERVICE
+    service_name = "planner"
     command = f"{BINARY} serve"
     summary = "runner-planner planner"
     extra_relations = ("postgresql", PLANNER_RELATION, PEER)

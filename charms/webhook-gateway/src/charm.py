@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 
 import ops
@@ -23,10 +22,6 @@ from runner_common.config import (
     require_together,
 )
 
-logger = logging.getLogger(__name__)
-
-SERVICE = "gateway"
-COMMAND = "/usr/local/bin/gateway"
 # APP_GITHUB_PATH as gateway/src/redelivery.rs parses it: `org` or `owner/repo`.
 _NAME = r"(?!\.\.?(?:/|$))[A-Za-z0-9_.-]+"
 GITHUB_PATH_RE = re.compile(rf"^{_NAME}(?:/{_NAME})?$")
@@ -37,8 +32,8 @@ MAX_INTERVAL = 365 * 24 * 3600
 class WebhookGatewayCharm(WorkloadCharm):
     """Run the gateway under Pebble and wire it to RabbitMQ and COS."""
 
-    service_name = SERVICE
-    command = COMMAND
+    service_name = "gateway"
+    command = "/usr/local/bin/gateway"
     summary = "runner-planner webhook gateway"
 
     def service_environment(self) -> dict[str, str]:
