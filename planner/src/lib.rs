@@ -19,6 +19,7 @@ pub mod metrics;
 // issue 9: reconciliation with GitHub's API
 pub mod pressure;
 pub mod reconcile;
+pub mod report;
 pub mod routes;
 pub mod startup;
 pub mod state;
