@@ -55,8 +55,29 @@ pub fn migrate(pool: &PgPool) -> anyhow::Result<Vec<String>> {
             converted.open_jobs,
             converted.payloads
         );
+        warn_unaddressable_names(&mut conn)?;
     }
     schema::run_migrations(&mut conn).map_err(|err| anyhow::anyhow!("migrations failed: {err}"))
+}
+
+/// Logs each flavor and token whose name (accepted by Canonical's planner) our API cannot
+/// address: it keeps working, but cannot be fetched, changed or deleted by name.
+fn warn_unaddressable_names(conn: &mut diesel::PgConnection) -> anyhow::Result<()> {
+    let flavors = schema::queries::list_flavors(conn)?
+        .into_iter()
+        .map(|f| f.name);
+    let tokens = schema::queries::list_token_names(conn)?;
+    let named = flavors
+        .map(|name| ("flavor", name))
+        .chain(tokens.into_iter().map(|name| ("token", name)));
+    for (kind, name) in named {
+        if let Err(problem) = crate::domain::names::validate_name(&name) {
+            log::warn!(
+                "event=canonical_name_not_addressable kind={kind} name={name:?} problem=\"{problem}\""
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Rebuilds the open-job counts behind pressure from the `job` table (`planner recount`);
