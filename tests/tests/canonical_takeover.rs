@@ -661,3 +661,62 @@ async fn databases_of_other_shapes_are_refused_and_left_untouched() {
         );
     }
 }
+
+#[actix_rt::test]
+async fn canonicals_exclusive_consumer_holds_ours_off_until_it_stops() {
+    let db = TestDb::new();
+    let name = tests::unique("exclusive");
+    let topology = actors::amqp::Topology::named(&name);
+    let _queues = TopologyGuard(topology.clone());
+    // Canonical's planner consumes the queue with `exclusive: true`.
+    let broker = tests::amqp::rabbitmq_url();
+    let canonical = actors::amqp::connect(&broker, "canonical-planner", Duration::from_secs(10))
+        .await
+        .expect("connect to the broker");
+    let channel = canonical.create_channel().await.expect("channel");
+    topology
+        .declare(&channel)
+        .await
+        .expect("declare the topology");
+    // Held: dropping the consumer would cancel it.
+    let _consumer = channel
+        .basic_consume(
+            topology.queue.as_str().into(),
+            "canonical-planner".into(),
+            lapin::options::BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("exclusive consumer");
+
+    let mut ours = Service::spawn(
+        "planner",
+        &["serve"],
+        &[
+            ("POSTGRESQL_DB_CONNECT_STRING", db.url()),
+            ("RABBITMQ_CONNECT_STRING", broker.as_str()),
+            ("APP_ADMIN_TOKEN_VALUE", ADMIN_TOKEN),
+            ("APP_AMQP_NAME", name.as_str()),
+            ("APP_PORT", "0"),
+            ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
+            ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
+        ],
+    );
+    let refused = ours
+        .wait_for_log("event=consumer_failed", Duration::from_secs(30))
+        .await;
+    assert!(refused.contains("in exclusive use"), "{refused}");
+    assert!(
+        !ours.log().contains("event=consumer_started"),
+        "{}",
+        ours.log()
+    );
+
+    // Canonical's planner stops: ours consumes.
+    canonical.close(200, "stopped".into()).await.expect("close");
+    ours.wait_for_log("event=consumer_started", Duration::from_secs(30))
+        .await;
+}
