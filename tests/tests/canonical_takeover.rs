@@ -14,7 +14,7 @@ use diesel::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tests::db::{execute, TestDb};
-use tests::planner::{job_payload, TopologyGuard, ADMIN_TOKEN};
+use tests::planner::{eventually, job_payload, TestPublisher, TopologyGuard, ADMIN_TOKEN};
 use tests::process::{start_planner, Build, Service};
 
 /// How long `planner migrate` may take.
@@ -571,6 +571,73 @@ async fn planner_serve_converts_canonicals_database_and_tokens_work_both_ways() 
     assert_eq!(stored.hash, hex::encode(Sha256::digest(&bytes)));
     let (status, _) = get(&planner.url, "/api/v1/flavors/small", &ours).await;
     assert_eq!(status, 200);
+
+    // A converted job carries on with the next delivery of its own: 101 completes.
+    let publisher = TestPublisher::connect(&actors::amqp::Topology::named(&name)).await;
+    let now = Utc::now();
+    let completed = body(
+        101,
+        "completed",
+        &["self-hosted", "Linux", "X64", "small"],
+        now - chrono::Duration::minutes(30),
+        Some(now - chrono::Duration::minutes(2)),
+        Some(now),
+    );
+    publisher.publish(&completed, "after-the-switch").await;
+    let url = planner.url.clone();
+    eventually(
+        "job 101 completes and leaves small's pressure",
+        Duration::from_secs(30),
+        || {
+            let (url, token) = (url.clone(), token.clone());
+            async move {
+                let (_, pressure) = get(&url, "/api/v1/flavors/_/pressure", &token).await;
+                pressure["small"] == 1
+            }
+        },
+    )
+    .await;
+    let (_, job) = get(&planner.url, "/api/v1/jobs/github/101", &token).await;
+    assert_eq!(job["status"], "completed");
+    let payloads = job.get("raw").or_else(|| job.get("payloads")).unwrap();
+    assert_eq!(
+        payloads["queued"]["action"], "queued",
+        "Canonical's payload kept"
+    );
+    assert_eq!(payloads["completed"]["action"], "completed");
+}
+
+#[actix_rt::test]
+async fn two_planners_migrating_a_version_1_database_at_once_convert_it_once() {
+    let db = canonical_database();
+    let mut conn = db.connect();
+    fill(&mut conn);
+    // Version 1 kept labels as given.
+    execute(&mut conn, "UPDATE schema_migrations SET version = 1");
+    execute(
+        &mut conn,
+        "UPDATE flavor SET labels = '{X64,Small,x64}' WHERE name = 'small'",
+    );
+    let (first, second) = tokio::join!(migrate(db.url()), migrate(db.url()));
+    for (ok, log) in [&first, &second] {
+        assert!(ok, "planner migrate failed:\n{log}");
+    }
+    let conversions = [&first.1, &second.1]
+        .iter()
+        .filter(|log| log.contains("event=canonical_database_converted canonical_version=1"))
+        .count();
+    assert_eq!(conversions, 1, "{}\n---\n{}", first.1, second.1);
+    let small = schema::queries::get_flavor(&mut conn, "small")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        small.labels,
+        ["x64", "small"],
+        "lowercased, duplicates dropped"
+    );
+    assert!(schema::queries::recount_open_jobs(&mut conn)
+        .unwrap()
+        .is_empty());
 }
 
 #[actix_rt::test]
