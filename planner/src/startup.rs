@@ -40,44 +40,12 @@ pub struct Application {
 }
 
 /// Runs pending migrations through `pool`, after converting a database of Canonical's planner
-/// to our schema ([`schema::canonical::take_over`]; a database of an unknown shape is refused
+/// to our schema ([`crate::takeover`]; a database of an unknown shape is refused
 /// untouched).
 pub fn migrate(pool: &PgPool) -> anyhow::Result<Vec<String>> {
     let mut conn = pool.get()?;
-    if let Some(converted) = schema::canonical::take_over(&mut conn)? {
-        log::info!(
-            "event=canonical_database_converted canonical_version={} flavors={} tokens={} \
-             jobs={} open_jobs={} payloads={}",
-            converted.version,
-            converted.flavors,
-            converted.tokens,
-            converted.jobs,
-            converted.open_jobs,
-            converted.payloads
-        );
-        warn_unaddressable_names(&mut conn)?;
-    }
+    crate::takeover::convert_canonical(&mut conn)?;
     schema::run_migrations(&mut conn).map_err(|err| anyhow::anyhow!("migrations failed: {err}"))
-}
-
-/// Logs each flavor and token whose name (accepted by Canonical's planner) our API cannot
-/// address: it keeps working, but cannot be fetched, changed or deleted by name.
-fn warn_unaddressable_names(conn: &mut diesel::PgConnection) -> anyhow::Result<()> {
-    let flavors = schema::queries::list_flavors(conn)?
-        .into_iter()
-        .map(|f| f.name);
-    let tokens = schema::queries::list_token_names(conn)?;
-    let named = flavors
-        .map(|name| ("flavor", name))
-        .chain(tokens.into_iter().map(|name| ("token", name)));
-    for (kind, name) in named {
-        if let Err(problem) = crate::domain::names::validate_name(&name) {
-            log::warn!(
-                "event=canonical_name_not_addressable kind={kind} name={name:?} problem=\"{problem}\""
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Rebuilds the open-job counts behind pressure from the `job` table (`planner recount`);
