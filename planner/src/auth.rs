@@ -1,11 +1,21 @@
 //! Bearer-token authentication.
 //!
 //! The admin token comes from the configuration; general tokens are created through the API and
-//! stored only as SHA-256 hashes. A presented token is hashed once; the admin hash is compared
-//! in constant time, and general tokens are looked up by hash (a timing difference there could
-//! only reveal bits of a hash, never of a token).
+//! stored only as SHA-256 hashes. The admin hash is compared in constant time, and general
+//! tokens are looked up by hash (a timing difference there could only reveal bits of a hash,
+//! never of a token).
+//!
+//! Hashes, as Canonical's planner keeps them, so a token made by either planner works with the
+//! other and a database of Canonical's keeps its tokens ([`token_sha256`]): a general token is
+//! 32 random bytes in base64url without padding (43 characters), and its stored hash is the
+//! SHA-256 of those 32 decoded bytes. A presented token that does not decode to 32 bytes is
+//! hashed as text; so is the admin token, whatever its format (it is compared as configured,
+//! never decoded). Tokens stored by earlier versions of this planner hold the SHA-256 of the
+//! token's text ([`text_sha256`]): a general token is looked up under both hashes, so they keep
+//! working (only with this planner: Canonical's looks up the decoded form alone).
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use futures::future::LocalBoxFuture;
 use schema::queries;
 use sha2::{Digest, Sha256};
@@ -13,8 +23,19 @@ use subtle::ConstantTimeEq;
 
 use crate::{error::ApiError, state::AppState};
 
-/// SHA-256 of a token.
+/// The stored hash of a general token: the SHA-256 of its 32 bytes when it is base64url
+/// without padding of 32 bytes (every token this planner and Canonical's create), else
+/// [`text_sha256`].
 pub fn token_sha256(token: &str) -> [u8; 32] {
+    match URL_SAFE_NO_PAD.decode(token) {
+        Ok(bytes) if bytes.len() == 32 => Sha256::digest(&bytes).into(),
+        _ => text_sha256(token),
+    }
+}
+
+/// SHA-256 of a token's text: the admin token's hash, and the hash earlier versions of this
+/// planner stored for general tokens.
+pub fn text_sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -59,14 +80,18 @@ impl FromRequest for Authenticated {
         Box::pin(async move {
             let token = token?;
             let state = state.ok_or_else(|| ApiError::Internal("no application state".into()))?;
-            let digest = token_sha256(&token);
-            if bool::from(digest.ct_eq(&state.admin_token_sha256)) {
+            let text = text_sha256(&token);
+            if bool::from(text.ct_eq(&state.admin_token_sha256)) {
                 return Ok(Authenticated(Caller::Admin));
             }
+            let stored = token_sha256(&token);
             let pool = state.pool.clone();
             let name = web::block(move || -> Result<Option<String>, ApiError> {
                 let mut conn = pool.get()?;
-                Ok(queries::token_name_by_hash(&mut conn, &digest)?)
+                Ok(queries::token_name_by_any_hash(
+                    &mut conn,
+                    &[&stored, &text],
+                )?)
             })
             .await??;
             name.map(|name| Authenticated(Caller::Token(name)))
@@ -87,5 +112,35 @@ impl FromRequest for Admin {
                 Authenticated(Caller::Token(_)) => Err(ApiError::AdminOnly),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_of_32_bytes_is_hashed_as_its_bytes() {
+        let bytes = [7u8; 32];
+        let token = URL_SAFE_NO_PAD.encode(bytes);
+        assert_eq!(token.len(), 43);
+        // Canonical's planner stores the hex SHA-256 of the 32 decoded bytes.
+        let expected: [u8; 32] = Sha256::digest(bytes).into();
+        assert_eq!(token_sha256(&token), expected);
+        assert_ne!(token_sha256(&token), text_sha256(&token));
+    }
+
+    #[test]
+    fn other_tokens_are_hashed_as_text() {
+        for token in [
+            "planner_v0_testtesttesttesttest",
+            // 31 and 33 bytes, padded base64, standard alphabet.
+            &URL_SAFE_NO_PAD.encode([1u8; 31]),
+            &URL_SAFE_NO_PAD.encode([1u8; 33]),
+            "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+            "+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/8",
+        ] {
+            assert_eq!(token_sha256(token), text_sha256(token), "{token}");
+        }
     }
 }

@@ -7,6 +7,8 @@
 //! - [`domain`]: pure logic (state machine, labels, matching, webhook classification).
 //! - [`routes`]: the REST API; [`error`]: its one error type.
 //! - [`metrics`]: the Prometheus metrics, served on their own listener.
+//! - [`takeover`]: converting a database of Canonical's planner before the migrations;
+//!   [`report`]: `planner report waiting-p80`.
 
 pub mod auth;
 pub mod config;
@@ -19,7 +21,9 @@ pub mod metrics;
 // issue 9: reconciliation with GitHub's API
 pub mod pressure;
 pub mod reconcile;
+pub mod report;
 pub mod routes;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod takeover;

@@ -1,11 +1,14 @@
-//! `planner serve [--no-migrate]` | `planner migrate` | `planner recount`.
+//! `planner serve [--no-migrate]` | `planner migrate` | `planner recount` |
+//! `planner report waiting-p80 ...`.
 
 use actors::telemetry::{init_logging, Tracing};
 use anyhow::{bail, Context};
 use planner::{config::Config, startup::Application, store};
 
 fn usage() -> &'static str {
-    "usage: planner serve [--no-migrate] | planner migrate | planner recount"
+    "usage: planner serve [--no-migrate] | planner migrate | planner recount | \
+     planner report waiting-p80 --from YYYY-MM-DD [--to YYYY-MM-DD] [-o PATH] [--no-header] \
+     [--per-flavor] [-v]"
 }
 
 #[actix_web::main]
@@ -68,6 +71,12 @@ async fn run() -> anyhow::Result<()> {
                 "event=open_jobs_recount_done corrected_flavors={}",
                 corrections.len()
             );
+        }
+        ["report", "waiting-p80", rest @ ..] => {
+            let options =
+                planner::report::WaitingP80Options::parse(rest, chrono::Utc::now().date_naive())?;
+            let pool = one_connection_pool()?;
+            actix_web::web::block(move || planner::report::run(&pool, &options)).await??;
         }
         _ => bail!(usage()),
     }

@@ -14,7 +14,7 @@ use actors::telemetry::{metrics_server, HttpMetrics};
 use secrecy::ExposeSecret;
 
 use crate::{
-    auth::token_sha256,
+    auth::text_sha256,
     config::Config,
     consumer::{Consumer, ConsumerConfig, ConsumerStats},
     metrics::Metrics,
@@ -39,9 +39,12 @@ pub struct Application {
     broadcaster: Addr<Broadcaster>,
 }
 
-/// Runs pending migrations through `pool`.
+/// Runs pending migrations through `pool`, after converting a database of Canonical's planner
+/// to our schema ([`crate::takeover`]; a database of an unknown shape is refused
+/// untouched).
 pub fn migrate(pool: &PgPool) -> anyhow::Result<Vec<String>> {
     let mut conn = pool.get()?;
+    crate::takeover::convert_canonical(&mut conn)?;
     schema::run_migrations(&mut conn).map_err(|err| anyhow::anyhow!("migrations failed: {err}"))
 }
 
@@ -121,7 +124,7 @@ impl Application {
 
         let state = web::Data::new(AppState {
             pool: pool.clone(),
-            admin_token_sha256: token_sha256(config.admin_token.expose_secret()),
+            admin_token_sha256: text_sha256(config.admin_token.expose_secret()),
             ignored_labels: config.ignored_labels.clone(),
             readiness: health::Readiness {
                 consumer: stats.clone(),

@@ -4,8 +4,10 @@
 //! Policy: query functions return [`diesel::QueryResult`]; turning a result into an HTTP status
 //! or a consumer decision is the caller's business.
 
+pub mod canonical;
 pub mod models;
 pub mod queries;
+pub mod reports;
 pub mod schema;
 
 use diesel::pg::PgConnection;

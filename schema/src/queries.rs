@@ -598,3 +598,16 @@ pub fn token_name_by_hash(conn: &mut PgConnection, sha256: &[u8]) -> QueryResult
         .first(conn)
         .optional()
 }
+
+/// The name of the token whose SHA-256 is one of `hashes`, if any (a token has one hash in
+/// each of the forms the planner has stored over time).
+pub fn token_name_by_any_hash(
+    conn: &mut PgConnection,
+    hashes: &[&[u8]],
+) -> QueryResult<Option<String>> {
+    auth::table
+        .filter(auth::token_sha256.eq_any(hashes))
+        .select(auth::name)
+        .first(conn)
+        .optional()
+}

@@ -167,6 +167,19 @@ impl Service {
         assert!(status.success(), "kill -KILL {pid} failed");
     }
 
+    /// Waits for the process to exit and its log to end (a one-off command such as `planner
+    /// migrate`), failing the test after `limit`; its exit status and everything it logged.
+    pub async fn finish(mut self, limit: Duration) -> (ExitStatus, String) {
+        let mut count = self.count.clone();
+        let status = crate::within(limit, "the process to exit", async {
+            let status = self.child.wait().await.expect("wait for child");
+            while count.changed().await.is_ok() {}
+            status
+        })
+        .await;
+        (status, self.log())
+    }
+
     /// Waits for the process to exit, failing the test after `limit`.
     pub async fn wait(mut self, limit: Duration) -> ExitStatus {
         crate::within(limit, "the process to exit", self.child.wait())

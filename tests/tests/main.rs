@@ -1,6 +1,7 @@
 //! The end-to-end tests: one binary (one link), a module per area. Helpers live in the `tests`
 //! crate's `src/`; every test gets its own database, AMQP names and ports.
 
+mod canonical_takeover;
 mod faults;
 mod gateway_api;
 mod migrations;
@@ -13,3 +14,4 @@ mod planner_pressure;
 mod planner_pressure_trace;
 mod reconcile;
 mod redelivery;
+mod report_waiting_p80;
