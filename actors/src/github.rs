@@ -13,6 +13,7 @@
 //!
 //! Secrets (the private key, JWTs, tokens) live in [`SecretString`]s and are never logged.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -720,7 +721,7 @@ impl Client {
         let mut runners = Vec::new();
         self.each_page(&first, |answer| {
             runners.extend(answer.json::<RunnerPage>()?.runners);
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         })
         .await?;
         Ok(runners)
@@ -760,25 +761,27 @@ impl Client {
         let first = format!("/{}/actions/runner-groups?per_page=100", scope.api_prefix());
         let mut found = None;
         self.each_page(&first, |answer| {
-            let page = answer.json::<RunnerGroupPage>()?;
-            if found.is_none() {
-                found = page
-                    .runner_groups
-                    .into_iter()
-                    .find(|group| group.name == name)
-                    .map(|group| group.id);
-            }
-            Ok(())
+            found = answer
+                .json::<RunnerGroupPage>()?
+                .runner_groups
+                .into_iter()
+                .find(|group| group.name == name)
+                .map(|group| group.id);
+            Ok(match found {
+                Some(_) => ControlFlow::Break(()),
+                None => ControlFlow::Continue(()),
+            })
         })
         .await?;
         Ok(found)
     }
 
-    /// GETs `first` and every `rel="next"` page after it, at most [`MAX_PAGES`].
+    /// GETs `first` and every `rel="next"` page after it, at most [`MAX_PAGES`], until `page`
+    /// breaks.
     async fn each_page(
         &self,
         first: &str,
-        mut page: impl FnMut(&Answer) -> Result<(), GitHubError>,
+        mut page: impl FnMut(&Answer) -> Result<ControlFlow<()>, GitHubError>,
     ) -> Result<(), GitHubError> {
         let mut next = Some(first.to_owned());
         for _ in 0..MAX_PAGES {
@@ -786,7 +789,9 @@ impl Client {
                 return Ok(());
             };
             let answer = self.get(&url).await?;
-            page(&answer)?;
+            if page(&answer)?.is_break() {
+                return Ok(());
+            }
             next = answer.next_page();
         }
         match next {

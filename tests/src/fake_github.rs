@@ -153,6 +153,8 @@ pub struct FakeRunner {
     pub online: bool,
     /// Running a job.
     pub busy: bool,
+    /// When its job was assigned.
+    pub job_started: Option<Instant>,
 }
 
 /// An answer the fake gives instead of the route's, to the next `times` requests whose path

@@ -137,7 +137,12 @@ async fn runners_and_runner_groups_are_read_across_pages() {
         client.runner_group_id(&org(), "missing").await.unwrap(),
         None
     );
-    assert_eq!(fake.requests("/orgs/acme/actions/runner-groups").len(), 6);
+    // Fifteen groups, ten a page: group-13 is on the second page, Default on the first (no
+    // second page read), and a missing group reads both.
+    assert_eq!(
+        fake.requests("/orgs/acme/actions/runner-groups").len(),
+        2 + 1 + 2
+    );
     let repo = RunnerScope::parse("acme/app").unwrap();
     assert_eq!(
         client.runner_group_id(&repo, "Default").await.unwrap(),
@@ -146,6 +151,24 @@ async fn runners_and_runner_groups_are_read_across_pages() {
     assert_eq!(
         client.runner_group_id(&repo, "group-1").await.unwrap(),
         None
+    );
+    fake.stop().await;
+}
+
+#[actix_web::test]
+async fn a_listing_longer_than_the_page_cap_is_an_error() {
+    let fake = FakeGitHub::start().await;
+    fake.state().runner_page_size = 1;
+    let client = Client::new(fake.app_config(), "test").unwrap();
+    for i in 0..=actors::github::MAX_PAGES {
+        fake.add_runner(&org(), &format!("r{i}"), &["small"], true);
+    }
+    let err = client.list_runners(&org()).await.unwrap_err();
+    assert!(matches!(err, GitHubError::Invalid(_)), "{err:?}");
+    assert_eq!(
+        fake.requests("/orgs/acme/actions/runners").len(),
+        actors::github::MAX_PAGES,
+        "stops at the cap"
     );
     fake.stop().await;
 }
@@ -358,10 +381,8 @@ async fn the_runner_side_takes_each_jit_configuration_once() {
     fake.stop().await;
 }
 
-#[actix_web::test]
-async fn the_fake_github_binary_stands_in_for_github() {
-    let mut fake = Service::spawn("fake-github", &["--runner-group", "gpu"], &[]);
-    let url = fake.logged_value("fake-github url=", "url", LIMIT).await;
+/// A client of the `fake-github` process at `url`, with the test-only App key.
+fn client_of(url: &str) -> Client {
     let vars: &[(&str, &str)] = &[
         ("APP_GITHUB_APP_ID", tests::fake_github::APP_ID),
         ("APP_GITHUB_APP_INSTALLATION_ID", "777"),
@@ -369,12 +390,19 @@ async fn the_fake_github_binary_stands_in_for_github() {
             "APP_GITHUB_APP_PRIVATE_KEY_VALUE",
             tests::fake_github::PRIVATE_KEY,
         ),
-        ("APP_GITHUB_API_URL", &url),
+        ("APP_GITHUB_API_URL", url),
     ];
     let config = actors::github::AppConfig::from_source(&vars)
         .unwrap()
         .unwrap();
-    let client = Client::new(config, "test").unwrap();
+    Client::new(config, "test").unwrap()
+}
+
+#[actix_web::test]
+async fn the_fake_github_binary_stands_in_for_github() {
+    let mut fake = Service::spawn("fake-github", &["--runner-group", "gpu"], &[]);
+    let url = fake.logged_value("fake-github url=", "url", LIMIT).await;
+    let client = client_of(&url);
     let gpu = client.runner_group_id(&org(), "gpu").await.unwrap();
     assert_eq!(gpu, Some(2));
     let config = client
@@ -405,6 +433,21 @@ async fn the_fake_github_binary_stands_in_for_github() {
     assert_eq!(http.post(&finish).send().await.unwrap().status(), 204);
     assert_eq!(runner.wait(LIMIT).await.code(), Some(EXIT_DONE));
     assert!(!fake.log().contains("PRIVATE KEY"));
+    fake.terminate();
+    assert_eq!(fake.wait(LIMIT).await.code(), Some(0));
+}
+
+#[actix_web::test]
+async fn the_fake_github_binary_can_run_jobs_by_itself() {
+    let mut fake = Service::spawn("fake-github", &["--auto-assign", "--job-seconds", "1"], &[]);
+    let url = fake.logged_value("fake-github url=", "url", LIMIT).await;
+    let client = client_of(&url);
+    let config = jit(&client, &org(), "demo-small-1").await;
+    let mut runner = Service::spawn("fake-runner", &[], &runner_env(&config, "demo-small-1"));
+    runner.wait_for_log("state=busy", LIMIT).await;
+    assert!(client.list_runners(&org()).await.unwrap()[0].busy);
+    assert_eq!(runner.wait(LIMIT).await.code(), Some(EXIT_DONE));
+    assert!(client.list_runners(&org()).await.unwrap().is_empty());
     fake.terminate();
     assert_eq!(fake.wait(LIMIT).await.code(), Some(0));
 }

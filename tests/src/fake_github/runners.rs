@@ -1,6 +1,6 @@
 //! The fake's self-hosted runner routes (GitHub side) and the test controls over them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse};
 use actors::github::RunnerScope;
@@ -225,6 +225,7 @@ impl State {
             group_id,
             online,
             busy: false,
+            job_started: None,
         };
         self.runners.push(runner.clone());
         runner
@@ -265,6 +266,7 @@ impl State {
         match self.runner_mut(name) {
             Some(runner) if runner.online && !runner.busy => {
                 runner.busy = true;
+                runner.job_started = Some(Instant::now());
                 true
             }
             _ => false,
@@ -371,6 +373,7 @@ impl FakeGitHub {
             runner.online = online;
             if !online {
                 runner.busy = false;
+                runner.job_started = None;
             }
             true
         })
@@ -402,6 +405,58 @@ impl FakeGitHub {
     /// Requests answered so far whose path starts with `prefix`.
     pub fn requests(&self, prefix: &str) -> Vec<super::Logged> {
         self.state().requests(prefix)
+    }
+
+    /// Runs jobs without a test driving them (the demo): with `assign`, every runner that comes
+    /// online idle gets a job at once; with `length`, every job (however assigned) finishes by
+    /// itself that long after it started. Runs on the current actix system until the fake
+    /// stops.
+    pub fn auto_jobs(&self, assign: bool, length: Option<Duration>) {
+        let state = self.state.clone();
+        actix_web::rt::spawn(async move {
+            let changed = state.lock().expect("fake state").changed.clone();
+            loop {
+                let notified = changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let next = {
+                    let mut state = state.lock().expect("fake state");
+                    let now = Instant::now();
+                    let idle: Vec<String> = state
+                        .runners
+                        .iter()
+                        .filter(|r| assign && r.online && !r.busy)
+                        .map(|r| r.name.clone())
+                        .collect();
+                    let due: Vec<String> = state
+                        .runners
+                        .iter()
+                        .filter(|r| length.zip(r.job_started).is_some_and(|(l, t)| t + l <= now))
+                        .map(|r| r.name.clone())
+                        .collect();
+                    for name in &idle {
+                        state.assign(name);
+                    }
+                    for name in &due {
+                        state.finish(name);
+                    }
+                    if !(idle.is_empty() && due.is_empty()) {
+                        state.changed.notify_waiters();
+                    }
+                    state
+                        .runners
+                        .iter()
+                        .filter_map(|r| Some(r.job_started? + length?))
+                        .min()
+                };
+                match next {
+                    Some(at) => {
+                        let _ = tokio::time::timeout_at(at.into(), notified).await;
+                    }
+                    None => notified.await,
+                }
+            }
+        });
     }
 
     /// Waits until `done` holds for the state, woken by every request and control change (no
