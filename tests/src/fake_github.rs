@@ -510,15 +510,26 @@ fn route(
     }
 }
 
-fn list_deliveries(state: &State, request: &HttpRequest) -> HttpResponse {
-    let query = web::Query::<HashMap<String, String>>::from_query(request.query_string())
+/// The query string's parameters (none when it does not parse).
+fn query(request: &HttpRequest) -> HashMap<String, String> {
+    web::Query::<HashMap<String, String>>::from_query(request.query_string())
         .map(|q| q.into_inner())
-        .unwrap_or_default();
-    let per_page = query
+        .unwrap_or_default()
+}
+
+/// `per_page` as GitHub reads it (default 30, 1 to 100), capped by the fake's page size.
+fn per_page(query: &HashMap<String, String>, cap: usize) -> usize {
+    query
         .get("per_page")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(30)
-        .min(state.page_size);
+        .clamp(1, 100)
+        .min(cap.max(1))
+}
+
+fn list_deliveries(state: &State, request: &HttpRequest) -> HttpResponse {
+    let query = query(request);
+    let per_page = per_page(&query, state.page_size);
     let mut sorted: Vec<&FakeDelivery> = state.deliveries.iter().collect();
     sorted.sort_by(|a, b| b.delivered_at.cmp(&a.delivered_at).then(b.id.cmp(&a.id)));
     // The cursor is the id of the last delivery of the previous page.

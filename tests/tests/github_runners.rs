@@ -12,6 +12,13 @@ use tests::process::Service;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// A fake GitHub and a client of it.
+async fn fake_and_client() -> (FakeGitHub, Client) {
+    let fake = FakeGitHub::start().await;
+    let client = Client::new(fake.app_config(), "test").unwrap();
+    (fake, client)
+}
+
 fn org() -> RunnerScope {
     RunnerScope::parse("acme").unwrap()
 }
@@ -27,23 +34,31 @@ async fn jit(client: &Client, scope: &RunnerScope, name: &str) -> JitConfig {
         .expect("JIT configuration")
 }
 
-fn runner_env<'a>(config: &'a JitConfig, name: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        (
-            "RUNNER_JITCONFIG",
-            config.encoded_jit_config.expose_secret(),
-        ),
-        ("RUNNER_NAME", name),
-        ("RUNNER_FLAVOR", "small"),
-        ("RUNNER_LABELS", "self-hosted,small"),
-        ("RUNNER_MANAGER_ID", "m1"),
-    ]
+/// Starts `fake-runner` with `config`, as a manager's `exec` backend would, and waits until it
+/// logs `state` (`idle`; `busy` with auto-assigned jobs).
+async fn start_runner(config: &JitConfig, state: &str) -> Service {
+    let mut runner = Service::spawn(
+        "fake-runner",
+        &[],
+        &[
+            (
+                "RUNNER_JITCONFIG",
+                config.encoded_jit_config.expose_secret(),
+            ),
+            ("RUNNER_NAME", &config.runner_name),
+            ("RUNNER_FLAVOR", "small"),
+            ("RUNNER_LABELS", "self-hosted,small"),
+            ("RUNNER_MANAGER_ID", "m1"),
+        ],
+    );
+    let line = format!("name={} state={state}", config.runner_name);
+    runner.wait_for_log(&line, LIMIT).await;
+    runner
 }
 
 #[actix_web::test]
 async fn jit_configurations_register_offline_runners_with_unique_names() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
     let repo = RunnerScope::parse("acme/app").unwrap();
 
     let config = jit(&client, &org(), "m1-small-a").await;
@@ -175,8 +190,7 @@ async fn a_listing_longer_than_the_page_cap_is_an_error() {
 
 #[actix_web::test]
 async fn deregistration_keeps_busy_runners() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
     let busy = fake.add_runner(&org(), "busy", &["small"], true);
     let idle = fake.add_runner(&org(), "idle", &["small"], true);
     assert!(fake.assign_job("busy"));
@@ -218,8 +232,7 @@ async fn deregistration_keeps_busy_runners() {
 
 #[actix_web::test]
 async fn rate_limits_outages_and_server_errors_are_errors_not_outcomes() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
     let id = fake.add_runner(&org(), "r", &["small"], true);
 
     fake.rate_limit("/orgs/acme/actions/runners", 1, Duration::from_secs(1));
@@ -258,13 +271,9 @@ async fn rate_limits_outages_and_server_errors_are_errors_not_outcomes() {
 
 #[actix_web::test]
 async fn a_stand_in_runner_connects_runs_its_job_and_exits() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
     let config = jit(&client, &org(), "m1-small-job").await;
-    let mut runner = Service::spawn("fake-runner", &[], &runner_env(&config, "m1-small-job"));
-    runner
-        .wait_for_log("name=m1-small-job state=idle", LIMIT)
-        .await;
+    let mut runner = start_runner(&config, "idle").await;
     let listed = client.list_runners(&org()).await.unwrap();
     assert_eq!(listed[0].status, "online");
     assert!(!listed[0].busy);
@@ -287,16 +296,10 @@ async fn a_stand_in_runner_connects_runs_its_job_and_exits() {
 
 #[actix_web::test]
 async fn a_stand_in_runner_exits_when_deregistered_or_terminated() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
 
     let removed = jit(&client, &org(), "m1-small-removed").await;
-    let mut runner = Service::spawn(
-        "fake-runner",
-        &[],
-        &runner_env(&removed, "m1-small-removed"),
-    );
-    runner.wait_for_log("state=idle", LIMIT).await;
+    let runner = start_runner(&removed, "idle").await;
     assert_eq!(
         client
             .delete_runner(&org(), removed.runner_id)
@@ -307,12 +310,7 @@ async fn a_stand_in_runner_exits_when_deregistered_or_terminated() {
     assert_eq!(runner.wait(LIMIT).await.code(), Some(EXIT_REMOVED));
 
     let stopped = jit(&client, &org(), "m1-small-stopped").await;
-    let mut runner = Service::spawn(
-        "fake-runner",
-        &[],
-        &runner_env(&stopped, "m1-small-stopped"),
-    );
-    runner.wait_for_log("state=idle", LIMIT).await;
+    let runner = start_runner(&stopped, "idle").await;
     runner.terminate();
     assert_eq!(runner.wait(LIMIT).await.code(), Some(EXIT_TERMINATED));
     fake.stop().await;
@@ -320,8 +318,7 @@ async fn a_stand_in_runner_exits_when_deregistered_or_terminated() {
 
 #[actix_web::test]
 async fn the_runner_side_takes_each_jit_configuration_once() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
     let config = jit(&client, &org(), "m1-small-once").await;
     let http = reqwest::Client::builder().timeout(LIMIT).build().unwrap();
     let call = |path: &str, credential: &str| {
@@ -340,31 +337,20 @@ async fn the_runner_side_takes_each_jit_configuration_once() {
     assert_eq!(payload.runner_id, config.runner_id);
 
     let poll = format!("{}?wait_ms=0", runner_side::POLL_PATH);
+    let connect = runner_side::CONNECT_PATH;
+    let mut statuses = Vec::new();
+    for (path, credential) in [
+        (poll.as_str(), secret),
+        (connect, "forged"),
+        (connect, secret),
+        (connect, secret),
+    ] {
+        statuses.push(call(path, credential).await.unwrap().status().as_u16());
+    }
     assert_eq!(
-        call(&poll, secret).await.unwrap().status(),
-        409,
-        "not connected"
-    );
-    assert_eq!(
-        call(runner_side::CONNECT_PATH, "forged")
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        call(runner_side::CONNECT_PATH, secret)
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        call(runner_side::CONNECT_PATH, secret)
-            .await
-            .unwrap()
-            .status(),
-        409
+        statuses,
+        [409, 401, 200, 409],
+        "a poll before connecting, a forged configuration, a connect, a second connect"
     );
     let idle: serde_json::Value = call(&poll, secret).await.unwrap().json().await.unwrap();
     assert_eq!(idle["state"], "idle");
@@ -425,8 +411,7 @@ async fn the_fake_github_binary_stands_in_for_github() {
     let assign = format!("{url}/_fake/control/runners/demo-gpu-1/assign");
     let refused = http.post(&assign).send().await.unwrap();
     assert_eq!(refused.status(), 409, "an offline runner gets no job");
-    let mut runner = Service::spawn("fake-runner", &[], &runner_env(&config, "demo-gpu-1"));
-    runner.wait_for_log("state=idle", LIMIT).await;
+    let mut runner = start_runner(&config, "idle").await;
     assert_eq!(http.post(&assign).send().await.unwrap().status(), 204);
     runner.wait_for_log("state=busy", LIMIT).await;
     let finish = format!("{url}/_fake/control/runners/demo-gpu-1/finish");
@@ -443,8 +428,7 @@ async fn the_fake_github_binary_can_run_jobs_by_itself() {
     let url = fake.logged_value("fake-github url=", "url", LIMIT).await;
     let client = client_of(&url);
     let config = jit(&client, &org(), "demo-small-1").await;
-    let mut runner = Service::spawn("fake-runner", &[], &runner_env(&config, "demo-small-1"));
-    runner.wait_for_log("state=busy", LIMIT).await;
+    let runner = start_runner(&config, "busy").await;
     assert!(client.list_runners(&org()).await.unwrap()[0].busy);
     assert_eq!(runner.wait(LIMIT).await.code(), Some(EXIT_DONE));
     assert!(client.list_runners(&org()).await.unwrap().is_empty());

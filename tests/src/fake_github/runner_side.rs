@@ -159,13 +159,11 @@ fn connect(request: &HttpRequest, state: &Mutex<State>) -> HttpResponse {
 }
 
 async fn poll(request: &HttpRequest, state: &Mutex<State>) -> HttpResponse {
-    let wait = actix_web::web::Query::<std::collections::HashMap<String, String>>::from_query(
-        request.query_string(),
-    )
-    .ok()
-    .and_then(|q| q.get("wait_ms").and_then(|v| v.parse::<u64>().ok()))
-    .map_or(Duration::ZERO, Duration::from_millis)
-    .min(MAX_POLL_WAIT);
+    let wait = super::query(request)
+        .get("wait_ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
+        .min(MAX_POLL_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     let changed = {
         let mut state = state.lock().expect("fake state");

@@ -7,7 +7,10 @@ use actors::github::RunnerScope;
 use serde_json::{json, Value};
 
 use super::runner_side::JitPayload;
-use super::{answer, header, rate_headers, FakeGitHub, FakeRunner, Fault, FaultAnswer, State};
+use super::{
+    answer, header, per_page, query, rate_headers, FakeGitHub, FakeRunner, Fault, FaultAnswer,
+    State,
+};
 
 #[derive(serde::Deserialize)]
 struct JitRequest {
@@ -40,23 +43,13 @@ fn runner_json(runner: &FakeRunner) -> Value {
 
 /// `?per_page=&page=` as GitHub reads them, capped by the fake's page size.
 fn paging(request: &HttpRequest, cap: usize) -> (usize, usize) {
-    let query = actix_web::web::Query::<std::collections::HashMap<String, String>>::from_query(
-        request.query_string(),
-    )
-    .map(|q| q.into_inner())
-    .unwrap_or_default();
-    let per_page = query
-        .get("per_page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(30)
-        .clamp(1, 100)
-        .min(cap.max(1));
+    let query = query(request);
     let page = query
         .get("page")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1)
         .max(1);
-    (per_page, page)
+    (per_page(&query, cap), page)
 }
 
 /// A page of `items` with GitHub's `Link` header (`next`, `last`).
