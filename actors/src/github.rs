@@ -1,5 +1,6 @@
 //! GitHub App authentication and a small, rate-limit aware GitHub REST client, shared by the
-//! gateway (webhook redelivery) and the planner (job reconciliation).
+//! gateway (webhook redelivery), the planner (job reconciliation) and the runner manager
+//! (self-hosted runner registration).
 //!
 //! - [`AppConfig::from_source`]: the optional `APP_GITHUB_*` variables. Unset: `Ok(None)` and the
 //!   services run exactly as without GitHub. Partial or invalid: a [`ConfigError`] naming the
@@ -11,7 +12,13 @@
 //!   `Retry-After`, 403/429 secondary limits) block the client until the limit lifts: while
 //!   blocked it answers [`GitHubError::RateLimited`] without touching the network.
 //!
-//! Secrets (the private key, JWTs, tokens) live in [`SecretString`]s and are never logged.
+//! - Runners ([`RunnerScope`] from `APP_GITHUB_PATH`): [`Client::generate_jit_config`],
+//!   [`Client::list_runners`], [`Client::delete_runner`] ([`DeleteOutcome::Busy`] for GitHub's
+//!   422: a runner with a job stays registered), [`Client::runner_group_id`]. Listings follow
+//!   `Link` for at most [`MAX_PAGES`] pages.
+//!
+//! Secrets (the private key, JWTs, tokens, JIT runner configurations) live in
+//! [`SecretString`]s and are never logged.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -537,11 +544,13 @@ impl RunnerScope {
     /// Reads `org` or `owner/repo`; the error names `APP_GITHUB_PATH`.
     pub fn parse(path: &str) -> Result<Self, ConfigError> {
         let path = path.trim();
-        // Owners: letters, digits and hyphens; repositories also `_` and `.` (never `.`/`..`).
+        // Owners: letters, digits, hyphens (and `_`, as managed users have); repositories
+        // also `.` (never `.` or `..` alone).
         let owner_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 100
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         };
         let repo_ok = |s: &str| {
             !s.is_empty()
@@ -959,7 +968,7 @@ mod tests {
         assert_eq!(repo.to_string(), "owner/repo.rs_2");
         assert_eq!(RunnerScope::Org("o".into()).api_prefix(), "orgs/o");
         for bad in [
-            "", "/", "a/b/c", "o/", "/r", "o/..", "o r", "o/r?x=1", "o_o",
+            "", "/", "a/b/c", "o/", "/r", "o/..", "o r", "o/r?x=1", "o.o",
         ] {
             let err = RunnerScope::parse(bad).unwrap_err();
             assert_eq!(err.variable, "APP_GITHUB_PATH", "{bad:?}");
