@@ -127,6 +127,9 @@ pub struct State {
     jit_configs: HashMap<String, u64>,
     /// Runners whose job finished (and whose registration GitHub then removed).
     finished: HashSet<u64>,
+    /// A connected runner whose runner side has been silent this long (no poll in flight)
+    /// turns offline and loses its job, as GitHub marks a runner whose process died.
+    pub offline_after: Duration,
     /// Runner-side polls received, counted as they arrive (a long poll is counted while it
     /// still waits).
     pub runner_polls: usize,
@@ -155,6 +158,11 @@ pub struct FakeRunner {
     pub busy: bool,
     /// When its job was assigned.
     pub job_started: Option<Instant>,
+    /// When its runner side last called (connect, or a poll's start or end); `None` for a
+    /// runner a test registered or set online directly, which never goes silent.
+    pub last_seen: Option<Instant>,
+    /// Its polls in flight (a long-polling runner is connected).
+    pub polling: usize,
 }
 
 /// An answer the fake gives instead of the route's, to the next `times` requests whose path
@@ -261,6 +269,7 @@ impl FakeGitHub {
             finished: HashSet::new(),
             connected: HashSet::new(),
             runner_polls: 0,
+            offline_after: Duration::from_secs(10),
             next_runner_id: 100,
             changed: Arc::new(Notify::new()),
         }));
@@ -289,7 +298,9 @@ impl FakeGitHub {
 
     /// Locks the state.
     pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("fake state")
+        let mut state = self.state.lock().expect("fake state");
+        state.expire_silent();
+        state
     }
 
     /// A GitHub App configuration pointing at this fake.
@@ -346,6 +357,7 @@ async fn handle(
         .path_and_query()
         .map_or(path.clone(), |pq| pq.as_str().to_owned());
     let method = request.method().as_str().to_owned();
+    state.lock().expect("fake state").expire_silent();
     let (response, redeliver) = if path.starts_with("/_fake/") {
         (
             runner_side::route(&request, &state, &method, &path).await,

@@ -202,9 +202,13 @@ async fn lifecycle(http: &reqwest::Client, base: &str, env: &RunnerEnv, label: &
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
     // Wait for a job, run it, end.
-    let poll = format!("{base}{POLL_PATH}?wait_ms={}", POLL_WAIT.as_millis());
     let mut last = "idle".to_owned();
     loop {
+        // The fake answers when the state differs from `last`, or after the wait.
+        let poll = format!(
+            "{base}{POLL_PATH}?wait_ms={}&state={last}",
+            POLL_WAIT.as_millis()
+        );
         let retry = match call::<Polled>(http.get(&poll), &env.jit_config).await {
             Call::Answer(200, Some(Polled { state })) => {
                 failures = 0;

@@ -8,6 +8,7 @@ use actors::github::{Client, DeleteOutcome, GitHubError, JitConfig, RunnerScope}
 use secrecy::ExposeSecret;
 use tests::fake_github::{runner_side, FakeGitHub};
 use tests::fake_runner::{EXIT_DONE, EXIT_REMOVED, EXIT_TERMINATED};
+use tests::planner::eventually;
 use tests::process::Service;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -291,6 +292,10 @@ async fn a_stand_in_runner_connects_runs_its_job_and_exits() {
     let status = runner.wait(LIMIT).await;
     assert_eq!(status.code(), Some(EXIT_DONE));
     assert!(client.list_runners(&org()).await.unwrap().is_empty());
+    // Long polls: one answered by the job's start, one by its end (more only if a step took
+    // longer than a poll's wait), never a busy loop.
+    let polls = fake.state().runner_polls;
+    assert!((2..=6).contains(&polls), "{polls} polls");
     fake.stop().await;
 }
 
@@ -313,6 +318,42 @@ async fn a_stand_in_runner_exits_when_deregistered_or_terminated() {
     let runner = start_runner(&stopped, "idle").await;
     runner.terminate();
     assert_eq!(runner.wait(LIMIT).await.code(), Some(EXIT_TERMINATED));
+    fake.stop().await;
+}
+
+#[actix_web::test]
+async fn a_runner_whose_process_dies_goes_offline_and_can_be_deregistered() {
+    let (fake, client) = fake_and_client().await;
+    fake.state().offline_after = Duration::from_millis(300);
+    let config = jit(&client, &org(), "m1-small-killed").await;
+    let mut runner = start_runner(&config, "idle").await;
+    assert!(fake.assign_job("m1-small-killed"));
+    runner.wait_for_log("state=busy", LIMIT).await;
+    // A long poll in flight keeps it connected beyond `offline_after`.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(fake.runner("m1-small-killed").unwrap().online);
+    assert_eq!(
+        client
+            .delete_runner(&org(), config.runner_id)
+            .await
+            .unwrap(),
+        DeleteOutcome::Busy
+    );
+    runner.kill();
+    runner.wait(LIMIT).await;
+    let client = &client;
+    eventually("the dead runner offline", LIMIT, || async move {
+        let runners = client.list_runners(&org()).await.unwrap();
+        runners[0].status == "offline" && !runners[0].busy
+    })
+    .await;
+    assert_eq!(
+        client
+            .delete_runner(&org(), config.runner_id)
+            .await
+            .unwrap(),
+        DeleteOutcome::Deleted
+    );
     fake.stop().await;
 }
 

@@ -219,6 +219,8 @@ impl State {
             online,
             busy: false,
             job_started: None,
+            last_seen: None,
+            polling: 0,
         };
         self.runners.push(runner.clone());
         runner
@@ -252,6 +254,23 @@ impl State {
 
     fn runner_mut(&mut self, name: &str) -> Option<&mut FakeRunner> {
         self.runners.iter_mut().find(|r| r.name == name)
+    }
+
+    /// Turns offline (and out of its job) every connected runner silent for
+    /// [`State::offline_after`].
+    pub fn expire_silent(&mut self) {
+        let offline_after = self.offline_after;
+        for runner in &mut self.runners {
+            let silent = runner.polling == 0
+                && runner
+                    .last_seen
+                    .is_some_and(|seen| seen.elapsed() > offline_after);
+            if runner.online && silent {
+                runner.online = false;
+                runner.busy = false;
+                runner.job_started = None;
+            }
+        }
     }
 
     /// See [`FakeGitHub::assign_job`].
@@ -360,10 +379,12 @@ impl FakeGitHub {
         done
     }
 
-    /// Sets runner `name` online or offline (a runner that lost its connection).
+    /// Sets runner `name` online or offline (a runner that lost its connection); online, it
+    /// stays so without a runner side.
     pub fn set_online(&self, name: &str, online: bool) -> bool {
         self.change_runner(name, |runner| {
             runner.online = online;
+            runner.last_seen = None;
             if !online {
                 runner.busy = false;
                 runner.job_started = None;
