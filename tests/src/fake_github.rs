@@ -14,9 +14,12 @@
 //! no labels), runner listings in pages with `Link`, `DELETE` (204; 422 while busy; 404) and
 //! an organization's runner groups. A JIT configuration is `base64(JSON {url, runner_id,
 //! token})`; a stand-in runner (`fake-runner`) speaks the fake's runner side with it (see
-//! [`runner_side`] and `docs/testing.md`). Tests script it through [`FakeGitHub`]'s controls:
-//! [`FakeGitHub::assign_job`], [`FakeGitHub::finish_job`], [`FakeGitHub::set_down`],
-//! [`FakeGitHub::rate_limit`], [`FakeGitHub::fail`], and read [`State::requests`].
+//! [`runner_side`] and `docs/testing.md`); one that falls silent turns offline, as a dead
+//! runner does on GitHub. Tests script it through [`FakeGitHub`]'s controls:
+//! [`FakeGitHub::add_runner`], [`FakeGitHub::assign_job`], [`FakeGitHub::finish_job`],
+//! [`FakeGitHub::set_online`], [`FakeGitHub::set_down`], [`FakeGitHub::rate_limit`],
+//! [`FakeGitHub::fail`], [`FakeGitHub::auto_jobs`], read [`State::requests`], and await a
+//! condition with [`FakeGitHub::wait_until`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
