@@ -4,6 +4,7 @@
 mod canonical_takeover;
 mod faults;
 mod gateway_api;
+mod github_runners;
 mod migrations;
 mod observability;
 mod open_job_counts;
