@@ -2,7 +2,7 @@
 //! [`TestPlanner::builder`] (or [`spawn_planner`] for the defaults), and its REST API as the
 //! tests call it. The planner binary is [`crate::process::PlannerProcess`].
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use actors::amqp::Topology;
 use planner::{
@@ -21,6 +21,7 @@ use serde_json::Value;
 use crate::amqp::{unique_topology, TopologyGuard};
 use crate::db::TestDb;
 use crate::env::{rabbitmq_url_via, with_address};
+use crate::eventually;
 use crate::fixtures::job_payload;
 
 /// The admin token of every test planner.
@@ -266,25 +267,6 @@ pub fn seed(pool: &PgPool, body: &Value, delivery: &str) {
         &[job_event(body, delivery)],
     )
     .expect("apply");
-}
-
-/// Polls `condition` until it holds; panics with `what` after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A webhook body delivered as `delivery`, as the consumer hands it to the job store; panics

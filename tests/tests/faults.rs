@@ -14,10 +14,9 @@ use tests::db::TestDb;
 use tests::env::{database_address, rabbitmq_address};
 use tests::fixtures::job_payload;
 use tests::gateway::{webhook, Options, TestGateway, SECRET};
-use tests::planner::eventually;
 use tests::process::{PlannerProcess, Service};
 use tests::proxy::{Mode, TcpProxy};
-use tests::unique;
+use tests::{eventually, unique};
 
 const ADMIN: &str = "planner_v0_fault_tests_token_01";
 const WAIT: Duration = Duration::from_secs(30);

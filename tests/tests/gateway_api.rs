@@ -463,8 +463,8 @@ async fn sigterm_finishes_in_flight_publishes_and_exits_zero() {
     assert_eq!(message.data, body);
 }
 
-#[test]
-fn bad_configuration_stops_start_up_naming_the_variable() {
+#[actix_rt::test]
+async fn bad_configuration_stops_start_up_naming_the_variable() {
     let cases: [(&[(&str, &str)], &str); 4] = [
         (
             &[("APP_WEBHOOK_SECRET_VALUE", "s")],
@@ -491,13 +491,8 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
         ),
     ];
     for (vars, variable) in cases {
-        let output = std::process::Command::new(tests::process::binary("gateway"))
-            .env_clear()
-            .envs(vars.iter().copied())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        let (status, stderr) = tests::process::run("gateway", &[], vars, WAIT).await;
+        assert_eq!(status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(variable), "{variable}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{stderr}");
     }

@@ -15,8 +15,9 @@ use tests::{
     amqp::{unique_topology, Broker, TopologyGuard},
     db::TestDb,
     env::{database_address, rabbitmq_address},
+    eventually,
     fixtures::{fixture, job_payload, workflow_job},
-    planner::{eventually, spawn_planner, TestPlanner, ADMIN_TOKEN},
+    planner::{spawn_planner, TestPlanner, ADMIN_TOKEN},
     proxy::{Mode, TcpProxy},
 };
 

@@ -332,7 +332,7 @@ async fn pressure_needs_a_token_and_a_known_flavor_and_disconnects_release_subsc
     stream.next(LIMIT).await.unwrap();
     assert_eq!(subscribers(&planner).await, baseline + 1);
     drop(stream);
-    tests::planner::eventually("the subscription to be released", LIMIT, || async {
+    tests::eventually("the subscription to be released", LIMIT, || async {
         subscribers(&planner).await == baseline
     })
     .await;

@@ -16,9 +16,10 @@ use serde_json::{json, Value};
 use tests::{
     amqp::{Broker, TopologyGuard},
     db::TestDb,
+    eventually,
     fake_github::{FakeGitHub, JobAnswer},
     fixtures::job_payload,
-    planner::{eventually, seed, TestPlanner},
+    planner::{seed, TestPlanner},
 };
 
 const LABELS: &[&str] = &["self-hosted", "linux", "large"];

@@ -8,10 +8,11 @@ use serde_json::json;
 use tests::{
     amqp::TopologyGuard,
     db::TestDb,
+    eventually,
     fake_github::{FakeGitHub, APP_ID, PRIVATE_KEY},
     fixtures::job_payload,
     gateway::{Options, TestGateway, SECRET},
-    planner::{eventually, TestPlanner},
+    planner::TestPlanner,
 };
 
 /// A gateway with redelivery against `fake`, every `interval`, on `topology`.
