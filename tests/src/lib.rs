@@ -13,6 +13,8 @@
 //!   does, reading queues back), [`gateway::webhook`] (signed requests), [`raw_http`].
 //! - Faults and outputs: [`proxy::TcpProxy`], [`stream::Lines`], [`telemetry`],
 //!   [`fake_github`].
+//! - Waiting and naming: [`within`] (a deadline on one future), [`eventually`] (a condition
+//!   polled until it holds), [`unique`] (a name no other test uses).
 //!
 //! The benchmarks are a binary of their own (`src/bin/bench/`), not part of this library.
 
