@@ -3,67 +3,15 @@
 //! A template database is migrated once per version of the migrations (its name carries a hash
 //! of `schema/migrations`); each test clones it with `CREATE DATABASE ... TEMPLATE` and drops its
 //! clone on `Drop`. Test binaries run in parallel, so creating the template is guarded by a
-//! PostgreSQL advisory lock. A test that cannot reach PostgreSQL panics: it never skips.
+//! PostgreSQL advisory lock. A test that cannot reach PostgreSQL (`TEST_DATABASE_URL`, see
+//! [`crate::env`]) panics: it never skips.
 
 use std::{fs, path::Path};
 
 use diesel::{pg::PgConnection, Connection, RunQueryDsl};
 use sha2::{Digest, Sha256};
 
-/// `TEST_DATABASE_URL`, default `postgres://postgres:postgres@127.0.0.1:5432/postgres`.
-pub fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-pub use crate::amqp::rabbitmq_url;
-
-/// `url` with its database name replaced by `name`.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let slash = base.rfind('/').expect("database URL has a path");
-    let mut out = format!("{}/{name}", &base[..slash]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-/// `url` with its `host:port` replaced by `address` (to go through a proxy).
-pub fn with_address(url: &str, address: std::net::SocketAddr) -> String {
-    let (scheme, rest) = url.split_once("://").expect("URL has a scheme");
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let credentials = authority
-        .rsplit_once('@')
-        .map(|(credentials, _)| credentials);
-    match credentials {
-        Some(credentials) => format!("{scheme}://{credentials}@{address}{path}"),
-        None => format!("{scheme}://{address}{path}"),
-    }
-}
-
-/// The `host:port` of a URL, resolved.
-pub async fn socket_address(url: &str) -> std::net::SocketAddr {
-    let (_, rest) = url.split_once("://").expect("URL has a scheme");
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let host_port = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let host_port = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:5432")
-    };
-    tokio::net::lookup_host(host_port)
-        .await
-        .expect("resolve database host")
-        .next()
-        .expect("database host has an address")
-}
+use crate::env::{database_url, with_database};
 
 fn admin_connection() -> PgConnection {
     let url = database_url();
@@ -226,26 +174,4 @@ impl Drop for TestDb {
 pub fn execute(conn: &mut diesel::PgConnection, sql: &str) {
     diesel::RunQueryDsl::execute(diesel::sql_query(sql), conn)
         .unwrap_or_else(|err| panic!("{sql}: {err}"));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_name_is_replaced() {
-        assert_eq!(
-            with_database("postgres://u:p@h:5432/postgres", "x"),
-            "postgres://u:p@h:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://h/postgres?sslmode=disable", "x"),
-            "postgres://h/x?sslmode=disable"
-        );
-        let proxy: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-        assert_eq!(
-            with_address("postgres://u:p@db:5432/x", proxy),
-            "postgres://u:p@127.0.0.1:9/x"
-        );
-    }
 }

@@ -1,4 +1,6 @@
-//! Spawning the gateway in-process on port 0 with a topology of its own.
+//! The gateway in this process, on port 0 with AMQP names of its own: [`TestGateway::spawn`]
+//! with [`Options`]; and webhooks signed as GitHub signs them. The gateway binary is
+//! [`crate::process::GatewayProcess`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,6 +9,9 @@ use actix_web::dev::ServerHandle;
 use actors::amqp::{PublisherStatus, Status, Topology};
 use gateway::{Application, Config};
 
+use crate::amqp::TopologyGuard;
+use crate::env::rabbitmq_url_via;
+
 /// The secret test gateways check signatures with.
 pub const SECRET: &str = "it's-a-secret-to-everybody";
 /// The previous secret test gateways also accept.
@@ -14,6 +19,9 @@ pub const PREVIOUS_SECRET: &str = "the-old-secret";
 
 /// Knobs of a test gateway.
 pub struct Options {
+    /// The exchange and queue to publish to (`APP_AMQP_NAME`), the caller's; by default a name
+    /// of the gateway's own, deleted when it stops or is dropped.
+    pub amqp_name: Option<String>,
     /// Broker address to use instead of the real one (a [`crate::proxy::TcpProxy`]).
     pub broker: Option<SocketAddr>,
     /// `APP_PUBLISH_TIMEOUT`.
@@ -24,16 +32,21 @@ pub struct Options {
     pub max_in_flight: usize,
     /// `APP_REQUEST_TIMEOUT`.
     pub request_timeout: Duration,
+    /// More environment variables the configuration is read from (e.g. redelivery's
+    /// `APP_GITHUB_*`); they override the ones above.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
+            amqp_name: None,
             broker: None,
             publish_timeout: Duration::from_secs(2),
             max_body_bytes: 64 * 1024,
             max_in_flight: 1024,
             request_timeout: Duration::from_secs(10),
+            env: Vec::new(),
         }
     }
 }
@@ -49,42 +62,41 @@ pub struct TestGateway {
     /// `http://127.0.0.1:<port>/metrics`.
     pub metrics_url: String,
     handle: ServerHandle,
-}
-
-/// The broker URL, or the same URL pointed at `via` (a proxy).
-pub fn broker_url(via: Option<SocketAddr>) -> String {
-    let url = crate::amqp::rabbitmq_url();
-    match via {
-        None => url,
-        Some(addr) => url.replace("127.0.0.1:5672", &addr.to_string()),
-    }
+    _queues: Option<TopologyGuard>,
 }
 
 impl TestGateway {
-    /// Starts a gateway with its own topology and waits until it is connected to the broker.
+    /// Starts a gateway and waits until it is connected to the broker.
     pub async fn spawn(options: Options) -> Self {
-        Self::spawn_named(options, &crate::unique("gw-github-workflow-jobs")).await
-    }
-
-    /// Starts a gateway publishing to the exchange and queue `amqp_name` (as `APP_AMQP_NAME`),
-    /// and waits until it is connected to the broker.
-    pub async fn spawn_named(options: Options, amqp_name: &str) -> Self {
+        let (amqp_name, queues) = match &options.amqp_name {
+            Some(name) => (name.clone(), None),
+            None => {
+                let guard =
+                    TopologyGuard(Topology::named(&crate::unique("gw-github-workflow-jobs")));
+                (guard.topology().queue.clone(), Some(guard))
+            }
+        };
         let timeout = options.publish_timeout.as_millis().to_string();
         let max_body = options.max_body_bytes.to_string();
-        let uri = broker_url(options.broker);
-        let vars: &[(&str, &str)] = &[
+        let uri = rabbitmq_url_via(options.broker);
+        let timeout = format!("{timeout}ms");
+        let mut vars: Vec<(&str, &str)> = vec![
             ("RABBITMQ_CONNECT_STRING", &uri),
             ("APP_WEBHOOK_SECRET_VALUE", SECRET),
             ("APP_WEBHOOK_SECRET_PREVIOUS_VALUE", PREVIOUS_SECRET),
-            ("APP_PUBLISH_TIMEOUT", &format!("{timeout}ms")),
+            ("APP_PUBLISH_TIMEOUT", &timeout),
             ("APP_MAX_BODY_BYTES", &max_body),
         ];
-        let mut config = Config::from_source(&vars).expect("test config");
+        for (key, value) in &options.env {
+            vars.retain(|(name, _)| name != key);
+            vars.push((key, value));
+        }
+        let mut config = Config::from_source(&vars.as_slice()).expect("test config");
         config.max_in_flight = options.max_in_flight;
         config.request_timeout = options.request_timeout;
         config.host = [127, 0, 0, 1].into();
         config.port = 0;
-        config.topology = Topology::named(amqp_name);
+        config.topology = Topology::named(&amqp_name);
         config.telemetry.prometheus_host = [127, 0, 0, 1].into();
         config.telemetry.prometheus_port = 0;
         let topology = config.topology.clone();
@@ -106,6 +118,7 @@ impl TestGateway {
             status,
             metrics_url,
             handle,
+            _queues: queues,
         }
     }
 

@@ -1,11 +1,26 @@
 //! Helpers for the end-to-end tests in `tests/tests/`: every test gets its own AMQP names (and,
 //! for the planner, its own database), so tests run in parallel against the one local
 //! RabbitMQ and PostgreSQL. Nothing here mocks those servers.
+//!
+//! - Where the servers are: [`env`] (`TEST_RABBITMQ_URL`, `TEST_DATABASE_URL`).
+//! - Each resource a test makes is a guard that deletes it on `Drop`, passing or failing:
+//!   [`db::TestDb`] (a migrated database), [`amqp::TopologyGuard`] (queues and exchanges),
+//!   [`process::Service`] (a service binary, killed).
+//! - One way to start each service in this process ([`planner::TestPlanner::builder`],
+//!   [`gateway::TestGateway::spawn`]) and one as its binary ([`process::PlannerProcess`],
+//!   [`process::GatewayProcess`]); both together as binaries: [`system::System`].
+//! - Inputs: [`fixtures`] (GitHub's payloads), [`amqp::Broker`] (publishing as the gateway
+//!   does, reading queues back), [`gateway::webhook`] (signed requests), [`raw_http`].
+//! - Faults and outputs: [`proxy::TcpProxy`], [`stream::Lines`], [`telemetry`],
+//!   [`fake_github`].
+//! - Waiting and naming: [`within`] (a deadline on one future), [`eventually`] (a condition
+//!   polled until it holds), [`unique`] (a name no other test uses).
+//!
+//! The benchmarks are a binary of their own (`src/bin/bench/`), not part of this library.
 
 pub mod amqp;
 pub mod db;
-// issue 9: fake GitHub API for redelivery and reconciliation tests
-pub mod bench;
+pub mod env;
 pub mod fake_github;
 pub mod fake_runner;
 pub mod fixtures;
@@ -32,4 +47,23 @@ pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output =
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Polls `condition` until it holds; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

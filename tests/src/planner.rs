@@ -1,17 +1,10 @@
-//! Spawning the planner in-process on port 0 with its own database and AMQP names, and talking
-//! to it and to its queues.
+//! The planner in this process, on port 0 with its own database and AMQP names:
+//! [`TestPlanner::builder`] (or [`spawn_planner`] for the defaults), and its REST API as the
+//! tests call it. The planner binary is [`crate::process::PlannerProcess`].
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use actors::amqp::Topology;
-use lapin::{
-    options::{
-        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-        QueueDeleteOptions,
-    },
-    types::{AMQPValue, FieldTable, ShortString},
-    BasicProperties, Channel, Connection,
-};
 use planner::{
     config::Config,
     consumer::ConsumerStats,
@@ -25,7 +18,11 @@ use planner::{
 };
 use serde_json::Value;
 
-use crate::db::{rabbitmq_url, TestDb};
+use crate::amqp::{unique_topology, TopologyGuard};
+use crate::db::TestDb;
+use crate::env::{rabbitmq_url_via, with_address};
+use crate::eventually;
+use crate::fixtures::job_payload;
 
 /// The admin token of every test planner.
 pub const ADMIN_TOKEN: &str = "planner_v0_testtesttesttesttest";
@@ -40,123 +37,143 @@ pub struct TestPlanner {
     pub stats: Arc<ConsumerStats>,
     pub pool: PgPool,
     pub http: reqwest::Client,
-    /// The database, when this planner owns it.
+    /// The database, when this planner made it up.
     pub db: Option<TestDb>,
-    /// The queues and exchanges, when this planner owns them.
+    /// The queues and exchanges, when this planner made them up.
     pub queues: Option<TopologyGuard>,
     /// Its pressure broadcaster.
     pub broadcaster: actix::Addr<actors::broadcast::Broadcaster>,
+    /// What its reconciler counted.
+    pub reconcile_metrics: planner::reconcile::ReconcileMetrics,
 }
 
-/// Deletes a test topology's queues and exchanges on `Drop`, even when the test panics.
-pub struct TopologyGuard(pub Topology);
+/// The configuration of a test planner on `database_url` and `topology`: the test broker
+/// (`TEST_RABBITMQ_URL`), [`ADMIN_TOKEN`], port 0 and short retry delays.
+pub fn test_config(database_url: &str, topology: Topology) -> Config {
+    Config::for_tests(database_url, &rabbitmq_url_via(None), ADMIN_TOKEN, topology)
+}
 
-impl Drop for TopologyGuard {
-    fn drop(&mut self) {
-        let topology = self.0.clone();
-        // Drop cannot await, and may run inside a runtime: use a thread with its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let Ok(connection) = actors::amqp::connect(
-                    &rabbitmq_url(),
-                    "planner-tests-cleanup",
-                    Duration::from_secs(5),
-                )
-                .await
-                else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    delete_topology(&channel, &topology).await;
-                }
-                let _ = connection.close(200, "bye".into()).await;
-            });
-        });
-        let _ = cleanup.join();
+/// A change to a test planner's configuration.
+type Tune = Box<dyn FnOnce(&mut Config)>;
+
+/// How to start a [`TestPlanner`]: by default on a database and AMQP names of its own (both
+/// deleted when it is dropped), connected straight to the test servers.
+#[derive(Default)]
+#[must_use]
+pub struct PlannerBuilder {
+    database: Option<String>,
+    topology: Option<Topology>,
+    database_via: Option<SocketAddr>,
+    broker_via: Option<SocketAddr>,
+    tune: Vec<Tune>,
+}
+
+impl PlannerBuilder {
+    /// Uses the database at `url` (the caller's, e.g. shared by several planners).
+    pub fn database(mut self, url: &str) -> Self {
+        self.database = Some(url.to_owned());
+        self
+    }
+
+    /// Consumes `topology` (the caller's, who holds its [`TopologyGuard`]).
+    pub fn topology(mut self, topology: &Topology) -> Self {
+        self.topology = Some(topology.clone());
+        self
+    }
+
+    /// Reaches the database through `proxy` (a [`crate::proxy::TcpProxy`]'s address).
+    pub fn database_via(mut self, proxy: SocketAddr) -> Self {
+        self.database_via = Some(proxy);
+        self
+    }
+
+    /// Reaches the broker through `proxy`.
+    pub fn broker_via(mut self, proxy: SocketAddr) -> Self {
+        self.broker_via = Some(proxy);
+        self
+    }
+
+    /// Changes the [`test_config`] before the planner starts.
+    pub fn tune(mut self, tune: impl FnOnce(&mut Config) + 'static) -> Self {
+        self.tune.push(Box::new(tune));
+        self
+    }
+
+    /// Starts the planner; returns once its consumer is registered with the broker.
+    pub async fn start(self) -> TestPlanner {
+        let db = self.database.is_none().then(TestDb::new);
+        let queues = self
+            .topology
+            .is_none()
+            .then(|| TopologyGuard(unique_topology()));
+        let database = match (&self.database, &db) {
+            (Some(url), _) => url.clone(),
+            (None, Some(db)) => db.url().to_owned(),
+            (None, None) => unreachable!("a database is made up when none is given"),
+        };
+        let topology = match (self.topology, &queues) {
+            (Some(topology), _) => topology,
+            (None, Some(queues)) => queues.topology().clone(),
+            (None, None) => unreachable!("a topology is made up when none is given"),
+        };
+        let database = match self.database_via {
+            Some(proxy) => with_address(&database, proxy),
+            None => database,
+        };
+        let broker = rabbitmq_url_via(self.broker_via);
+        let mut config = Config::for_tests(&database, &broker, ADMIN_TOKEN, topology);
+        for tune in self.tune {
+            tune(&mut config);
+        }
+        let mut planner = TestPlanner::start_with(config).await;
+        planner.db = db;
+        planner.queues = queues;
+        planner
     }
 }
 
-async fn delete_topology(channel: &Channel, topology: &Topology) {
-    for queue in [&topology.queue, &topology.dead_letter_queue] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-}
-
-/// A topology no other test uses.
-pub fn unique_topology() -> Topology {
-    Topology::with_prefix(&format!("planner-test-{}", uuid::Uuid::new_v4().simple()))
-}
-
-/// A planner with its own database and its own queues.
+/// A planner with its own database and its own queues: `TestPlanner::builder().start()`.
 pub async fn spawn_planner() -> TestPlanner {
-    spawn_planner_tuned(|_| {}).await
-}
-
-/// Like [`spawn_planner`], with `tune` changing the test configuration first.
-pub async fn spawn_planner_tuned(tune: impl FnOnce(&mut Config)) -> TestPlanner {
-    let db = TestDb::new();
-    let topology = unique_topology();
-    let guard = TopologyGuard(topology.clone());
-    let mut config = Config::for_tests(db.url(), &rabbitmq_url(), ADMIN_TOKEN, topology);
-    tune(&mut config);
-    let mut planner = spawn_planner_with(config).await;
-    planner.db = Some(db);
-    planner.queues = Some(guard);
-    planner
-}
-
-/// A planner on a given database (URL) and topology; several may share them.
-pub async fn spawn_planner_on(database_url: &str, topology: Topology) -> TestPlanner {
-    spawn_planner_with(Config::for_tests(
-        database_url,
-        &rabbitmq_url(),
-        ADMIN_TOKEN,
-        topology,
-    ))
-    .await
-}
-
-/// A planner from a full configuration (built with [`Config::for_tests`]).
-pub async fn spawn_planner_with(config: Config) -> TestPlanner {
-    let topology = config.topology.clone();
-    let app = Application::build(config).await.expect("planner builds");
-    let planner = TestPlanner {
-        address: format!("http://127.0.0.1:{}", app.port()),
-        metrics_url: format!("http://127.0.0.1:{}/metrics", app.metrics_port()),
-        topology,
-        stats: app.stats(),
-        pool: app.pool(),
-        http: reqwest::Client::new(),
-        db: None,
-        queues: None,
-        broadcaster: app.broadcaster(),
-    };
-    actix_web::rt::spawn(app.run_until_stopped());
-    let stats = planner.stats.clone();
-    eventually(
-        "the consumer registers with the broker",
-        Duration::from_secs(20),
-        || {
-            let stats = stats.clone();
-            async move { stats.consuming.load(std::sync::atomic::Ordering::SeqCst) }
-        },
-    )
-    .await;
-    planner
+    TestPlanner::builder().start().await
 }
 
 impl TestPlanner {
+    /// How to start one; see [`PlannerBuilder`].
+    pub fn builder() -> PlannerBuilder {
+        PlannerBuilder::default()
+    }
+
+    /// A planner from a whole configuration (from [`test_config`]), on the caller's database and
+    /// topology; returns once its consumer is registered with the broker.
+    pub async fn start_with(config: Config) -> TestPlanner {
+        let topology = config.topology.clone();
+        let app = Application::build(config).await.expect("planner builds");
+        let planner = TestPlanner {
+            address: format!("http://127.0.0.1:{}", app.port()),
+            metrics_url: format!("http://127.0.0.1:{}/metrics", app.metrics_port()),
+            topology,
+            stats: app.stats(),
+            pool: app.pool(),
+            http: reqwest::Client::new(),
+            db: None,
+            queues: None,
+            broadcaster: app.broadcaster(),
+            reconcile_metrics: app.reconcile_metrics(),
+        };
+        actix_web::rt::spawn(app.run_until_stopped());
+        let stats = planner.stats.clone();
+        eventually(
+            "the consumer registers with the broker",
+            Duration::from_secs(20),
+            || {
+                let stats = stats.clone();
+                async move { stats.consuming.load(std::sync::atomic::Ordering::SeqCst) }
+            },
+        )
+        .await;
+        planner
+    }
+
     /// `GET`/`POST`/... `path` with an optional bearer token.
     pub fn request(
         &self,
@@ -171,14 +188,15 @@ impl TestPlanner {
         }
     }
 
+    /// [`TestPlanner::request`] with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.request(method, path, Some(ADMIN_TOKEN))
+    }
+
     /// Creates a general token through the API.
     pub async fn create_token(&self, name: &str) -> String {
         let response = self
-            .request(
-                reqwest::Method::POST,
-                &format!("/api/v1/auth/token/{name}"),
-                Some(ADMIN_TOKEN),
-            )
+            .admin(reqwest::Method::POST, &format!("/api/v1/auth/token/{name}"))
             .send()
             .await
             .expect("request");
@@ -190,11 +208,7 @@ impl TestPlanner {
     /// Creates a flavor through the API.
     pub async fn create_flavor(&self, name: &str, labels: &[&str], priority: i64) {
         let response = self
-            .request(
-                reqwest::Method::POST,
-                &format!("/api/v1/flavors/{name}"),
-                Some(ADMIN_TOKEN),
-            )
+            .admin(reqwest::Method::POST, &format!("/api/v1/flavors/{name}"))
             .json(
                 &serde_json::json!({"platform": "github", "labels": labels, "priority": priority}),
             )
@@ -212,11 +226,7 @@ impl TestPlanner {
     /// A job as the API shows it (`None`: 404).
     pub async fn job(&self, id: i64) -> Option<Value> {
         let response = self
-            .request(
-                reqwest::Method::GET,
-                &format!("/api/v1/jobs/github/{id}"),
-                Some(ADMIN_TOKEN),
-            )
+            .admin(reqwest::Method::GET, &format!("/api/v1/jobs/github/{id}"))
             .send()
             .await
             .expect("request");
@@ -229,13 +239,7 @@ impl TestPlanner {
 
     /// Applies a webhook body straight through the job store (no queue), for API tests.
     pub fn seed(&self, body: &Value, delivery: &str) {
-        let mut conn = self.pool.get().expect("database connection");
-        apply_batch(
-            &mut conn,
-            &IgnoredLabels::default(),
-            &[job_event(body, delivery)],
-        )
-        .expect("apply");
+        seed(&self.pool, body, delivery);
     }
 
     /// Waits until the consumer has settled at least `count` deliveries.
@@ -253,42 +257,16 @@ impl TestPlanner {
     }
 }
 
-/// Polls `condition` until it holds; panics with `what` after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A fixture from `tests/fixtures/workflow_job/<name>.json`.
-pub fn fixture(name: &str) -> Value {
-    // Read and parsed once per process: the benchmarks build tens of thousands of bodies.
-    static PARSED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Value>>> =
-        std::sync::LazyLock::new(Default::default);
-    let mut parsed = PARSED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    parsed
-        .entry(name.to_owned())
-        .or_insert_with(|| {
-            serde_json::from_slice(&crate::fixtures::fixture(&format!(
-                "workflow_job/{name}.json"
-            )))
-            .expect("fixture JSON")
-        })
-        .clone()
+/// Applies a webhook body delivered as `delivery` straight through the job store of the
+/// database behind `pool` (no queue, no planner needed).
+pub fn seed(pool: &PgPool, body: &Value, delivery: &str) {
+    let mut conn = pool.get().expect("database connection");
+    apply_batch(
+        &mut conn,
+        &IgnoredLabels::default(),
+        &[job_event(body, delivery)],
+    )
+    .expect("apply");
 }
 
 /// A webhook body delivered as `delivery`, as the consumer hands it to the job store; panics
@@ -302,204 +280,6 @@ pub fn job_event(body: &Value, delivery: &str) -> (String, JobEvent) {
         Ok(Classified::Apply { delivery, event }) => (delivery, *event),
         other => panic!("not a self-hosted job event: {other:?}"),
     }
-}
-
-/// `body` as a self-hosted job with `labels`, id `id` and action `action`.
-pub fn job_payload(name: &str, id: i64, action: &str, labels: &[&str]) -> Value {
-    let mut body = fixture(name);
-    body["action"] = action.into();
-    body["workflow_job"]["id"] = id.into();
-    body["workflow_job"]["status"] = action.into();
-    body["workflow_job"]["labels"] = labels.into();
-    body
-}
-
-/// A publisher onto a test topology, like the gateway's.
-pub struct TestPublisher {
-    _connection: Connection,
-    channel: Channel,
-    topology: Topology,
-}
-
-impl TestPublisher {
-    /// Connects, declares the topology and enables publisher confirms.
-    pub async fn connect(topology: &Topology) -> Self {
-        let connection =
-            actors::amqp::connect(&rabbitmq_url(), "planner-tests", Duration::from_secs(10))
-                .await
-                .unwrap_or_else(|err| {
-                    panic!("cannot reach RabbitMQ at TEST_RABBITMQ_URL (or the default): {err}")
-                });
-        let channel = connection.create_channel().await.expect("channel");
-        topology.declare(&channel).await.expect("declare topology");
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm_select");
-        Self {
-            _connection: connection,
-            channel,
-            topology: topology.clone(),
-        }
-    }
-
-    /// Publishes raw bytes with the gateway's headers (`None` leaves a header out).
-    pub async fn publish_raw(&self, body: &[u8], event: Option<&str>, delivery: Option<&str>) {
-        self.publish_with(body, event, delivery, &[]).await;
-    }
-
-    /// Like [`TestPublisher::publish_raw`], with `extra` headers (e.g. `traceparent`).
-    pub async fn publish_with(
-        &self,
-        body: &[u8],
-        event: Option<&str>,
-        delivery: Option<&str>,
-        extra: &[(&str, &str)],
-    ) {
-        let confirm = self.send(body, event, delivery, extra).await;
-        confirmed(confirm.await);
-    }
-
-    /// Publishes `workflow_job` deliveries (body, delivery id) in order, up to `in_flight` of
-    /// them awaiting their confirms at once; returns when the broker has confirmed every one.
-    pub async fn publish_all(&self, messages: Vec<(Vec<u8>, String)>, in_flight: usize) {
-        use futures::stream::{FuturesUnordered, StreamExt};
-        let mut pending = FuturesUnordered::new();
-        for (body, delivery) in messages {
-            if pending.len() >= in_flight {
-                confirmed(pending.next().await.expect("a pending confirm"));
-            }
-            pending.push(
-                self.send(&body, Some("workflow_job"), Some(&delivery), &[])
-                    .await,
-            );
-        }
-        while let Some(confirmation) = pending.next().await {
-            confirmed(confirmation);
-        }
-    }
-
-    /// Publishes one message with the gateway's headers (`None` leaves a header out) and
-    /// properties; the answer resolves on the broker's confirm.
-    async fn send(
-        &self,
-        body: &[u8],
-        event: Option<&str>,
-        delivery: Option<&str>,
-        extra: &[(&str, &str)],
-    ) -> lapin::PublisherConfirm {
-        let mut headers = FieldTable::default();
-        for (name, value) in extra {
-            headers.insert(
-                ShortString::from(*name),
-                AMQPValue::LongString((*value).into()),
-            );
-        }
-        if let Some(event) = event {
-            headers.insert(
-                ShortString::from("X-GitHub-Event"),
-                AMQPValue::LongString(event.into()),
-            );
-        }
-        if let Some(delivery) = delivery {
-            headers.insert(
-                ShortString::from("X-GitHub-Delivery"),
-                AMQPValue::LongString(delivery.into()),
-            );
-        }
-        headers.insert(
-            ShortString::from("X-GitHub-Hook-ID"),
-            AMQPValue::LongString("1".into()),
-        );
-        self.channel
-            .basic_publish(
-                self.topology.exchange.as_str().into(),
-                self.topology.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2)
-                    .with_headers(headers),
-            )
-            .await
-            .expect("publish")
-    }
-
-    /// Publishes a `workflow_job` webhook body.
-    pub async fn publish(&self, body: &Value, delivery: &str) {
-        self.publish_raw(
-            &serde_json::to_vec(body).unwrap(),
-            Some("workflow_job"),
-            Some(delivery),
-        )
-        .await;
-    }
-
-    /// Takes every message from the dead-letter queue: (delivery id header, body).
-    pub async fn drain_dead_letters(&self) -> Vec<(Option<String>, Vec<u8>)> {
-        let mut out = Vec::new();
-        while let Some(message) = self
-            .channel
-            .basic_get(
-                self.topology.dead_letter_queue.as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
-            .await
-            .expect("basic_get")
-        {
-            let delivery = message
-                .delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|headers| headers.inner().get("X-GitHub-Delivery").cloned())
-                .and_then(|value| match value {
-                    AMQPValue::LongString(value) => {
-                        Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
-                    }
-                    _ => None,
-                });
-            out.push((delivery, message.delivery.data.clone()));
-        }
-        out
-    }
-
-    /// Takes messages from the dead-letter queue until there are `count`; panics after `timeout`.
-    pub async fn wait_dead_letters(
-        &self,
-        count: usize,
-        timeout: Duration,
-    ) -> Vec<(Option<String>, Vec<u8>)> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut dead = Vec::new();
-        loop {
-            dead.extend(self.drain_dead_letters().await);
-            if dead.len() >= count {
-                return dead;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {timeout:?} with {} of {count} dead letters",
-                dead.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Deletes the test's queues and exchanges.
-    pub async fn delete_topology(&self) {
-        delete_topology(&self.channel, &self.topology).await;
-    }
-}
-
-/// Fails unless the broker acknowledged a publish.
-fn confirmed(confirmation: lapin::Result<lapin::Confirmation>) {
-    let confirmation = confirmation.expect("confirm");
-    assert!(confirmation.is_ack(), "broker did not ack the publish");
 }
 
 /// Who may call a route of the REST API.

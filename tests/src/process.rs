@@ -1,6 +1,9 @@
 //! Running the services' real binaries (built by `cargo build --workspace --bins`, which
-//! `make test` does before the tests).
+//! `make test` does before the tests): [`PlannerProcess`] and [`GatewayProcess`] start them as
+//! the tests do, [`Service`] is the running child (killed when dropped), [`run`] runs a
+//! one-shot command to its end.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Path of a workspace binary next to the running test executable (`target/<profile>/NAME`).
@@ -27,6 +30,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+
+use crate::env::{rabbitmq_url, rabbitmq_url_via, with_address};
 
 /// A service binary running as a child process; killed if dropped while running. Its log
 /// (stderr) is read continuously in the background, so a chatty service never blocks on a full
@@ -58,18 +63,10 @@ impl Service {
     }
 
     fn spawn_path(path: PathBuf, args: &[&str], vars: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(path);
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .envs(vars.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let mut child = command(path, args, vars)
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("spawn service binary");
+            .spawn()
+            .expect("spawn service binary");
         let stderr = child.stderr.take().expect("stderr is piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (count_tx, count) = watch::channel(0);
@@ -210,76 +207,201 @@ pub struct Running {
 /// How long a service may take to start listening and connect.
 const START: Duration = Duration::from_secs(30);
 
-fn spawn_build(build: Build, binary: &str, args: &[&str], vars: &[(&str, &str)]) -> Service {
-    match build {
-        Build::Debug => Service::spawn(binary, args, vars),
-        Build::Release => Service::spawn_release(binary, args, vars),
-    }
-}
-
-/// Starts the planner (`serve` and `args`, e.g. `--no-migrate`) on `database_url`, consuming
-/// the AMQP names `amqp_name` on the test broker, with the admin token
-/// [`crate::planner::ADMIN_TOKEN`], the API and metrics on free ports of 127.0.0.1, and then
-/// `extra` (which overrides any of those, e.g. a broker URL through a proxy or another token).
-/// Returns once it listens and its consumer has started.
-pub async fn start_planner(
+/// What both service binaries are started with: the build, the arguments, the environment
+/// (later entries win), and the log lines to wait for before the test goes on.
+struct Launch {
     build: Build,
-    database_url: &str,
-    amqp_name: &str,
+    args: Vec<String>,
+    vars: Vec<(String, String)>,
+    ready: Vec<String>,
+}
+
+impl Launch {
+    /// What both services are started with: the test broker and the AMQP names `amqp_name`,
+    /// the API and metrics on free ports of 127.0.0.1; ready once `ready` is logged.
+    fn new(amqp_name: &str, ready: &str) -> Self {
+        let mut launch = Self {
+            build: Build::Debug,
+            args: Vec::new(),
+            vars: Vec::new(),
+            ready: vec![ready.to_owned()],
+        };
+        launch.set("RABBITMQ_CONNECT_STRING", &rabbitmq_url());
+        launch.set("APP_AMQP_NAME", amqp_name);
+        launch.set("APP_PORT", "0");
+        launch.set("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1");
+        launch.set("OTEL_EXPORTER_PROMETHEUS_PORT", "0");
+        launch
+    }
+
+    fn set(&mut self, key: &str, value: &str) {
+        self.vars.retain(|(name, _)| name != key);
+        self.vars.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Spawns `binary` and waits for its `listening` line (which names its ports), then for
+    /// every readiness line.
+    async fn start(self, binary: &str, listening: &str) -> Running {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let vars: Vec<(&str, &str)> = self
+            .vars
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
+        let mut service = match self.build {
+            Build::Debug => Service::spawn(binary, &args, &vars),
+            Build::Release => Service::spawn_release(binary, &args, &vars),
+        };
+        let port = service.logged_value(listening, "port", START).await;
+        let metrics_port = service.logged_value(listening, "metrics_port", START).await;
+        for line in &self.ready {
+            service.wait_for_log(line, START).await;
+        }
+        Running {
+            service,
+            url: format!("http://127.0.0.1:{port}"),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        }
+    }
+}
+
+/// Generates the builder methods both service binaries share.
+macro_rules! launch_options {
+    () => {
+        /// Runs the release build (benchmarks) when there is one.
+        pub fn release(mut self) -> Self {
+            self.launch.build = Build::Release;
+            self
+        }
+
+        /// Sets the environment variable `key` (overriding the test default, e.g. `RUST_LOG`
+        /// or the admin token).
+        pub fn env(mut self, key: &str, value: &str) -> Self {
+            self.launch.set(key, value);
+            self
+        }
+
+        /// Reaches the broker through `proxy` (a [`crate::proxy::TcpProxy`]'s address).
+        pub fn broker_via(mut self, proxy: SocketAddr) -> Self {
+            self.launch
+                .set("RABBITMQ_CONNECT_STRING", &rabbitmq_url_via(Some(proxy)));
+            self
+        }
+
+        /// Also waits for a log line containing `needle` before [`Self::start`] returns.
+        pub fn wait_for(mut self, needle: &str) -> Self {
+            self.launch.ready.push(needle.to_owned());
+            self
+        }
+    };
+}
+
+/// The planner binary (`planner serve`) as the tests start it: on a database and the AMQP
+/// names given, the test broker, the admin token [`crate::planner::ADMIN_TOKEN`], the API and
+/// metrics on free ports of 127.0.0.1. [`PlannerProcess::start`] returns once it listens and
+/// its consumer has started. The in-process planner is [`crate::planner::TestPlanner`].
+#[must_use]
+pub struct PlannerProcess {
+    database_url: String,
+    launch: Launch,
+}
+
+impl PlannerProcess {
+    /// The planner on `database_url`, consuming the AMQP names `amqp_name`.
+    pub fn new(database_url: &str, amqp_name: &str) -> Self {
+        let mut launch = Launch::new(amqp_name, "event=consumer_started");
+        launch.set("POSTGRESQL_DB_CONNECT_STRING", database_url);
+        launch.set("APP_ADMIN_TOKEN_VALUE", crate::planner::ADMIN_TOKEN);
+        Self {
+            database_url: database_url.to_owned(),
+            launch,
+        }
+    }
+
+    launch_options!();
+
+    /// Adds an argument after `serve` (e.g. `--no-migrate`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.launch.args.push(arg.to_owned());
+        self
+    }
+
+    /// Reaches the database through `proxy`.
+    pub fn database_via(mut self, proxy: SocketAddr) -> Self {
+        let url = with_address(&self.database_url, proxy);
+        self.launch.set("POSTGRESQL_DB_CONNECT_STRING", &url);
+        self
+    }
+
+    /// Starts it and waits until it is ready.
+    pub async fn start(mut self) -> Running {
+        self.launch.args.insert(0, "serve".to_owned());
+        self.launch
+            .start("planner", "event=planner_listening")
+            .await
+    }
+}
+
+/// The gateway binary as the tests start it: publishing to the AMQP names given on the test
+/// broker, checking signatures with [`crate::gateway::SECRET`], the API and metrics on free
+/// ports of 127.0.0.1. [`GatewayProcess::start`] returns once it is connected to the broker.
+/// The in-process gateway is [`crate::gateway::TestGateway`].
+#[must_use]
+pub struct GatewayProcess {
+    launch: Launch,
+}
+
+impl GatewayProcess {
+    /// The gateway publishing to the AMQP names `amqp_name`.
+    pub fn new(amqp_name: &str) -> Self {
+        let mut launch = Launch::new(amqp_name, "event=amqp_connected");
+        launch.set("APP_WEBHOOK_SECRET_VALUE", crate::gateway::SECRET);
+        Self { launch }
+    }
+
+    launch_options!();
+
+    /// Starts it and waits until it is ready.
+    pub async fn start(self) -> Running {
+        self.launch
+            .start("gateway", "event=gateway_listening")
+            .await
+    }
+}
+
+/// Runs `binary` with `args` and exactly the environment `vars` (plus `PATH`, and
+/// `RUST_LOG=info` unless given) to its end, e.g. `planner recount`; fails the test after
+/// `limit`. Returns its exit status and its log (stderr).
+pub async fn run(
+    binary: &str,
     args: &[&str],
-    extra: &[(&str, &str)],
-) -> Running {
-    let broker = crate::amqp::rabbitmq_url();
-    let mut vars = vec![
-        ("POSTGRESQL_DB_CONNECT_STRING", database_url),
-        ("RABBITMQ_CONNECT_STRING", broker.as_str()),
-        ("APP_ADMIN_TOKEN_VALUE", crate::planner::ADMIN_TOKEN),
-        ("APP_AMQP_NAME", amqp_name),
-        ("APP_PORT", "0"),
-        ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
-        ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
-    ];
-    vars.extend_from_slice(extra);
-    let mut service = spawn_build(build, "planner", &[&["serve"], args].concat(), &vars);
-    let (url, metrics_url) = listening(&mut service, "event=planner_listening").await;
-    service.wait_for_log("event=consumer_started", START).await;
-    Running {
-        service,
-        url,
-        metrics_url,
-    }
-}
-
-/// Starts the gateway publishing to the AMQP names `amqp_name` on the test broker, checking
-/// signatures with [`crate::gateway::SECRET`], the API and metrics on free ports of 127.0.0.1,
-/// and then `extra` (which overrides any of those). Returns once it is connected to the broker.
-pub async fn start_gateway(build: Build, amqp_name: &str, extra: &[(&str, &str)]) -> Running {
-    let broker = crate::amqp::rabbitmq_url();
-    let mut vars = vec![
-        ("RABBITMQ_CONNECT_STRING", broker.as_str()),
-        ("APP_WEBHOOK_SECRET_VALUE", crate::gateway::SECRET),
-        ("APP_AMQP_NAME", amqp_name),
-        ("APP_PORT", "0"),
-        ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
-        ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
-    ];
-    vars.extend_from_slice(extra);
-    let mut service = spawn_build(build, "gateway", &[], &vars);
-    let (url, metrics_url) = listening(&mut service, "event=gateway_listening").await;
-    service.wait_for_log("event=amqp_connected", START).await;
-    Running {
-        service,
-        url,
-        metrics_url,
-    }
-}
-
-/// The API and metrics URLs from the service's `..._listening` log line.
-async fn listening(service: &mut Service, needle: &str) -> (String, String) {
-    let port = service.logged_value(needle, "port", START).await;
-    let metrics_port = service.logged_value(needle, "metrics_port", START).await;
+    vars: &[(&str, &str)],
+    limit: Duration,
+) -> (ExitStatus, String) {
+    let output = command(self::binary(binary), args, vars)
+        .stderr(Stdio::piped())
+        .output();
+    let output = crate::within(limit, binary, output)
+        .await
+        .unwrap_or_else(|err| panic!("run {binary}: {err}"));
     (
-        format!("http://127.0.0.1:{port}"),
-        format!("http://127.0.0.1:{metrics_port}/metrics"),
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// The command for `path` with `args` and exactly the environment `vars` (plus `PATH`, and
+/// `RUST_LOG=info` unless given); no input, output discarded.
+fn command(path: PathBuf, args: &[&str], vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(path);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    command
 }

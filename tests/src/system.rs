@@ -6,9 +6,9 @@ use std::time::Duration;
 use actors::amqp::Topology;
 
 use crate::{
+    amqp::TopologyGuard,
     db::TestDb,
-    planner::TopologyGuard,
-    process::{start_gateway, start_planner, Build, Service},
+    process::{GatewayProcess, PlannerProcess, Running, Service},
 };
 
 /// How long start-up and each step may take.
@@ -41,12 +41,14 @@ impl System {
         let db = TestDb::new();
         let topology = Topology::with_prefix(&crate::unique("system"));
         let queues = TopologyGuard(topology.clone());
-        let extra: Vec<(&str, &str)> = traces
-            .map(|endpoint| ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint))
-            .into_iter()
-            .collect();
-        let gateway = start_gateway(Build::Debug, &topology.queue, &extra).await;
-        let planner = start_planner(Build::Debug, db.url(), &topology.queue, &[], &extra).await;
+        let mut gateway = GatewayProcess::new(&topology.queue);
+        let mut planner = PlannerProcess::new(db.url(), &topology.queue);
+        if let Some(endpoint) = traces {
+            gateway = gateway.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint);
+            planner = planner.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint);
+        }
+        let gateway: Running = gateway.start().await;
+        let planner: Running = planner.start().await;
         Self {
             gateway: gateway.service,
             planner: planner.service,

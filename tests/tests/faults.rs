@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use diesel::{sql_query, sql_types::Text, QueryableByName, RunQueryDsl};
 use futures::{stream, StreamExt};
-use tests::db::{socket_address, with_address, TestDb};
+use tests::amqp::TopologyGuard;
+use tests::db::TestDb;
+use tests::env::{database_address, rabbitmq_address};
+use tests::fixtures::job_payload;
 use tests::gateway::{webhook, Options, TestGateway, SECRET};
-use tests::planner::{eventually, job_payload};
-use tests::process::{start_planner as start, Build, Service};
+use tests::process::{PlannerProcess, Service};
 use tests::proxy::{Mode, TcpProxy};
-use tests::{amqp::rabbitmq_url, unique};
+use tests::{eventually, unique};
 
 const ADMIN: &str = "planner_v0_fault_tests_token_01";
 const WAIT: Duration = Duration::from_secs(30);
@@ -43,25 +45,6 @@ impl Planner {
 
 /// The flavor every test job is assigned to (labels `faults`).
 const FLAVOR: &str = "faults";
-
-/// A planner binary on the test's database and queue, through proxies.
-async fn start_planner(database_url: &str, broker_url: &str, amqp_name: &str) -> Planner {
-    let running = start(
-        Build::Debug,
-        database_url,
-        amqp_name,
-        &[],
-        &[
-            ("RABBITMQ_CONNECT_STRING", broker_url),
-            ("APP_ADMIN_TOKEN_VALUE", ADMIN),
-        ],
-    )
-    .await;
-    Planner {
-        service: running.service,
-        url: running.url,
-    }
-}
 
 /// What the load generator saw: delivery ids answered 2xx, and how many were refused.
 #[derive(Default)]
@@ -197,7 +180,7 @@ async fn assert_pressure_recomputes(db: &TestDb, planner: &Planner) {
 /// The proxies and addresses one scenario needs.
 struct Rig {
     db: TestDb,
-    amqp_name: String,
+    queues: TopologyGuard,
     gateway_broker: TcpProxy,
     planner_broker: TcpProxy,
     planner_database: TcpProxy,
@@ -212,10 +195,10 @@ impl Rig {
         ))
         .execute(&mut db.connect())
         .expect("create the test flavor");
-        let rabbit: SocketAddr = socket_address(&rabbitmq_url()).await;
-        let postgres: SocketAddr = socket_address(db.url()).await;
+        let rabbit: SocketAddr = rabbitmq_address().await;
+        let postgres: SocketAddr = database_address().await;
         Self {
-            amqp_name: unique("faults"),
+            queues: TopologyGuard(actors::amqp::Topology::named(&unique("faults"))),
             gateway_broker: TcpProxy::start(rabbit).await,
             planner_broker: TcpProxy::start(rabbit).await,
             planner_database: TcpProxy::start(postgres).await,
@@ -224,30 +207,27 @@ impl Rig {
     }
 
     async fn gateway(&self) -> TestGateway {
-        TestGateway::spawn_named(
-            Options {
-                broker: Some(self.gateway_broker.addr()),
-                publish_timeout: Duration::from_secs(2),
-                ..Options::default()
-            },
-            &self.amqp_name,
-        )
+        TestGateway::spawn(Options {
+            amqp_name: Some(self.queues.topology().queue.clone()),
+            broker: Some(self.gateway_broker.addr()),
+            publish_timeout: Duration::from_secs(2),
+            ..Options::default()
+        })
         .await
     }
 
+    /// A planner binary on the test's database and queue, through the proxies.
     async fn planner(&self) -> Planner {
-        start_planner(
-            &with_address(self.db.url(), self.planner_database.addr()),
-            &with_address(&rabbitmq_url(), self.planner_broker.addr()),
-            &self.amqp_name,
-        )
-        .await
-    }
-
-    async fn cleanup(self) {
-        let broker =
-            tests::amqp::Broker::connect(actors::amqp::Topology::named(&self.amqp_name)).await;
-        broker.cleanup().await;
+        let running = PlannerProcess::new(self.db.url(), &self.queues.topology().queue)
+            .database_via(self.planner_database.addr())
+            .broker_via(self.planner_broker.addr())
+            .env("APP_ADMIN_TOKEN_VALUE", ADMIN)
+            .start()
+            .await;
+        Planner {
+            service: running.service,
+            url: running.url,
+        }
     }
 }
 
@@ -277,7 +257,6 @@ async fn gateway_broker_cut_loses_no_accepted_webhook() {
     assert_pressure_recomputes(&rig.db, &planner).await;
     drop(planner);
     gateway.stop().await;
-    rig.cleanup().await;
 }
 
 #[actix_rt::test]
@@ -300,7 +279,6 @@ async fn planner_broker_cut_loses_nothing_and_recovers() {
     assert_pressure_recomputes(&rig.db, &planner).await;
     drop(planner);
     gateway.stop().await;
-    rig.cleanup().await;
 }
 
 #[actix_rt::test]
@@ -319,7 +297,6 @@ async fn planner_database_cut_loses_nothing_and_recovers() {
     assert_pressure_recomputes(&rig.db, &planner).await;
     drop(planner);
     gateway.stop().await;
-    rig.cleanup().await;
 }
 
 #[actix_rt::test]
@@ -339,7 +316,6 @@ async fn killed_planner_restarts_and_loses_nothing() {
     assert_pressure_recomputes(&rig.db, &restarted).await;
     drop(restarted);
     gateway.stop().await;
-    rig.cleanup().await;
 }
 
 #[actix_rt::test]
@@ -359,5 +335,4 @@ async fn one_of_two_planners_killed_the_other_takes_over() {
     let _ = first.service.wait(WAIT).await;
     drop(second);
     gateway.stop().await;
-    rig.cleanup().await;
 }

@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable};
 use reqwest::StatusCode;
-use tests::amqp::Broker;
+use tests::amqp::{Broker, TopologyGuard};
+use tests::env::rabbitmq_address;
 use tests::fixtures::fixture;
 use tests::gateway::{webhook, Options, TestGateway, PREVIOUS_SECRET, SECRET};
+use tests::process::GatewayProcess;
 use tests::proxy::{Mode, TcpProxy};
 use tests::{unique, within};
 
@@ -27,7 +29,7 @@ async fn error_of(response: reqwest::Response) -> String {
 #[actix_rt::test]
 async fn signed_delivery_arrives_byte_for_byte_with_its_headers() {
     let gateway = TestGateway::spawn(Options::default()).await;
-    let broker = Broker::connect(gateway.topology.clone()).await;
+    let broker = Broker::connect(&gateway.topology).await;
     let mut queue = broker.consume(&gateway.topology.queue).await;
     let client = reqwest::Client::new();
 
@@ -71,13 +73,12 @@ async fn signed_delivery_arrives_byte_for_byte_with_its_headers() {
         );
     }
     gateway.stop().await;
-    broker.cleanup().await;
 }
 
 #[actix_rt::test]
 async fn previous_secret_is_accepted_during_rotation() {
     let gateway = TestGateway::spawn(Options::default()).await;
-    let broker = Broker::connect(gateway.topology.clone()).await;
+    let broker = Broker::connect(&gateway.topology).await;
     let mut queue = broker.consume(&gateway.topology.queue).await;
     let body = fixture("workflow_job/queued.0.json");
     let response = webhook(
@@ -94,7 +95,6 @@ async fn previous_secret_is_accepted_during_rotation() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(queue.next(WAIT).await.data, body);
     gateway.stop().await;
-    broker.cleanup().await;
 }
 
 /// Every refused request gets its status and a JSON error, and publishes nothing: after all of
@@ -106,7 +106,7 @@ async fn rejections_answer_their_code_and_publish_nothing() {
         ..Options::default()
     })
     .await;
-    let broker = Broker::connect(gateway.topology.clone()).await;
+    let broker = Broker::connect(&gateway.topology).await;
     let client = reqwest::Client::new();
     let url = &gateway.url;
     let body = fixture("workflow_job/queued.0.json");
@@ -256,7 +256,6 @@ async fn rejections_answer_their_code_and_publish_nothing() {
     let headers = first.properties.headers().as_ref().unwrap();
     assert_eq!(header(headers, "X-GitHub-Delivery"), "sentinel");
     gateway.stop().await;
-    broker.cleanup().await;
 }
 
 #[actix_rt::test]
@@ -288,7 +287,7 @@ async fn health_and_readiness() {
 #[actix_rt::test]
 async fn unroutable_delivery_is_503_not_dropped() {
     let gateway = TestGateway::spawn(Options::default()).await;
-    let broker = Broker::connect(gateway.topology.clone()).await;
+    let broker = Broker::connect(&gateway.topology).await;
     broker.unbind_queue().await;
     let response = webhook(
         &reqwest::Client::new(),
@@ -304,7 +303,6 @@ async fn unroutable_delivery_is_503_not_dropped() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
     gateway.stop().await;
-    broker.cleanup().await;
 }
 
 /// The broker connection is cut: webhooks get 503 with Retry-After within the publish timeout
@@ -312,7 +310,7 @@ async fn unroutable_delivery_is_503_not_dropped() {
 /// publishes again.
 #[actix_rt::test]
 async fn broker_cut_gives_503_and_gateway_recovers_by_itself() {
-    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let proxy = TcpProxy::start(rabbitmq_address().await).await;
     let publish_timeout = Duration::from_secs(2);
     let gateway = TestGateway::spawn(Options {
         broker: Some(proxy.addr()),
@@ -320,7 +318,7 @@ async fn broker_cut_gives_503_and_gateway_recovers_by_itself() {
         ..Options::default()
     })
     .await;
-    let broker = Broker::connect(gateway.topology.clone()).await;
+    let broker = Broker::connect(&gateway.topology).await;
     let mut queue = broker.consume(&gateway.topology.queue).await;
     let client = reqwest::Client::new();
     let body = fixture("workflow_job/queued.0.json");
@@ -372,14 +370,13 @@ async fn broker_cut_gives_503_and_gateway_recovers_by_itself() {
     let headers = message.properties.headers().as_ref().unwrap();
     assert_eq!(header(headers, "X-GitHub-Delivery"), "after");
     gateway.stop().await;
-    broker.cleanup().await;
 }
 
 /// A broker that accepts the connection but never confirms: 503 once the publish timeout is
 /// over, not a hung request.
 #[actix_rt::test]
 async fn stalled_broker_gives_503_after_the_publish_timeout() {
-    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let proxy = TcpProxy::start(rabbitmq_address().await).await;
     let publish_timeout = Duration::from_millis(800);
     let gateway = TestGateway::spawn(Options {
         broker: Some(proxy.addr()),
@@ -411,27 +408,16 @@ async fn stalled_broker_gives_503_after_the_publish_timeout() {
 /// 200 once the broker answers, the message is on the queue, and the process exits 0.
 #[actix_rt::test]
 async fn sigterm_finishes_in_flight_publishes_and_exits_zero() {
-    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let uri = tests::gateway::broker_url(Some(proxy.addr()));
-    let topology = actors::amqp::Topology::with_prefix(&unique("sigterm"));
-    let mut service = tests::process::Service::spawn(
-        "gateway",
-        &[],
-        &[
-            ("RABBITMQ_CONNECT_STRING", &uri),
-            ("APP_WEBHOOK_SECRET_VALUE", SECRET),
-            ("APP_PORT", "0"),
-            ("APP_PUBLISH_TIMEOUT", "10s"),
-            ("APP_AMQP_NAME", &topology.queue),
-            ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
-        ],
-    );
-    let port = service
-        .logged_value("event=gateway_listening", "port", WAIT)
+    let proxy = TcpProxy::start(rabbitmq_address().await).await;
+    let queues = TopologyGuard(actors::amqp::Topology::with_prefix(&unique("sigterm")));
+    let topology = queues.topology();
+    let running = GatewayProcess::new(&topology.queue)
+        .broker_via(proxy.addr())
+        .env("APP_PUBLISH_TIMEOUT", "10s")
+        .start()
         .await;
-    service.wait_for_log("event=amqp_connected", WAIT).await;
+    let (mut service, url) = (running.service, running.url);
     let broker = Broker::connect(topology).await;
-    let url = format!("http://127.0.0.1:{port}");
     let mut queue = broker.consume(&broker.topology.queue).await;
 
     proxy.set(Mode::Paused);
@@ -475,11 +461,10 @@ async fn sigterm_finishes_in_flight_publishes_and_exits_zero() {
     let headers = message.properties.headers().as_ref().unwrap();
     assert_eq!(header(headers, "X-GitHub-Delivery"), delivery);
     assert_eq!(message.data, body);
-    broker.cleanup().await;
 }
 
-#[test]
-fn bad_configuration_stops_start_up_naming_the_variable() {
+#[actix_rt::test]
+async fn bad_configuration_stops_start_up_naming_the_variable() {
     let cases: [(&[(&str, &str)], &str); 4] = [
         (
             &[("APP_WEBHOOK_SECRET_VALUE", "s")],
@@ -506,13 +491,8 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
         ),
     ];
     for (vars, variable) in cases {
-        let output = std::process::Command::new(tests::process::binary("gateway"))
-            .env_clear()
-            .envs(vars.iter().copied())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        let (status, stderr) = tests::process::run("gateway", &[], vars, WAIT).await;
+        assert_eq!(status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(variable), "{variable}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{stderr}");
     }
@@ -522,7 +502,7 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
 async fn metrics_count_every_outcome() {
     use tests::telemetry::Scrape;
     let gateway = TestGateway::spawn(Options::default()).await;
-    let broker = Broker::connect(gateway.topology.clone()).await;
+    let _broker = Broker::connect(&gateway.topology).await;
     let client = reqwest::Client::new();
     let body = fixture("workflow_job/queued.0.json");
     let send = |event: &str, secret: &str| {
@@ -572,7 +552,6 @@ async fn metrics_count_every_outcome() {
         1.0
     );
     gateway.stop().await;
-    broker.cleanup().await;
 }
 
 /// With `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` set, the real binary exports a receive span and a
@@ -582,30 +561,19 @@ async fn metrics_count_every_outcome() {
 async fn traces_are_exported_and_the_context_travels_in_amqp_headers() {
     use tests::telemetry::{attribute, OtlpReceiver};
     let mut receiver = OtlpReceiver::start();
-    let topology = actors::amqp::Topology::with_prefix(&unique("trace"));
-    let broker = Broker::connect(topology.clone()).await;
+    let queues = TopologyGuard(actors::amqp::Topology::with_prefix(&unique("trace")));
+    let topology = queues.topology();
+    let broker = Broker::connect(topology).await;
     let mut queue = broker.consume(&topology.queue).await;
-    let uri = tests::gateway::broker_url(None);
-    let mut service = tests::process::Service::spawn(
-        "gateway",
-        &[],
-        &[
-            ("RABBITMQ_CONNECT_STRING", &uri),
-            ("APP_WEBHOOK_SECRET_VALUE", SECRET),
-            ("APP_PORT", "0"),
-            ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
-            ("APP_AMQP_NAME", &topology.queue),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &receiver.endpoint),
-        ],
-    );
-    let port = service
-        .logged_value("event=gateway_listening", "port", WAIT)
+    let running = GatewayProcess::new(&topology.queue)
+        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &receiver.endpoint)
+        .start()
         .await;
-    service.wait_for_log("event=amqp_connected", WAIT).await;
+    let (service, url) = (running.service, running.url);
     let delivery = unique("traced");
     let response = webhook(
         &reqwest::Client::new(),
-        &format!("http://127.0.0.1:{port}"),
+        &url,
         "workflow_job",
         &delivery,
         fixture("workflow_job/queued.1.json"),
@@ -652,7 +620,6 @@ async fn traces_are_exported_and_the_context_travels_in_amqp_headers() {
     let expected = format!("00-{}-{}-01", hex(&publish.trace_id), hex(&publish.span_id));
     assert_eq!(traceparent, expected);
     receiver.stop().await;
-    broker.cleanup().await;
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -663,7 +630,7 @@ fn hex(bytes: &[u8]) -> String {
 /// once (not after the publish timeout, not queued), and the held publishes still complete.
 #[actix_rt::test]
 async fn publishes_beyond_the_in_flight_bound_get_fast_503s() {
-    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let proxy = TcpProxy::start(rabbitmq_address().await).await;
     let gateway = TestGateway::spawn(Options {
         broker: Some(proxy.addr()),
         publish_timeout: Duration::from_secs(20),
@@ -671,7 +638,7 @@ async fn publishes_beyond_the_in_flight_bound_get_fast_503s() {
         ..Options::default()
     })
     .await;
-    let broker = Broker::connect(gateway.topology.clone()).await;
+    let _broker = Broker::connect(&gateway.topology).await;
     let client = reqwest::Client::new();
     let body = fixture("workflow_job/queued.0.json");
     proxy.set(Mode::Paused);
@@ -731,7 +698,6 @@ async fn publishes_beyond_the_in_flight_bound_get_fast_503s() {
         1.0
     );
     gateway.stop().await;
-    broker.cleanup().await;
 }
 
 /// A client that announces a body and then stalls is answered 408 once `APP_REQUEST_TIMEOUT`

@@ -9,6 +9,7 @@ mod migrations;
 mod observability;
 mod open_job_counts;
 mod planner_api;
+mod planner_cli;
 mod planner_consumer;
 mod planner_hostile;
 mod planner_pressure;

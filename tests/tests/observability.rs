@@ -5,16 +5,16 @@
 
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
-use planner::config::Config;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tests::{
-    db::{database_url, rabbitmq_url, socket_address, with_address, TestDb},
+    amqp::{unique_topology, Broker, TopologyGuard},
+    db::TestDb,
+    env::{database_address, rabbitmq_address, with_address},
+    eventually,
+    fixtures::job_payload,
     gateway::{webhook, SECRET},
-    planner::{
-        eventually, job_payload, spawn_planner, spawn_planner_with, unique_topology, TestPublisher,
-        TopologyGuard, ADMIN_TOKEN,
-    },
+    planner::{spawn_planner, test_config, TestPlanner, ADMIN_TOKEN},
     proxy::{Mode, TcpProxy},
     system::System,
     telemetry::{attribute, OtlpReceiver, Scrape},
@@ -49,7 +49,7 @@ fn timed(id: i64, action: &str) -> Value {
 async fn planner_metrics_count_every_outcome_and_job_times() {
     let planner = spawn_planner().await;
     planner.create_flavor("small", &["x64"], 10).await;
-    let publisher = TestPublisher::connect(&planner.topology).await;
+    let publisher = Broker::connect(&planner.topology).await;
     publisher.publish(&timed(7, "queued"), "q7").await;
     publisher.publish(&timed(7, "queued"), "q7").await; // duplicate
     publisher.publish(&timed(7, "in_progress"), "p7").await;
@@ -205,17 +205,17 @@ async fn ready_becomes(client: &reqwest::Client, url: &str, failing: &[&str]) ->
 #[actix_web::test]
 async fn ready_names_each_unreachable_dependency() {
     let db = TestDb::new();
-    let database = TcpProxy::start(socket_address(&database_url()).await).await;
-    let broker = TcpProxy::start(socket_address(&rabbitmq_url()).await).await;
+    let database = TcpProxy::start(database_address().await).await;
+    let broker = TcpProxy::start(rabbitmq_address().await).await;
     let topology = unique_topology();
     let _queues = TopologyGuard(topology.clone());
-    let config = Config::for_tests(
-        &with_address(db.url(), database.addr()),
-        &with_address(&rabbitmq_url(), broker.addr()),
-        ADMIN_TOKEN,
-        topology,
-    );
-    let planner = spawn_planner_with(config).await;
+    let planner = TestPlanner::builder()
+        .database(db.url())
+        .database_via(database.addr())
+        .broker_via(broker.addr())
+        .topology(&topology)
+        .start()
+        .await;
     let client = reqwest::Client::new();
     let url = planner.address.clone();
 
@@ -783,19 +783,14 @@ async fn dashboards_and_alerts_only_use_exported_metrics() {
 async fn commit_span_records_failed_attempts_while_the_database_is_away() {
     let mut receiver = OtlpReceiver::start();
     let db = TestDb::new();
-    let database = TcpProxy::start(socket_address(&database_url()).await).await;
+    let database = TcpProxy::start(database_address().await).await;
     let topology = unique_topology();
     let _queues = TopologyGuard(topology.clone());
-    let mut config = Config::for_tests(
-        &with_address(db.url(), database.addr()),
-        &rabbitmq_url(),
-        ADMIN_TOKEN,
-        topology.clone(),
-    );
+    let mut config = test_config(&with_address(db.url(), database.addr()), topology.clone());
     config.telemetry.otlp_traces_endpoint = Some(receiver.endpoint.clone());
     let tracing = actors::telemetry::Tracing::init("planner-test", &config.telemetry).unwrap();
-    let planner = spawn_planner_with(config).await;
-    let publisher = TestPublisher::connect(&topology).await;
+    let planner = TestPlanner::start_with(config).await;
+    let publisher = Broker::connect(&topology).await;
 
     database.set(Mode::Cut);
     publisher.publish(&timed(5, "queued"), "q5").await;

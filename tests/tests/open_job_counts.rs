@@ -379,7 +379,7 @@ fn event(id: i64, action: &str, delivery: &str) -> (String, planner::domain::job
     } else {
         "in_progress.1"
     };
-    let body = tests::planner::job_payload(fixture, id, action, &["self-hosted", "a"]);
+    let body = tests::fixtures::job_payload(fixture, id, action, &["self-hosted", "a"]);
     tests::planner::job_event(&body, delivery)
 }
 

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 
 use reqwest::{header, Method, StatusCode};
 use serde_json::{json, Value};
+use tests::fixtures::job_payload;
 use tests::planner::{
-    api_routes, job_payload, prepare_routes, spawn_planner, Access, ApiRoute, TestPlanner,
-    ADMIN_TOKEN,
+    api_routes, prepare_routes, spawn_planner, Access, ApiRoute, TestPlanner, ADMIN_TOKEN,
 };
 
 async fn call(

@@ -5,7 +5,6 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use diesel::prelude::*;
-use planner::config::Config;
 use proptest::{
     strategy::{Just, Strategy, ValueTree},
     test_runner::TestRunner,
@@ -13,11 +12,12 @@ use proptest::{
 use schema::{models::Job, schema::job};
 use serde_json::{json, Value};
 use tests::{
-    db::{database_url, rabbitmq_url, socket_address, with_address, TestDb},
-    planner::{
-        eventually, fixture, job_payload, spawn_planner, spawn_planner_on, spawn_planner_tuned,
-        spawn_planner_with, unique_topology, TestPublisher, TopologyGuard, ADMIN_TOKEN,
-    },
+    amqp::{unique_topology, Broker, TopologyGuard},
+    db::TestDb,
+    env::{database_address, rabbitmq_address},
+    eventually,
+    fixtures::{fixture, job_payload, workflow_job},
+    planner::{spawn_planner, TestPlanner, ADMIN_TOKEN},
     proxy::{Mode, TcpProxy},
 };
 
@@ -63,12 +63,12 @@ fn comparable(mut row: Job) -> Job {
 async fn fixtures_flow_from_the_queue_into_the_database() {
     let planner = spawn_planner().await;
     planner.create_flavor("x64", &["x64"], 1).await;
-    let publisher = TestPublisher::connect(&planner.topology).await;
+    let publisher = Broker::connect(&planner.topology).await;
 
     // The waiting/queued fixtures are a real self-hosted job (labels self-hosted, k8s).
     // Its in_progress and completed deliveries are derived from the other fixtures.
     let id = 12_877_621_891;
-    let waiting = fixture("waiting.0");
+    let waiting = workflow_job("waiting.0");
     let same_job = |mut body: Value| {
         body["workflow_job"]["id"] = id.into();
         body["workflow_job"]["run_id"] = waiting["workflow_job"]["run_id"].clone();
@@ -76,17 +76,17 @@ async fn fixtures_flow_from_the_queue_into_the_database() {
         body["repository"] = waiting["repository"].clone();
         body
     };
-    publisher.publish(&fixture("queued.1"), "q").await;
+    publisher.publish(&workflow_job("queued.1"), "q").await;
     publisher.publish(&waiting, "w").await;
     publisher
-        .publish(&same_job(fixture("in_progress.1")), "s")
+        .publish(&same_job(workflow_job("in_progress.1")), "s")
         .await;
     publisher
-        .publish(&same_job(fixture("completed.0")), "c")
+        .publish(&same_job(workflow_job("completed.0")), "c")
         .await;
     // GitHub-hosted job, another event, an unhandled action: acknowledged and discarded.
-    publisher.publish(&fixture("queued.0"), "hosted").await;
-    let ping = std::fs::read(format!("{}/fixtures/ping.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    publisher.publish(&workflow_job("queued.0"), "hosted").await;
+    let ping = fixture("ping.json");
     publisher
         .publish_raw(&ping, Some("ping"), Some("ping"))
         .await;
@@ -118,7 +118,7 @@ async fn fixtures_flow_from_the_queue_into_the_database() {
     assert_eq!(job["completed_at"], "2021-08-05T10:38:16Z");
     let payloads = job["payloads"].as_object().unwrap();
     assert_eq!(payloads.len(), 4, "every action's raw payload is kept");
-    assert_eq!(payloads["waiting"], fixture("waiting.0"));
+    assert_eq!(payloads["waiting"], workflow_job("waiting.0"));
     assert_eq!(planner.job(7).await.unwrap()["assigned_flavor"], "x64");
     assert!(
         planner.job(289_782_451).await.is_none(),
@@ -131,7 +131,7 @@ async fn fixtures_flow_from_the_queue_into_the_database() {
 #[actix_web::test]
 async fn duplicate_deliveries_are_counted_not_applied_twice() {
     let planner = spawn_planner().await;
-    let publisher = TestPublisher::connect(&planner.topology).await;
+    let publisher = Broker::connect(&planner.topology).await;
     let [queued, waiting, ..] = <[_; 4]>::try_from(lifecycle(1)).unwrap();
     publisher.publish(&queued.1, "d-queued").await;
     publisher.publish(&waiting.1, "d-waiting").await;
@@ -153,7 +153,7 @@ async fn duplicate_deliveries_are_counted_not_applied_twice() {
 #[actix_web::test]
 async fn poison_messages_land_in_the_dead_letter_queue() {
     let planner = spawn_planner().await;
-    let publisher = TestPublisher::connect(&planner.topology).await;
+    let publisher = Broker::connect(&planner.topology).await;
     let good = job_payload("queued.1", 1, "queued", &SELF_HOSTED);
     let bytes = serde_json::to_vec(&good).unwrap();
 
@@ -169,7 +169,7 @@ async fn poison_messages_land_in_the_dead_letter_queue() {
     no_id["workflow_job"].as_object_mut().unwrap().remove("id");
     publisher.publish(&no_id, "no-id").await;
     // The in_progress.0 fixture has no created_at.
-    let mut no_created = fixture("in_progress.0");
+    let mut no_created = workflow_job("in_progress.0");
     no_created["workflow_job"]["labels"] = json!(SELF_HOSTED);
     publisher.publish(&no_created, "no-created-at").await;
     let mut no_repository = good.clone();
@@ -223,7 +223,7 @@ async fn reordered_and_duplicated_deliveries_converge() {
     const CASES: i64 = 24;
     let planner = spawn_planner().await;
     planner.create_flavor("x64", &["x64"], 1).await;
-    let publisher = TestPublisher::connect(&planner.topology).await;
+    let publisher = Broker::connect(&planner.topology).await;
 
     // Job 0: in order.
     for (action, body) in lifecycle(0) {
@@ -279,17 +279,16 @@ async fn reordered_and_duplicated_deliveries_converge() {
 #[actix_web::test]
 async fn database_cut_mid_stream_loses_nothing() {
     let db = TestDb::new();
-    let proxy = TcpProxy::start(socket_address(&database_url()).await).await;
+    let proxy = TcpProxy::start(database_address().await).await;
     let topology = unique_topology();
     let _queues = TopologyGuard(topology.clone());
-    let config = Config::for_tests(
-        &with_address(db.url(), proxy.addr()),
-        &rabbitmq_url(),
-        ADMIN_TOKEN,
-        topology.clone(),
-    );
-    let planner = spawn_planner_with(config).await;
-    let publisher = TestPublisher::connect(&topology).await;
+    let planner = TestPlanner::builder()
+        .database(db.url())
+        .database_via(proxy.addr())
+        .topology(&topology)
+        .start()
+        .await;
+    let publisher = Broker::connect(&topology).await;
 
     for id in 1..=20 {
         publisher
@@ -358,7 +357,7 @@ async fn database_cut_mid_stream_loses_nothing() {
 #[actix_web::test]
 async fn numbers_jsonb_cannot_hold_are_stored_as_read() {
     let planner = spawn_planner().await;
-    let publisher = TestPublisher::connect(&planner.topology).await;
+    let publisher = Broker::connect(&planner.topology).await;
     let mut odd = job_payload("queued.1", 1, "queued", &SELF_HOSTED).to_string();
     odd.insert_str(1, r#""extra": [1e-20000, 1.5e-16383], "#);
     publisher
@@ -394,7 +393,7 @@ async fn a_delivery_the_database_refuses_is_dead_lettered_alone() {
     )
     .execute(&mut conn)
     .unwrap();
-    let publisher = TestPublisher::connect(&planner.topology).await;
+    let publisher = Broker::connect(&planner.topology).await;
     for id in [1, 666, 2] {
         publisher
             .publish(
@@ -419,17 +418,16 @@ async fn a_delivery_the_database_refuses_is_dead_lettered_alone() {
 #[actix_web::test]
 async fn broker_cut_reconnects_without_busy_looping() {
     let db = TestDb::new();
-    let proxy = TcpProxy::start(socket_address(&rabbitmq_url()).await).await;
+    let proxy = TcpProxy::start(rabbitmq_address().await).await;
     let topology = unique_topology();
     let _queues = TopologyGuard(topology.clone());
-    let config = Config::for_tests(
-        db.url(),
-        &with_address(&rabbitmq_url(), proxy.addr()),
-        ADMIN_TOKEN,
-        topology.clone(),
-    );
-    let planner = spawn_planner_with(config).await;
-    let publisher = TestPublisher::connect(&topology).await;
+    let planner = TestPlanner::builder()
+        .database(db.url())
+        .broker_via(proxy.addr())
+        .topology(&topology)
+        .start()
+        .await;
+    let publisher = Broker::connect(&topology).await;
     for id in 1..=5 {
         publisher
             .publish(
@@ -480,14 +478,19 @@ async fn two_planners_on_one_queue_converge_to_the_state_of_one() {
     let shared_db = TestDb::new();
     let shared_topology = unique_topology();
     let _queues = TopologyGuard(shared_topology.clone());
-    let first = spawn_planner_on(shared_db.url(), shared_topology.clone()).await;
-    let second = spawn_planner_on(shared_db.url(), shared_topology.clone()).await;
+    let on_shared = || {
+        TestPlanner::builder()
+            .database(shared_db.url())
+            .topology(&shared_topology)
+    };
+    let first = on_shared().start().await;
+    let second = on_shared().start().await;
     let single = spawn_planner().await;
     first.create_flavor("x64", &["x64"], 1).await;
     single.create_flavor("x64", &["x64"], 1).await;
 
-    let shared = TestPublisher::connect(&shared_topology).await;
-    let alone = TestPublisher::connect(&single.topology).await;
+    let shared = Broker::connect(&shared_topology).await;
+    let alone = Broker::connect(&single.topology).await;
     // Interleave the jobs' lives, and redeliver some deliveries.
     let mut published = 0;
     for step in 0..4 {
@@ -544,9 +547,12 @@ async fn two_planners_on_one_queue_converge_to_the_state_of_one() {
 async fn a_job_s_deliveries_in_different_batches_apply_in_arrival_order() {
     const JOBS: i64 = 200;
     // Batches of at most two deliveries: each job's three deliveries span two batches.
-    let planner = spawn_planner_tuned(|config| config.consumer_prefetch = 4).await;
+    let planner = TestPlanner::builder()
+        .tune(|config| config.consumer_prefetch = 4)
+        .start()
+        .await;
     planner.create_flavor("x64", &["x64"], 1).await;
-    let publisher = TestPublisher::connect(&planner.topology).await;
+    let publisher = Broker::connect(&planner.topology).await;
     let mut messages = Vec::new();
     for id in 1..=JOBS {
         let sequence = [

@@ -11,11 +11,9 @@ use planner::routes::ALLOWED_METHODS;
 use reqwest::{header, Method, StatusCode};
 use serde_json::{json, Value};
 use tests::{
-    planner::{
-        api_routes, job_payload, prepare_routes, spawn_planner, spawn_planner_tuned, TestPlanner,
-        ADMIN_TOKEN,
-    },
-    process::{start_planner, Build, Running},
+    fixtures::job_payload,
+    planner::{api_routes, prepare_routes, spawn_planner, TestPlanner, ADMIN_TOKEN},
+    process::{PlannerProcess, Running},
     raw_http::{self, RawResponse, Then},
     telemetry::Scrape,
     unique,
@@ -137,7 +135,10 @@ fn labels_of(count: usize, length: usize) -> Value {
 
 #[actix_web::test]
 async fn hostile_requests_get_their_code_and_change_nothing() {
-    let planner = spawn_planner_tuned(|config| config.request_timeout = BODY_TIMEOUT).await;
+    let planner = TestPlanner::builder()
+        .tune(|config| config.request_timeout = BODY_TIMEOUT)
+        .start()
+        .await;
     let general = planner.create_token("general").await;
     planner.create_flavor("small", &["x64"], 1).await;
     planner.seed(
@@ -994,14 +995,10 @@ async fn no_answer_or_log_line_repeats_a_token_or_a_body() {
         service: mut process,
         url,
         ..
-    } = start_planner(
-        Build::Debug,
-        &db_url,
-        &planner.topology.queue,
-        &[],
-        &[("RUST_LOG", "debug")],
-    )
-    .await;
+    } = PlannerProcess::new(&db_url, &planner.topology.queue)
+        .env("RUST_LOG", "debug")
+        .start()
+        .await;
     let client = reqwest::Client::new();
 
     let marker = unique("BODYMARKER");

@@ -7,13 +7,12 @@ use actors::broadcast::SubscriberCount;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tests::{
-    db::{rabbitmq_url, TestDb},
+    amqp::{Broker, TopologyGuard},
+    db::TestDb,
+    fixtures::job_payload,
     gateway::{webhook, Options, TestGateway, SECRET},
-    planner::{
-        job_payload, spawn_planner, spawn_planner_with, unique_topology, TestPlanner,
-        TestPublisher, TopologyGuard, ADMIN_TOKEN,
-    },
-    process::{start_planner, Build, Running, Service},
+    planner::{spawn_planner, TestPlanner, ADMIN_TOKEN},
+    process::{PlannerProcess, Running, Service},
     stream::Lines,
     within,
 };
@@ -168,12 +167,11 @@ async fn pressure_counts_queued_and_in_progress_jobs_at_least_the_minimum() {
 #[actix_web::test]
 async fn jobs_ageing_out_of_the_max_age_reach_subscribers_without_any_event() {
     let db = TestDb::new();
-    let topology = unique_topology();
-    let _queues = TopologyGuard(topology.clone());
-    let mut config =
-        planner::config::Config::for_tests(db.url(), &rabbitmq_url(), ADMIN_TOKEN, topology);
-    config.job_max_age = Duration::from_secs(30);
-    let planner = spawn_planner_with(config).await;
+    let planner = TestPlanner::builder()
+        .database(db.url())
+        .tune(|config| config.job_max_age = Duration::from_secs(30))
+        .start()
+        .await;
     create_flavor(&planner, "small", LABELS, 0).await;
     // 28 s old: counts for about two more seconds.
     planner.seed(&job(1, "queued", Duration::from_secs(28)), "d1");
@@ -192,7 +190,7 @@ async fn jobs_ageing_out_of_the_max_age_reach_subscribers_without_any_event() {
 #[actix_web::test]
 async fn ndjson_stream_follows_job_events_and_every_flavor_change() {
     let planner = spawn_planner().await;
-    let publisher = TestPublisher::connect(&planner.topology).await;
+    let publisher = Broker::connect(&planner.topology).await;
     create_flavor(&planner, "small", LABELS, 0).await;
     let mut all = open_stream(&planner.address, "_", false).await;
     let mut small = open_stream(&planner.address, "small", false).await;
@@ -240,12 +238,11 @@ async fn ndjson_stream_follows_job_events_and_every_flavor_change() {
 #[actix_web::test]
 async fn streams_send_heartbeats_and_sse_events() {
     let db = TestDb::new();
-    let topology = unique_topology();
-    let _queues = TopologyGuard(topology.clone());
-    let mut config =
-        planner::config::Config::for_tests(db.url(), &rabbitmq_url(), ADMIN_TOKEN, topology);
-    config.stream_heartbeat = Duration::from_millis(300);
-    let planner = spawn_planner_with(config).await;
+    let planner = TestPlanner::builder()
+        .database(db.url())
+        .tune(|config| config.stream_heartbeat = Duration::from_millis(300))
+        .start()
+        .await;
     create_flavor(&planner, "small", LABELS, 2).await;
 
     // NDJSON: with nothing changing, the current view is repeated at each heartbeat.
@@ -335,7 +332,7 @@ async fn pressure_needs_a_token_and_a_known_flavor_and_disconnects_release_subsc
     stream.next(LIMIT).await.unwrap();
     assert_eq!(subscribers(&planner).await, baseline + 1);
     drop(stream);
-    tests::planner::eventually("the subscription to be released", LIMIT, || async {
+    tests::eventually("the subscription to be released", LIMIT, || async {
         subscribers(&planner).await == baseline
     })
     .await;
@@ -394,15 +391,14 @@ async fn planner_recount_repairs_wrong_counts_and_streams_follow() {
 
 /// Runs `planner recount` on `database_url`; returns its log once it has succeeded.
 async fn planner_recount(database_url: &str) -> String {
-    let output = tokio::process::Command::new(tests::process::binary("planner"))
-        .arg("recount")
-        .env_clear()
-        .env("POSTGRESQL_DB_CONNECT_STRING", database_url)
-        .env("RUST_LOG", "info")
-        .output();
-    let output = within(LIMIT, "planner recount", output).await.unwrap();
-    let log = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{}: {log}", output.status);
+    let (status, log) = tests::process::run(
+        "planner",
+        &["recount"],
+        &[("POSTGRESQL_DB_CONNECT_STRING", database_url)],
+        LIMIT,
+    )
+    .await;
+    assert!(status.success(), "{status}: {log}");
     log
 }
 
@@ -413,12 +409,13 @@ async fn spawn_process(
     amqp: &str,
     extra: &[(&str, &str)],
 ) -> (Service, String) {
-    let Running {
-        mut service, url, ..
-    } = start_planner(Build::Debug, database_url, amqp, &["--no-migrate"], extra).await;
-    service
-        .wait_for_log("event=pressure_listening", Duration::from_secs(20))
-        .await;
+    let mut planner = PlannerProcess::new(database_url, amqp)
+        .arg("--no-migrate")
+        .wait_for("event=pressure_listening");
+    for (key, value) in extra {
+        planner = planner.env(key, value);
+    }
+    let Running { service, url, .. } = planner.start().await;
     (service, url)
 }
 
@@ -426,7 +423,6 @@ async fn spawn_process(
 async fn a_webhook_through_the_gateway_changes_the_streams_of_two_planner_processes() {
     let db = TestDb::new();
     let gateway = TestGateway::spawn(Options::default()).await;
-    let _queues = TopologyGuard(gateway.topology.clone());
     let (_a, a) = spawn_process(db.url(), &gateway.topology.queue, &[]).await;
     let (_b, b) = spawn_process(db.url(), &gateway.topology.queue, &[]).await;
 
@@ -467,8 +463,8 @@ async fn a_webhook_through_the_gateway_changes_the_streams_of_two_planner_proces
 #[actix_web::test]
 async fn shutdown_ends_open_streams_without_waiting_for_a_heartbeat() {
     let db = TestDb::new();
-    let topology = unique_topology();
-    let _queues = TopologyGuard(topology.clone());
+    let queues = TopologyGuard::unique();
+    let topology = queues.topology();
     let (service, address) =
         spawn_process(db.url(), &topology.queue, &[("APP_STREAM_HEARTBEAT", "1h")]).await;
     let mut ndjson = open_stream(&address, "_", false).await;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use actors::telemetry::{TelemetryConfig, Tracing};
 use serde_json::json;
 use tests::{
-    planner::{job_payload, spawn_planner, TestPublisher, ADMIN_TOKEN},
+    amqp::Broker,
+    fixtures::job_payload,
+    planner::{spawn_planner, ADMIN_TOKEN},
     telemetry::{attribute, OtlpReceiver},
 };
 
@@ -41,7 +43,7 @@ async fn a_consumed_delivery_s_trace_continues_into_the_pressure_broadcast() {
     let parent_id = "00f067aa0ba902b7";
     let mut body = job_payload("queued.1", 1, "queued", &labels);
     body["workflow_job"]["created_at"] = chrono::Utc::now().to_rfc3339().into();
-    let publisher = TestPublisher::connect(&planner.topology).await;
+    let publisher = Broker::connect(&planner.topology).await;
     publisher
         .publish_with(
             &serde_json::to_vec(&body).unwrap(),

@@ -7,21 +7,19 @@ use actors::github::{Client, GitHubError};
 use chrono::Utc;
 use diesel::RunQueryDsl;
 use planner::{
-    config::Config,
     domain::labels::IgnoredLabels,
     reconcile::{ReconcileConfig, ReconcileMetrics, Reconciler, NOT_FOUND_CONCLUSION},
-    startup::Application,
-    store::build_pool,
+    store::{build_pool, PgPool},
 };
 use schema::queries;
 use serde_json::{json, Value};
 use tests::{
-    db::{rabbitmq_url, TestDb},
+    amqp::{Broker, TopologyGuard},
+    db::TestDb,
+    eventually,
     fake_github::{FakeGitHub, JobAnswer},
-    planner::{
-        eventually, job_payload, unique_topology, TestPlanner, TestPublisher, TopologyGuard,
-        ADMIN_TOKEN,
-    },
+    fixtures::job_payload,
+    planner::{seed, TestPlanner},
 };
 
 const LABELS: &[&str] = &["self-hosted", "linux", "large"];
@@ -36,8 +34,8 @@ fn github_job(id: i64, status: &str, conclusion: Option<&str>) -> Value {
     })
 }
 
-fn open_large(planner: &TestPlanner) -> i64 {
-    let mut conn = planner.pool.get().unwrap();
+fn open_large(pool: &PgPool) -> i64 {
+    let mut conn = pool.get().unwrap();
     queries::open_job_counts(&mut conn, &["large".to_owned()])
         .unwrap()
         .first()
@@ -47,8 +45,8 @@ fn open_large(planner: &TestPlanner) -> i64 {
 #[actix_web::test]
 async fn lost_completions_are_reconciled_and_open_jobs_stay() {
     let db = TestDb::new();
-    let topology = unique_topology();
-    let _queues = TopologyGuard(topology.clone());
+    let queues = TopologyGuard::unique();
+    let topology = queues.topology();
     let fake = FakeGitHub::start().await;
     {
         let mut state = fake.state();
@@ -72,29 +70,10 @@ async fn lost_completions_are_reconciled_and_open_jobs_stay() {
             JobAnswer::Job(github_job(5, "completed", Some("success"))),
         );
     }
-    let mut config = Config::for_tests(db.url(), &rabbitmq_url(), ADMIN_TOKEN, topology.clone());
-    config.github = Some(fake.app_config());
-    config.reconcile = ReconcileConfig {
-        after: Duration::from_secs(3600),
-        interval: Duration::from_millis(100),
-        batch: 50,
-    };
+    let github = fake.app_config();
     // Seed the jobs before the planner starts reconciling.
     {
         let pool = build_pool(db.url(), 1, Duration::from_secs(5));
-        let seeder = TestPlanner {
-            address: String::new(),
-            metrics_url: String::new(),
-            broadcaster: actix::Actor::start(actors::broadcast::Broadcaster::new(
-                Default::default(),
-            )),
-            topology: topology.clone(),
-            stats: Default::default(),
-            pool: pool.clone(),
-            http: reqwest::Client::new(),
-            db: None,
-            queues: None,
-        };
         // Flavor `large` gets every job below: its pressure is their count.
         let mut conn = pool.get().unwrap();
         diesel::sql_query(
@@ -111,31 +90,32 @@ async fn lost_completions_are_reconciled_and_open_jobs_stay() {
             (4, "queued"),
         ] {
             // Created in 2023: long overdue.
-            seeder.seed(
+            seed(
+                &pool,
                 &job_payload("queued.1", id, action, LABELS),
                 &format!("seed-{id}"),
             );
         }
         let mut recent = job_payload("queued.1", 5, "queued", LABELS);
         recent["workflow_job"]["created_at"] = Utc::now().to_rfc3339().into();
-        seeder.seed(&recent, "seed-5");
-        assert_eq!(open_large(&seeder), 5);
+        seed(&pool, &recent, "seed-5");
+        assert_eq!(open_large(&pool), 5);
     }
 
-    let app = Application::build(config).await.expect("planner builds");
-    let metrics = app.reconcile_metrics();
-    let planner = TestPlanner {
-        address: format!("http://127.0.0.1:{}", app.port()),
-        metrics_url: format!("http://127.0.0.1:{}/metrics", app.metrics_port()),
-        broadcaster: app.broadcaster(),
-        topology: topology.clone(),
-        stats: app.stats(),
-        pool: app.pool(),
-        http: reqwest::Client::new(),
-        db: None,
-        queues: None,
-    };
-    actix_web::rt::spawn(app.run_until_stopped());
+    let planner = TestPlanner::builder()
+        .database(db.url())
+        .topology(topology)
+        .tune(move |config| {
+            config.github = Some(github);
+            config.reconcile = ReconcileConfig {
+                after: Duration::from_secs(3600),
+                interval: Duration::from_millis(100),
+                batch: 50,
+            };
+        })
+        .start()
+        .await;
+    let metrics = planner.reconcile_metrics.clone();
 
     let (planner, fake) = (&planner, &fake);
     // Job 4 needs three rounds (two 5xx, then completed).
@@ -183,14 +163,14 @@ async fn lost_completions_are_reconciled_and_open_jobs_stay() {
         assert_eq!(state.bad_headers, 0);
     }
     // Pressure: only the jobs open on GitHub are left.
-    assert_eq!(open_large(planner), 2);
+    assert_eq!(open_large(&planner.pool), 2);
     assert_eq!(metrics.corrected.with_label_values(&["completed"]).get(), 2);
     assert_eq!(metrics.corrected.with_label_values(&["not_found"]).get(), 1);
     assert_eq!(metrics.errors.get(), 2);
     assert_eq!(metrics.checked.get(), 4);
 
     // A late `completed` webhook for job 1 still applies and wins.
-    let publisher = TestPublisher::connect(&topology).await;
+    let publisher = Broker::connect(topology).await;
     let mut late = job_payload("completed.1", 1, "completed", LABELS);
     late["workflow_job"]["conclusion"] = "cancelled".into();
     publisher.publish(&late, "late-completed-1").await;
@@ -214,19 +194,9 @@ async fn concurrent_rounds_check_each_job_once() {
     let db = TestDb::new();
     let fake = FakeGitHub::start().await;
     let pool = build_pool(db.url(), 4, Duration::from_secs(5));
-    let seeder = TestPlanner {
-        address: String::new(),
-        metrics_url: String::new(),
-        broadcaster: actix::Actor::start(actors::broadcast::Broadcaster::new(Default::default())),
-        topology: unique_topology(),
-        stats: Default::default(),
-        pool: pool.clone(),
-        http: reqwest::Client::new(),
-        db: None,
-        queues: None,
-    };
     for id in 100..130 {
-        seeder.seed(
+        seed(
+            &pool,
             &job_payload("queued.1", id, "queued", LABELS),
             &format!("seed-{id}"),
         );

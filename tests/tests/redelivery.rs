@@ -4,25 +4,24 @@
 
 use std::time::Duration;
 
-use gateway::{Application, Config};
 use serde_json::json;
 use tests::{
+    amqp::TopologyGuard,
     db::TestDb,
+    eventually,
     fake_github::{FakeGitHub, APP_ID, PRIVATE_KEY},
-    gateway::{broker_url, SECRET},
-    planner::{eventually, job_payload, spawn_planner_on, unique_topology, TopologyGuard},
+    fixtures::job_payload,
+    gateway::{Options, TestGateway, SECRET},
+    planner::TestPlanner,
 };
 
 /// A gateway with redelivery against `fake`, every `interval`, on `topology`.
 async fn spawn_gateway(
     fake: &FakeGitHub,
-    topology: actors::amqp::Topology,
+    topology: &actors::amqp::Topology,
     interval: &str,
-) -> (String, String, actix_web::dev::ServerHandle) {
-    let uri = broker_url(None);
-    let vars: &[(&str, &str)] = &[
-        ("RABBITMQ_CONNECT_STRING", &uri),
-        ("APP_WEBHOOK_SECRET_VALUE", SECRET),
+) -> TestGateway {
+    let env = [
         ("APP_GITHUB_APP_ID", APP_ID),
         ("APP_GITHUB_APP_INSTALLATION_ID", "777"),
         ("APP_GITHUB_APP_PRIVATE_KEY_VALUE", PRIVATE_KEY),
@@ -31,25 +30,15 @@ async fn spawn_gateway(
         ("APP_WEBHOOK_ID", "55"),
         ("APP_REDELIVERY_INTERVAL", interval),
     ];
-    let mut config = Config::from_source(&vars).expect("gateway config");
-    config.host = [127, 0, 0, 1].into();
-    config.port = 0;
-    config.topology = topology;
-    config.telemetry.prometheus_host = [127, 0, 0, 1].into();
-    config.telemetry.prometheus_port = 0;
-    let app = Application::build(config).await.expect("gateway starts");
-    let url = format!("http://127.0.0.1:{}", app.port());
-    let metrics = format!("http://127.0.0.1:{}/metrics", app.metrics_port());
-    let handle = app.handle();
-    let status = app.publisher_status();
-    actix_web::rt::spawn(app.run_until_stopped());
-    tests::within(
-        Duration::from_secs(10),
-        "the gateway to connect",
-        status.wait_for(actors::amqp::Status::Connected),
-    )
-    .await;
-    (url, metrics, handle)
+    TestGateway::spawn(Options {
+        amqp_name: Some(topology.queue.clone()),
+        env: env
+            .iter()
+            .map(|&(key, value)| (key, value.to_owned()))
+            .collect(),
+        ..Options::default()
+    })
+    .await
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {
@@ -62,16 +51,21 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 #[actix_web::test]
 async fn failed_deliveries_are_redelivered_once_into_the_database() {
     let db = TestDb::new();
-    let topology = unique_topology();
-    let _queues = TopologyGuard(topology.clone());
+    let queues = TopologyGuard::unique();
+    let topology = queues.topology();
     let fake = FakeGitHub::start().await;
     {
         let mut state = fake.state();
         state.page_size = 2;
         state.rate_limit_next_listing = true;
     }
-    let planner = spawn_planner_on(db.url(), topology.clone()).await;
-    let (gateway_url, metrics_url, handle) = spawn_gateway(&fake, topology, "200ms").await;
+    let planner = TestPlanner::builder()
+        .database(db.url())
+        .topology(topology)
+        .start()
+        .await;
+    let gateway = spawn_gateway(&fake, topology, "200ms").await;
+    let (gateway_url, metrics_url) = (gateway.url.clone(), gateway.metrics_url.clone());
 
     let lost = job_payload("queued.1", 91_001, "queued", &["self-hosted", "linux"]);
     let too_old = job_payload("queued.1", 91_002, "queued", &["self-hosted", "linux"]);
@@ -229,7 +223,7 @@ async fn failed_deliveries_are_redelivered_once_into_the_database() {
         ) >= Some(1.0),
         "the 429 counts as a failure"
     );
-    handle.stop(true).await;
+    gateway.stop().await;
 }
 
 #[actix_web::test]

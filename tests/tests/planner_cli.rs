@@ -1,29 +1,33 @@
 //! The `planner` binary: sub-commands, start-up errors that name the variable at fault without
 //! echoing secrets, and `planner migrate` against a real PostgreSQL.
 
-use std::process::{Command, Output};
+use std::process::ExitStatus;
+use std::time::Duration;
 
-use diesel::{Connection, PgConnection, RunQueryDsl};
+use diesel::RunQueryDsl;
+use tests::db::TestDb;
 
 const ADMIN: &str = "planner_v0_abcdefghij0123456789";
 
-fn planner(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_planner"));
-    command.args(args).env_clear().env("RUST_LOG", "info");
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    command.output().expect("run planner")
+/// What a run of the planner binary left: its exit status and its log.
+struct Output {
+    status: ExitStatus,
+    stderr: String,
+}
+
+async fn planner(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (status, stderr) = tests::process::run("planner", args, env, Duration::from_secs(30)).await;
+    Output { status, stderr }
 }
 
 fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    output.stderr.clone()
 }
 
-#[test]
-fn unknown_sub_commands_print_usage() {
+#[actix_rt::test]
+async fn unknown_sub_commands_print_usage() {
     for args in [&[][..], &["serve", "--bogus"][..], &["frobnicate"][..]] {
-        let output = planner(args, &[]);
+        let output = planner(args, &[]).await;
         assert!(!output.status.success(), "{args:?}");
         assert!(
             stderr(&output).contains("usage: planner serve"),
@@ -33,8 +37,8 @@ fn unknown_sub_commands_print_usage() {
     }
 }
 
-#[test]
-fn start_up_stops_naming_the_bad_variable_without_echoing_it() {
+#[actix_rt::test]
+async fn start_up_stops_naming_the_bad_variable_without_echoing_it() {
     let good = [
         (
             "POSTGRESQL_DB_CONNECT_STRING",
@@ -53,7 +57,7 @@ fn start_up_stops_naming_the_bad_variable_without_echoing_it() {
             .filter(|(i, _)| *i != missing)
             .map(|(_, v)| *v)
             .collect();
-        let output = planner(&["serve"], &env);
+        let output = planner(&["serve"], &env).await;
         assert!(!output.status.success());
         assert!(
             stderr(&output).contains(good[missing].0),
@@ -63,7 +67,7 @@ fn start_up_stops_naming_the_bad_variable_without_echoing_it() {
     }
     let mut env = good.to_vec();
     env[2] = ("APP_ADMIN_TOKEN_VALUE", "planner_v0_tooshortsecret");
-    let output = planner(&["serve"], &env);
+    let output = planner(&["serve"], &env).await;
     assert!(!output.status.success());
     let text = stderr(&output);
     assert!(text.contains("APP_ADMIN_TOKEN_VALUE"), "{text}");
@@ -73,30 +77,20 @@ fn start_up_stops_naming_the_bad_variable_without_echoing_it() {
     );
     let mut env = good.to_vec();
     env.push(("APP_PORT", "eighty"));
-    let output = planner(&["serve"], &env);
+    let output = planner(&["serve"], &env).await;
     assert!(stderr(&output).contains("APP_PORT"));
 }
 
-#[test]
-fn migrate_applies_the_schema_and_is_idempotent() {
-    let admin_url = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned());
-    let mut admin =
-        PgConnection::establish(&admin_url).expect("PostgreSQL reachable at TEST_DATABASE_URL");
-    let name = format!("planner_cli_{}", std::process::id());
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name}"))
-        .execute(&mut admin)
-        .unwrap();
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .unwrap();
-    let url = format!("{}/{name}", &admin_url[..admin_url.rfind('/').unwrap()]);
+#[actix_rt::test]
+async fn migrate_applies_the_schema_and_is_idempotent() {
+    let db = TestDb::empty();
+    let url = db.url().to_owned();
 
     for _ in 0..2 {
-        let output = planner(&["migrate"], &[("POSTGRESQL_DB_CONNECT_STRING", &url)]);
+        let output = planner(&["migrate"], &[("POSTGRESQL_DB_CONNECT_STRING", &url)]).await;
         assert!(output.status.success(), "{}", stderr(&output));
     }
-    let mut conn = PgConnection::establish(&url).unwrap();
+    let mut conn = db.connect();
     let tables = diesel::sql_query(
         "SELECT 1 FROM information_schema.tables WHERE table_name IN ('flavor', 'job', 'auth', 'delivery')",
     )
@@ -104,11 +98,9 @@ fn migrate_applies_the_schema_and_is_idempotent() {
     .unwrap();
     assert_eq!(tables, 4);
     drop(conn);
-    diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .unwrap();
+    drop(db);
 
-    let output = planner(&["migrate"], &[]);
+    let output = planner(&["migrate"], &[]).await;
     assert!(!output.status.success());
     assert!(stderr(&output).contains("POSTGRESQL_DB_CONNECT_STRING"));
 }

@@ -1,18 +1,5 @@
-//! The scenarios of `make bench` (run by `src/bin/bench.rs`), against the real local RabbitMQ
-//! and PostgreSQL and the release binaries of both services. Every scenario sends a bounded
-//! number of requests or messages, waits a bounded time, cleans up its database and queues, and
-//! answers rows of the table written to `BENCHMARKS.md`.
-//!
-//! - [`gateway`]: scenario 1 (the broker's ceiling against the gateway's saturation rate and its
-//!   latency at a fixed rate) and the gateway's part of scenario 5.
-//! - [`consumer`]: scenario 2 (the database's ceiling against the planner consumer's rate) and
-//!   scenario 6 (the consumer rate and the pressure recomputation as the `job` table grows).
-//! - [`pressure`]: scenario 3 (end to end, gateway 200 to stream line, with both services'
-//!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
-
-pub mod consumer;
-pub mod gateway;
-pub mod pressure;
+//! What every scenario measures with: the table's [`Row`], latency quantiles, a process's
+//! memory and CPU from `/proc`, and [`settle`] between scenarios.
 
 use std::time::Duration;
 
@@ -159,7 +146,7 @@ impl Drop for PeakRss {
 /// moment of quiet.
 pub fn settle() {
     use diesel::{Connection, RunQueryDsl};
-    let mut conn = diesel::PgConnection::establish(&crate::db::database_url())
+    let mut conn = diesel::PgConnection::establish(&tests::env::database_url())
         .expect("PostgreSQL for the checkpoint");
     diesel::sql_query("CHECKPOINT")
         .execute(&mut conn)

@@ -17,15 +17,12 @@ use schema::{
     schema::job,
 };
 
-use super::{
-    ms, percentile,
-    pressure::{insert_flavors, insert_jobs, time_recompute, FLAVORS},
-    Row, Usage,
-};
-use crate::{
+use crate::measure::{ms, percentile, Row, Usage};
+use crate::pressure::{insert_flavors, insert_jobs, time_recompute, FLAVORS};
+use tests::{
+    amqp::{Broker, TopologyGuard},
     db::TestDb,
-    planner::{TestPublisher, TopologyGuard},
-    process::{start_planner, Build},
+    process::PlannerProcess,
     telemetry::Scrape,
 };
 
@@ -56,7 +53,7 @@ pub enum Payload {
 impl Payload {
     /// The body of job `id`'s delivery for `action`.
     pub fn body(self, id: i64, action: &str) -> Vec<u8> {
-        let full = super::pressure::job_body(id, action);
+        let full = crate::pressure::job_body(id, action);
         if self == Payload::GitHub {
             return full;
         }
@@ -163,7 +160,7 @@ pub fn database_ceiling(payload: Payload) -> f64 {
 /// Fills the queue with the lives of jobs `first..first + jobs`: deliveries in the order a
 /// busy installation sends them (job n queued while job n-100 starts and n-200 completes).
 async fn fill_queue(topology: &Topology, payload: Payload, first: usize, jobs: usize) -> usize {
-    let publisher = TestPublisher::connect(topology).await;
+    let publisher = Broker::connect(topology).await;
     let mut messages = Vec::with_capacity(jobs * 3);
     for step in 0..jobs + 200 {
         for (lag, action) in [(0, "queued"), (100, "in_progress"), (200, "completed")] {
@@ -201,21 +198,19 @@ struct Consumed {
 /// Fills a queue with `jobs` job lives (ids from `first`), starts a release planner on `db`
 /// and times it until every delivery is applied.
 async fn consume(db: &TestDb, payload: Payload, first: usize, jobs: usize) -> Consumed {
-    let topology = Topology::with_prefix(&crate::unique("bench-consumer"));
+    let topology = Topology::with_prefix(&tests::unique("bench-consumer"));
     let _queues = TopologyGuard(topology.clone());
     let count = fill_queue(&topology, payload, first, jobs).await;
-    tokio::task::block_in_place(super::settle);
-    let planner = start_planner(
-        Build::Release,
-        db.url(),
-        &topology.queue,
-        &["--no-migrate"],
-        &[(
+    tokio::task::block_in_place(crate::measure::settle);
+    let planner = PlannerProcess::new(db.url(), &topology.queue)
+        .release()
+        .arg("--no-migrate")
+        .env(
             "RUST_LOG",
             "warn,planner::startup=info,planner::consumer=info",
-        )],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let started = Instant::now();
     let pid = planner.service.pid();
     let cpu_before = Usage::of(pid).cpu_seconds;
@@ -249,7 +244,7 @@ async fn consume(db: &TestDb, payload: Payload, first: usize, jobs: usize) -> Co
 pub async fn scenario_2(rows: &mut Vec<Row>) {
     for payload in [Payload::GitHub, Payload::Minimal] {
         eprintln!("bench: database ceiling ({}) ...", payload.describe());
-        tokio::task::block_in_place(super::settle);
+        tokio::task::block_in_place(crate::measure::settle);
         let ceiling = tokio::task::block_in_place(|| database_ceiling(payload));
         eprintln!("bench: consumer ({}) ...", payload.describe());
         let db = TestDb::new();
@@ -325,7 +320,7 @@ pub async fn scenario_6(rows: &mut Vec<Row>) {
         rows.push(Row::new(
             format!(
                 "6. {target} rows in job ({SCALING_OPEN} open, {FLAVORS} flavors): recompute ({} runs); consumer on {} more deliveries",
-                super::pressure::RUNS,
+                crate::pressure::RUNS,
                 SCALING_JOBS * 3
             ),
             format!(

@@ -1,11 +1,27 @@
-//! `make bench`: release-mode benchmarks against the real local RabbitMQ and PostgreSQL (the
-//! scenarios are in `tests::bench`). Prints a table and, when every scenario ran, writes it to
-//! `BENCHMARKS.md` above the notes kept there.
+//! `make bench`: release-mode benchmarks against the real local RabbitMQ and PostgreSQL and the
+//! release binaries of both services. Prints a table and, when every scenario ran, writes it to
+//! `BENCHMARKS.md` above the notes kept there. The bench is a target of its own: none of this
+//! is compiled into the `tests` library the integration tests link.
+//!
+//! Every scenario sends a bounded number of requests or messages, waits a bounded time, cleans
+//! up its database and queues, and answers rows of the table:
+//! - [`gateway`]: scenario 1 (the broker's ceiling against the gateway's saturation rate and its
+//!   latency at a fixed rate) and the gateway's part of scenario 5.
+//! - [`consumer`]: scenario 2 (the database's ceiling against the planner consumer's rate) and
+//!   scenario 6 (the consumer rate and the pressure recomputation as the `job` table grows).
+//! - [`pressure`]: scenario 3 (end to end, gateway 200 to stream line, with both services'
+//!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
+//! - [`measure`]: what they measure with.
 //!
 //! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling` runs only the named groups (the
 //! table is printed, `BENCHMARKS.md` is left alone).
 
-use tests::bench::{self, consumer, gateway, pressure, Row};
+mod consumer;
+mod gateway;
+mod measure;
+mod pressure;
+
+use measure::Row;
 
 /// Webhooks per second and seconds of scenario 3 (end to end).
 const END_TO_END_RATE: u64 = 500;
@@ -42,7 +58,7 @@ async fn main() {
     };
 
     let mut rows: Vec<Row> = Vec::new();
-    let settle = || tokio::task::block_in_place(bench::settle);
+    let settle = || tokio::task::block_in_place(measure::settle);
     if wanted("gateway") {
         settle();
         gateway::scenarios(&mut rows).await;
@@ -96,10 +112,10 @@ async fn main() {
         .map(|(_, notes)| notes.trim().to_owned())
         .unwrap_or_default();
     let document = format!(
-        "# Benchmarks\n\nCommand: `make bench` (release build; `tests/src/bin/bench.rs`, \
-         scenarios in `tests/src/bench/`).\nMachine: {}.\nDate: {date}.\n\n## Latest run\n\n\
+        "# Benchmarks\n\nCommand: `make bench` (release build; `tests/src/bin/bench/`).\n\
+         Machine: {}.\nDate: {date}.\n\n## Latest run\n\n\
          {table}\n<!-- notes -->\n{notes}\n",
-        bench::machine()
+        measure::machine()
     );
     std::fs::write(&path, document).expect("write BENCHMARKS.md");
     eprintln!("bench: wrote {}", path.display());

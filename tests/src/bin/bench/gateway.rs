@@ -15,10 +15,11 @@ use lapin::{
     BasicProperties, Channel,
 };
 
-use super::{broker_and_bench_cpu, latencies, Row, Usage};
-use crate::amqp::{rabbitmq_url, Broker};
-use crate::gateway::SECRET;
-use crate::process::{start_gateway, Build};
+use crate::measure::{broker_and_bench_cpu, latencies, Row, Usage};
+use tests::amqp::{Broker, TopologyGuard};
+use tests::env::rabbitmq_url;
+use tests::gateway::SECRET;
+use tests::process::GatewayProcess;
 
 /// Size of every message and webhook body of this scenario.
 pub const PAYLOAD_BYTES: usize = 20 * 1024;
@@ -34,7 +35,7 @@ const FIXED_SECONDS: u64 = 5;
 /// A `workflow_job` fixture padded to [`PAYLOAD_BYTES`].
 pub fn payload() -> Vec<u8> {
     let mut value: serde_json::Value =
-        serde_json::from_slice(&crate::fixtures::fixture("workflow_job/queued.1.json")).unwrap();
+        serde_json::from_slice(&tests::fixtures::fixture("workflow_job/queued.1.json")).unwrap();
     let base = serde_json::to_vec(&value).unwrap().len();
     value["padding"] =
         serde_json::Value::String("x".repeat(PAYLOAD_BYTES.saturating_sub(base + 14)));
@@ -44,10 +45,10 @@ pub fn payload() -> Vec<u8> {
 }
 
 /// A channel of its own on the test broker with publisher confirms, and the topology it
-/// publishes to (declared; deleted by [`Broker::cleanup`]).
-async fn confirming_channel(prefix: &str) -> (Broker, lapin::Connection, Channel) {
-    let topology = Topology::with_prefix(&crate::unique(prefix));
-    let broker = Broker::connect(topology).await;
+/// publishes to (declared; deleted when its guard is dropped).
+async fn confirming_channel(prefix: &str) -> (TopologyGuard, lapin::Connection, Channel) {
+    let topology = TopologyGuard(Topology::with_prefix(&tests::unique(prefix)));
+    drop(Broker::connect(topology.topology()).await);
     let connection = actors::amqp::connect(&rabbitmq_url(), "bench", Duration::from_secs(5))
         .await
         .unwrap();
@@ -56,7 +57,7 @@ async fn confirming_channel(prefix: &str) -> (Broker, lapin::Connection, Channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    (broker, connection, channel)
+    (topology, connection, channel)
 }
 
 /// Publishes `body` as the gateway does (persistent, mandatory, JSON); resolves on the confirm.
@@ -85,13 +86,13 @@ async fn publish(channel: &Channel, topology: &Topology, body: &[u8]) {
 /// The broker alone: `CEILING_MESSAGES` publishes with `CEILING_IN_FLIGHT` awaiting their
 /// confirms on one channel. Messages per second.
 pub async fn broker_ceiling(body: &[u8]) -> f64 {
-    let (broker, connection, channel) = confirming_channel("bench-ceiling").await;
+    let (topology, connection, channel) = confirming_channel("bench-ceiling").await;
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut sent = 0;
     while sent < CEILING_MESSAGES || !in_flight.is_empty() {
         while sent < CEILING_MESSAGES && in_flight.len() < CEILING_IN_FLIGHT {
-            in_flight.push(publish(&channel, &broker.topology, body));
+            in_flight.push(publish(&channel, topology.topology(), body));
             sent += 1;
         }
         in_flight.next().await;
@@ -99,16 +100,16 @@ pub async fn broker_ceiling(body: &[u8]) -> f64 {
     let rate = CEILING_MESSAGES as f64 / started.elapsed().as_secs_f64();
     drop(in_flight);
     let _ = connection.close(200, "done".into()).await;
-    broker.cleanup().await;
+    drop(topology);
     rate
 }
 
 /// The broker alone at `FIXED_RATE` messages per second, each publish awaited on its own:
 /// publish-to-confirm latencies, sorted (the floor under the gateway's latency at that rate).
 pub async fn broker_fixed_rate(body: &[u8]) -> Vec<Duration> {
-    let (broker, connection, channel) = confirming_channel("bench-broker-rate").await;
+    let (queues, connection, channel) = confirming_channel("bench-broker-rate").await;
     let body = bytes::Bytes::copy_from_slice(body);
-    let topology = broker.topology.clone();
+    let topology = queues.topology().clone();
     let latencies = at_fixed_rate(FIXED_RATE, FIXED_SECONDS, move |_| {
         let (channel, topology, body) = (channel.clone(), topology.clone(), body.clone());
         async move {
@@ -119,7 +120,7 @@ pub async fn broker_fixed_rate(body: &[u8]) -> Vec<Duration> {
     })
     .await;
     let _ = connection.close(200, "done".into()).await;
-    broker.cleanup().await;
+    drop(queues);
     latencies
 }
 
@@ -224,15 +225,14 @@ pub async fn scenarios(rows: &mut Vec<Row>) {
         "(reference)",
     ));
 
-    let topology = Topology::with_prefix(&crate::unique("bench-gateway"));
-    let broker = Broker::connect(topology.clone()).await;
+    let queues = TopologyGuard(Topology::with_prefix(&tests::unique("bench-gateway")));
+    let broker = Broker::connect(queues.topology()).await;
     // One log line per webhook is for operators, not for a benchmark.
-    let gateway = start_gateway(
-        Build::Release,
-        &topology.queue,
-        &[("RUST_LOG", "info,gateway::routes=warn")],
-    )
-    .await;
+    let gateway = GatewayProcess::new(&queues.topology().queue)
+        .release()
+        .env("RUST_LOG", "info,gateway::routes=warn")
+        .start()
+        .await;
     let pid = gateway.service.pid();
     let url = format!("{}/webhook", gateway.url);
     let webhook = Signed::new(body.clone());
@@ -315,7 +315,8 @@ pub async fn scenarios(rows: &mut Vec<Row>) {
     gateway.service.terminate();
     let status = gateway.service.wait(Duration::from_secs(20)).await;
     assert!(status.success(), "gateway exited with {status}");
-    broker.cleanup().await;
+    drop(broker);
+    drop(queues);
 
     rows.push(Row::new(
         format!(

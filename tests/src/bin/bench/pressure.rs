@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{gateway::Signed, latencies, ms, percentile, PeakRss, Row, Usage};
-use crate::{
+use crate::gateway::Signed;
+use crate::measure::{latencies, ms, percentile, PeakRss, Row, Usage};
+use tests::{
+    amqp::TopologyGuard,
     db::TestDb,
-    planner::{TopologyGuard, ADMIN_TOKEN},
-    process::{start_gateway, start_planner, Build, Running},
+    planner::ADMIN_TOKEN,
+    process::{GatewayProcess, PlannerProcess, Running},
 };
 
 /// `APP_JOB_MAX_AGE`'s default, as the recompute scenarios use it.
@@ -103,27 +105,24 @@ struct Stack {
 
 async fn stack(extra: &[(&str, &str)]) -> Stack {
     let db = TestDb::new();
-    let topology = actors::amqp::Topology::with_prefix(&crate::unique("bench-pressure"));
+    let topology = actors::amqp::Topology::with_prefix(&tests::unique("bench-pressure"));
     let queues = TopologyGuard(topology.clone());
-    let mut vars = vec![(
-        "RUST_LOG",
-        "warn,planner::startup=info,planner::consumer=info,planner::pressure=info",
-    )];
-    vars.extend_from_slice(extra);
-    let planner = start_planner(
-        Build::Release,
-        db.url(),
-        &topology.queue,
-        &["--no-migrate"],
-        &vars,
-    )
-    .await;
-    let gateway = start_gateway(
-        Build::Release,
-        &topology.queue,
-        &[("RUST_LOG", "info,gateway::routes=warn")],
-    )
-    .await;
+    let mut planner = PlannerProcess::new(db.url(), &topology.queue)
+        .release()
+        .arg("--no-migrate")
+        .env(
+            "RUST_LOG",
+            "warn,planner::startup=info,planner::consumer=info,planner::pressure=info",
+        );
+    for (key, value) in extra {
+        planner = planner.env(key, value);
+    }
+    let planner = planner.start().await;
+    let gateway = GatewayProcess::new(&topology.queue)
+        .release()
+        .env("RUST_LOG", "info,gateway::routes=warn")
+        .start()
+        .await;
     let response = reqwest::Client::new()
         .post(format!("{}/api/v1/flavors/bench", planner.url))
         .bearer_auth(ADMIN_TOKEN)
@@ -147,7 +146,7 @@ pub fn job_body(id: i64, action: &str) -> Vec<u8> {
         "completed" => "completed.0",
         _ => "queued.1",
     };
-    let mut body = crate::planner::job_payload(fixture, id, action, &["self-hosted", "bench"]);
+    let mut body = tests::fixtures::job_payload(fixture, id, action, &["self-hosted", "bench"]);
     body["workflow_job"]["created_at"] = chrono::Utc::now().to_rfc3339().into();
     serde_json::to_vec(&body).unwrap()
 }
@@ -180,7 +179,7 @@ pub async fn end_to_end(rate: u64, seconds: u64, rows: &mut Vec<Row>) {
     let total = usize::try_from(rate * seconds).unwrap();
     // seen[n] = when the stream first showed pressure >= n.
     let reader = tokio::spawn(async move {
-        let mut lines = crate::stream::Lines::new(response);
+        let mut lines = tests::stream::Lines::new(response);
         let mut seen: Vec<Instant> = Vec::with_capacity(total + 1);
         while seen.len() <= total {
             let Some(line) = lines.next(Duration::from_secs(30)).await else {
@@ -201,14 +200,14 @@ pub async fn end_to_end(rate: u64, seconds: u64, rows: &mut Vec<Row>) {
             .map(|id| Signed::new(job_body(i64::try_from(id).unwrap(), "queued")))
             .collect(),
     );
-    let client = super::gateway::client(64);
+    let client = crate::gateway::client(64);
     let url = format!("{}/webhook", stack.gateway.url);
     let idle = (Usage::of(gateway_pid), Usage::of(planner_pid));
     let peaks = (PeakRss::watch(gateway_pid), PeakRss::watch(planner_pid));
-    let answered = super::gateway::at_fixed_rate(rate, seconds, |n| {
+    let answered = crate::gateway::at_fixed_rate(rate, seconds, |n| {
         let (client, url, webhooks) = (client.clone(), url.clone(), webhooks.clone());
         async move {
-            super::gateway::post(&client, &url, &webhooks[n], &format!("bench-{n}")).await;
+            crate::gateway::post(&client, &url, &webhooks[n], &format!("bench-{n}")).await;
             Instant::now()
         }
     })
