@@ -13,9 +13,12 @@ use diesel::{
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tests::amqp::{Broker, TopologyGuard};
 use tests::db::{execute, TestDb};
-use tests::planner::{eventually, job_payload, TestPublisher, TopologyGuard, ADMIN_TOKEN};
-use tests::process::{start_planner, Build, Service};
+use tests::eventually;
+use tests::fixtures::job_payload;
+use tests::planner::ADMIN_TOKEN;
+use tests::process::{PlannerProcess, Service};
 
 /// How long `planner migrate` may take.
 const MIGRATE: Duration = Duration::from_secs(60);
@@ -519,7 +522,10 @@ async fn planner_migrate_converts_canonicals_database_and_a_second_run_changes_n
 
     let name = tests::unique("canonical");
     let _queues = TopologyGuard(actors::amqp::Topology::named(&name));
-    let planner = start_planner(Build::Debug, db.url(), &name, &["--no-migrate"], &[]).await;
+    let planner = PlannerProcess::new(db.url(), &name)
+        .arg("--no-migrate")
+        .start()
+        .await;
     check_converted(&planner.url, &token, &pressure).await;
     let (status, _) = get(&planner.url, "/api/v1/flavors/small", &spaced).await;
     assert_eq!(
@@ -537,7 +543,7 @@ async fn planner_serve_converts_canonicals_database_and_tokens_work_both_ways() 
 
     let name = tests::unique("canonical");
     let _queues = TopologyGuard(actors::amqp::Topology::named(&name));
-    let mut planner = start_planner(Build::Debug, db.url(), &name, &[], &[]).await;
+    let mut planner = PlannerProcess::new(db.url(), &name).start().await;
     planner
         .service
         .wait_for_log("event=canonical_database_converted", MIGRATE)
@@ -573,7 +579,7 @@ async fn planner_serve_converts_canonicals_database_and_tokens_work_both_ways() 
     assert_eq!(status, 200);
 
     // A converted job carries on with the next delivery of its own: 101 completes.
-    let publisher = TestPublisher::connect(&actors::amqp::Topology::named(&name)).await;
+    let publisher = Broker::connect(&actors::amqp::Topology::named(&name)).await;
     let now = Utc::now();
     let completed = body(
         101,
@@ -657,7 +663,7 @@ async fn tokens_stored_by_earlier_versions_as_the_hash_of_their_text_still_work(
     }
     let name = tests::unique("tokens");
     let _queues = TopologyGuard(actors::amqp::Topology::named(&name));
-    let planner = start_planner(Build::Debug, db.url(), &name, &[], &[]).await;
+    let planner = PlannerProcess::new(db.url(), &name).start().await;
     for text in [token.as_str(), odd] {
         let (status, _) = get(&planner.url, "/api/v1/auth/token", text).await;
         assert_eq!(
@@ -736,7 +742,7 @@ async fn canonicals_exclusive_consumer_holds_ours_off_until_it_stops() {
     let topology = actors::amqp::Topology::named(&name);
     let _queues = TopologyGuard(topology.clone());
     // Canonical's planner consumes the queue with `exclusive: true`.
-    let broker = tests::amqp::rabbitmq_url();
+    let broker = tests::env::rabbitmq_url();
     let canonical = actors::amqp::connect(&broker, "canonical-planner", Duration::from_secs(10))
         .await
         .expect("connect to the broker");

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use actors::github::{Client, DeleteOutcome, GitHubError, JitConfig, RunnerScope};
 use secrecy::ExposeSecret;
+use tests::eventually;
 use tests::fake_github::{runner_side, FakeGitHub};
 use tests::fake_runner::{EXIT_DONE, EXIT_REMOVED, EXIT_TERMINATED};
-use tests::planner::eventually;
 use tests::process::Service;
 
 const LIMIT: Duration = Duration::from_secs(20);
