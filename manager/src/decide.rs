@@ -120,6 +120,10 @@ pub struct Observed<'a> {
     pub now: DateTime<Utc>,
     /// Desired runners ([`desired`]).
     pub desired: u32,
+    /// Whether runners may be removed for being more than desired: not before the planner's
+    /// pressure has been heard (a restarted manager must not remove the runners it adopts
+    /// only because the stream has not answered yet).
+    pub scale_down: bool,
     /// What the backend lists (this manager and flavor).
     pub instances: &'a [Instance],
     /// What GitHub lists with this manager's and flavor's name prefix; `None` when GitHub could
@@ -221,7 +225,7 @@ pub fn decide(observed: &Observed<'_>) -> Plan {
 
     if live < observed.desired {
         plan.actions.push(Action::Create(observed.desired - live));
-    } else if live > observed.desired && observed.github.is_some() {
+    } else if live > observed.desired && observed.scale_down && observed.github.is_some() {
         let excess = (live - observed.desired) as usize;
         idle.sort_by_key(|instance| instance.created_at);
         for instance in idle.into_iter().take(excess) {
@@ -291,6 +295,7 @@ mod tests {
 
     struct Case {
         desired: u32,
+        scale_down: bool,
         instances: Vec<Instance>,
         github: Option<Vec<Runner>>,
         creating: HashSet<String>,
@@ -302,6 +307,7 @@ mod tests {
         fn new(desired: u32) -> Self {
             Self {
                 desired,
+                scale_down: true,
                 instances: vec![],
                 github: Some(vec![]),
                 creating: HashSet::new(),
@@ -314,6 +320,7 @@ mod tests {
             decide(&Observed {
                 now: now(),
                 desired: self.desired,
+                scale_down: self.scale_down,
                 instances: &self.instances,
                 github: self.github.as_deref(),
                 creating: &self.creating,
@@ -396,6 +403,9 @@ mod tests {
         case.desired = 0;
         let names: Vec<String> = removed(&case.plan()).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, vec!["idle-old", "idle-new"]);
+        // Before the planner's pressure is first heard, nothing is scaled down.
+        case.scale_down = false;
+        assert!(case.plan().actions.is_empty());
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Reconciler {
     config: Arc<ReconcilerConfig>,
     prefix: String,
     pressure: Option<u64>,
+    /// Whether the follower has said anything yet (a pressure, or that it is unknown).
+    pressure_heard: bool,
     labels: Option<Vec<String>>,
     creating: HashMap<String, DateTime<Utc>>,
     removing: HashSet<String>,
@@ -83,6 +85,7 @@ impl Reconciler {
             config: Arc::new(config),
             prefix,
             pressure: None,
+            pressure_heard: false,
             labels,
             creating: HashMap::new(),
             removing: HashSet::new(),
@@ -219,6 +222,7 @@ impl Reconciler {
         let plan = decide::decide(&Observed {
             now,
             desired,
+            scale_down: self.pressure_heard,
             instances: &instances,
             github: runners.as_deref(),
             creating: &creating,
@@ -584,9 +588,10 @@ impl Handler<PressureChanged> for Reconciler {
     type Result = ();
 
     fn handle(&mut self, msg: PressureChanged, ctx: &mut Context<Self>) {
-        if self.pressure == msg.0 {
+        if self.pressure_heard && self.pressure == msg.0 {
             return;
         }
+        self.pressure_heard = true;
         log::info!(
             "event=pressure_changed flavor={} pressure={}",
             self.flavor(),
