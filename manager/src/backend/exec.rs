@@ -8,7 +8,8 @@
 //!   The JIT configuration is never on the command line, where any user can read it.
 //! - It runs in a process group of its own, so deleting it reaches everything it started:
 //!   SIGTERM to the group, then SIGKILL after the flavor's `stop_grace`.
-//! - Each runner has a record in the state directory (`<name>.json`: name, flavor, manager id,
+//! - Each runner has a record in its flavor's directory under the state directory
+//!   (`<state dir>/<flavor>/<name>.json`: name, flavor, manager id,
 //!   pid, the process's start time from `/proc/<pid>/stat`, created at) and its output in
 //!   `<name>.log`. A restarted manager reads the records and adopts the runners still alive; the
 //!   start time tells a runner from an unrelated process that got its pid after it ended.
@@ -69,14 +70,17 @@ pub struct Exec {
 }
 
 impl Exec {
-    /// The backend of `flavor`, recording its runners in `dir` (created if missing).
+    /// The backend of `flavor`, recording its runners in `state_dir/<flavor>` (created if
+    /// missing), so listing one flavor reads only its own records.
     pub fn new(
-        dir: &Path,
+        state_dir: &Path,
         manager_id: &str,
         flavor: &str,
         command: Vec<String>,
         stop_grace: Duration,
     ) -> Result<Self, BackendError> {
+        let dir = state_dir.join(flavor);
+        let dir = dir.as_path();
         fs::create_dir_all(dir).map_err(|err| {
             BackendError::State(format!("cannot create {}: {err}", dir.display()))
         })?;
@@ -387,7 +391,7 @@ mod tests {
         );
         let created = backend.create(spec("m1-small-aaaa0001")).await.unwrap();
         assert!(!created.ended);
-        let env_file = dir.join("m1-small-aaaa0001.env");
+        let env_file = dir.join("small/m1-small-aaaa0001.env");
         let env = wait_for_file(&env_file).await;
         assert!(env.contains("RUNNER_JITCONFIG=jit-secret-value"), "{env}");
         assert!(env.contains("RUNNER_NAME=m1-small-aaaa0001"), "{env}");
@@ -395,7 +399,7 @@ mod tests {
         assert!(env.contains("RUNNER_LABELS=self-hosted,x64"), "{env}");
         assert!(env.contains("RUNNER_MANAGER_ID=m1"), "{env}");
         assert!(!env.contains("APP_"), "{env}");
-        let cmdline = wait_for_file(&dir.join("m1-small-aaaa0001.cmdline")).await;
+        let cmdline = wait_for_file(&dir.join("small/m1-small-aaaa0001.cmdline")).await;
         assert!(!cmdline.contains("jit-secret-value"));
         backend.delete("m1-small-aaaa0001").await.unwrap();
         let _ = fs::remove_dir_all(&dir);
@@ -452,7 +456,7 @@ mod tests {
         )
         .unwrap();
         let created = backend.create(spec("m1-small-group001")).await.unwrap();
-        let child_pid: i32 = wait_for_file(&dir.join("child.pid"))
+        let child_pid: i32 = wait_for_file(&dir.join("small/child.pid"))
             .await
             .trim()
             .parse()
