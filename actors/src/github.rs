@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use crate::config::{self, ConfigError, Source};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LINK, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LINK, RETRY_AFTER,
+};
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -363,19 +365,30 @@ impl Client {
     }
 
     async fn request(&self, method: Method, path_or_url: &str) -> Result<Answer, GitHubError> {
+        self.request_with(method, path_or_url, None).await
+    }
+
+    /// One authenticated request; `body` is sent as JSON.
+    async fn request_with(
+        &self,
+        method: Method,
+        path_or_url: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, GitHubError> {
         if let Some(wait) = self.blocked_for() {
             return Err(GitHubError::RateLimited(wait));
         }
         let url = self.url(path_or_url)?;
         let token = self.token().await?;
-        let result = self
-            .send(
-                self.inner
-                    .http
-                    .request(method.clone(), url.clone())
-                    .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret())),
-            )
-            .await;
+        let mut request = self
+            .inner
+            .http
+            .request(method.clone(), url.clone())
+            .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
+        if let Some(body) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let result = self.send(request).await;
         if let Err(GitHubError::Forbidden(401)) = result {
             // The token was revoked or expired early: fetch a new one next time.
             *self.inner.token.lock().await = None;
@@ -489,6 +502,299 @@ impl Client {
             code @ 500..=599 => GitHubError::Server(code),
             code => GitHubError::Status(code),
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Self-hosted runners: just-in-time registration, listing, deregistration, runner groups.
+
+/// The variable that names where runners register.
+pub const GITHUB_PATH: &str = "APP_GITHUB_PATH";
+/// Most pages read from one listing (100 per page: 10,000 runners or groups); a longer listing,
+/// or a `Link` chain that loops, ends in [`GitHubError::Invalid`] rather than running forever.
+pub const MAX_PAGES: usize = 100;
+/// Id of the runner group every organization and repository has, `Default`.
+pub const DEFAULT_RUNNER_GROUP_ID: u64 = 1;
+/// Name of that group.
+pub const DEFAULT_RUNNER_GROUP: &str = "Default";
+
+/// Where runners register: `APP_GITHUB_PATH` = "org" or "owner/repo".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunnerScope {
+    /// An organization's runners (`orgs/{org}/actions/runners`).
+    Org(String),
+    /// One repository's runners (`repos/{owner}/{repo}/actions/runners`).
+    Repo {
+        /// The repository's owner (user or organization).
+        owner: String,
+        /// The repository's name.
+        repo: String,
+    },
+}
+
+impl RunnerScope {
+    /// Reads `org` or `owner/repo`; the error names `APP_GITHUB_PATH`.
+    pub fn parse(path: &str) -> Result<Self, ConfigError> {
+        let path = path.trim();
+        // Owners: letters, digits and hyphens; repositories also `_` and `.` (never `.`/`..`).
+        let owner_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        let repo_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s != "."
+                && s != ".."
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        let mut parts = path.split('/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(org), None, None) if owner_ok(org) => Ok(Self::Org(org.to_owned())),
+            (Some(owner), Some(repo), None) if owner_ok(owner) && repo_ok(repo) => Ok(Self::Repo {
+                owner: owner.to_owned(),
+                repo: repo.to_owned(),
+            }),
+            _ => Err(ConfigError::new(
+                GITHUB_PATH,
+                format!(
+                    "{path:?} is not an organization (\"my-org\") or a repository (\"owner/repo\")"
+                ),
+            )),
+        }
+    }
+
+    /// The API path prefix, without a leading slash: `orgs/{org}` or `repos/{owner}/{repo}`.
+    pub fn api_prefix(&self) -> String {
+        match self {
+            Self::Org(org) => format!("orgs/{org}"),
+            Self::Repo { owner, repo } => format!("repos/{owner}/{repo}"),
+        }
+    }
+}
+
+impl std::fmt::Display for RunnerScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Org(org) => f.write_str(org),
+            Self::Repo { owner, repo } => write!(f, "{owner}/{repo}"),
+        }
+    }
+}
+
+/// A just-in-time runner configuration: one runner, one job. The encoded configuration is the
+/// runner's credential: it lives in a [`SecretString`] (`Debug` prints it redacted) and is
+/// handed only to the runner process.
+#[derive(Debug, Clone)]
+pub struct JitConfig {
+    /// The id GitHub gave the (not yet connected) runner.
+    pub runner_id: u64,
+    /// Its name.
+    pub runner_name: String,
+    /// `encoded_jit_config`: what `run.sh --jitconfig` takes.
+    pub encoded_jit_config: SecretString,
+}
+
+/// A self-hosted runner as GitHub lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Runner {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// `online` or `offline`.
+    pub status: String,
+    /// Whether it runs a job now.
+    pub busy: bool,
+    /// Its label names.
+    #[serde(deserialize_with = "label_names")]
+    pub labels: Vec<String>,
+}
+
+impl Runner {
+    /// Whether GitHub sees it connected.
+    pub fn is_online(&self) -> bool {
+        self.status == "online"
+    }
+}
+
+fn label_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Label {
+        name: String,
+    }
+    let labels = Vec::<Label>::deserialize(d)?;
+    Ok(labels.into_iter().map(|label| label.name).collect())
+}
+
+/// What deregistering a runner came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// 204: the registration is gone.
+    Deleted,
+    /// 404: there was none (already gone).
+    NotFound,
+    /// 422: the runner runs a job and stays registered.
+    Busy,
+}
+
+#[derive(Serialize)]
+struct JitRequest<'a> {
+    name: &'a str,
+    runner_group_id: u64,
+    labels: &'a [String],
+    work_folder: &'a str,
+}
+
+#[derive(Deserialize)]
+struct JitAnswer {
+    runner: JitRunner,
+    encoded_jit_config: String,
+}
+
+#[derive(Deserialize)]
+struct JitRunner {
+    id: u64,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RunnerPage {
+    runners: Vec<Runner>,
+}
+
+#[derive(Deserialize)]
+struct RunnerGroup {
+    id: u64,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RunnerGroupPage {
+    runner_groups: Vec<RunnerGroup>,
+}
+
+impl Client {
+    /// A JIT configuration for a new runner `name` in `runner_group_id` with `labels`
+    /// (`POST {prefix}/actions/runners/generate-jitconfig`, 201). A name already registered
+    /// answers 409 ([`GitHubError::Status`]), an unknown group 404.
+    pub async fn generate_jit_config(
+        &self,
+        scope: &RunnerScope,
+        name: &str,
+        runner_group_id: u64,
+        labels: &[String],
+        work_folder: &str,
+    ) -> Result<JitConfig, GitHubError> {
+        let body = serde_json::to_vec(&JitRequest {
+            name,
+            runner_group_id,
+            labels,
+            work_folder,
+        })
+        .map_err(|err| GitHubError::Invalid(err.to_string()))?;
+        let path = format!("/{}/actions/runners/generate-jitconfig", scope.api_prefix());
+        let answer = self.request_with(Method::POST, &path, Some(body)).await?;
+        if answer.status != StatusCode::CREATED {
+            return Err(GitHubError::Status(answer.status.as_u16()));
+        }
+        // Never `answer.json()`: its error text could quote the body, which holds the secret.
+        let JitAnswer {
+            runner,
+            encoded_jit_config,
+        } = serde_json::from_slice(&answer.body)
+            .map_err(|_| GitHubError::Invalid("JIT configuration answer".to_owned()))?;
+        Ok(JitConfig {
+            runner_id: runner.id,
+            runner_name: runner.name,
+            encoded_jit_config: encoded_jit_config.into(),
+        })
+    }
+
+    /// Every runner of `scope` (`GET {prefix}/actions/runners?per_page=100`, following `Link`
+    /// up to [`MAX_PAGES`] pages).
+    pub async fn list_runners(&self, scope: &RunnerScope) -> Result<Vec<Runner>, GitHubError> {
+        let first = format!("/{}/actions/runners?per_page=100", scope.api_prefix());
+        let mut runners = Vec::new();
+        self.each_page(&first, |answer| {
+            runners.extend(answer.json::<RunnerPage>()?.runners);
+            Ok(())
+        })
+        .await?;
+        Ok(runners)
+    }
+
+    /// Deregisters runner `id` (`DELETE {prefix}/actions/runners/{id}`): 204 [`Deleted`],
+    /// 404 [`NotFound`], 422 (it runs a job) [`Busy`].
+    ///
+    /// [`Deleted`]: DeleteOutcome::Deleted
+    /// [`NotFound`]: DeleteOutcome::NotFound
+    /// [`Busy`]: DeleteOutcome::Busy
+    pub async fn delete_runner(
+        &self,
+        scope: &RunnerScope,
+        id: u64,
+    ) -> Result<DeleteOutcome, GitHubError> {
+        let path = format!("/{}/actions/runners/{id}", scope.api_prefix());
+        match self.request_with(Method::DELETE, &path, None).await {
+            Ok(_) => Ok(DeleteOutcome::Deleted),
+            Err(GitHubError::NotFound) => Ok(DeleteOutcome::NotFound),
+            Err(GitHubError::Status(422)) => Ok(DeleteOutcome::Busy),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The id of runner group `name`: for an organization from `GET
+    /// orgs/{org}/actions/runner-groups` (all pages, exact name); a repository has only
+    /// `Default` (id 1). `None`: no such group.
+    pub async fn runner_group_id(
+        &self,
+        scope: &RunnerScope,
+        name: &str,
+    ) -> Result<Option<u64>, GitHubError> {
+        if let RunnerScope::Repo { .. } = scope {
+            return Ok((name == DEFAULT_RUNNER_GROUP).then_some(DEFAULT_RUNNER_GROUP_ID));
+        }
+        let first = format!("/{}/actions/runner-groups?per_page=100", scope.api_prefix());
+        let mut found = None;
+        self.each_page(&first, |answer| {
+            let page = answer.json::<RunnerGroupPage>()?;
+            if found.is_none() {
+                found = page
+                    .runner_groups
+                    .into_iter()
+                    .find(|group| group.name == name)
+                    .map(|group| group.id);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// GETs `first` and every `rel="next"` page after it, at most [`MAX_PAGES`].
+    async fn each_page(
+        &self,
+        first: &str,
+        mut page: impl FnMut(&Answer) -> Result<(), GitHubError>,
+    ) -> Result<(), GitHubError> {
+        let mut next = Some(first.to_owned());
+        for _ in 0..MAX_PAGES {
+            let Some(url) = next.take() else {
+                return Ok(());
+            };
+            let answer = self.get(&url).await?;
+            page(&answer)?;
+            next = answer.next_page();
+        }
+        match next {
+            None => Ok(()),
+            Some(_) => Err(GitHubError::Invalid(format!(
+                "listing longer than {MAX_PAGES} pages"
+            ))),
+        }
     }
 }
 
@@ -628,5 +934,64 @@ mod tests {
             client.url("/repos/o/r").unwrap().as_str(),
             "https://ghe.example/api/v3/repos/o/r"
         );
+    }
+
+    #[test]
+    fn runner_scopes_are_an_org_or_a_repository() {
+        assert_eq!(
+            RunnerScope::parse("my-org").unwrap(),
+            RunnerScope::Org("my-org".into())
+        );
+        let repo = RunnerScope::parse(" owner/repo.rs_2 ").unwrap();
+        assert_eq!(
+            repo,
+            RunnerScope::Repo {
+                owner: "owner".into(),
+                repo: "repo.rs_2".into()
+            }
+        );
+        assert_eq!(repo.api_prefix(), "repos/owner/repo.rs_2");
+        assert_eq!(repo.to_string(), "owner/repo.rs_2");
+        assert_eq!(RunnerScope::Org("o".into()).api_prefix(), "orgs/o");
+        for bad in [
+            "", "/", "a/b/c", "o/", "/r", "o/..", "o r", "o/r?x=1", "o_o",
+        ] {
+            let err = RunnerScope::parse(bad).unwrap_err();
+            assert_eq!(err.variable, "APP_GITHUB_PATH", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn runners_are_read_as_github_lists_them() {
+        let page: RunnerPage = serde_json::from_str(
+            r#"{"total_count": 1, "runners": [{"id": 23, "name": "m-small-x", "os": "linux",
+                "status": "online", "busy": true, "ephemeral": true,
+                "labels": [{"id": 5, "name": "self-hosted", "type": "read-only"},
+                           {"id": 7, "name": "small", "type": "custom"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            page.runners,
+            vec![Runner {
+                id: 23,
+                name: "m-small-x".into(),
+                status: "online".into(),
+                busy: true,
+                labels: vec!["self-hosted".into(), "small".into()],
+            }]
+        );
+        assert!(page.runners[0].is_online());
+    }
+
+    #[test]
+    fn jit_configs_never_print_their_secret() {
+        let config = JitConfig {
+            runner_id: 1,
+            runner_name: "r".into(),
+            encoded_jit_config: "eyJzZWNyZXQiOiJ4In0=".to_owned().into(),
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("eyJzZWNyZXQi"), "{printed}");
+        assert!(printed.contains("runner_name"), "{printed}");
     }
 }

@@ -8,8 +8,17 @@
 //! headers, job lookups (200, 404, 5xx as scripted), rate-limit headers on every answer and,
 //! when asked, one 429 with `Retry-After`. A redelivery re-sends the stored payload, signed, to
 //! the gateway's `/webhook`, and records the outcome as a new delivery of the same GUID.
+//!
+//! For the runner manager it keeps self-hosted runners per organization and repository:
+//! `generate-jitconfig` (201; 409 for a name taken, 404 for an unknown runner group, 422 for
+//! no labels), runner listings in pages with `Link`, `DELETE` (204; 422 while busy; 404) and
+//! an organization's runner groups. A JIT configuration is `base64(JSON {url, runner_id,
+//! token})`; a stand-in runner (`fake-runner`) speaks the fake's runner side with it (see
+//! [`runner_side`] and `docs/testing.md`). Tests script it through [`FakeGitHub`]'s controls:
+//! [`FakeGitHub::assign_job`], [`FakeGitHub::finish_job`], [`FakeGitHub::set_down`],
+//! [`FakeGitHub::rate_limit`], [`FakeGitHub::fail`], and read [`State::requests`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +26,7 @@ use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServ
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 /// The test-only App private key (PKCS#1 PEM). Never a real key.
 pub const PRIVATE_KEY: &str = include_str!("../fixtures/github-app/test-only-private-key.pem");
@@ -101,6 +111,69 @@ pub struct State {
     /// Where redeliveries go: the gateway's base URL and webhook secret.
     pub webhook_target: Option<(String, String)>,
     next_id: u64,
+    /// Self-hosted runners of every organization and repository.
+    pub runners: Vec<FakeRunner>,
+    /// Runner groups `(id, name)` of every organization; `Default` (1) is always there.
+    pub runner_groups: Vec<(u64, String)>,
+    /// Runners (and runner groups) per page at most (GitHub: `per_page`, at most 100).
+    pub runner_page_size: usize,
+    /// Every GitHub route answers 503 (the runner side keeps working).
+    pub down: bool,
+    /// Scripted answers, tried before any route.
+    pub faults: Vec<Fault>,
+    /// The fake's own base URL, written into every JIT configuration.
+    url: String,
+    /// Encoded JIT configuration -> runner id.
+    jit_configs: HashMap<String, u64>,
+    /// Runners whose job finished (and whose registration GitHub then removed).
+    finished: HashSet<u64>,
+    /// Runner-side polls received, counted as they arrive (a long poll is counted while it
+    /// still waits).
+    pub runner_polls: usize,
+    /// Runners that connected with their JIT configuration (good once).
+    connected: HashSet<u64>,
+    next_runner_id: u64,
+    changed: Arc<Notify>,
+}
+
+/// A self-hosted runner the fake keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeRunner {
+    /// Its id.
+    pub id: u64,
+    /// Where it is registered: `orgs/{org}` or `repos/{owner}/{repo}`.
+    pub scope: String,
+    /// Its name (unique in its scope).
+    pub name: String,
+    /// Its label names.
+    pub labels: Vec<String>,
+    /// Its runner group.
+    pub group_id: u64,
+    /// Connected (`status: online`).
+    pub online: bool,
+    /// Running a job.
+    pub busy: bool,
+}
+
+/// An answer the fake gives instead of the route's, to the next `times` requests whose path
+/// starts with `prefix`.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Path prefix, such as `/orgs/o/actions/runners`.
+    pub prefix: String,
+    /// How many more requests get it.
+    pub times: usize,
+    /// What they get.
+    pub answer: FaultAnswer,
+}
+
+/// What a [`Fault`] answers.
+#[derive(Debug, Clone)]
+pub enum FaultAnswer {
+    /// 429 with `Retry-After` (whole seconds, at least 1) and `X-RateLimit-Remaining: 0`.
+    RateLimited(Duration),
+    /// This status with a GitHub error body.
+    Status(u16),
 }
 
 impl State {
@@ -138,7 +211,7 @@ impl State {
 
 /// A running fake.
 pub struct FakeGitHub {
-    /// `http://127.0.0.1:<port>`, the `APP_GITHUB_API_URL` to use.
+    /// `http://127.0.0.1:<port>`, the `APP_GITHUB_API_URL` to use (and the runner side's base).
     pub url: String,
     /// Its state.
     pub state: Arc<Mutex<State>>,
@@ -146,8 +219,16 @@ pub struct FakeGitHub {
 }
 
 impl FakeGitHub {
-    /// Starts a fake on the current actix system.
+    /// Starts a fake on `127.0.0.1:0` on the current actix system.
     pub async fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake GitHub");
+        Self::start_on(listener)
+    }
+
+    /// Starts a fake on `listener` on the current actix system.
+    pub fn start_on(listener: std::net::TcpListener) -> Self {
+        let address = listener.local_addr().expect("address");
+        let url = format!("http://{address}");
         let state = Arc::new(Mutex::new(State {
             decoding: DecodingKey::from_rsa_pem(PUBLIC_KEY.as_bytes()).expect("public key"),
             token_lifetime: Duration::from_secs(3600),
@@ -165,10 +246,23 @@ impl FakeGitHub {
             redelivery_requests: Vec::new(),
             webhook_target: None,
             next_id: 1000,
+            runners: Vec::new(),
+            runner_groups: vec![(
+                actors::github::DEFAULT_RUNNER_GROUP_ID,
+                actors::github::DEFAULT_RUNNER_GROUP.to_owned(),
+            )],
+            runner_page_size: 100,
+            down: false,
+            faults: Vec::new(),
+            url: url.clone(),
+            jit_configs: HashMap::new(),
+            finished: HashSet::new(),
+            connected: HashSet::new(),
+            runner_polls: 0,
+            next_runner_id: 100,
+            changed: Arc::new(Notify::new()),
         }));
         let shared = web::Data::from(state.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake GitHub");
-        let port = listener.local_addr().expect("address").port();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(shared.clone())
@@ -180,11 +274,15 @@ impl FakeGitHub {
         .run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
-        Self {
-            url: format!("http://127.0.0.1:{port}"),
-            state,
-            handle,
-        }
+        Self { url, state, handle }
+    }
+
+    /// Checks App JWTs with `pem` (a PEM RSA public key) instead of the test-only key.
+    pub fn set_public_key(&self, pem: &str) -> Result<(), String> {
+        let key = DecodingKey::from_rsa_pem(pem.as_bytes())
+            .map_err(|_| "is not a PEM RSA public key".to_owned())?;
+        self.state().decoding = key;
+        Ok(())
     }
 
     /// Locks the state.
@@ -235,14 +333,25 @@ struct Claims {
     exp: i64,
 }
 
-async fn handle(request: HttpRequest, state: web::Data<Mutex<State>>) -> HttpResponse {
+async fn handle(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
     let path = request.uri().path().to_owned();
     let path_and_query = request
         .uri()
         .path_and_query()
         .map_or(path.clone(), |pq| pq.as_str().to_owned());
     let method = request.method().as_str().to_owned();
-    let (response, redeliver) = route(&request, &state, &method, &path);
+    let (response, redeliver) = if path.starts_with("/_fake/") {
+        (
+            runner_side::route(&request, &state, &method, &path).await,
+            None,
+        )
+    } else {
+        route(&request, &body, &state, &method, &path)
+    };
     let status = response.status().as_u16();
     {
         let mut state = state.lock().expect("fake state");
@@ -252,6 +361,7 @@ async fn handle(request: HttpRequest, state: web::Data<Mutex<State>>) -> HttpRes
             path: path_and_query,
             status,
         });
+        state.changed.notify_waiters();
     }
     if let Some(delivery) = redeliver {
         actix_web::rt::spawn(redeliver_to_gateway(state.into_inner(), delivery));
@@ -265,6 +375,7 @@ fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
 
 fn route(
     request: &HttpRequest,
+    body: &[u8],
     state: &Mutex<State>,
     method: &str,
     path: &str,
@@ -281,6 +392,12 @@ fn route(
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or_default()
         .to_owned();
+    if state.down {
+        return (answer(503, json!({"message": "Service Unavailable"})), None);
+    }
+    if let Some(response) = state.fault(path) {
+        return (response, None);
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
 
     // POST /app/installations/{id}/access_tokens: a valid App JWT gets a token.
@@ -383,7 +500,11 @@ fn route(
             state.jobs.insert(id, next);
             (response, None)
         }
-        _ => (answer(404, json!({"message": "Not Found"})), None),
+        _ => (
+            runners::route(&mut state, request, body, &segments, method)
+                .unwrap_or_else(|| answer(404, json!({"message": "Not Found"}))),
+            None,
+        ),
     }
 }
 
@@ -471,3 +592,6 @@ async fn redeliver_to_gateway(state: Arc<Mutex<State>>, delivery: FakeDelivery) 
         ..delivery
     });
 }
+
+pub mod runner_side;
+mod runners;

@@ -7,6 +7,7 @@ pub mod db;
 // issue 9: fake GitHub API for redelivery and reconciliation tests
 pub mod bench;
 pub mod fake_github;
+pub mod fake_runner;
 pub mod fixtures;
 pub mod gateway;
 pub mod planner;

@@ -3,6 +3,7 @@
 
 mod faults;
 mod gateway_api;
+mod github_runners;
 mod migrations;
 mod observability;
 mod open_job_counts;

@@ -1,0 +1,72 @@
+//! `fake-github`: the tests' fake GitHub API as a process, standing in for GitHub where
+//! github.com cannot be reached (the demo of `make run`). It is not GitHub.
+//!
+//! `fake-github [--listen ADDR] [--runner-group NAME]... [--public-key PEM_FILE]`
+//!
+//! - `--listen` (default `127.0.0.1:0`): where it listens; it prints `fake-github url=...` on stderr,
+//!   as its other lines.
+//! - `--runner-group`: adds an organization runner group besides `Default`.
+//! - `--public-key`: the App public key JWTs are checked with; default: the test-only key
+//!   pair in `tests/fixtures/github-app/` (its private key is what the demo's services sign
+//!   with). Nothing secret is printed.
+//!
+//! It runs until SIGTERM or SIGINT.
+
+use tests::fake_github::{FakeGitHub, APP_ID, INSTALLATION_ID};
+
+const USAGE: &str =
+    "usage: fake-github [--listen ADDR] [--runner-group NAME]... [--public-key PEM_FILE]";
+
+fn fail(message: &str) -> ! {
+    eprintln!("fake-github: {message}\n{USAGE}");
+    std::process::exit(2);
+}
+
+#[actix_web::main]
+async fn main() {
+    let mut listen = "127.0.0.1:0".to_owned();
+    let mut groups = Vec::new();
+    let mut public_key = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| fail(&format!("{name} needs a value")))
+        };
+        match arg.as_str() {
+            "--listen" => listen = value("--listen"),
+            "--runner-group" => groups.push(value("--runner-group")),
+            "--public-key" => public_key = Some(value("--public-key")),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            other => fail(&format!("unknown argument {other:?}")),
+        }
+    }
+    let listener = std::net::TcpListener::bind(&listen)
+        .unwrap_or_else(|err| fail(&format!("--listen {listen}: {err}")));
+    let fake = FakeGitHub::start_on(listener);
+    if let Some(path) = public_key {
+        let pem = std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| fail(&format!("--public-key {path}: {err}")));
+        fake.set_public_key(&pem)
+            .unwrap_or_else(|err| fail(&format!("--public-key {path}: {err}")));
+    }
+    for group in &groups {
+        let id = fake.add_runner_group(group);
+        eprintln!("fake-github runner_group={group} id={id}");
+    }
+    eprintln!(
+        "fake-github url={} app_id={APP_ID} installation_id={INSTALLATION_ID} \
+         (a stand-in for GitHub's API, not GitHub)",
+        fake.url
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .unwrap_or_else(|err| fail(&format!("cannot wait for SIGTERM: {err}")));
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    fake.stop().await;
+}
