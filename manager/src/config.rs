@@ -169,9 +169,8 @@ impl Config {
                 "is required: the manager gets runner configurations from GitHub",
             )
         })?;
-        let github_path = config::required(source, "APP_GITHUB_PATH").and_then(|v| {
-            RunnerScope::parse(v.trim()).map_err(|r| ConfigError::new("APP_GITHUB_PATH", r))
-        })?;
+        let github_path =
+            config::required(source, "APP_GITHUB_PATH").and_then(|v| RunnerScope::parse(&v))?;
         let admin_token = source
             .get("APP_MANAGER_ADMIN_TOKEN_VALUE")
             .map(|token| {

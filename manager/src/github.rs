@@ -12,90 +12,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures::future::{BoxFuture, FutureExt};
 
-pub use ::actors::github::GitHubError;
+pub use ::actors::github::{
+    DeleteOutcome, GitHubError, JitConfig, Runner, RunnerScope, DEFAULT_RUNNER_GROUP_ID,
+};
 
 use crate::messages::{DeleteRunner, GenerateJitConfig, ListRunners};
 use crate::status::Readiness;
-
-/// Where runners register: an organization, or one repository.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunnerScope {
-    /// `org`.
-    Org(String),
-    /// `owner/repo`.
-    Repo {
-        /// The owner.
-        owner: String,
-        /// The repository.
-        repo: String,
-    },
-}
-
-impl RunnerScope {
-    /// `org` or `owner/repo`.
-    pub fn parse(path: &str) -> Result<Self, String> {
-        let valid = |part: &str| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        };
-        match path.split_once('/') {
-            None if valid(path) => Ok(Self::Org(path.to_owned())),
-            Some((owner, repo)) if valid(owner) && valid(repo) => Ok(Self::Repo {
-                owner: owner.to_owned(),
-                repo: repo.to_owned(),
-            }),
-            _ => Err("must be an organization (`org`) or a repository (`owner/repo`)".to_owned()),
-        }
-    }
-
-    /// `/orgs/{org}` or `/repos/{owner}/{repo}`.
-    pub fn api_prefix(&self) -> String {
-        match self {
-            Self::Org(org) => format!("/orgs/{org}"),
-            Self::Repo { owner, repo } => format!("/repos/{owner}/{repo}"),
-        }
-    }
-}
-
-/// A just-in-time runner configuration: GitHub has registered the runner (offline) and the
-/// encoded configuration lets exactly one runner process take that registration.
-#[derive(Debug, Clone)]
-pub struct JitConfig {
-    /// The registration's id.
-    pub runner_id: u64,
-    /// The runner's name.
-    pub runner_name: String,
-    /// What the runner is started with (`run.sh --jitconfig`); a secret.
-    pub encoded_jit_config: secrecy::SecretString,
-}
-
-/// A registered runner as GitHub lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Runner {
-    /// Its id.
-    pub id: u64,
-    /// Its name.
-    pub name: String,
-    /// `online` or `offline`.
-    pub status: String,
-    /// Whether it runs a job.
-    pub busy: bool,
-    /// Its labels.
-    pub labels: Vec<String>,
-}
-
-/// What a deregistration ended in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeleteOutcome {
-    /// Deregistered.
-    Deleted,
-    /// There was no such runner.
-    NotFound,
-    /// GitHub refused (422): the runner is running a job.
-    Busy,
-}
 
 /// The runner calls of GitHub's REST API the manager makes; `actors::github::Client` in
 /// production.
@@ -130,8 +52,6 @@ pub trait RunnerApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<u64>, GitHubError>>;
 }
 
-/// GitHub's id of the default runner group (also what repository-level runners use).
-pub const DEFAULT_RUNNER_GROUP_ID: u64 = 1;
 /// How long one runner listing answers every flavor's question: a pressure change wakes every
 /// reconciler at once, and they share one request.
 pub const LIST_CACHE: Duration = Duration::from_secs(2);
@@ -280,12 +200,56 @@ impl Handler<DeleteRunner> for GitHub {
     }
 }
 
+/// The runner's work folder, relative to its installation (the runner's own default).
+pub const WORK_FOLDER: &str = "_work";
+
+impl RunnerApi for ::actors::github::Client {
+    fn generate_jit_config<'a>(
+        &'a self,
+        scope: &'a RunnerScope,
+        name: &'a str,
+        runner_group_id: u64,
+        labels: &'a [String],
+    ) -> BoxFuture<'a, Result<JitConfig, GitHubError>> {
+        ::actors::github::Client::generate_jit_config(
+            self,
+            scope,
+            name,
+            runner_group_id,
+            labels,
+            WORK_FOLDER,
+        )
+        .boxed()
+    }
+
+    fn list_runners<'a>(
+        &'a self,
+        scope: &'a RunnerScope,
+    ) -> BoxFuture<'a, Result<Vec<Runner>, GitHubError>> {
+        ::actors::github::Client::list_runners(self, scope).boxed()
+    }
+
+    fn delete_runner<'a>(
+        &'a self,
+        scope: &'a RunnerScope,
+        id: u64,
+    ) -> BoxFuture<'a, Result<DeleteOutcome, GitHubError>> {
+        ::actors::github::Client::delete_runner(self, scope, id).boxed()
+    }
+
+    fn runner_group_id<'a>(
+        &'a self,
+        scope: &'a RunnerScope,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, GitHubError>> {
+        ::actors::github::Client::runner_group_id(self, scope, name).boxed()
+    }
+}
+
 /// The production API: GitHub's REST API as the App of `APP_GITHUB_*`.
 pub fn client(config: &crate::Config) -> Result<Arc<dyn RunnerApi>, GitHubError> {
-    let _ = config;
-    Err(GitHubError::Invalid(
-        "the GitHub runner API client is not available in this build".to_owned(),
-    ))
+    let client = ::actors::github::Client::new(config.github.clone(), "github-runner-manager")?;
+    Ok(Arc::new(client))
 }
 
 impl Supervised for GitHub {

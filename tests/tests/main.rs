@@ -4,6 +4,7 @@
 mod faults;
 mod gateway_api;
 mod github_runners;
+mod manager;
 mod migrations;
 mod observability;
 mod open_job_counts;
