@@ -9,6 +9,8 @@
 //! - [`pressure::Pressure`]: an immutable pressure snapshot with its lines rendered once.
 //! - [`broadcast::Broadcaster`]: the actor that fans pressure changes out to every stream
 //!   subscriber (one `watch` slot: latest state wins, nothing queues per client).
+//! - [`reconnect`]: capped, jittered exponential backoff and the reconnect loop every
+//!   long-lived connection uses.
 //! - [`stream::respond`]: the NDJSON / Server-Sent Events streaming response on a subscription.
 
 pub mod amqp;
@@ -16,5 +18,6 @@ pub mod broadcast;
 pub mod config;
 pub mod github;
 pub mod pressure;
+pub mod reconnect;
 pub mod stream;
 pub mod telemetry;

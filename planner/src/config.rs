@@ -73,6 +73,11 @@ pub struct Config {
 const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
 
 impl Config {
+    /// The retry delays (first and cap) of the consumer and the pressure calculator.
+    pub fn retry(&self) -> actors::reconnect::Backoff {
+        actors::reconnect::Backoff::new(self.retry_min_delay, self.retry_max_delay)
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(&Environment)

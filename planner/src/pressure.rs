@@ -28,9 +28,9 @@
 
 use std::time::{Duration, Instant};
 
+use ::actors::reconnect::{self, Backoff, Connected};
 use ::actors::{broadcast::Publish, pressure::PressureMap};
 use actix::prelude::*;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use diesel::{PgConnection, QueryResult};
 use opentelemetry::{
     global,
@@ -115,10 +115,8 @@ pub struct CalculatorConfig {
     pub job_max_age: Duration,
     /// Connect timeout of the `LISTEN` connection.
     pub connect_timeout: Duration,
-    /// First delay between `LISTEN` reconnects.
-    pub retry_min_delay: Duration,
-    /// Cap of that delay.
-    pub retry_max_delay: Duration,
+    /// Delays between `LISTEN` reconnects.
+    pub retry: Backoff,
 }
 
 /// The pressure-calculator actor. See the module documentation.
@@ -260,32 +258,23 @@ impl Handler<Nudge> for Calculator {
 }
 
 async fn listen_forever(config: CalculatorConfig, calculator: Addr<Calculator>) {
-    let backoff = || {
-        ExponentialBuilder::default()
-            .with_min_delay(config.retry_min_delay)
-            .with_max_delay(config.retry_max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
-    let mut delays = backoff();
-    loop {
-        let mut listening = false;
-        let error = listen(&config, &calculator, &mut listening).await;
-        if listening {
-            delays = backoff();
-        }
-        let delay = delays.next().unwrap_or(config.retry_max_delay);
-        log::warn!("event=pressure_listen_failed error=\"{error}\" retry_in={delay:?}");
-        tokio::time::sleep(delay).await;
-    }
+    let (config, calculator) = (&config, &calculator);
+    reconnect::forever(
+        config.retry,
+        |listening| async move { Err::<(), _>(listen(config, calculator, listening).await) },
+        |ended, delay| {
+            let error = ended.err().unwrap_or_default();
+            log::warn!("event=pressure_listen_failed error=\"{error}\" retry_in={delay:?}");
+        },
+    )
+    .await;
 }
 
 /// One `LISTEN` connection's life; returns why it ended.
 async fn listen(
     config: &CalculatorConfig,
     calculator: &Addr<Calculator>,
-    listening: &mut bool,
+    listening: Connected,
 ) -> String {
     let mut pg: tokio_postgres::Config = match config.database_url.expose_secret().parse() {
         Ok(pg) => pg,
@@ -317,7 +306,7 @@ async fn listen(
         driver.abort();
         return format!("listen: {err}");
     }
-    *listening = true;
+    listening.mark();
     log::info!("event=pressure_listening channel={CHANNEL}");
     // Notifications sent while this process was not listening are lost: recompute once.
     calculator.do_send(Nudge::default());

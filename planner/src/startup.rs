@@ -89,8 +89,7 @@ impl Application {
                 rabbitmq_url: config.rabbitmq_url.clone(),
                 topology: config.topology.clone(),
                 prefetch: config.consumer_prefetch,
-                retry_min_delay: config.retry_min_delay,
-                retry_max_delay: config.retry_max_delay,
+                retry: config.retry(),
                 queue_depth_interval: config.queue_depth_interval,
                 pressure: Some(calculator.clone()),
             },
@@ -332,8 +331,7 @@ async fn start_pressure(
             connect_timeout: config
                 .db_checkout_timeout
                 .max(std::time::Duration::from_secs(1)),
-            retry_min_delay: config.retry_min_delay,
-            retry_max_delay: config.retry_max_delay,
+            retry: config.retry(),
         },
         pool.clone(),
         broadcaster.clone().recipient(),
