@@ -4,6 +4,8 @@
 //!   identically, so whichever starts first creates them and the other finds them unchanged.
 //! - [`amqp::Publisher`]: the supervised AMQP publisher actor (connection, channel, reconnects,
 //!   pipelined publisher confirms).
+//! - [`delivery`]: the message between the gateway and the planner (headers, body, the job id
+//!   rule), one type both ends use.
 //! - [`telemetry`]: logging, the Prometheus listener and HTTP metrics, OpenTelemetry traces and
 //!   their propagation through AMQP headers.
 //! - [`pressure::Pressure`]: an immutable pressure snapshot with its lines rendered once.
@@ -16,6 +18,7 @@
 pub mod amqp;
 pub mod broadcast;
 pub mod config;
+pub mod delivery;
 pub mod github;
 pub mod pressure;
 pub mod reconnect;

@@ -12,9 +12,7 @@ use crate::domain::labels::IgnoredLabels;
 
 pub use actors::config::ConfigError;
 
-/// Default of `APP_JOB_MAX_AGE`: jobs created longer ago than this no longer count towards
-/// pressure (Canonical's planner uses the same 5 days).
-pub const DEFAULT_JOB_MAX_AGE: Duration = Duration::from_secs(5 * 24 * 3600);
+pub use crate::pressure::formula::DEFAULT_MAX_AGE as DEFAULT_JOB_MAX_AGE;
 
 pub use actors::config::DEFAULT_REQUEST_TIMEOUT;
 

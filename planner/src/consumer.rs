@@ -36,7 +36,7 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
         QueueDeclareOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use opentelemetry::{
     global,
@@ -572,7 +572,7 @@ async fn classify_batch(
 ) -> Result<Events, String> {
     let mut events: Events = Vec::new();
     for delivery in batch {
-        let headers = headers(&delivery);
+        let headers = Headers::from_amqp(delivery.properties.headers().as_ref());
         let received = Received::new(delivery, at, &config.topology.queue, &headers);
         match classify(&headers, &received.delivery.data) {
             Ok(Classified::Apply {
@@ -765,23 +765,6 @@ async fn dead_letter(delivery: &Delivery) -> Result<(), String> {
         .await
         .map(drop)
         .map_err(|err| format!("reject: {err}"))
-}
-
-fn headers(delivery: &Delivery) -> Headers {
-    let header = |name: &str| -> Option<String> {
-        let table = delivery.properties.headers().as_ref()?;
-        match table.inner().get(name)? {
-            AMQPValue::LongString(value) => {
-                Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
-            }
-            AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
-            _ => None,
-        }
-    };
-    Headers {
-        event: header("X-GitHub-Event"),
-        delivery: header("X-GitHub-Delivery"),
-    }
 }
 
 #[cfg(test)]

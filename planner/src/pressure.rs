@@ -1,9 +1,14 @@
-//! The pressure calculator: one actor per planner process that keeps the broadcaster's pressure
-//! map equal to what the database says.
+//! Pressure: how many runners each flavor needs now.
 //!
-//! pressure(flavor) = max(minimum_pressure, jobs assigned to it that are `queued` or
-//! `in_progress` and were created within `APP_JOB_MAX_AGE`); a disabled flavor reports its
-//! minimum pressure. Waiting jobs do not count.
+//! Where each part lives:
+//! - [`formula`]: the formula, once, and why matching's tie-break counts open jobs differently;
+//! - this module: the calculator actor that keeps the broadcaster's map equal to the database;
+//! - [`crate::routes::pressure`]: `GET /api/v1/flavors/{name}/pressure` and the streams;
+//! - `actors::pressure`, `actors::broadcast`, `actors::stream`: the snapshot with its rendered
+//!   lines, the fan-out to subscribers and the NDJSON/SSE responses (shared building blocks);
+//! - `schema::queries::flavor_pressures`: the one statement the calculator runs.
+//!
+//! The calculator: one actor per planner process.
 //!
 //! What makes it recompute:
 //! - `NOTIFY planner_changes`, sent by statement triggers on `job` and `flavor`: changes made by
@@ -41,6 +46,8 @@ use schema::queries::{self, FlavorPressureRow};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::store::PgPool;
+
+pub mod formula;
 
 /// The channel the schema's triggers notify.
 pub const CHANNEL: &str = "planner_changes";
@@ -83,16 +90,11 @@ pub fn fold(rows: Vec<FlavorPressureRow>) -> (PressureMap, Option<Duration>) {
     let mut next: Option<Duration> = None;
     let mut map = PressureMap::new();
     for row in rows {
-        let minimum = u64::try_from(row.minimum_pressure).unwrap_or(0);
-        let pressure = if row.is_disabled {
-            minimum
-        } else {
-            if let Some(ms) = row.oldest_expires_in_ms {
-                let delay = Duration::from_secs_f64(ms.max(0.0) / 1000.0);
-                next = Some(next.map_or(delay, |current| current.min(delay)));
-            }
-            minimum.max(u64::try_from(row.open_jobs).unwrap_or(0))
-        };
+        if let (false, Some(ms)) = (row.is_disabled, row.oldest_expires_in_ms) {
+            let delay = Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+            next = Some(next.map_or(delay, |current| current.min(delay)));
+        }
+        let pressure = formula::pressure(row.minimum_pressure, row.is_disabled, row.open_jobs);
         map.insert(row.name, pressure);
     }
     (map, next)
