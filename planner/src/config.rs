@@ -60,12 +60,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
     pub telemetry: TelemetryConfig,
-    // --- issue 9: reconciliation with GitHub's API ---
     /// `APP_GITHUB_*` (optional): the GitHub App; reconciliation runs only when it is set.
     pub github: Option<actors::github::AppConfig>,
     /// `APP_RECONCILE_*`: when and how much to reconcile.
     pub reconcile: crate::reconcile::ReconcileConfig,
-    // --- end issue 9 ---
 }
 
 const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
@@ -142,7 +140,6 @@ impl Config {
             stream_heartbeat: actors::stream::heartbeat_from(source)?,
             request_timeout: config::request_timeout(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
-            // issue 9
             github: actors::github::AppConfig::from_source(source)?,
             reconcile: crate::reconcile::ReconcileConfig::from_source(source)?,
         })
@@ -180,7 +177,6 @@ impl Config {
                 prometheus_port: 0,
                 otlp_traces_endpoint: None,
             },
-            // issue 9
             github: None,
             reconcile: crate::reconcile::ReconcileConfig::default(),
         }
