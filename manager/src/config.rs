@@ -77,10 +77,8 @@ pub struct Config {
     /// `APP_EXEC_STATE_DIR` (default `/var/lib/github-runner-manager/exec`): where the exec
     /// backend records its runners, so a restarted manager adopts them.
     pub exec_state_dir: PathBuf,
-    /// Delays of the pressure stream's reconnects: first and cap (jittered in between).
-    pub reconnect_min: Duration,
-    /// Cap of the reconnect delay.
-    pub reconnect_max: Duration,
+    /// Delays of the pressure stream's reconnects (200 ms doubling to 30 s, jittered).
+    pub reconnect: actors::reconnect::Backoff,
     /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
     pub telemetry: TelemetryConfig,
 }
@@ -223,8 +221,10 @@ impl Config {
                     .get("APP_EXEC_STATE_DIR")
                     .unwrap_or_else(|| DEFAULT_EXEC_STATE_DIR.to_owned()),
             ),
-            reconnect_min: Duration::from_millis(200),
-            reconnect_max: Duration::from_secs(30),
+            reconnect: actors::reconnect::Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_secs(30),
+            ),
             telemetry: TelemetryConfig::from_source(source)?,
         })
     }
