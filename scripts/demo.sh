@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: runs the whole system on this machine with a demo configuration, in the
 # foreground: the gateway on :8080, the planner on :8081 (database runner_planner_demo), and a
-# demo flavor. Ctrl-C stops everything.
+# demo flavor; the project's fake GitHub on :8083 (github.com cannot be reached from here: the
+# fake stands in for it) and the runner manager on :8082, running the fake runner as its exec
+# runner command. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +59,46 @@ curl -sS -o /dev/null -X POST "$planner/api/v1/flavors/demo-k8s" -H "$auth" \
   -H 'Content-Type: application/json' \
   -d '{"platform":"github","labels":["k8s"],"priority":50,"is_disabled":false,"minimum_pressure":0}' || true
 
+# The runner manager. GitHub itself cannot be reached here: the project's fake GitHub (the one
+# the tests use) stands in for it, and the fake runner stands in for GitHub's runner application.
+fake_github_port=${FAKE_GITHUB_PORT:-8083}
+manager_port=${MANAGER_PORT:-8082}
+demo_dir=$(mktemp -d -t runner-manager-demo.XXXXXX)
+"$target/fake-github" --listen "127.0.0.1:$fake_github_port" &
+pids+=($!)
+deadline=$((SECONDS + 30))
+until curl -s -o /dev/null "http://127.0.0.1:$fake_github_port/"; do
+  if ((SECONDS >= deadline)); then echo "fake-github did not start" >&2; exit 1; fi
+  sleep 0.2
+done
+curl -sS -o /dev/null -X DELETE "$planner/api/v1/auth/token/demo-manager" -H "$auth" || true
+manager_token=$(curl -sS -X POST "$planner/api/v1/auth/token/demo-manager" -H "$auth" |
+  grep -o '"token":"[^"]*"' | cut -d'"' -f4)
+cat >"$demo_dir/flavors.toml" <<TOML
+[[flavor]]
+name = "demo-k8s"
+max_runners = 3
+min_runners = 0
+boot_timeout = "2m"
+max_lifetime = "1h"
+[flavor.backend]
+kind = "exec"
+command = ["$PWD/$target/fake-runner"]
+stop_grace = "5s"
+TOML
+sed '0,/"action": "queued"/s//"action": "completed"/' tests/fixtures/workflow_job/queued.1.json \
+  >"$demo_dir/completed.json"
+APP_PORT=$manager_port OTEL_EXPORTER_PROMETHEUS_PORT=${MANAGER_METRICS_PORT:-9466} \
+  APP_PLANNER_URL="$planner" APP_PLANNER_TOKEN_VALUE="$manager_token" APP_MANAGER_ID=demo \
+  APP_MANAGER_CONFIG="$demo_dir/flavors.toml" APP_EXEC_STATE_DIR="$demo_dir/state" \
+  APP_GITHUB_APP_ID=4242 APP_GITHUB_APP_INSTALLATION_ID=777 \
+  APP_GITHUB_APP_PRIVATE_KEY_VALUE="$(cat tests/fixtures/github-app/test-only-private-key.pem)" \
+  APP_GITHUB_API_URL="http://127.0.0.1:$fake_github_port" APP_GITHUB_PATH=demo-org \
+  APP_RECONCILE_INTERVAL=5s \
+  "$target/manager" serve &
+pids+=($!)
+wait_ready "http://127.0.0.1:$manager_port/health" "${pids[-1]}" manager
+
 cat <<TXT
 
 runner-planner demo is running.
@@ -71,7 +113,14 @@ Then look at the planner:
   curl -H '$auth' $planner/api/v1/flavors/_/pressure
   curl -N -H '$auth' '$planner/api/v1/flavors/_/pressure?stream=true'
 
-Metrics: http://127.0.0.1:${GATEWAY_METRICS_PORT:-9464}/metrics (gateway), http://127.0.0.1:${PLANNER_METRICS_PORT:-9465}/metrics (planner).
+The runner manager (http://127.0.0.1:$manager_port) follows that pressure: a queued job starts
+a runner process (the fake runner, registered with the FAKE GitHub on :$fake_github_port, which
+stands in for github.com), and completing the job removes it:
+  curl -H 'Authorization: Bearer $manager_token' http://127.0.0.1:$manager_port/api/v1/runners
+  ps -o pid,args -C fake-runner
+  GATEWAY_URL=http://127.0.0.1:$gateway_port scripts/send-webhook.sh $demo_dir/completed.json
+
+Metrics: http://127.0.0.1:${GATEWAY_METRICS_PORT:-9464}/metrics (gateway), http://127.0.0.1:${PLANNER_METRICS_PORT:-9465}/metrics (planner), http://127.0.0.1:${MANAGER_METRICS_PORT:-9466}/metrics (manager).
 Ctrl-C stops the demo.
 TXT
 wait

@@ -25,6 +25,7 @@ pub mod fake_github;
 pub mod fake_runner;
 pub mod fixtures;
 pub mod gateway;
+pub mod manager;
 pub mod planner;
 pub mod process;
 pub mod proxy;

@@ -5,6 +5,7 @@ mod canonical_takeover;
 mod faults;
 mod gateway_api;
 mod github_runners;
+mod manager;
 mod migrations;
 mod observability;
 mod open_job_counts;

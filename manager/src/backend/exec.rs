@@ -1,0 +1,531 @@
+//! The `exec` backend: one process (and process group) per runner, running the flavor's
+//! command. The command is anything that runs a runner: the runner itself, or a wrapper that
+//! starts it in docker, podman or LXD (see `docs/runner-manager.md`).
+//!
+//! - The command gets `RUNNER_NAME`, `RUNNER_JITCONFIG`, `RUNNER_FLAVOR`, `RUNNER_LABELS`
+//!   (comma-separated) and `RUNNER_MANAGER_ID` in its environment, and of the manager's own
+//!   environment only `PATH`, `HOME`, `LANG`, `TZ` and `TMPDIR`: never the manager's secrets.
+//!   The JIT configuration is never on the command line, where any user can read it.
+//! - It runs in a process group of its own, so deleting it reaches everything it started:
+//!   SIGTERM to the group, then SIGKILL after the flavor's `stop_grace`.
+//! - Each runner has a record in its flavor's directory under the state directory
+//!   (`<state dir>/<flavor>/<name>.json`: name, flavor, manager id,
+//!   pid, the process's start time from `/proc/<pid>/stat`, created at) and its output in
+//!   `<name>.log`. A restarted manager reads the records and adopts the runners still alive; the
+//!   start time tells a runner from an unrelated process that got its pid after it ended.
+//! - A runner whose process has ended is listed as ended until it is deleted.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, BackendError, Instance, RunnerSpec};
+
+/// Variables of the manager's environment a runner command inherits; nothing else.
+const INHERITED: [&str; 5] = ["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
+/// How often a stopping process is checked.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// How long a SIGKILLed group may take to go.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// What the state directory records of one runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The runner's name.
+    pub name: String,
+    /// Its flavor.
+    pub flavor: String,
+    /// The manager that created it.
+    pub manager_id: String,
+    /// The process id, also the process group id.
+    pub pid: i32,
+    /// The process's start time (clock ticks since boot, `/proc/<pid>/stat` field 22).
+    pub start_time: u64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The exec backend of one flavor.
+pub struct Exec {
+    dir: PathBuf,
+    manager_id: String,
+    flavor: String,
+    command: Vec<String>,
+    stop_grace: Duration,
+    inherited: Vec<(&'static str, String)>,
+    /// Processes this manager started (it reaps them); adopted ones are not its children.
+    children: Mutex<HashMap<String, Child>>,
+}
+
+impl Exec {
+    /// The backend of `flavor`, recording its runners in `state_dir/<flavor>` (created if
+    /// missing), so listing one flavor reads only its own records.
+    pub fn new(
+        state_dir: &Path,
+        manager_id: &str,
+        flavor: &str,
+        command: Vec<String>,
+        stop_grace: Duration,
+    ) -> Result<Self, BackendError> {
+        let dir = state_dir.join(flavor);
+        let dir = dir.as_path();
+        fs::create_dir_all(dir).map_err(|err| {
+            BackendError::State(format!("cannot create {}: {err}", dir.display()))
+        })?;
+        let inherited = INHERITED
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|value| (*name, value)))
+            .collect();
+        Ok(Self {
+            dir: dir.to_owned(),
+            manager_id: manager_id.to_owned(),
+            flavor: flavor.to_owned(),
+            command,
+            stop_grace,
+            inherited,
+            children: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    fn start(&self, spec: &RunnerSpec) -> Result<Instance, BackendError> {
+        let start = |err: std::io::Error| BackendError::Start(err.to_string());
+        let log = fs::File::create(self.log_path(&spec.name)).map_err(start)?;
+        let mut command = Command::new(&self.command[0]);
+        command
+            .args(&self.command[1..])
+            .env_clear()
+            .envs(self.inherited.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUNNER_NAME", &spec.name)
+            .env("RUNNER_JITCONFIG", spec.jit_config.expose_secret())
+            .env("RUNNER_FLAVOR", &spec.flavor)
+            .env("RUNNER_LABELS", spec.labels.join(","))
+            .env("RUNNER_MANAGER_ID", &spec.manager_id)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(start)?)
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command.spawn().map_err(start)?;
+        let pid = i32::try_from(child.id()).map_err(|_| BackendError::Start("pid".into()))?;
+        let start_time = process_start_time(pid).unwrap_or(0);
+        let record = Record {
+            name: spec.name.clone(),
+            flavor: spec.flavor.clone(),
+            manager_id: spec.manager_id.clone(),
+            pid,
+            start_time,
+            created_at: Utc::now(),
+        };
+        self.children
+            .lock()
+            .expect("children")
+            .insert(spec.name.clone(), child);
+        if let Err(err) = self.write_record(&record) {
+            // Unrecorded, it could not be found again: stop it now.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            self.reap(&spec.name);
+            return Err(err);
+        }
+        Ok(instance(&record, false))
+    }
+
+    fn write_record(&self, record: &Record) -> Result<(), BackendError> {
+        let state = |err: std::io::Error| BackendError::State(err.to_string());
+        let path = self.record_path(&record.name);
+        let partial = path.with_extension("json.partial");
+        let mut file = fs::File::create(&partial).map_err(state)?;
+        file.write_all(&serde_json::to_vec(record).expect("a record serialises"))
+            .and_then(|()| file.sync_all())
+            .map_err(state)?;
+        fs::rename(&partial, &path).map_err(state)
+    }
+
+    /// Every record of this manager and flavor in the directory.
+    fn records(&self) -> Result<Vec<Record>, BackendError> {
+        let entries = fs::read_dir(&self.dir).map_err(|err| {
+            BackendError::State(format!("cannot read {}: {err}", self.dir.display()))
+        })?;
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            let Ok(bytes) = fs::read(&path) else { continue };
+            match serde_json::from_slice::<Record>(&bytes) {
+                Ok(record)
+                    if record.manager_id == self.manager_id && record.flavor == self.flavor =>
+                {
+                    records.push(record)
+                }
+                Ok(_) => {}
+                Err(err) => log::warn!(
+                    "event=exec_record_unreadable path={} error=\"{err}\"",
+                    path.display()
+                ),
+            }
+        }
+        Ok(records)
+    }
+
+    /// Collects the exit status of a child this manager started, if it has ended.
+    fn reap(&self, name: &str) {
+        let mut children = self.children.lock().expect("children");
+        if let Some(child) = children.get_mut(name) {
+            if !matches!(child.try_wait(), Ok(None)) {
+                children.remove(name);
+            }
+        }
+    }
+
+    fn reap_all(&self) {
+        let mut children = self.children.lock().expect("children");
+        children.retain(|_, child| matches!(child.try_wait(), Ok(None)));
+    }
+
+    async fn stop(&self, name: &str) -> Result<(), BackendError> {
+        let path = self.record_path(name);
+        let record = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Record>(&bytes)
+                .map_err(|err| BackendError::State(err.to_string()))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(BackendError::State(err.to_string())),
+        };
+        if record.manager_id != self.manager_id {
+            return Err(BackendError::Stop(format!(
+                "{name} belongs to manager {}",
+                record.manager_id
+            )));
+        }
+        let group = Pid::from_raw(record.pid);
+        // A pid now used by an unrelated process is never signalled.
+        let reused = matches!(process_start_time(record.pid), Some(t) if t != record.start_time);
+        if !reused {
+            if alive(&record) {
+                let _ = killpg(group, Signal::SIGTERM);
+                if !self.wait_gone(name, &record, self.stop_grace).await {
+                    log::warn!(
+                        "event=exec_runner_killed runner.name={name} grace_ms={}",
+                        self.stop_grace.as_millis()
+                    );
+                    let _ = killpg(group, Signal::SIGKILL);
+                    if !self.wait_gone(name, &record, KILL_WAIT).await {
+                        return Err(BackendError::Stop(format!(
+                            "process {} survived SIGKILL",
+                            record.pid
+                        )));
+                    }
+                }
+            }
+            // Whatever else of its group remains (the leader may have ended first).
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+        self.reap(name);
+        self.children.lock().expect("children").remove(name);
+        for file in [path, self.log_path(name)] {
+            if let Err(err) = fs::remove_file(&file) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    return Err(BackendError::State(err.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_gone(&self, name: &str, record: &Record, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.reap(name);
+            if !alive(record) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    }
+}
+
+fn instance(record: &Record, ended: bool) -> Instance {
+    Instance {
+        name: record.name.clone(),
+        backend_id: record.pid.to_string(),
+        created_at: record.created_at,
+        ended,
+    }
+}
+
+/// Whether the recorded process still runs: its pid exists, started when recorded, and is not a
+/// zombie.
+fn alive(record: &Record) -> bool {
+    match read_stat(record.pid) {
+        Some((state, start_time)) => {
+            start_time == record.start_time && !matches!(state, 'Z' | 'X' | 'x')
+        }
+        None => false,
+    }
+}
+
+/// The start time of `pid` (`/proc/<pid>/stat` field 22), if it exists.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    read_stat(pid).map(|(_, start)| start)
+}
+
+/// State (field 3) and start time (field 22) of `/proc/<pid>/stat`.
+fn read_stat(pid: i32) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+/// Parses a `/proc/<pid>/stat` line; the command name (field 2) is in parentheses and may hold
+/// spaces and parentheses itself, so fields are counted after its last `)`.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Fields 4..=21 come between the state and the start time.
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some((state, start_time))
+}
+
+impl Backend for Exec {
+    fn kind(&self) -> &'static str {
+        "exec"
+    }
+
+    fn create(&self, spec: RunnerSpec) -> BoxFuture<'_, Result<Instance, BackendError>> {
+        async move { self.start(&spec) }.boxed()
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        self.stop(name).boxed()
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Instance>, BackendError>> {
+        async move {
+            self.reap_all();
+            Ok(self
+                .records()?
+                .iter()
+                .map(|record| instance(record, !alive(record)))
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn state_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "manager-exec-{}-{name}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn spec(name: &str) -> RunnerSpec {
+        RunnerSpec {
+            name: name.to_owned(),
+            flavor: "small".to_owned(),
+            labels: vec!["self-hosted".into(), "x64".into()],
+            jit_config: SecretString::from("jit-secret-value"),
+            manager_id: "m1".to_owned(),
+        }
+    }
+
+    fn shell(dir: &Path, script: &str) -> Exec {
+        Exec::new(
+            dir,
+            "m1",
+            "small",
+            vec!["/bin/sh".into(), "-c".into(), script.into()],
+            Duration::from_secs(2),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn stat_lines_are_parsed_after_the_command_name() {
+        let line = "4242 (a (strange) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 \
+                    1 0 987654 1000 100 18446744073709551615";
+        assert_eq!(parse_stat(line), Some(('S', 987654)));
+        assert_eq!(parse_stat("garbage"), None);
+        let own = process_start_time(std::process::id() as i32);
+        assert!(own.is_some_and(|t| t > 0));
+    }
+
+    #[actix_rt::test]
+    async fn runners_get_their_variables_in_the_environment_only() {
+        let dir = state_dir("env");
+        let backend = shell(
+            &dir,
+            "env | grep -E '^(RUNNER_|APP_|PATH=)' | sort > \"$RUNNER_NAME.env\"; \
+             cat /proc/$$/cmdline > \"$RUNNER_NAME.cmdline\"; exec sleep 30",
+        );
+        let created = backend.create(spec("m1-small-aaaa0001")).await.unwrap();
+        assert!(!created.ended);
+        let env_file = dir.join("small/m1-small-aaaa0001.env");
+        let env = wait_for_file(&env_file).await;
+        assert!(env.contains("RUNNER_JITCONFIG=jit-secret-value"), "{env}");
+        assert!(env.contains("RUNNER_NAME=m1-small-aaaa0001"), "{env}");
+        assert!(env.contains("RUNNER_FLAVOR=small"), "{env}");
+        assert!(env.contains("RUNNER_LABELS=self-hosted,x64"), "{env}");
+        assert!(env.contains("RUNNER_MANAGER_ID=m1"), "{env}");
+        assert!(!env.contains("APP_"), "{env}");
+        let cmdline = wait_for_file(&dir.join("small/m1-small-aaaa0001.cmdline")).await;
+        assert!(!cmdline.contains("jit-secret-value"));
+        backend.delete("m1-small-aaaa0001").await.unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    async fn wait_for_file(path: &Path) -> String {
+        for _ in 0..200 {
+            if let Ok(text) = fs::read_to_string(path) {
+                if text.ends_with('\n') || !text.is_empty() {
+                    return text;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{} was not written", path.display());
+    }
+
+    #[actix_rt::test]
+    async fn ended_processes_are_listed_as_ended_until_deleted() {
+        let dir = state_dir("ended");
+        let backend = shell(&dir, "exit 0");
+        backend.create(spec("m1-small-ended001")).await.unwrap();
+        let mut listed = Vec::new();
+        for _ in 0..200 {
+            listed = backend.list().await.unwrap();
+            if listed.iter().all(|i| i.ended) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].ended, "{listed:?}");
+        backend.delete("m1-small-ended001").await.unwrap();
+        assert!(backend.list().await.unwrap().is_empty());
+        // Deleting again is not an error.
+        backend.delete("m1-small-ended001").await.unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[actix_rt::test]
+    async fn delete_stops_the_whole_group_and_kills_what_ignores_sigterm() {
+        let dir = state_dir("group");
+        // The shell ignores SIGTERM; its child sleeps in the same group.
+        let backend = Exec::new(
+            &dir,
+            "m1",
+            "small",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "trap '' TERM; sleep 60 & echo $! > child.pid; wait".into(),
+            ],
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let created = backend.create(spec("m1-small-group001")).await.unwrap();
+        let child_pid: i32 = wait_for_file(&dir.join("small/child.pid"))
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+        backend.delete("m1-small-group001").await.unwrap();
+        let leader: i32 = created.backend_id.parse().unwrap();
+        assert!(read_stat(leader).is_none_or(|(s, _)| s == 'Z'));
+        // The grandchild is reparented and reaped by init; give it a moment to be gone.
+        let mut gone = false;
+        for _ in 0..100 {
+            if read_stat(child_pid).is_none_or(|(s, _)| s == 'Z') {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "the runner's child survived");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[actix_rt::test]
+    async fn a_new_backend_adopts_live_runners_and_ignores_other_managers() {
+        let dir = state_dir("adopt");
+        let first = shell(&dir, "exec sleep 30");
+        first.create(spec("m1-small-adopt001")).await.unwrap();
+        let mut other = spec("m2-small-other001");
+        other.manager_id = "m2".into();
+        let second_manager = Exec::new(
+            &dir,
+            "m2",
+            "small",
+            vec!["/bin/sh".into(), "-c".into(), "exec sleep 30".into()],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        second_manager.create(other).await.unwrap();
+        drop(first);
+        // A restarted manager: a new backend on the same directory.
+        let restarted = shell(&dir, "exec sleep 30");
+        let listed = restarted.list().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].name, "m1-small-adopt001");
+        assert!(!listed[0].ended);
+        // Deleting another manager's runner is refused.
+        assert!(restarted.delete("m2-small-other001").await.is_err());
+        restarted.delete("m1-small-adopt001").await.unwrap();
+        second_manager.delete("m2-small-other001").await.unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[actix_rt::test]
+    async fn a_reused_pid_counts_as_ended_and_is_never_signalled() {
+        let dir = state_dir("reuse");
+        let backend = shell(&dir, "exec sleep 30");
+        // A record whose pid is this test process but with another start time.
+        let record = Record {
+            name: "m1-small-reused01".into(),
+            flavor: "small".into(),
+            manager_id: "m1".into(),
+            pid: std::process::id() as i32,
+            start_time: 1,
+            created_at: Utc::now(),
+        };
+        backend.write_record(&record).unwrap();
+        let listed = backend.list().await.unwrap();
+        assert!(listed[0].ended, "{listed:?}");
+        // Deleting it must not signal this (live) test process.
+        backend.delete("m1-small-reused01").await.unwrap();
+        assert!(backend.list().await.unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,118 @@
+//! The manager's Prometheus metrics, all named `github_runner_manager_*`.
+
+use actors::telemetry::HttpMetrics;
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Prefix of every metric.
+pub const PREFIX: &str = "github_runner_manager";
+
+/// Every metric of the process.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry the `/metrics` listener serves.
+    pub registry: Registry,
+    /// Desired runners per flavor.
+    pub desired: IntGaugeVec,
+    /// Runners per flavor and state.
+    pub runners: IntGaugeVec,
+    /// Runners created per flavor.
+    pub created: IntCounterVec,
+    /// Runners removed per flavor and reason.
+    pub removed: IntCounterVec,
+    /// Failures per flavor and reason.
+    pub failures: IntCounterVec,
+    /// Runners kept because GitHub said they were busy, per flavor.
+    pub kept_busy: IntCounterVec,
+    /// Seconds from create to first seen online in GitHub.
+    pub boot_seconds: HistogramVec,
+    /// Seconds of one reconcile pass.
+    pub reconcile_seconds: HistogramVec,
+    /// 1 while the pressure stream is connected.
+    pub planner_connected: IntGauge,
+    /// HTTP request metrics of the status API.
+    pub http: HttpMetrics,
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a new registry.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let name = |suffix: &str| format!("{PREFIX}_{suffix}");
+        let gauge = |suffix: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name(suffix), help), labels)
+        };
+        let counter = |suffix: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name(suffix), help), labels)
+        };
+        let metrics = Self {
+            desired: gauge(
+                "desired_runners",
+                "Desired runners: the planner's pressure clamped to [min_runners, max_runners].",
+                &["flavor"],
+            )?,
+            runners: gauge(
+                "runners",
+                "Runners by state (creating, booting, idle, busy, removing).",
+                &["flavor", "state"],
+            )?,
+            created: counter("created_total", "Runners created.", &["flavor"])?,
+            removed: counter(
+                "removed_total",
+                "Runners removed, by reason (ended, boot_timeout, scale_down, max_lifetime, orphan).",
+                &["flavor", "reason"],
+            )?,
+            failures: counter(
+                "failures_total",
+                "Failed steps, by reason (jit_config, backend_start, backend_state, backend_stop, github_list, deregister, planner_labels).",
+                &["flavor", "reason"],
+            )?,
+            kept_busy: counter(
+                "kept_busy_total",
+                "Scale-downs GitHub refused because the runner had taken a job.",
+                &["flavor"],
+            )?,
+            boot_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    name("boot_duration_seconds"),
+                    "Time from creating a runner to seeing it online in GitHub.",
+                )
+                .buckets(vec![
+                    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
+                ]),
+                &["flavor"],
+            )?,
+            reconcile_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    name("reconcile_duration_seconds"),
+                    "Time of one reconcile pass (listing the backend and GitHub, deciding).",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["flavor"],
+            )?,
+            planner_connected: IntGauge::new(
+                name("planner_connected"),
+                "1 while the planner's pressure stream is connected.",
+            )?,
+            http: HttpMetrics::register(&registry, PREFIX)?,
+            registry,
+        };
+        for collector in [
+            Box::new(metrics.desired.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.runners.clone()),
+            Box::new(metrics.created.clone()),
+            Box::new(metrics.removed.clone()),
+            Box::new(metrics.failures.clone()),
+            Box::new(metrics.kept_busy.clone()),
+            Box::new(metrics.boot_seconds.clone()),
+            Box::new(metrics.reconcile_seconds.clone()),
+            Box::new(metrics.planner_connected.clone()),
+        ] {
+            metrics.registry.register(collector)?;
+        }
+        Ok(metrics)
+    }
+}

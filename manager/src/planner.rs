@@ -1,0 +1,184 @@
+//! Following the planner: its pressure stream, and a flavor's labels.
+//!
+//! [`follow`] reads `GET /api/v1/flavors/_/pressure?stream=true` (NDJSON, one
+//! `{"flavor": pressure, ...}` object per line: at once, on every change, and at every
+//! heartbeat) and tells each flavor's reconciler its pressure whenever it changes. The stream
+//! sends the whole current state first, so a reconnect needs nothing replayed. When the stream
+//! breaks it reconnects with capped, jittered exponential backoff ([`actors::reconnect`]); the
+//! reconcilers keep the last pressure they were told for the grace period, then are told
+//! `None` and fall back to their `min_runners`.
+//!
+//! A loop that takes no messages is a plain task here, not an actor; it ends with the process.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::Recipient;
+use actors::pressure::PressureMap;
+use actors::reconnect::Backoff;
+use futures::StreamExt;
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::messages::PressureChanged;
+use crate::metrics::Metrics;
+use crate::status::Readiness;
+
+/// Longest wait for a connection to the planner.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest silence on the stream before it counts as broken (the planner sends a line at least
+/// every heartbeat, 30 s by default).
+pub const STREAM_IDLE: Duration = Duration::from_secs(90);
+/// Longest line accepted.
+const MAX_LINE: usize = 1024 * 1024;
+
+/// Where and how to follow.
+pub struct Follow {
+    /// The planner's base URL.
+    pub planner_url: Url,
+    /// A general planner token.
+    pub token: SecretString,
+    /// Each flavor's reconciler.
+    pub reconcilers: HashMap<String, Recipient<PressureChanged>>,
+    /// How long the last known pressure holds after the stream breaks.
+    pub grace: Duration,
+    /// Reconnect delays.
+    pub reconnect: Backoff,
+    /// `/ready`'s state.
+    pub readiness: std::sync::Arc<Readiness>,
+    /// The metrics.
+    pub metrics: Metrics,
+}
+
+/// Follows the pressure stream until the process ends.
+pub async fn follow(follow: Follow) {
+    let http = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .expect("HTTP client");
+    let mut url = follow.planner_url.clone();
+    url.set_path("/api/v1/flavors/_/pressure");
+    url.set_query(Some("stream=true"));
+    let mut last: HashMap<String, Option<u64>> = HashMap::new();
+    let mut delays = follow.reconnect.delays();
+    let mut lost_at: Option<Instant> = Some(Instant::now());
+    let mut announced_lost = false;
+    loop {
+        match read_stream(&http, &url, &follow, &mut last, &mut lost_at).await {
+            Ok(()) => log::warn!("event=pressure_stream_ended"),
+            Err(reason) => log::warn!("event=pressure_stream_failed error=\"{reason}\""),
+        }
+        follow.readiness.set_planner(false);
+        follow.metrics.planner_connected.set(0);
+        if lost_at.is_none() {
+            lost_at = Some(Instant::now());
+            announced_lost = false;
+            delays.reset();
+        }
+        let delay = delays.next_delay();
+        let lost_for = lost_at.map_or(Duration::ZERO, |at| at.elapsed());
+        let to_grace = follow.grace.saturating_sub(lost_for);
+        if !announced_lost && to_grace <= delay {
+            tokio::time::sleep(to_grace).await;
+            log::warn!(
+                "event=pressure_unknown grace_ms={} fallback=min_runners",
+                follow.grace.as_millis()
+            );
+            for (flavor, reconciler) in &follow.reconcilers {
+                last.insert(flavor.clone(), None);
+                reconciler.do_send(PressureChanged(None));
+            }
+            announced_lost = true;
+            tokio::time::sleep(delay - to_grace).await;
+        } else {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// One connection: reads lines until the stream ends or fails.
+async fn read_stream(
+    http: &reqwest::Client,
+    url: &Url,
+    follow: &Follow,
+    last: &mut HashMap<String, Option<u64>>,
+    lost_at: &mut Option<Instant>,
+) -> Result<(), String> {
+    let response = http
+        .get(url.clone())
+        .bearer_auth(follow.token.expose_secret())
+        .header("Accept", actors::stream::NDJSON)
+        .send()
+        .await
+        .map_err(|err| format!("connect: {err}"))?;
+    if !response.status().is_success() {
+        return Err(format!("planner answered {}", response.status().as_u16()));
+    }
+    let mut body = response.bytes_stream();
+    let mut buffer: Vec<u8> = Vec::new();
+    loop {
+        let chunk = match tokio::time::timeout(STREAM_IDLE, body.next()).await {
+            Err(_) => return Err(format!("silent for {STREAM_IDLE:?}")),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(err))) => return Err(format!("read: {err}")),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let map: PressureMap = serde_json::from_slice(&line[..end])
+                .map_err(|err| format!("not a pressure line: {err}"))?;
+            if lost_at.take().is_some() {
+                log::info!("event=pressure_stream_connected flavors={}", map.len());
+                follow.readiness.set_planner(true);
+                follow.metrics.planner_connected.set(1);
+            }
+            for (flavor, reconciler) in &follow.reconcilers {
+                // A flavor the planner does not list needs no runners beyond its floor.
+                let pressure = Some(map.get(flavor).copied().unwrap_or(0));
+                if last.get(flavor) != Some(&pressure) {
+                    last.insert(flavor.clone(), pressure);
+                    reconciler.do_send(PressureChanged(pressure));
+                }
+            }
+        }
+        if buffer.len() > MAX_LINE {
+            return Err("line too long".to_owned());
+        }
+    }
+}
+
+/// The labels of a planner flavor (`GET /api/v1/flavors/{name}`).
+pub async fn flavor_labels(
+    planner_url: &Url,
+    token: &SecretString,
+    flavor: &str,
+) -> Result<Vec<String>, String> {
+    #[derive(serde::Deserialize)]
+    struct Flavor {
+        labels: Vec<String>,
+    }
+    let mut url = planner_url.clone();
+    url.path_segments_mut()
+        .map_err(|_| "planner URL cannot have a path".to_owned())?
+        .pop_if_empty()
+        .extend(["api", "v1", "flavors", flavor]);
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token.expose_secret())
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|err| format!("planner: {err}"))?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "planner answered {} for flavor {flavor}",
+            response.status().as_u16()
+        ));
+    }
+    let flavor: Flavor = response
+        .json()
+        .await
+        .map_err(|err| format!("planner flavor: {err}"))?;
+    Ok(flavor.labels)
+}

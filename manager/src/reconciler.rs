@@ -1,0 +1,611 @@
+//! The reconciler: one actor per flavor, with its own state and timers. Each pass lists the
+//! backend's runners and GitHub's, lets [`decide`] choose, and carries the actions out: creates
+//! (bounded in parallel, backing off after failures), removals and deregistrations, each
+//! logged with its reason. A pass runs every `APP_RECONCILE_INTERVAL`, and at once when the
+//! flavor's pressure changes; passes never overlap (a trigger during one runs another after).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use reqwest::Url;
+use secrecy::SecretString;
+
+use crate::backend::{Backend, Instance, RunnerSpec};
+use crate::config::{FlavorConfig, DEFAULT_LABELS};
+use crate::decide::{self, Action, Observed, Reason, RunnerState};
+use crate::github::{DeleteOutcome, GitHub, Runner};
+use crate::messages::{
+    DeleteRunner, GenerateJitConfig, GetRunners, ListRunners, PressureChanged, RunnerView,
+};
+use crate::metrics::Metrics;
+use crate::status::Readiness;
+
+/// First delay after a failed create; it doubles with each failure in a row.
+const CREATE_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Largest delay after failed creates.
+const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+
+/// What a reconciler is built from.
+pub struct ReconcilerConfig {
+    /// The flavor.
+    pub flavor: FlavorConfig,
+    /// The manager's id.
+    pub manager_id: String,
+    /// The flavor's backend.
+    pub backend: Arc<dyn Backend>,
+    /// The GitHub actor.
+    pub github: Addr<GitHub>,
+    /// The planner (for the flavor's labels when the file lists none) and its token.
+    pub planner: (Url, SecretString),
+    /// `APP_RECONCILE_INTERVAL`.
+    pub interval: Duration,
+    /// `APP_CREATE_PARALLELISM`.
+    pub parallelism: usize,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// `/ready`'s state.
+    pub readiness: Arc<Readiness>,
+}
+
+/// The reconciler of one flavor.
+pub struct Reconciler {
+    config: Arc<ReconcilerConfig>,
+    prefix: String,
+    pressure: Option<u64>,
+    /// Whether the follower has said anything yet (a pressure, or that it is unknown).
+    pressure_heard: bool,
+    labels: Option<Vec<String>>,
+    creating: HashMap<String, DateTime<Utc>>,
+    removing: HashSet<String>,
+    online_at: HashMap<String, DateTime<Utc>>,
+    created_here: HashSet<String>,
+    instances: Vec<Instance>,
+    states: HashMap<String, RunnerState>,
+    passing: bool,
+    again: bool,
+    create_failures: u32,
+    create_paused_until: Option<Instant>,
+    wake_scheduled: bool,
+}
+
+/// The name prefix of a manager's runners of a flavor: `<manager id>-<flavor>-`.
+pub fn name_prefix(manager_id: &str, flavor: &str) -> String {
+    format!("{manager_id}-{flavor}-")
+}
+
+impl Reconciler {
+    /// A reconciler; it starts reconciling when started.
+    pub fn new(config: ReconcilerConfig) -> Self {
+        let prefix = name_prefix(&config.manager_id, &config.flavor.name);
+        let labels = config.flavor.labels.clone();
+        Self {
+            config: Arc::new(config),
+            prefix,
+            pressure: None,
+            pressure_heard: false,
+            labels,
+            creating: HashMap::new(),
+            removing: HashSet::new(),
+            online_at: HashMap::new(),
+            created_here: HashSet::new(),
+            instances: Vec::new(),
+            states: HashMap::new(),
+            passing: false,
+            again: false,
+            create_failures: 0,
+            create_paused_until: None,
+            wake_scheduled: false,
+        }
+    }
+
+    fn flavor(&self) -> &str {
+        &self.config.flavor.name
+    }
+
+    fn pass(&mut self, ctx: &mut Context<Self>) {
+        if self.passing {
+            self.again = true;
+            return;
+        }
+        self.passing = true;
+        let started = Instant::now();
+        let backend = self.config.backend.clone();
+        let github = self.config.github.clone();
+        let prefix = self.prefix.clone();
+        let observe = async move {
+            let instances = backend.list().await;
+            let runners = match github.send(ListRunners { prefix }).await {
+                Ok(Ok(runners)) => Ok(runners),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err("GitHub actor stopped".to_owned()),
+            };
+            (instances, runners)
+        };
+        ctx.spawn(
+            observe
+                .into_actor(self)
+                .map(move |(instances, runners), actor, ctx| {
+                    actor.passing = false;
+                    actor.apply(instances, runners, ctx);
+                    actor
+                        .config
+                        .metrics
+                        .reconcile_seconds
+                        .with_label_values(&[actor.flavor()])
+                        .observe(started.elapsed().as_secs_f64());
+                    if std::mem::take(&mut actor.again) {
+                        actor.pass(ctx);
+                    }
+                }),
+        );
+    }
+
+    fn apply(
+        &mut self,
+        instances: Result<Vec<Instance>, crate::backend::BackendError>,
+        runners: Result<Vec<Runner>, String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let flavor = self.flavor().to_owned();
+        let metrics = self.config.metrics.clone();
+        let instances = match instances {
+            Ok(instances) => {
+                self.config.readiness.set_backend(true);
+                instances
+            }
+            Err(err) => {
+                self.config.readiness.set_backend(false);
+                metrics
+                    .failures
+                    .with_label_values(&[flavor.as_str(), err.reason()])
+                    .inc();
+                log::warn!("event=backend_list_failed flavor={flavor} error=\"{err}\"");
+                return;
+            }
+        };
+        let runners = match runners {
+            Ok(runners) => Some(runners),
+            Err(err) => {
+                metrics
+                    .failures
+                    .with_label_values(&[flavor.as_str(), "github_list"])
+                    .inc();
+                log::warn!("event=github_list_failed flavor={flavor} error=\"{err}\"");
+                None
+            }
+        };
+        let now = Utc::now();
+        for runner in runners.iter().flatten() {
+            if runner.status != "online" || self.online_at.contains_key(&runner.name) {
+                continue;
+            }
+            self.online_at.insert(runner.name.clone(), now);
+            if self.created_here.contains(&runner.name) {
+                if let Some(instance) = instances.iter().find(|i| i.name == runner.name) {
+                    let boot = (now - instance.created_at).to_std().unwrap_or_default();
+                    metrics
+                        .boot_seconds
+                        .with_label_values(&[flavor.as_str()])
+                        .observe(boot.as_secs_f64());
+                    log::info!(
+                        "event=runner_online flavor={flavor} runner.name={} boot_ms={}",
+                        runner.name,
+                        boot.as_millis()
+                    );
+                }
+            }
+        }
+        let known: HashSet<&str> = instances
+            .iter()
+            .map(|i| i.name.as_str())
+            .chain(self.creating.keys().map(String::as_str))
+            .collect();
+        self.online_at
+            .retain(|name, _| known.contains(name.as_str()));
+        self.created_here
+            .retain(|name| known.contains(name.as_str()));
+
+        let desired = decide::desired(
+            self.pressure,
+            self.config.flavor.min_runners,
+            self.config.flavor.max_runners,
+        );
+        metrics
+            .desired
+            .with_label_values(&[flavor.as_str()])
+            .set(i64::from(desired));
+        let creating: HashSet<String> = self.creating.keys().cloned().collect();
+        let seen_online: HashSet<String> = self.online_at.keys().cloned().collect();
+        let plan = decide::decide(&Observed {
+            now,
+            desired,
+            scale_down: self.pressure_heard,
+            instances: &instances,
+            github: runners.as_deref(),
+            creating: &creating,
+            removing: &self.removing,
+            seen_online: &seen_online,
+            boot_timeout: self.config.flavor.boot_timeout,
+            max_lifetime: self.config.flavor.max_lifetime,
+        });
+        self.instances = instances;
+        self.states = plan.states.iter().cloned().collect();
+        for action in plan.actions {
+            match action {
+                Action::Create(count) => self.create(count, ctx),
+                Action::Remove {
+                    name,
+                    runner_id,
+                    reason,
+                } => self.remove(name, runner_id, reason, ctx),
+                Action::Deregister { name, runner_id } => self.deregister(name, runner_id, ctx),
+            }
+        }
+        self.count_states();
+    }
+
+    fn count_states(&self) {
+        let flavor = self.flavor();
+        let mut counts: HashMap<RunnerState, i64> = HashMap::new();
+        for view in self.views() {
+            *counts.entry(view.state).or_default() += 1;
+        }
+        for state in RunnerState::ALL {
+            self.config
+                .metrics
+                .runners
+                .with_label_values(&[flavor, state.as_str()])
+                .set(counts.get(&state).copied().unwrap_or(0));
+        }
+    }
+
+    fn views(&self) -> Vec<RunnerView> {
+        let flavor = self.flavor();
+        let mut views: Vec<RunnerView> = self
+            .instances
+            .iter()
+            .map(|instance| RunnerView {
+                name: instance.name.clone(),
+                flavor: flavor.to_owned(),
+                state: if self.removing.contains(&instance.name) {
+                    RunnerState::Removing
+                } else {
+                    self.states
+                        .get(&instance.name)
+                        .copied()
+                        .unwrap_or(RunnerState::Booting)
+                },
+                created_at: instance.created_at,
+                online_at: self.online_at.get(&instance.name).copied(),
+                backend_id: Some(instance.backend_id.clone()),
+            })
+            .collect();
+        for (name, started) in &self.creating {
+            if !self.instances.iter().any(|i| &i.name == name) {
+                views.push(RunnerView {
+                    name: name.clone(),
+                    flavor: flavor.to_owned(),
+                    state: RunnerState::Creating,
+                    created_at: *started,
+                    online_at: None,
+                    backend_id: None,
+                });
+            }
+        }
+        views
+    }
+
+    fn create(&mut self, count: u32, ctx: &mut Context<Self>) {
+        if let Some(until) = self.create_paused_until {
+            let now = Instant::now();
+            if until > now {
+                if !self.wake_scheduled {
+                    self.wake_scheduled = true;
+                    ctx.run_later(until - now, |actor, ctx| {
+                        actor.wake_scheduled = false;
+                        actor.pass(ctx);
+                    });
+                }
+                log::debug!(
+                    "event=create_paused flavor={} wait_ms={}",
+                    self.flavor(),
+                    (until - now).as_millis()
+                );
+                return;
+            }
+        }
+        let room = self.config.parallelism.saturating_sub(self.creating.len());
+        for _ in 0..(count as usize).min(room) {
+            let name = format!("{}{:08x}", self.prefix, rand::random::<u32>());
+            self.creating.insert(name.clone(), Utc::now());
+            let config = self.config.clone();
+            let labels = self.labels.clone();
+            let job_name = name.clone();
+            let work = async move { create_runner(&config, &job_name, labels).await };
+            ctx.spawn(work.into_actor(self).map(move |result, actor, ctx| {
+                actor.creating.remove(&name);
+                let flavor = actor.flavor().to_owned();
+                match result {
+                    Ok((instance, labels)) => {
+                        actor.labels = Some(labels);
+                        actor.created_here.insert(name.clone());
+                        actor.create_failures = 0;
+                        actor.create_paused_until = None;
+                        actor
+                            .config
+                            .metrics
+                            .created
+                            .with_label_values(&[flavor.as_str()])
+                            .inc();
+                        log::info!(
+                            "event=runner_created flavor={flavor} runner.name={name} backend_id={}",
+                            instance.backend_id
+                        );
+                        if !actor.instances.iter().any(|i| i.name == instance.name) {
+                            actor.instances.push(instance);
+                        }
+                    }
+                    Err((reason, error)) => {
+                        actor.create_failures = actor.create_failures.saturating_add(1);
+                        let wait = CREATE_BACKOFF_MIN
+                            .saturating_mul(1 << actor.create_failures.min(16))
+                            .min(CREATE_BACKOFF_MAX);
+                        actor.create_paused_until = Some(Instant::now() + wait);
+                        actor
+                            .config
+                            .metrics
+                            .failures
+                            .with_label_values(&[flavor.as_str(), reason])
+                            .inc();
+                        log::warn!(
+                            "event=runner_create_failed flavor={flavor} runner.name={name} reason={reason} retry_in_ms={} error=\"{error}\"",
+                            wait.as_millis()
+                        );
+                    }
+                }
+                actor.count_states();
+                let _ = ctx;
+            }));
+        }
+    }
+
+    fn remove(
+        &mut self,
+        name: String,
+        runner_id: Option<u64>,
+        reason: Reason,
+        ctx: &mut Context<Self>,
+    ) {
+        if !self.removing.insert(name.clone()) {
+            return;
+        }
+        let config = self.config.clone();
+        let job_name = name.clone();
+        let work = async move { remove_runner(&config, &job_name, runner_id, reason).await };
+        ctx.spawn(work.into_actor(self).map(move |outcome, actor, _| {
+            actor.removing.remove(&name);
+            actor.finish_removal(&name, reason, outcome);
+        }));
+    }
+
+    fn deregister(&mut self, name: String, runner_id: u64, ctx: &mut Context<Self>) {
+        if !self.removing.insert(name.clone()) {
+            return;
+        }
+        let github = self.config.github.clone();
+        let work = async move {
+            match github.send(DeleteRunner { runner_id }).await {
+                Ok(Ok(DeleteOutcome::Deleted | DeleteOutcome::NotFound)) => Removal::Done,
+                Ok(Ok(DeleteOutcome::Busy)) => Removal::KeptBusy,
+                Ok(Err(err)) => Removal::Failed("deregister", err.to_string()),
+                Err(_) => Removal::Failed("deregister", "GitHub actor stopped".into()),
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(move |outcome, actor, _| {
+            actor.removing.remove(&name);
+            actor.finish_removal(&name, Reason::Orphan, outcome);
+        }));
+    }
+
+    fn finish_removal(&mut self, name: &str, reason: Reason, outcome: Removal) {
+        let flavor = self.flavor().to_owned();
+        let metrics = &self.config.metrics;
+        match outcome {
+            Removal::Done => {
+                metrics
+                    .removed
+                    .with_label_values(&[flavor.as_str(), reason.as_str()])
+                    .inc();
+                self.instances.retain(|i| i.name != name);
+                self.online_at.remove(name);
+                log::info!(
+                    "event=runner_removed flavor={flavor} runner.name={name} reason={}",
+                    reason.as_str()
+                );
+            }
+            Removal::KeptBusy => {
+                metrics
+                    .kept_busy
+                    .with_label_values(&[flavor.as_str()])
+                    .inc();
+                log::info!(
+                    "event=runner_kept_busy flavor={flavor} runner.name={name} reason={}",
+                    reason.as_str()
+                );
+            }
+            Removal::Failed(step, error) => {
+                metrics
+                    .failures
+                    .with_label_values(&[flavor.as_str(), step])
+                    .inc();
+                log::warn!(
+                    "event=runner_remove_failed flavor={flavor} runner.name={name} reason={} step={step} error=\"{error}\"",
+                    reason.as_str()
+                );
+            }
+        }
+        self.count_states();
+    }
+}
+
+/// How a removal ended.
+enum Removal {
+    Done,
+    KeptBusy,
+    Failed(&'static str, String),
+}
+
+/// Labels, JIT configuration, backend start. Errors carry a metrics reason.
+async fn create_runner(
+    config: &ReconcilerConfig,
+    name: &str,
+    labels: Option<Vec<String>>,
+) -> Result<(Instance, Vec<String>), (&'static str, String)> {
+    let labels = match labels {
+        Some(labels) => labels,
+        None => {
+            let mut labels = crate::planner::flavor_labels(
+                &config.planner.0,
+                &config.planner.1,
+                &config.flavor.name,
+            )
+            .await
+            .map_err(|err| ("planner_labels", err))?;
+            for label in DEFAULT_LABELS {
+                if !labels.iter().any(|l| l.eq_ignore_ascii_case(label)) {
+                    labels.push(label.to_owned());
+                }
+            }
+            labels
+        }
+    };
+    let jit = config
+        .github
+        .send(GenerateJitConfig {
+            name: name.to_owned(),
+            runner_group: config.flavor.runner_group.clone(),
+            labels: labels.clone(),
+        })
+        .await
+        .map_err(|_| ("jit_config", "GitHub actor stopped".to_owned()))?
+        .map_err(|err| ("jit_config", err.to_string()))?;
+    let spec = RunnerSpec {
+        name: name.to_owned(),
+        flavor: config.flavor.name.clone(),
+        labels: labels.clone(),
+        jit_config: jit.encoded_jit_config,
+        manager_id: config.manager_id.clone(),
+    };
+    match config.backend.create(spec).await {
+        Ok(instance) => Ok((instance, labels)),
+        Err(err) => {
+            // Registered but never started: deregister now rather than leave an orphan.
+            let _ = config
+                .github
+                .send(DeleteRunner {
+                    runner_id: jit.runner_id,
+                })
+                .await;
+            Err((err.reason(), err.to_string()))
+        }
+    }
+}
+
+/// Scale-down deregisters first (GitHub's 422 keeps a runner that has just taken a job); the
+/// other reasons stop the runner first and then deregister whatever is left.
+async fn remove_runner(
+    config: &ReconcilerConfig,
+    name: &str,
+    runner_id: Option<u64>,
+    reason: Reason,
+) -> Removal {
+    let deregister = |runner_id: u64| async move {
+        match config.github.send(DeleteRunner { runner_id }).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("GitHub actor stopped".to_owned()),
+        }
+    };
+    if reason == Reason::ScaleDown {
+        let Some(runner_id) = runner_id else {
+            return Removal::Failed("deregister", "not registered".into());
+        };
+        match deregister(runner_id).await {
+            Ok(DeleteOutcome::Deleted | DeleteOutcome::NotFound) => {}
+            Ok(DeleteOutcome::Busy) => return Removal::KeptBusy,
+            Err(err) => return Removal::Failed("deregister", err),
+        }
+        return match config.backend.delete(name).await {
+            Ok(()) => Removal::Done,
+            Err(err) => Removal::Failed(err.reason(), err.to_string()),
+        };
+    }
+    if let Err(err) = config.backend.delete(name).await {
+        return Removal::Failed(err.reason(), err.to_string());
+    }
+    if let Some(runner_id) = runner_id {
+        match deregister(runner_id).await {
+            Ok(_) => {}
+            // The registration is left for the orphan rule of a later pass.
+            Err(err) => {
+                log::warn!("event=runner_deregister_failed runner.name={name} error=\"{err}\"")
+            }
+        }
+    }
+    Removal::Done
+}
+
+impl Actor for Reconciler {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        log::info!(
+            "event=reconciler_started flavor={} min={} max={}",
+            self.flavor(),
+            self.config.flavor.min_runners,
+            self.config.flavor.max_runners
+        );
+        self.pass(ctx);
+        ctx.run_interval(self.config.interval, |actor, ctx| actor.pass(ctx));
+    }
+}
+
+impl Supervised for Reconciler {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // Work in flight was dropped with the old context; the next pass sees what is left.
+        self.creating.clear();
+        self.removing.clear();
+        self.passing = false;
+        self.again = false;
+        self.wake_scheduled = false;
+    }
+}
+
+impl Handler<PressureChanged> for Reconciler {
+    type Result = ();
+
+    fn handle(&mut self, msg: PressureChanged, ctx: &mut Context<Self>) {
+        if self.pressure_heard && self.pressure == msg.0 {
+            return;
+        }
+        self.pressure_heard = true;
+        log::info!(
+            "event=pressure_changed flavor={} pressure={}",
+            self.flavor(),
+            msg.0.map_or("unknown".to_owned(), |p| p.to_string())
+        );
+        self.pressure = msg.0;
+        self.pass(ctx);
+    }
+}
+
+impl Handler<GetRunners> for Reconciler {
+    type Result = MessageResult<GetRunners>;
+
+    fn handle(&mut self, _: GetRunners, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.views())
+    }
+}

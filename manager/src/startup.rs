@@ -1,0 +1,145 @@
+//! Building and running the manager: [`Application::build`] validates nothing more (the
+//! configuration already is), binds the status API (port 0 picks a free one) and the
+//! Prometheus listener, and starts the actors: the GitHub actor, one reconciler per flavor, and
+//! the pressure follower. [`Application::run_until_stopped`] serves until SIGTERM or SIGINT.
+//!
+//! Stopping the manager never stops a runner: runners run one job and end on their own, and a
+//! restarted manager adopts the ones still alive.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix::{Recipient, Supervisor};
+use actix_web::{dev::Server, middleware, web, App, HttpServer};
+use actors::telemetry::{metrics_server, HttpMetrics};
+use secrecy::ExposeSecret;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::github::{GitHub, RunnerApi};
+use crate::messages::{GetRunners, PressureChanged};
+use crate::metrics::Metrics;
+use crate::planner::{follow, Follow};
+use crate::reconciler::{Reconciler, ReconcilerConfig};
+use crate::status::{token_sha256, Readiness, StatusState};
+
+/// A bound, running manager.
+pub struct Application {
+    port: u16,
+    metrics_port: u16,
+    server: Server,
+    metrics_server: Server,
+}
+
+impl Application {
+    /// Builds the manager with GitHub's API behind `api`, on the current actix system.
+    pub async fn build_with(config: Config, api: Arc<dyn RunnerApi>) -> Result<Self, Error> {
+        let listener = TcpListener::bind((config.bind_address, config.port))?;
+        let port = listener.local_addr()?.port();
+        let metrics = Metrics::new().map_err(std::io::Error::other)?;
+        let (metrics_server, metrics_port) = metrics_server(
+            metrics.registry.clone(),
+            config.telemetry.prometheus_host,
+            config.telemetry.prometheus_port,
+        )?;
+        let readiness = Arc::new(Readiness::new());
+
+        let github = {
+            let readiness = readiness.clone();
+            let scope = config.github_path.clone();
+            Supervisor::start(move |_| GitHub::new(api, scope, readiness))
+        };
+        let mut followers: HashMap<String, Recipient<PressureChanged>> = HashMap::new();
+        let mut listers: Vec<Recipient<GetRunners>> = Vec::new();
+        for flavor in &config.flavors {
+            let backend =
+                crate::backend::build(flavor, &config.manager_id, &config.exec_state_dir)?;
+            let reconciler_config = ReconcilerConfig {
+                flavor: flavor.clone(),
+                manager_id: config.manager_id.clone(),
+                backend,
+                github: github.clone(),
+                planner: (config.planner_url.clone(), config.planner_token.clone()),
+                interval: config.reconcile_interval,
+                parallelism: config.create_parallelism,
+                metrics: metrics.clone(),
+                readiness: readiness.clone(),
+            };
+            let reconciler = Supervisor::start(move |_| Reconciler::new(reconciler_config));
+            followers.insert(flavor.name.clone(), reconciler.clone().recipient());
+            listers.push(reconciler.recipient());
+        }
+        actix_web::rt::spawn(follow(Follow {
+            planner_url: config.planner_url.clone(),
+            token: config.planner_token.clone(),
+            reconcilers: followers,
+            grace: config.pressure_grace,
+            reconnect: config.reconnect,
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+        }));
+
+        let mut token_hashes = vec![token_sha256(config.planner_token.expose_secret())];
+        if let Some(admin) = &config.admin_token {
+            token_hashes.push(token_sha256(admin.expose_secret()));
+        }
+        let state = web::Data::new(StatusState {
+            token_hashes,
+            reconcilers: listers,
+            readiness,
+        });
+        let http_metrics = web::Data::new(metrics.http.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(http_metrics.clone())
+                .wrap(middleware::from_fn(HttpMetrics::middleware))
+                .configure(crate::status::configure)
+        })
+        .listen(listener)?
+        .workers(1)
+        .shutdown_timeout(5)
+        .run();
+        log::info!(
+            "event=manager_listening port={port} metrics_port={metrics_port} manager_id={} flavors={} github_path={}",
+            config.manager_id,
+            config.flavors.len(),
+            config.github_path.api_prefix()
+        );
+        Ok(Self {
+            port,
+            metrics_port,
+            server,
+            metrics_server,
+        })
+    }
+
+    /// The port of the status API.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The port of the Prometheus `/metrics` listener.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
+    /// Serves until SIGTERM or SIGINT.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let metrics_handle = self.metrics_server.handle();
+        actix_web::rt::spawn(self.metrics_server);
+        let result = self.server.await;
+        metrics_handle.stop(true).await;
+        log::info!("event=manager_stopped");
+        result
+    }
+}
+
+impl Application {
+    /// Builds the manager against GitHub's API (`APP_GITHUB_*`).
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        let api = crate::github::client(&config)?;
+        Self::build_with(config, api).await
+    }
+}

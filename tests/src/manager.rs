@@ -1,0 +1,259 @@
+//! The runner manager as a real process for the end-to-end tests: its flavor file and exec
+//! state directory in a directory of the test's own, the fake runner (`fake-runner`) as its
+//! runner command, the fake GitHub as its API, the port 0 for its status API and metrics.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::process::Service;
+
+/// How long the manager may take to start listening.
+const START: Duration = Duration::from_secs(30);
+
+/// One `[[flavor]]` of the file.
+#[derive(Debug, Clone)]
+pub struct Flavor {
+    /// Its name (a planner flavor).
+    pub name: String,
+    /// `min_runners`.
+    pub min: u32,
+    /// `max_runners`.
+    pub max: u32,
+    /// `boot_timeout`.
+    pub boot_timeout: String,
+    /// `max_lifetime`.
+    pub max_lifetime: String,
+    /// `labels` (`None`: the planner flavor's).
+    pub labels: Option<Vec<String>>,
+    /// The command (`None`: the fake runner).
+    pub command: Option<Vec<String>>,
+}
+
+impl Flavor {
+    /// A flavor `name` with `min`/`max` and generous timeouts.
+    pub fn new(name: &str, min: u32, max: u32) -> Self {
+        Self {
+            name: name.to_owned(),
+            min,
+            max,
+            boot_timeout: "60s".to_owned(),
+            max_lifetime: "1h".to_owned(),
+            labels: None,
+            command: None,
+        }
+    }
+
+    fn toml(&self) -> String {
+        let quoted = |items: &[String]| {
+            items
+                .iter()
+                .map(|item| format!("{item:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let command = self.command.clone().unwrap_or_else(|| {
+            vec![crate::process::binary("fake-runner")
+                .to_string_lossy()
+                .into_owned()]
+        });
+        let labels = self
+            .labels
+            .as_ref()
+            .map(|labels| format!("labels = [{}]\n", quoted(labels)))
+            .unwrap_or_default();
+        format!(
+            "[[flavor]]\nname = {:?}\nmin_runners = {}\nmax_runners = {}\n{labels}\
+             boot_timeout = {:?}\nmax_lifetime = {:?}\n[flavor.backend]\nkind = \"exec\"\n\
+             command = [{}]\nstop_grace = \"2s\"\n\n",
+            self.name,
+            self.min,
+            self.max,
+            self.boot_timeout,
+            self.max_lifetime,
+            quoted(&command)
+        )
+    }
+}
+
+/// A directory of the test's own for a manager's flavor file and exec state. On drop it kills
+/// every runner process group recorded there (a test must not leave runners behind) and
+/// removes the directory.
+pub struct ManagerDir {
+    path: PathBuf,
+}
+
+impl ManagerDir {
+    /// A new, empty directory.
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(crate::unique("manager"));
+        std::fs::create_dir_all(path.join("state")).expect("create the manager directory");
+        Self { path }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The exec state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path.join("state")
+    }
+
+    /// The process ids recorded in the state directory (every flavor).
+    pub fn recorded_pids(&self) -> Vec<i64> {
+        std::fs::read_dir(self.state_dir())
+            .map(|flavors| {
+                flavors
+                    .flatten()
+                    .filter_map(|flavor| std::fs::read_dir(flavor.path()).ok())
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .filter_map(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+                    .filter_map(|record| record["pid"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Default for ManagerDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ManagerDir {
+    fn drop(&mut self) {
+        for pid in self.recorded_pids() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// What a manager is started with.
+pub struct ManagerSetup<'a> {
+    /// `APP_MANAGER_ID`.
+    pub id: &'a str,
+    /// `APP_PLANNER_URL`.
+    pub planner_url: &'a str,
+    /// `APP_PLANNER_TOKEN_VALUE`.
+    pub planner_token: &'a str,
+    /// `APP_GITHUB_API_URL` (the fake's).
+    pub github_url: &'a str,
+    /// `APP_GITHUB_PATH`.
+    pub github_path: &'a str,
+    /// The flavors.
+    pub flavors: &'a [Flavor],
+    /// Its directory.
+    pub dir: &'a ManagerDir,
+    /// More variables (override the above).
+    pub extra: &'a [(&'a str, &'a str)],
+}
+
+/// A running manager.
+pub struct Manager {
+    /// The process.
+    pub service: Service,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Its `/metrics` URL.
+    pub metrics_url: String,
+    /// The token its status API accepts.
+    pub token: String,
+    http: reqwest::Client,
+}
+
+/// Writes the flavor file and starts `manager serve`; returns once it listens.
+pub async fn start_manager(setup: &ManagerSetup<'_>) -> Manager {
+    let file = setup.dir.path().join(format!("{}-flavors.toml", setup.id));
+    let text: String = setup.flavors.iter().map(Flavor::toml).collect();
+    std::fs::write(&file, text).expect("write the flavor file");
+    let file = file.to_string_lossy().into_owned();
+    let state = setup.dir.state_dir().to_string_lossy().into_owned();
+    let mut vars = vec![
+        ("APP_MANAGER_ID", setup.id),
+        ("APP_PLANNER_URL", setup.planner_url),
+        ("APP_PLANNER_TOKEN_VALUE", setup.planner_token),
+        ("APP_MANAGER_CONFIG", file.as_str()),
+        ("APP_EXEC_STATE_DIR", state.as_str()),
+        ("APP_GITHUB_APP_ID", crate::fake_github::APP_ID),
+        ("APP_GITHUB_APP_INSTALLATION_ID", "777"),
+        (
+            "APP_GITHUB_APP_PRIVATE_KEY_VALUE",
+            crate::fake_github::PRIVATE_KEY,
+        ),
+        ("APP_GITHUB_API_URL", setup.github_url),
+        ("APP_GITHUB_PATH", setup.github_path),
+        ("APP_RECONCILE_INTERVAL", "1s"),
+        ("APP_PORT", "0"),
+        ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
+        ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
+    ];
+    vars.extend_from_slice(setup.extra);
+    let mut service = Service::spawn("manager", &["serve"], &vars);
+    let port = service
+        .logged_value("event=manager_listening", "port", START)
+        .await;
+    let metrics_port = service
+        .logged_value("event=manager_listening", "metrics_port", START)
+        .await;
+    Manager {
+        service,
+        url: format!("http://127.0.0.1:{port}"),
+        metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        token: setup.planner_token.to_owned(),
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Manager {
+    /// `GET /api/v1/runners`: every runner the manager shows.
+    pub async fn runners(&self) -> Vec<Value> {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/runners", self.url))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("GET /api/v1/runners");
+        assert_eq!(response.status(), 200, "GET /api/v1/runners");
+        response.json().await.expect("runners JSON")
+    }
+
+    /// The runners in `state`.
+    pub async fn runners_in(&self, state: &str) -> Vec<Value> {
+        self.runners()
+            .await
+            .into_iter()
+            .filter(|runner| runner["state"] == state)
+            .collect()
+    }
+
+    /// The value of the metric series `series` (e.g. `name{flavor="a",reason="ended"}`); 0 when
+    /// absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(&self.metrics_url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}

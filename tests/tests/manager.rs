@@ -1,0 +1,675 @@
+//! The runner manager end to end, with the real binaries: gateway -> RabbitMQ -> planner ->
+//! pressure stream -> manager -> exec backend running the fake runner, which registers with
+//! the fake GitHub's JIT configuration, goes busy when the fake assigns it a job, and exits
+//! when the job is done.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use actors::github::RunnerScope;
+use serde_json::{json, Value};
+use tests::fake_github::{FakeGitHub, FakeRunner};
+use tests::gateway::{webhook, SECRET};
+use tests::manager::{start_manager, Flavor, Manager, ManagerDir, ManagerSetup};
+use tests::planner::{eventually, job_payload, ADMIN_TOKEN};
+use tests::system::System;
+use tests::unique;
+
+/// How long a change may take to show (creation, boot, removal).
+const WAIT: Duration = Duration::from_secs(60);
+/// The organization runners register in.
+const ORG: &str = "acme";
+/// The planner flavor and its job label.
+const FLAVOR: &str = "small";
+const LABEL: &str = "x64-manager";
+
+/// A running system, a fake GitHub and a general planner token.
+struct Scene {
+    system: System,
+    fake: FakeGitHub,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Scene {
+    async fn start() -> Self {
+        let system = System::start(None).await;
+        let fake = FakeGitHub::start().await;
+        let http = reqwest::Client::new();
+        let created = http
+            .post(format!("{}/api/v1/flavors/{FLAVOR}", system.planner_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"platform": "github", "labels": [LABEL], "priority": 1}))
+            .send()
+            .await
+            .expect("create flavor");
+        assert_eq!(created.status(), 201);
+        let token: Value = http
+            .post(format!(
+                "{}/api/v1/auth/token/{}",
+                system.planner_url,
+                unique("manager")
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("create token")
+            .json()
+            .await
+            .expect("token JSON");
+        Self {
+            system,
+            fake,
+            token: token["token"].as_str().expect("token").to_owned(),
+            http,
+        }
+    }
+
+    async fn manager(
+        &self,
+        id: &str,
+        flavors: &[Flavor],
+        dir: &ManagerDir,
+        extra: &[(&str, &str)],
+    ) -> Manager {
+        start_manager(&ManagerSetup {
+            id,
+            planner_url: &self.system.planner_url,
+            planner_token: &self.token,
+            github_url: &self.fake.url,
+            github_path: ORG,
+            flavors,
+            dir,
+            extra,
+        })
+        .await
+    }
+
+    /// Sends job `id` with `action` through the gateway.
+    async fn job(&self, id: i64, action: &str) {
+        let mut body = job_payload("queued.1", id, action, &["self-hosted", LABEL]);
+        let now = chrono::Utc::now().to_rfc3339();
+        body["workflow_job"]["created_at"] = now.clone().into();
+        body["workflow_job"]["started_at"] = now.into();
+        if action == "completed" {
+            body["workflow_job"]["conclusion"] = "success".into();
+        }
+        let response = webhook(
+            &self.http,
+            &self.system.gateway_url,
+            "workflow_job",
+            &unique("delivery"),
+            serde_json::to_vec(&body).expect("body"),
+            SECRET,
+        )
+        .send()
+        .await
+        .expect("send webhook");
+        assert_eq!(response.status(), 200, "webhook {id} {action}");
+    }
+
+    /// The fake's runners whose names start with `prefix`.
+    fn registered(&self, prefix: &str) -> Vec<FakeRunner> {
+        self.fake
+            .runners()
+            .into_iter()
+            .filter(|runner| runner.name.starts_with(prefix))
+            .collect()
+    }
+
+    /// Waits until `count` runners named `prefix...` are online in the fake; returns them.
+    async fn online(&self, prefix: &str, count: usize) -> Vec<FakeRunner> {
+        self.fake
+            .wait_until(
+                &format!("{count} runners {prefix}* online"),
+                WAIT,
+                |state| {
+                    state
+                        .runners
+                        .iter()
+                        .filter(|r| r.name.starts_with(prefix) && r.online)
+                        .count()
+                        == count
+                },
+            )
+            .await;
+        self.registered(prefix)
+            .into_iter()
+            .filter(|runner| runner.online)
+            .collect()
+    }
+}
+
+fn names(runners: &[Value]) -> BTreeSet<String> {
+    runners
+        .iter()
+        .map(|runner| runner["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+async fn wait_for<F, Fut>(what: &str, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(what, WAIT, condition).await;
+}
+
+#[actix_web::test]
+async fn scales_up_to_pressure_and_stops_at_the_cap() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let mut manager = scene
+        .manager("m1", &[Flavor::new(FLAVOR, 0, 3)], &dir, &[])
+        .await;
+    for id in 1..=2 {
+        scene.job(id, "queued").await;
+    }
+    let online = scene.online("m1-small-", 2).await;
+    assert_eq!(online.len(), 2);
+    for runner in &online {
+        assert!(runner.labels.contains(&LABEL.to_owned()), "{runner:?}");
+        assert!(
+            runner.labels.contains(&"self-hosted".to_owned()),
+            "{runner:?}"
+        );
+    }
+    // Five jobs, a cap of three.
+    for id in 3..=5 {
+        scene.job(id, "queued").await;
+    }
+    scene.online("m1-small-", 3).await;
+    wait_for("three idle runners in the status API", || async {
+        manager.runners_in("idle").await.len() == 3
+    })
+    .await;
+    // Several passes later, still three: the cap holds.
+    manager
+        .service
+        .wait_for_log("event=pressure_changed flavor=small pressure=5", WAIT)
+        .await;
+    let passes = manager
+        .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
+        .await;
+    wait_for("three more passes", || async {
+        manager
+            .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
+            .await
+            >= passes + 3.0
+    })
+    .await;
+    assert_eq!(scene.registered("m1-small-").len(), 3);
+    assert_eq!(manager.runners().await.len(), 3);
+    assert_eq!(
+        manager
+            .metric("github_runner_manager_desired_runners{flavor=\"small\"}")
+            .await,
+        3.0
+    );
+    // Each runner got the JIT configuration only through its environment.
+    assert!(!manager.service.log().contains("RUNNER_JITCONFIG="));
+}
+
+#[actix_web::test]
+async fn scale_down_removes_idle_runners_only() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let mut manager = scene
+        .manager("m1", &[Flavor::new(FLAVOR, 0, 5)], &dir, &[])
+        .await;
+    for id in 1..=3 {
+        scene.job(id, "queued").await;
+    }
+    let online = scene.online("m1-small-", 3).await;
+    let busy: Vec<String> = online[..2].iter().map(|r| r.name.clone()).collect();
+    let idle = online[2].name.clone();
+    for name in &busy {
+        assert!(scene.fake.assign_job(name), "assign a job to {name}");
+    }
+    wait_for("two busy runners in the status API", || async {
+        manager.runners_in("busy").await.len() == 2
+    })
+    .await;
+    // Two jobs done: desired 1, three runners, two of them busy.
+    scene.job(2, "completed").await;
+    scene.job(3, "completed").await;
+    manager
+        .service
+        .wait_for_log(
+            &format!("event=runner_removed flavor=small runner.name={idle} reason=scale_down"),
+            WAIT,
+        )
+        .await;
+    // The busy runners stay, registered and running, several passes later.
+    let passes = manager
+        .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
+        .await;
+    wait_for("three more passes", || async {
+        manager
+            .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
+            .await
+            >= passes + 3.0
+    })
+    .await;
+    let shown = manager.runners().await;
+    assert_eq!(names(&shown), busy.iter().cloned().collect(), "{shown:?}");
+    assert!(
+        shown.iter().all(|runner| runner["state"] == "busy"),
+        "{shown:?}"
+    );
+    for name in &busy {
+        let runner = scene.fake.runner(name).expect("still registered");
+        assert!(runner.busy && runner.online, "{runner:?}");
+    }
+    assert!(
+        scene.fake.runner(&idle).is_none(),
+        "the idle runner was deregistered"
+    );
+    // The last job done too: desired 0, and the busy runners still stay.
+    scene.job(1, "completed").await;
+    manager
+        .service
+        .wait_for_log("event=pressure_changed flavor=small pressure=0", WAIT)
+        .await;
+    let passes = manager
+        .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
+        .await;
+    wait_for("three more passes", || async {
+        manager
+            .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
+            .await
+            >= passes + 3.0
+    })
+    .await;
+    assert_eq!(
+        names(&manager.runners_in("busy").await),
+        busy.iter().cloned().collect()
+    );
+    // Their jobs end: the runners exit and are removed as ended.
+    for name in &busy {
+        assert!(scene.fake.finish_job(name));
+    }
+    wait_for("no runners left", || async {
+        manager.runners().await.is_empty()
+    })
+    .await;
+    assert!(
+        manager
+            .metric("github_runner_manager_removed_total{flavor=\"small\",reason=\"ended\"}")
+            .await
+            >= 2.0
+    );
+    assert!(scene.registered("m1-small-").is_empty());
+}
+
+#[actix_web::test]
+async fn a_cancelled_job_removes_its_idle_runner() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let mut manager = scene
+        .manager("m1", &[Flavor::new(FLAVOR, 0, 5)], &dir, &[])
+        .await;
+    scene.job(1, "queued").await;
+    let online = scene.online("m1-small-", 1).await;
+    let mut body = job_payload("queued.1", 1, "completed", &["self-hosted", LABEL]);
+    body["workflow_job"]["conclusion"] = "cancelled".into();
+    body["workflow_job"]["created_at"] = chrono::Utc::now().to_rfc3339().into();
+    let response = webhook(
+        &scene.http,
+        &scene.system.gateway_url,
+        "workflow_job",
+        &unique("delivery"),
+        serde_json::to_vec(&body).unwrap(),
+        SECRET,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    manager
+        .service
+        .wait_for_log(
+            &format!(
+                "event=runner_removed flavor=small runner.name={} reason=scale_down",
+                online[0].name
+            ),
+            WAIT,
+        )
+        .await;
+    wait_for("no runners left", || async {
+        manager.runners().await.is_empty()
+    })
+    .await;
+    assert!(scene.registered("m1-small-").is_empty());
+}
+
+#[actix_web::test]
+async fn runners_that_never_come_online_are_removed_after_the_boot_timeout() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let mut flavor = Flavor::new(FLAVOR, 1, 1);
+    flavor.boot_timeout = "2s".into();
+    flavor.max_lifetime = "1h".into();
+    // A command that never registers.
+    flavor.command = Some(vec!["/bin/sleep".into(), "600".into()]);
+    let mut manager = scene.manager("m1", &[flavor], &dir, &[]).await;
+    let line = manager
+        .service
+        .wait_for_log("reason=boot_timeout", WAIT)
+        .await;
+    let name = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("runner.name="))
+        .expect("runner name")
+        .to_owned();
+    // Deregistered, its process gone, and a new one created in its place.
+    assert!(
+        scene.fake.runner(&name).is_none(),
+        "{name} still registered"
+    );
+    wait_for("a replacement", || async {
+        let shown = manager.runners().await;
+        shown.len() == 1 && shown[0]["name"] != name.as_str()
+    })
+    .await;
+    assert!(
+        manager
+            .metric("github_runner_manager_removed_total{flavor=\"small\",reason=\"boot_timeout\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[actix_web::test]
+async fn runners_older_than_max_lifetime_are_removed_even_when_busy() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let mut flavor = Flavor::new(FLAVOR, 1, 1);
+    flavor.boot_timeout = "20s".into();
+    flavor.max_lifetime = "25s".into();
+    let mut manager = scene.manager("m1", &[flavor], &dir, &[]).await;
+    let online = scene.online("m1-small-", 1).await;
+    let name = online[0].name.clone();
+    assert!(scene.fake.assign_job(&name));
+    manager
+        .service
+        .wait_for_log(
+            &format!("event=runner_removed flavor=small runner.name={name} reason=max_lifetime"),
+            WAIT,
+        )
+        .await;
+    wait_for("its process is gone", || async {
+        !names(&manager.runners().await).contains(&name)
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn orphans_are_deregistered_and_other_managers_runners_are_not_touched() {
+    let scene = Scene::start().await;
+    let scope = RunnerScope::Org(ORG.to_owned());
+    let orphan = scene
+        .fake
+        .add_runner(&scope, "m1-small-0000dead", &["self-hosted", LABEL], false);
+    scene
+        .fake
+        .add_runner(&scope, "m2-small-0000beef", &["self-hosted", LABEL], true);
+    let unrelated = scene
+        .fake
+        .add_runner(&scope, "hand-made-runner", &["self-hosted"], false);
+    let dir_one = ManagerDir::new();
+    let dir_two = ManagerDir::new();
+    let mut one = scene
+        .manager("m1", &[Flavor::new(FLAVOR, 1, 5)], &dir_one, &[])
+        .await;
+    let two = scene
+        .manager("m2", &[Flavor::new(FLAVOR, 2, 5)], &dir_two, &[])
+        .await;
+    one.service
+        .wait_for_log("runner.name=m1-small-0000dead reason=orphan", WAIT)
+        .await;
+    assert!(scene.fake.runners().iter().all(|r| r.id != orphan));
+    // Each manager keeps its own floor: one runner for m1, two for m2 (plus m2's hand-added
+    // registration, which is m2's orphan and so m2's to deregister, not m1's).
+    scene.online("m1-small-", 1).await;
+    wait_for("m2's two runners online", || async {
+        two.runners_in("idle").await.len() == 2
+    })
+    .await;
+    let ids: BTreeSet<u64> = scene.fake.runners().iter().map(|r| r.id).collect();
+    assert!(
+        ids.contains(&unrelated),
+        "a runner without a manager id was touched"
+    );
+    assert!(names(&one.runners().await)
+        .iter()
+        .all(|n| n.starts_with("m1-")));
+    assert!(names(&two.runners().await)
+        .iter()
+        .all(|n| n.starts_with("m2-")));
+    assert!(
+        !one.service.log().contains("m2-small-"),
+        "m1 acted on m2's runners"
+    );
+    assert!(
+        !two.service.log().contains("m1-small-"),
+        "m2 acted on m1's runners"
+    );
+}
+
+#[actix_web::test]
+async fn a_manager_killed_mid_create_restarts_without_duplicates_or_orphans() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let flavors = [Flavor::new(FLAVOR, 0, 6)];
+    let mut manager = scene.manager("m1", &flavors, &dir, &[]).await;
+    for id in 1..=4 {
+        scene.job(id, "queued").await;
+    }
+    // Killed as soon as the first runner is created, with the others under way.
+    manager
+        .service
+        .wait_for_log("event=runner_created", WAIT)
+        .await;
+    manager.service.kill();
+    let _ = manager.service.wait(WAIT).await;
+    let restarted = scene.manager("m1", &flavors, &dir, &[]).await;
+    scene.online("m1-small-", 4).await;
+    // Settled: exactly the desired four, in the backend and in GitHub, no orphan left.
+    let passes = restarted
+        .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
+        .await;
+    wait_for("three more passes", || async {
+        restarted
+            .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
+            .await
+            >= passes + 3.0
+    })
+    .await;
+    let shown = restarted.runners().await;
+    let registered: BTreeSet<String> = scene
+        .registered("m1-small-")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(shown.len(), 4, "{shown:?}");
+    assert_eq!(names(&shown), registered, "backend and GitHub agree");
+    assert_eq!(dir.recorded_pids().len(), 4);
+}
+
+#[actix_web::test]
+async fn planner_down_keeps_the_last_pressure_for_the_grace_then_min_runners() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let mut manager = scene
+        .manager(
+            "m1",
+            &[Flavor::new(FLAVOR, 1, 5)],
+            &dir,
+            &[("APP_PRESSURE_GRACE", "4s")],
+        )
+        .await;
+    for id in 1..=3 {
+        scene.job(id, "queued").await;
+    }
+    scene.online("m1-small-", 3).await;
+    scene.system.planner.kill();
+    manager
+        .service
+        .wait_for_log("event=pressure_stream_failed", WAIT)
+        .await;
+    let lost = std::time::Instant::now();
+    // Within the grace nothing changes.
+    manager
+        .service
+        .wait_for_log("event=pressure_unknown", WAIT)
+        .await;
+    assert!(lost.elapsed() >= Duration::from_secs(3), "grace cut short");
+    assert_eq!(scene.registered("m1-small-").len(), 3);
+    // Then min_runners: one stays.
+    wait_for("one runner left", || async {
+        manager.runners().await.len() == 1
+    })
+    .await;
+    assert_eq!(scene.registered("m1-small-").len(), 1);
+    let ready = scene
+        .http
+        .get(format!("{}/ready", manager.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["failing"], json!(["planner stream"]));
+}
+
+#[actix_web::test]
+async fn github_down_or_rate_limited_backs_off_and_kills_nothing() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let mut manager = scene
+        .manager("m1", &[Flavor::new(FLAVOR, 0, 5)], &dir, &[])
+        .await;
+    for id in 1..=2 {
+        scene.job(id, "queued").await;
+    }
+    let online = scene.online("m1-small-", 2).await;
+    let before: BTreeSet<String> = online.into_iter().map(|r| r.name).collect();
+    scene.fake.set_down(true);
+    // Pressure falls to zero while GitHub is down: nothing may be removed.
+    scene.job(1, "completed").await;
+    scene.job(2, "completed").await;
+    manager
+        .service
+        .wait_for_log("event=pressure_changed flavor=small pressure=0", WAIT)
+        .await;
+    let failures = manager
+        .metric("github_runner_manager_failures_total{flavor=\"small\",reason=\"github_list\"}")
+        .await;
+    wait_for("three failed listings", || async {
+        manager
+            .metric("github_runner_manager_failures_total{flavor=\"small\",reason=\"github_list\"}")
+            .await
+            >= failures + 3.0
+    })
+    .await;
+    assert_eq!(names(&manager.runners().await), before);
+    let ready = scene
+        .http
+        .get(format!("{}/ready", manager.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    // Rate-limited after it comes back: still nothing removed while the limit holds.
+    scene.fake.set_down(false);
+    scene.fake.rate_limit(
+        &format!("/orgs/{ORG}/actions/runners"),
+        1,
+        Duration::from_secs(3),
+    );
+    manager
+        .service
+        .wait_for_log("event=github_rate_limited", WAIT)
+        .await;
+    assert_eq!(names(&manager.runners().await), before);
+    // Then it scales down as it should.
+    wait_for("no runners left", || async {
+        manager.runners().await.is_empty()
+    })
+    .await;
+    assert!(scene.registered("m1-small-").is_empty());
+    assert!(manager.service.log().contains("event=runner_removed"));
+}
+
+#[actix_web::test]
+async fn the_status_api_needs_a_token_and_check_config_names_the_fault() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let manager = scene
+        .manager(
+            "m1",
+            &[Flavor::new(FLAVOR, 0, 1)],
+            &dir,
+            &[("APP_MANAGER_ADMIN_TOKEN_VALUE", "manager-admin-token-1")],
+        )
+        .await;
+    let get = |token: Option<&str>| {
+        let request = scene.http.get(format!("{}/api/v1/runners", manager.url));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    };
+    assert_eq!(get(None).send().await.unwrap().status(), 401);
+    assert_eq!(get(Some("wrong")).send().await.unwrap().status(), 401);
+    assert_eq!(get(Some(&scene.token)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        get(Some("manager-admin-token-1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    wait_for("ready", || async {
+        scene
+            .http
+            .get(format!("{}/ready", manager.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    // A bad flavor file: `check-config` names the file, line and key, and exits 2.
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[flavor]]\nname = \"small\"\nmax_runner = 3\n[flavor.backend]\nkind = \"exec\"\ncommand = [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(tests::process::binary("manager"))
+        .arg("check-config")
+        .env_clear()
+        .env("APP_PLANNER_URL", &scene.system.planner_url)
+        .env("APP_PLANNER_TOKEN_VALUE", &scene.token)
+        .env("APP_MANAGER_ID", "m1")
+        .env("APP_MANAGER_CONFIG", &file)
+        .env("APP_GITHUB_APP_ID", tests::fake_github::APP_ID)
+        .env("APP_GITHUB_APP_INSTALLATION_ID", "777")
+        .env(
+            "APP_GITHUB_APP_PRIVATE_KEY_VALUE",
+            tests::fake_github::PRIVATE_KEY,
+        )
+        .env("APP_GITHUB_PATH", ORG)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:3: max_runner:", file.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+}
