@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use tests::fake_github::{FakeGitHub, FakeRunner};
 use tests::gateway::{webhook, SECRET};
 use tests::manager::{start_manager, Flavor, Manager, ManagerDir, ManagerSetup};
-use tests::planner::{eventually, job_payload, ADMIN_TOKEN};
+use tests::eventually;
+use tests::fixtures::job_payload;
+use tests::planner::ADMIN_TOKEN;
 use tests::system::System;
 use tests::unique;
 
