@@ -18,7 +18,7 @@ use super::{
     record::Recorder,
     retry::{apply, REFUSED_ATTEMPTS},
     spans::{commit_spans, end_commit_spans, Received},
-    ConsumerConfig,
+    ConsumerConfig, SessionError,
 };
 
 /// Applies a batch's job events in one transaction and settles them (acknowledged after the
@@ -28,7 +28,7 @@ pub(super) async fn apply_events(
     store: &Recipient<ApplyBatch>,
     stats: &Recorder,
     events: Events,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let payload: Vec<(String, JobEvent)> = events
         .iter()
         .map(|(_, id, event)| (id.clone(), event.clone()))
@@ -99,7 +99,7 @@ pub(super) async fn settle_applied(
     id: &str,
     event: &JobEvent,
     outcome: Outcome,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     ack(&received.delivery).await?;
     match outcome {
         Outcome::Applied => {
@@ -125,18 +125,18 @@ pub(super) async fn settle_applied(
     Ok(())
 }
 
-pub(super) async fn ack(delivery: &Delivery) -> Result<(), String> {
+pub(super) async fn ack(delivery: &Delivery) -> Result<(), SessionError> {
     delivery
         .ack(BasicAckOptions::default())
         .await
         .map(drop)
-        .map_err(|err| format!("ack: {err}"))
+        .map_err(SessionError::Ack)
 }
 
-pub(super) async fn dead_letter(delivery: &Delivery) -> Result<(), String> {
+pub(super) async fn dead_letter(delivery: &Delivery) -> Result<(), SessionError> {
     delivery
         .reject(BasicRejectOptions { requeue: false })
         .await
         .map(drop)
-        .map_err(|err| format!("reject: {err}"))
+        .map_err(SessionError::Reject)
 }

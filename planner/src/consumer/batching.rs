@@ -14,7 +14,7 @@ use super::{
     apply::{ack, dead_letter},
     record::Recorder,
     spans::Received,
-    ConsumerConfig,
+    ConsumerConfig, SessionError,
 };
 
 /// The jobs of the batches in flight, each with the number of batches holding it.
@@ -79,7 +79,7 @@ pub(super) async fn classify_batch(
     stats: &Recorder,
     batch: Vec<Delivery>,
     at: Instant,
-) -> Result<Events, String> {
+) -> Result<Events, SessionError> {
     let mut events: Events = Vec::new();
     for delivery in batch {
         let headers = Headers::from_amqp(delivery.properties.headers().as_ref());

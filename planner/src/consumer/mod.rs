@@ -49,6 +49,23 @@ use {record::Recorder, session::session};
 
 pub use batching::{batch_limit, BATCHES_IN_FLIGHT, MAX_BATCH};
 
+/// Why a session with the broker ended: the consumer logs it and reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No connection (refused, unreachable, or no answer in time).
+    #[error("{0}")]
+    Connect(#[from] actors::amqp::ConnectError),
+    /// The channel or the connection failed while declaring or consuming.
+    #[error("{0}")]
+    Broker(#[from] lapin::Error),
+    /// An acknowledgement did not reach the broker (the delivery will come again).
+    #[error("ack: {0}")]
+    Ack(lapin::Error),
+    /// A rejection (to the dead-letter queue) did not reach the broker.
+    #[error("reject: {0}")]
+    Reject(lapin::Error),
+}
+
 /// What the consumer has done so far; shared with whoever wants to watch (tests, metrics).
 #[derive(Debug, Default)]
 pub struct ConsumerStats {

@@ -19,7 +19,7 @@ use super::{
     apply::apply_events,
     batching::{batch_limit, classify_batch, BusyJobs, BATCHES_IN_FLIGHT},
     record::Recorder,
-    ConsumerConfig,
+    ConsumerConfig, SessionError,
 };
 
 /// One connection's life: connect, declare, consume until the broker or the channel goes away.
@@ -28,7 +28,7 @@ pub(super) async fn session(
     store: &Recipient<ApplyBatch>,
     stats: &Recorder,
     connected: Connected,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     stats.connect_attempt();
     let connection = amqp::connect(
         config.rabbitmq_url.expose_secret(),
@@ -53,20 +53,12 @@ pub(super) async fn consume(
     stats: &Recorder,
     connected: &Connected,
     connection: &lapin::Connection,
-) -> Result<(), String> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|err| err.to_string())?;
-    config
-        .topology
-        .declare(&channel)
-        .await
-        .map_err(|err| err.to_string())?;
+) -> Result<(), SessionError> {
+    let channel = connection.create_channel().await?;
+    config.topology.declare(&channel).await?;
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(|err| err.to_string())?;
+        .await?;
     let mut deliveries = channel
         .basic_consume(
             config.topology.queue.as_str().into(),
@@ -79,8 +71,7 @@ pub(super) async fn consume(
             },
             FieldTable::default(),
         )
-        .await
-        .map_err(|err| err.to_string())?;
+        .await?;
     connected.mark();
     stats.consuming(true);
     log::info!(
@@ -112,12 +103,12 @@ pub(super) async fn consume(
             }
         };
         let Some(first) = first else { break };
-        let mut batch = vec![first.map_err(|err| err.to_string())?];
+        let mut batch = vec![first?];
         let at = Instant::now();
         // Take whatever else has already arrived, without waiting: one transaction for all.
         while batch.len() < largest {
             match deliveries.next().now_or_never() {
-                Some(Some(delivery)) => batch.push(delivery.map_err(|err| err.to_string())?),
+                Some(Some(delivery)) => batch.push(delivery?),
                 _ => break,
             }
         }
@@ -135,7 +126,7 @@ pub(super) async fn consume(
         busy.take(&jobs);
         in_flight.push(async move {
             apply_events(config, store, stats, events).await?;
-            Ok::<_, String>(jobs)
+            Ok::<_, SessionError>(jobs)
         });
     }
     while let Some(done) = in_flight.next().await {
@@ -154,11 +145,8 @@ impl DepthPoller {
         connection: &lapin::Connection,
         config: &ConsumerConfig,
         metrics: Metrics,
-    ) -> Result<Self, String> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|err| err.to_string())?;
+    ) -> Result<Self, SessionError> {
+        let channel = connection.create_channel().await?;
         let queues = [
             (config.topology.queue.clone(), "jobs"),
             (config.topology.dead_letter_queue.clone(), "dead_letter"),
