@@ -112,7 +112,7 @@ impl Tracing {
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {
             if let Err(err) = provider.shutdown() {
-                log::warn!("event=tracing_shutdown_failed error={err}");
+                log::warn!("event=tracing_shutdown_failed error=\"{err}\"");
             }
         }
     }
@@ -185,7 +185,7 @@ async fn render(registry: web::Data<Registry>) -> HttpResponse {
             .content_type(encoder.format_type())
             .body(buffer),
         Err(err) => {
-            log::error!("event=metrics_encode_failed error={err}");
+            log::error!("event=metrics_encode_failed error=\"{err}\"");
             HttpResponse::InternalServerError().finish()
         }
     }

@@ -25,12 +25,12 @@ async fn main() -> std::process::ExitCode {
         Ok(app) => match app.run_until_stopped().await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(err) => {
-                log::error!("event=server_failed error={err}");
+                log::error!("event=server_failed error=\"{err}\"");
                 std::process::ExitCode::FAILURE
             }
         },
         Err(err) => {
-            log::error!("event=startup_failed error={err}");
+            log::error!("event=startup_failed error=\"{err}\"");
             eprintln!("gateway: {err}");
             std::process::ExitCode::FAILURE
         }

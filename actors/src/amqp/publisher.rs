@@ -215,8 +215,9 @@ impl Publisher {
     }
 
     async fn open(config: PublisherConfig) -> Result<(Connection, Channel), String> {
-        let connection =
-            connect(&config.uri, &config.connection_name, config.connect_timeout).await?;
+        let connection = connect(&config.uri, &config.connection_name, config.connect_timeout)
+            .await
+            .map_err(|err| err.to_string())?;
         let setup = async {
             let channel = connection.create_channel().await?;
             channel
