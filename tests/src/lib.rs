@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod db;
 // issue 9: fake GitHub API for redelivery and reconciliation tests
 pub mod bench;
+pub mod fake_gce;
 pub mod fake_github;
 pub mod fake_runner;
 pub mod fixtures;

@@ -3,6 +3,7 @@
 
 mod faults;
 mod gateway_api;
+mod gce_backend;
 mod github_runners;
 mod manager;
 mod migrations;
