@@ -485,6 +485,28 @@ pub fn parse_flavors(path: &Path, text: &str) -> Result<Vec<FlavorConfig>, FileE
         let shape = flavor.backend.into_inner();
         let backend = match shape.kind.get_ref().as_str() {
             "exec" => {
+                let gce_field = [
+                    (shape.project.as_ref().map(|v| v.span().start), "project"),
+                    (shape.zones.as_ref().map(|v| v.span().start), "zones"),
+                    (
+                        shape.templates.as_ref().map(|v| v.span().start),
+                        "templates",
+                    ),
+                    (shape.spot.as_ref().map(|v| v.span().start), "spot"),
+                    (
+                        shape.network_tags.as_ref().map(|v| v.span().start),
+                        "network_tags",
+                    ),
+                ]
+                .into_iter()
+                .find_map(|(at, name)| at.map(|at| (at, name)));
+                if let Some((at, name)) = gce_field {
+                    return Err(fault(
+                        at,
+                        key(&format!("backend.{name}")),
+                        "is not a field of kind \"exec\"".into(),
+                    ));
+                }
                 let command = shape.command.ok_or_else(|| {
                     fault(
                         backend_at,
@@ -787,6 +809,12 @@ stop_grace = "2s"
         assert_eq!(
             (command.line, command.key.as_str()),
             (18, "flavor[1].backend.command")
+        );
+
+        let foreign = fault(&GOOD.replace("stop_grace = \"2s\"", "spot = true"));
+        assert_eq!(
+            (foreign.line, foreign.key.as_str()),
+            (19, "flavor[1].backend.spot")
         );
 
         let backend_field = fault(&GOOD.replace("stop_grace = \"2s\"", "grace = \"2s\""));
