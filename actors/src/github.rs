@@ -1,5 +1,6 @@
 //! GitHub App authentication and a small, rate-limit aware GitHub REST client, shared by the
-//! gateway (webhook redelivery) and the planner (job reconciliation).
+//! gateway (webhook redelivery), the planner (job reconciliation) and the runner manager
+//! (self-hosted runner registration).
 //!
 //! - [`AppConfig::from_source`]: the optional `APP_GITHUB_*` variables. Unset: `Ok(None)` and the
 //!   services run exactly as without GitHub. Partial or invalid: a [`ConfigError`] naming the
@@ -11,8 +12,15 @@
 //!   `Retry-After`, 403/429 secondary limits) block the client until the limit lifts: while
 //!   blocked it answers [`GitHubError::RateLimited`] without touching the network.
 //!
-//! Secrets (the private key, JWTs, tokens) live in [`SecretString`]s and are never logged.
+//! - Runners ([`RunnerScope`] from `APP_GITHUB_PATH`): [`Client::generate_jit_config`],
+//!   [`Client::list_runners`], [`Client::delete_runner`] ([`DeleteOutcome::Busy`] for GitHub's
+//!   422: a runner with a job stays registered), [`Client::runner_group_id`]. Listings follow
+//!   `Link` for at most [`MAX_PAGES`] pages.
+//!
+//! Secrets (the private key, JWTs, tokens, JIT runner configurations) live in
+//! [`SecretString`]s and are never logged.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -536,11 +544,13 @@ impl RunnerScope {
     /// Reads `org` or `owner/repo`; the error names `APP_GITHUB_PATH`.
     pub fn parse(path: &str) -> Result<Self, ConfigError> {
         let path = path.trim();
-        // Owners: letters, digits and hyphens; repositories also `_` and `.` (never `.`/`..`).
+        // Owners: letters, digits, hyphens (and `_`, as managed users have); repositories
+        // also `.` (never `.` or `..` alone).
         let owner_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 100
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         };
         let repo_ok = |s: &str| {
             !s.is_empty()
@@ -720,7 +730,7 @@ impl Client {
         let mut runners = Vec::new();
         self.each_page(&first, |answer| {
             runners.extend(answer.json::<RunnerPage>()?.runners);
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         })
         .await?;
         Ok(runners)
@@ -760,25 +770,27 @@ impl Client {
         let first = format!("/{}/actions/runner-groups?per_page=100", scope.api_prefix());
         let mut found = None;
         self.each_page(&first, |answer| {
-            let page = answer.json::<RunnerGroupPage>()?;
-            if found.is_none() {
-                found = page
-                    .runner_groups
-                    .into_iter()
-                    .find(|group| group.name == name)
-                    .map(|group| group.id);
-            }
-            Ok(())
+            found = answer
+                .json::<RunnerGroupPage>()?
+                .runner_groups
+                .into_iter()
+                .find(|group| group.name == name)
+                .map(|group| group.id);
+            Ok(match found {
+                Some(_) => ControlFlow::Break(()),
+                None => ControlFlow::Continue(()),
+            })
         })
         .await?;
         Ok(found)
     }
 
-    /// GETs `first` and every `rel="next"` page after it, at most [`MAX_PAGES`].
+    /// GETs `first` and every `rel="next"` page after it, at most [`MAX_PAGES`], until `page`
+    /// breaks.
     async fn each_page(
         &self,
         first: &str,
-        mut page: impl FnMut(&Answer) -> Result<(), GitHubError>,
+        mut page: impl FnMut(&Answer) -> Result<ControlFlow<()>, GitHubError>,
     ) -> Result<(), GitHubError> {
         let mut next = Some(first.to_owned());
         for _ in 0..MAX_PAGES {
@@ -786,7 +798,9 @@ impl Client {
                 return Ok(());
             };
             let answer = self.get(&url).await?;
-            page(&answer)?;
+            if page(&answer)?.is_break() {
+                return Ok(());
+            }
             next = answer.next_page();
         }
         match next {
@@ -954,7 +968,7 @@ mod tests {
         assert_eq!(repo.to_string(), "owner/repo.rs_2");
         assert_eq!(RunnerScope::Org("o".into()).api_prefix(), "orgs/o");
         for bad in [
-            "", "/", "a/b/c", "o/", "/r", "o/..", "o r", "o/r?x=1", "o_o",
+            "", "/", "a/b/c", "o/", "/r", "o/..", "o r", "o/r?x=1", "o.o",
         ] {
             let err = RunnerScope::parse(bad).unwrap_err();
             assert_eq!(err.variable, "APP_GITHUB_PATH", "{bad:?}");

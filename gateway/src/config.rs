@@ -37,7 +37,7 @@ pub struct Config {
     pub topology: Topology,
     /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
     pub telemetry: TelemetryConfig,
-    /// issue 9: `APP_GITHUB_PATH`, `APP_WEBHOOK_ID`, `APP_REDELIVERY_INTERVAL` and the GitHub
+    /// `APP_GITHUB_PATH`, `APP_WEBHOOK_ID`, `APP_REDELIVERY_INTERVAL` and the GitHub
     /// App (`APP_GITHUB_*`); `None` (no redelivery) when none of them is set.
     pub redelivery: Option<crate::redelivery::RedeliveryConfig>,
 }
@@ -94,7 +94,7 @@ impl Config {
             request_timeout: config::request_timeout(source)?,
             topology: config::topology(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
-            redelivery: crate::redelivery::RedeliveryConfig::from_source(source)?, // issue 9
+            redelivery: crate::redelivery::RedeliveryConfig::from_source(source)?,
         })
     }
 }

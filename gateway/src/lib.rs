@@ -5,12 +5,16 @@
 //! - [`webhook`]: the pure checks (signature, event, payload shape) and the validator actor.
 //! - [`routes`]: `POST /webhook`, `GET /health`, `GET /ready`.
 //! - [`metrics`]: the Prometheus metrics, served on their own listener.
+//! - [`redelivery`]: the periodic task asking GitHub to redeliver failed deliveries.
+//! - [`error`]: every refusal and its HTTP status.
 //! - [`startup`]: [`Application`], which binds the listener and starts the actors.
+//!
+//! What the gateway publishes (headers, body, the job id rule) is `actors::delivery`, the
+//! contract the planner reads too.
 
 pub mod config;
 pub mod error;
 pub mod metrics;
-// issue 9: redelivery of failed deliveries
 pub mod redelivery;
 pub mod routes;
 pub mod startup;

@@ -82,7 +82,7 @@ impl Application {
             }
         });
         let http_metrics = web::Data::new(metrics.http.clone());
-        // --- issue 9: redelivery of failed deliveries, only when configured ---
+        // Redelivery of failed deliveries, only when configured.
         let redelivery_metrics = crate::redelivery::RedeliveryMetrics::register(&metrics.registry)
             .map_err(std::io::Error::other)?;
         if let Some(redelivery) = &config.redelivery {
@@ -93,7 +93,6 @@ impl Application {
                 redelivery.interval,
             ));
         }
-        // --- end issue 9 ---
 
         let state = web::Data::new(AppState {
             validator,

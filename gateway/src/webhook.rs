@@ -6,9 +6,10 @@
 //!    the current or the previous secret, compared in constant time — nothing is parsed before;
 //! 2. `X-GitHub-Event` is present; `ping` and events other than `workflow_job` are answered but
 //!    not forwarded;
-//! 3. a `workflow_job` body is a JSON object with a string `action` and a numeric
-//!    `workflow_job.id`.
+//! 3. a `workflow_job` body is a JSON object with a string `action` and a `workflow_job.id`
+//!    the planner can store ([`actors::delivery::JobId`]: an integer within `bigint`).
 
+use ::actors::delivery::{JobId, WORKFLOW_JOB};
 use actix::prelude::*;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -42,7 +43,7 @@ pub enum Verdict {
         /// `action` of the payload (queued, waiting, in_progress, completed, ...).
         action: String,
         /// `workflow_job.id`.
-        job_id: u64,
+        job_id: JobId,
     },
     /// GitHub's `ping` on hook creation: answer 200, do not forward.
     Ping,
@@ -103,7 +104,7 @@ struct WorkflowJobProbe {
 
 #[derive(Deserialize)]
 struct JobProbe {
-    id: u64,
+    id: JobId,
 }
 
 /// Steps 2 and 3: what to do with a delivery whose signature is valid.
@@ -114,7 +115,7 @@ pub fn classify(event: Option<&str>, body: &[u8]) -> Result<Verdict, Rejection> 
         .ok_or(Rejection::MissingEvent)?;
     match event {
         "ping" => Ok(Verdict::Ping),
-        "workflow_job" => {
+        WORKFLOW_JOB => {
             let probe: WorkflowJobProbe = serde_json::from_slice(body).map_err(|err| {
                 // serde's message names the field and position, never the payload itself.
                 Rejection::InvalidPayload(err.to_string())
@@ -258,14 +259,14 @@ mod tests {
             classify(Some("workflow_job"), BODY),
             Ok(Verdict::Forward {
                 action: "queued".into(),
-                job_id: 42
+                job_id: JobId(42)
             })
         );
     }
 
     #[test]
     fn malformed_workflow_job_payloads_are_refused() {
-        let bodies: [&[u8]; 7] = [
+        let bodies: [&[u8]; 10] = [
             b"",
             b"[]",
             b"not json",
@@ -273,6 +274,10 @@ mod tests {
             br#"{"action":"queued"}"#,
             br#"{"action":"queued","workflow_job":{}}"#,
             br#"{"action":"queued","workflow_job":{"id":"one"}}"#,
+            // Beyond bigint, the planner's column: refused here rather than dead-lettered there.
+            br#"{"action":"queued","workflow_job":{"id":9223372036854775808}}"#,
+            br#"{"action":"queued","workflow_job":{"id":1.5}}"#,
+            br#"{"action":"queued","workflow_job":{"id":1e3}}"#,
         ];
         for body in bodies {
             assert!(

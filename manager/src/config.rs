@@ -79,10 +79,8 @@ pub struct Config {
     pub exec_state_dir: PathBuf,
     /// `APP_GCE_*`: how the `gce` backend reaches Compute Engine.
     pub gce: GceEnv,
-    /// Delays of the pressure stream's reconnects: first and cap (jittered in between).
-    pub reconnect_min: Duration,
-    /// Cap of the reconnect delay.
-    pub reconnect_max: Duration,
+    /// Delays of the pressure stream's reconnects (200 ms doubling to 30 s, jittered).
+    pub reconnect: actors::reconnect::Backoff,
     /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
     pub telemetry: TelemetryConfig,
 }
@@ -304,8 +302,10 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_EXEC_STATE_DIR.to_owned()),
             ),
             gce: GceEnv::from_source(source)?,
-            reconnect_min: Duration::from_millis(200),
-            reconnect_max: Duration::from_secs(30),
+            reconnect: actors::reconnect::Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_secs(30),
+            ),
             telemetry: TelemetryConfig::from_source(source)?,
         })
     }

@@ -4,7 +4,7 @@
 //! `{"flavor": pressure, ...}` object per line: at once, on every change, and at every
 //! heartbeat) and tells each flavor's reconciler its pressure whenever it changes. The stream
 //! sends the whole current state first, so a reconnect needs nothing replayed. When the stream
-//! breaks it reconnects with capped, jittered exponential backoff ([`reconnect_delays`]); the
+//! breaks it reconnects with capped, jittered exponential backoff ([`actors::reconnect`]); the
 //! reconcilers keep the last pressure they were told for the grace period, then are told
 //! `None` and fall back to their `min_runners`.
 //!
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::Recipient;
 use actors::pressure::PressureMap;
-use backon::BackoffBuilder;
+use actors::reconnect::Backoff;
 use futures::StreamExt;
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
@@ -42,23 +42,12 @@ pub struct Follow {
     pub reconcilers: HashMap<String, Recipient<PressureChanged>>,
     /// How long the last known pressure holds after the stream breaks.
     pub grace: Duration,
-    /// First and largest reconnect delay.
-    pub reconnect: (Duration, Duration),
+    /// Reconnect delays.
+    pub reconnect: Backoff,
     /// `/ready`'s state.
     pub readiness: std::sync::Arc<Readiness>,
     /// The metrics.
     pub metrics: Metrics,
-}
-
-/// The delays between reconnects: exponential from `min` to `max`, with jitter, without end.
-/// Every reconnect of the manager takes its delays from here.
-pub fn reconnect_delays(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(min)
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// Follows the pressure stream until the process ends.
@@ -71,7 +60,7 @@ pub async fn follow(follow: Follow) {
     url.set_path("/api/v1/flavors/_/pressure");
     url.set_query(Some("stream=true"));
     let mut last: HashMap<String, Option<u64>> = HashMap::new();
-    let mut delays = reconnect_delays(follow.reconnect.0, follow.reconnect.1);
+    let mut delays = follow.reconnect.delays();
     let mut lost_at: Option<Instant> = Some(Instant::now());
     let mut announced_lost = false;
     loop {
@@ -84,9 +73,9 @@ pub async fn follow(follow: Follow) {
         if lost_at.is_none() {
             lost_at = Some(Instant::now());
             announced_lost = false;
-            delays = reconnect_delays(follow.reconnect.0, follow.reconnect.1);
+            delays.reset();
         }
-        let delay = delays.next().unwrap_or(follow.reconnect.1);
+        let delay = delays.next_delay();
         let lost_for = lost_at.map_or(Duration::ZERO, |at| at.elapsed());
         let to_grace = follow.grace.saturating_sub(lost_for);
         if !announced_lost && to_grace <= delay {
@@ -192,23 +181,4 @@ pub async fn flavor_labels(
         .await
         .map_err(|err| format!("planner flavor: {err}"))?;
     Ok(flavor.labels)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnect_delays_grow_to_the_cap_with_jitter() {
-        let min = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        let delays: Vec<Duration> = reconnect_delays(min, max).take(12).collect();
-        assert_eq!(delays.len(), 12, "the delays never run out");
-        // Jitter adds up to one delay on top; nothing goes past twice the cap.
-        assert!(
-            delays.iter().all(|d| *d >= min && *d <= max * 2),
-            "{delays:?}"
-        );
-        assert!(delays[11] >= max, "{delays:?}");
-    }
 }

@@ -74,7 +74,7 @@ impl Application {
             token: config.planner_token.clone(),
             reconcilers: followers,
             grace: config.pressure_grace,
-            reconnect: (config.reconnect_min, config.reconnect_max),
+            reconnect: config.reconnect,
             readiness: readiness.clone(),
             metrics: metrics.clone(),
         }));

@@ -12,9 +12,7 @@ use crate::domain::labels::IgnoredLabels;
 
 pub use actors::config::ConfigError;
 
-/// Default of `APP_JOB_MAX_AGE`: jobs created longer ago than this no longer count towards
-/// pressure (Canonical's planner uses the same 5 days).
-pub const DEFAULT_JOB_MAX_AGE: Duration = Duration::from_secs(5 * 24 * 3600);
+pub use crate::pressure::formula::DEFAULT_MAX_AGE as DEFAULT_JOB_MAX_AGE;
 
 pub use actors::config::DEFAULT_REQUEST_TIMEOUT;
 
@@ -62,17 +60,20 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
     pub telemetry: TelemetryConfig,
-    // --- issue 9: reconciliation with GitHub's API ---
     /// `APP_GITHUB_*` (optional): the GitHub App; reconciliation runs only when it is set.
     pub github: Option<actors::github::AppConfig>,
     /// `APP_RECONCILE_*`: when and how much to reconcile.
     pub reconcile: crate::reconcile::ReconcileConfig,
-    // --- end issue 9 ---
 }
 
 const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
 
 impl Config {
+    /// The retry delays (first and cap) of the consumer and the pressure calculator.
+    pub fn retry(&self) -> actors::reconnect::Backoff {
+        actors::reconnect::Backoff::new(self.retry_min_delay, self.retry_max_delay)
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(&Environment)
@@ -139,7 +140,6 @@ impl Config {
             stream_heartbeat: actors::stream::heartbeat_from(source)?,
             request_timeout: config::request_timeout(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
-            // issue 9
             github: actors::github::AppConfig::from_source(source)?,
             reconcile: crate::reconcile::ReconcileConfig::from_source(source)?,
         })
@@ -177,7 +177,6 @@ impl Config {
                 prometheus_port: 0,
                 otlp_traces_endpoint: None,
             },
-            // issue 9
             github: None,
             reconcile: crate::reconcile::ReconcileConfig::default(),
         }

@@ -27,8 +27,8 @@ use std::{
 
 use actix::{Actor, AsyncContext, Context, Recipient, WrapFuture};
 use actors::amqp::{self, Topology};
+use actors::reconnect::{self, Backoff, Connected};
 use actors::telemetry;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{stream::FuturesUnordered, FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
@@ -36,7 +36,7 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
         QueueDeclareOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use opentelemetry::{
     global,
@@ -94,8 +94,8 @@ pub struct ConsumerConfig {
     pub rabbitmq_url: SecretString,
     pub topology: Topology,
     pub prefetch: u16,
-    pub retry_min_delay: Duration,
-    pub retry_max_delay: Duration,
+    /// Delays between broker reconnects and between database retries.
+    pub retry: Backoff,
     /// How often the depths of the job queue and the dead-letter queue are polled (metrics).
     pub queue_depth_interval: Duration,
     /// Told after every committed batch, so local changes reach streams without waiting for
@@ -311,25 +311,11 @@ impl Actor for Consumer {
     }
 }
 
-fn backoff(config: &ConsumerConfig) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(config.retry_min_delay)
-        .with_max_delay(config.retry_max_delay)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
 async fn run(config: ConsumerConfig, store: Recipient<ApplyBatch>, stats: Recorder) {
-    let mut delays = backoff(&config);
-    loop {
-        let mut connected = false;
-        let result = session(&config, &store, &stats, &mut connected).await;
+    let (config, store, stats) = (&config, &store, &stats);
+    let session = |connected| session(config, store, stats, connected);
+    reconnect::forever(config.retry, session, |result, delay| {
         stats.consuming(false);
-        if connected {
-            delays = backoff(&config);
-        }
-        let delay = delays.next().unwrap_or(config.retry_max_delay);
         match result {
             Ok(()) => log::warn!(
                 "event=consumer_stream_ended queue={} retry_in={delay:?}",
@@ -340,8 +326,8 @@ async fn run(config: ConsumerConfig, store: Recipient<ApplyBatch>, stats: Record
                 config.topology.queue
             ),
         }
-        tokio::time::sleep(delay).await;
-    }
+    })
+    .await;
 }
 
 /// One connection's life: connect, declare, consume until the broker or the channel goes away.
@@ -349,7 +335,7 @@ async fn session(
     config: &ConsumerConfig,
     store: &Recipient<ApplyBatch>,
     stats: &Recorder,
-    connected: &mut bool,
+    connected: Connected,
 ) -> Result<(), String> {
     stats.connect_attempt();
     let connection = amqp::connect(
@@ -358,7 +344,7 @@ async fn session(
         Duration::from_secs(10),
     )
     .await?;
-    let result = consume(config, store, stats, connected, &connection).await;
+    let result = consume(config, store, stats, &connected, &connection).await;
     // Closing (rather than dropping) the connection hands any unacknowledged deliveries back to
     // the broker at once, even when only the channel failed.
     let _ = tokio::time::timeout(
@@ -373,7 +359,7 @@ async fn consume(
     config: &ConsumerConfig,
     store: &Recipient<ApplyBatch>,
     stats: &Recorder,
-    connected: &mut bool,
+    connected: &Connected,
     connection: &lapin::Connection,
 ) -> Result<(), String> {
     let channel = connection
@@ -403,7 +389,7 @@ async fn consume(
         )
         .await
         .map_err(|err| err.to_string())?;
-    *connected = true;
+    connected.mark();
     stats.consuming(true);
     log::info!(
         "event=consumer_started queue={} prefetch={}",
@@ -586,7 +572,7 @@ async fn classify_batch(
 ) -> Result<Events, String> {
     let mut events: Events = Vec::new();
     for delivery in batch {
-        let headers = headers(&delivery);
+        let headers = Headers::from_amqp(delivery.properties.headers().as_ref());
         let received = Received::new(delivery, at, &config.topology.queue, &headers);
         match classify(&headers, &received.delivery.data) {
             Ok(Classified::Apply {
@@ -703,7 +689,7 @@ async fn apply(
     attempts: u32,
     spans: &[TraceContext],
 ) -> Option<Vec<Outcome>> {
-    let mut delays = backoff(config);
+    let mut delays = config.retry.delays();
     let mut refused = 0;
     loop {
         let error = match store.send(ApplyBatch(batch.clone())).await {
@@ -724,7 +710,7 @@ async fn apply(
                 return None;
             }
         }
-        let delay = delays.next().unwrap_or(config.retry_max_delay);
+        let delay = delays.next_delay();
         log::warn!(
             "event=store_failed deliveries={} error=\"{error}\" retry_in={delay:?}",
             batch.len()
@@ -779,23 +765,6 @@ async fn dead_letter(delivery: &Delivery) -> Result<(), String> {
         .await
         .map(drop)
         .map_err(|err| format!("reject: {err}"))
-}
-
-fn headers(delivery: &Delivery) -> Headers {
-    let header = |name: &str| -> Option<String> {
-        let table = delivery.properties.headers().as_ref()?;
-        match table.inner().get(name)? {
-            AMQPValue::LongString(value) => {
-                Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
-            }
-            AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
-            _ => None,
-        }
-    };
-    Headers {
-        event: header("X-GitHub-Event"),
-        delivery: header("X-GitHub-Delivery"),
-    }
 }
 
 #[cfg(test)]

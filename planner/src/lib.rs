@@ -1,11 +1,16 @@
 //! The runner planner: consumes the gateway's `workflow_job` deliveries, keeps every self-hosted
-//! job in PostgreSQL, matches jobs to runner flavors and serves the admin REST API.
+//! job in PostgreSQL, matches jobs to runner flavors, computes and streams each flavor's
+//! pressure, reconciles forgotten jobs with GitHub and serves the admin REST API.
 //!
 //! - [`config`]: the environment, read once.
 //! - [`startup::Application`]: builds and runs everything; tests build it on port 0.
-//! - [`consumer`]: the AMQP consumer actor; [`store`]: the job-store actor and transactions.
+//! - [`consumer`]: the AMQP consumer (sessions, batches, settling); [`store`]: the job-store
+//!   actor and its transactions; [`messages`]: what is sent to the store.
 //! - [`domain`]: pure logic (state machine, labels, matching, webhook classification).
-//! - [`routes`]: the REST API; [`error`]: its one error type.
+//! - [`pressure`]: the pressure formula ([`pressure::formula`]) and the calculator actor that
+//!   feeds the broadcaster; [`routes::pressure`] serves it once or as a stream.
+//! - [`reconcile`]: the periodic check of quiet open jobs against GitHub's API.
+//! - [`routes`]: the REST API; [`auth`]: bearer tokens; [`error`]: the one error type.
 //! - [`metrics`]: the Prometheus metrics, served on their own listener.
 
 pub mod auth;
@@ -16,7 +21,6 @@ pub mod error;
 pub mod extract;
 pub mod messages;
 pub mod metrics;
-// issue 9: reconciliation with GitHub's API
 pub mod pressure;
 pub mod reconcile;
 pub mod routes;

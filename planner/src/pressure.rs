@@ -1,9 +1,14 @@
-//! The pressure calculator: one actor per planner process that keeps the broadcaster's pressure
-//! map equal to what the database says.
+//! Pressure: how many runners each flavor needs now.
 //!
-//! pressure(flavor) = max(minimum_pressure, jobs assigned to it that are `queued` or
-//! `in_progress` and were created within `APP_JOB_MAX_AGE`); a disabled flavor reports its
-//! minimum pressure. Waiting jobs do not count.
+//! Where each part lives:
+//! - [`formula`]: the formula, once, and why matching's tie-break counts open jobs differently;
+//! - this module: the calculator actor that keeps the broadcaster's map equal to the database;
+//! - [`crate::routes::pressure`]: `GET /api/v1/flavors/{name}/pressure` and the streams;
+//! - `actors::pressure`, `actors::broadcast`, `actors::stream`: the snapshot with its rendered
+//!   lines, the fan-out to subscribers and the NDJSON/SSE responses (shared building blocks);
+//! - `schema::queries::flavor_pressures`: the one statement the calculator runs.
+//!
+//! The calculator: one actor per planner process.
 //!
 //! What makes it recompute:
 //! - `NOTIFY planner_changes`, sent by statement triggers on `job` and `flavor`: changes made by
@@ -28,9 +33,9 @@
 
 use std::time::{Duration, Instant};
 
+use ::actors::reconnect::{self, Backoff, Connected};
 use ::actors::{broadcast::Publish, pressure::PressureMap};
 use actix::prelude::*;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use diesel::{PgConnection, QueryResult};
 use opentelemetry::{
     global,
@@ -41,6 +46,8 @@ use schema::queries::{self, FlavorPressureRow};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::store::PgPool;
+
+pub mod formula;
 
 /// The channel the schema's triggers notify.
 pub const CHANNEL: &str = "planner_changes";
@@ -83,16 +90,11 @@ pub fn fold(rows: Vec<FlavorPressureRow>) -> (PressureMap, Option<Duration>) {
     let mut next: Option<Duration> = None;
     let mut map = PressureMap::new();
     for row in rows {
-        let minimum = u64::try_from(row.minimum_pressure).unwrap_or(0);
-        let pressure = if row.is_disabled {
-            minimum
-        } else {
-            if let Some(ms) = row.oldest_expires_in_ms {
-                let delay = Duration::from_secs_f64(ms.max(0.0) / 1000.0);
-                next = Some(next.map_or(delay, |current| current.min(delay)));
-            }
-            minimum.max(u64::try_from(row.open_jobs).unwrap_or(0))
-        };
+        if let (false, Some(ms)) = (row.is_disabled, row.oldest_expires_in_ms) {
+            let delay = Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+            next = Some(next.map_or(delay, |current| current.min(delay)));
+        }
+        let pressure = formula::pressure(row.minimum_pressure, row.is_disabled, row.open_jobs);
         map.insert(row.name, pressure);
     }
     (map, next)
@@ -115,10 +117,8 @@ pub struct CalculatorConfig {
     pub job_max_age: Duration,
     /// Connect timeout of the `LISTEN` connection.
     pub connect_timeout: Duration,
-    /// First delay between `LISTEN` reconnects.
-    pub retry_min_delay: Duration,
-    /// Cap of that delay.
-    pub retry_max_delay: Duration,
+    /// Delays between `LISTEN` reconnects.
+    pub retry: Backoff,
 }
 
 /// The pressure-calculator actor. See the module documentation.
@@ -260,32 +260,23 @@ impl Handler<Nudge> for Calculator {
 }
 
 async fn listen_forever(config: CalculatorConfig, calculator: Addr<Calculator>) {
-    let backoff = || {
-        ExponentialBuilder::default()
-            .with_min_delay(config.retry_min_delay)
-            .with_max_delay(config.retry_max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
-    let mut delays = backoff();
-    loop {
-        let mut listening = false;
-        let error = listen(&config, &calculator, &mut listening).await;
-        if listening {
-            delays = backoff();
-        }
-        let delay = delays.next().unwrap_or(config.retry_max_delay);
-        log::warn!("event=pressure_listen_failed error=\"{error}\" retry_in={delay:?}");
-        tokio::time::sleep(delay).await;
-    }
+    let (config, calculator) = (&config, &calculator);
+    reconnect::forever(
+        config.retry,
+        |listening| async move { Err::<(), _>(listen(config, calculator, listening).await) },
+        |ended, delay| {
+            let error = ended.err().unwrap_or_default();
+            log::warn!("event=pressure_listen_failed error=\"{error}\" retry_in={delay:?}");
+        },
+    )
+    .await;
 }
 
 /// One `LISTEN` connection's life; returns why it ended.
 async fn listen(
     config: &CalculatorConfig,
     calculator: &Addr<Calculator>,
-    listening: &mut bool,
+    listening: Connected,
 ) -> String {
     let mut pg: tokio_postgres::Config = match config.database_url.expose_secret().parse() {
         Ok(pg) => pg,
@@ -317,7 +308,7 @@ async fn listen(
         driver.abort();
         return format!("listen: {err}");
     }
-    *listening = true;
+    listening.mark();
     log::info!("event=pressure_listening channel={CHANNEL}");
     // Notifications sent while this process was not listening are lost: recompute once.
     calculator.do_send(Nudge::default());

@@ -34,7 +34,7 @@ pub struct Application {
     stats: Arc<ConsumerStats>,
     pool: PgPool,
     consumer: Addr<Consumer>,
-    // issue 9: reconciliation counters (registered by whoever owns the registry)
+    // Reconciliation counters (registered by whoever owns the registry)
     reconcile_metrics: crate::reconcile::ReconcileMetrics,
     broadcaster: Addr<Broadcaster>,
 }
@@ -89,8 +89,7 @@ impl Application {
                 rabbitmq_url: config.rabbitmq_url.clone(),
                 topology: config.topology.clone(),
                 prefetch: config.consumer_prefetch,
-                retry_min_delay: config.retry_min_delay,
-                retry_max_delay: config.retry_max_delay,
+                retry: config.retry(),
                 queue_depth_interval: config.queue_depth_interval,
                 pressure: Some(calculator.clone()),
             },
@@ -101,7 +100,7 @@ impl Application {
         .start();
         spawn_database_probe(pool.clone(), metrics.clone());
 
-        // --- issue 9: reconciliation with GitHub's API, only with a GitHub App ---
+        // Reconciliation with GitHub's API, only with a GitHub App.
         let reconcile_metrics = crate::reconcile::ReconcileMetrics::new()?;
         reconcile_metrics
             .register(&metrics.registry)
@@ -117,7 +116,6 @@ impl Application {
             ))
             .start();
         }
-        // --- end issue 9 ---
 
         let state = web::Data::new(AppState {
             pool: pool.clone(),
@@ -210,7 +208,7 @@ impl Application {
         self.broadcaster.clone()
     }
 
-    /// Reconciliation counters, at zero when no GitHub App is configured (issue 9).
+    /// Reconciliation counters, at zero when no GitHub App is configured.
     pub fn reconcile_metrics(&self) -> crate::reconcile::ReconcileMetrics {
         self.reconcile_metrics.clone()
     }
@@ -332,8 +330,7 @@ async fn start_pressure(
             connect_timeout: config
                 .db_checkout_timeout
                 .max(std::time::Duration::from_secs(1)),
-            retry_min_delay: config.retry_min_delay,
-            retry_max_delay: config.retry_max_delay,
+            retry: config.retry(),
         },
         pool.clone(),
         broadcaster.clone().recipient(),

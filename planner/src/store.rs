@@ -35,6 +35,7 @@ use crate::{
     },
     messages::{ApplyBatch, Outcome, StoreError},
     metrics::{JobTimes, Metrics},
+    pressure::formula,
 };
 
 /// The r2d2 pool of PostgreSQL connections.
@@ -340,8 +341,9 @@ pub fn match_flavor(
     })
 }
 
-/// Current pressure of each flavor: its open (`queued` or `in_progress`) jobs, plus `pending`
-/// ones not written yet, at least its minimum pressure.
+/// Matching's tie-break: the pressure of each flavor ([`crate::pressure::formula`]) counting
+/// all its open jobs (the trigger-kept counts, no age limit: the formula's module says why),
+/// plus `pending` ones not written yet.
 pub fn pressures(
     conn: &mut PgConnection,
     flavors: &[&FlavorSpec],
@@ -357,9 +359,10 @@ pub fn pressures(
                 .find(|(name, _)| *name == flavor.name)
                 .map_or(0, |(_, count)| *count)
                 + pending.get(&flavor.name).copied().unwrap_or(0);
+            let pressure = formula::pressure(flavor.minimum_pressure, flavor.is_disabled, open);
             (
                 flavor.name.clone(),
-                open.max(i64::from(flavor.minimum_pressure)),
+                i64::try_from(pressure).unwrap_or(i64::MAX),
             )
         })
         .collect())

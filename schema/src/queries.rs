@@ -229,6 +229,32 @@ pub fn compact_open_job_deltas(conn: &mut PgConnection) -> QueryResult<usize> {
     .map(|removed| usize::try_from(removed.n).unwrap_or(0))
 }
 
+/// Open jobs (`queued` or `in_progress`) per flavor created less than `max_age_seconds` ago,
+/// counted in the `job` table itself rather than read from the trigger-kept counts: the
+/// definition those counts and [`flavor_pressures`] must agree with. Flavors without open jobs
+/// are left out.
+pub fn open_jobs_from_scratch(
+    conn: &mut PgConnection,
+    max_age_seconds: f64,
+) -> QueryResult<Vec<(String, i64)>> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = Text)]
+        flavor: String,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let counts: Vec<Count> = diesel::sql_query(
+        "SELECT assigned_flavor AS flavor, count(*) AS n FROM job \
+         WHERE status IN ('queued', 'in_progress') AND assigned_flavor IS NOT NULL \
+           AND created_at > now() - make_interval(secs => $1) \
+         GROUP BY assigned_flavor",
+    )
+    .bind::<diesel::sql_types::Double, _>(max_age_seconds)
+    .load(conn)?;
+    Ok(counts.into_iter().map(|c| (c.flavor, c.n)).collect())
+}
+
 /// One flavor whose open-job count [`recount_open_jobs`] corrected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountCorrection {

@@ -14,9 +14,12 @@
 //! no labels), runner listings in pages with `Link`, `DELETE` (204; 422 while busy; 404) and
 //! an organization's runner groups. A JIT configuration is `base64(JSON {url, runner_id,
 //! token})`; a stand-in runner (`fake-runner`) speaks the fake's runner side with it (see
-//! [`runner_side`] and `docs/testing.md`). Tests script it through [`FakeGitHub`]'s controls:
-//! [`FakeGitHub::assign_job`], [`FakeGitHub::finish_job`], [`FakeGitHub::set_down`],
-//! [`FakeGitHub::rate_limit`], [`FakeGitHub::fail`], and read [`State::requests`].
+//! [`runner_side`] and `docs/testing.md`); one that falls silent turns offline, as a dead
+//! runner does on GitHub. Tests script it through [`FakeGitHub`]'s controls:
+//! [`FakeGitHub::add_runner`], [`FakeGitHub::assign_job`], [`FakeGitHub::finish_job`],
+//! [`FakeGitHub::set_online`], [`FakeGitHub::set_down`], [`FakeGitHub::rate_limit`],
+//! [`FakeGitHub::fail`], [`FakeGitHub::auto_jobs`], read [`State::requests`], and await a
+//! condition with [`FakeGitHub::wait_until`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -127,6 +130,9 @@ pub struct State {
     jit_configs: HashMap<String, u64>,
     /// Runners whose job finished (and whose registration GitHub then removed).
     finished: HashSet<u64>,
+    /// A connected runner whose runner side has been silent this long (no poll in flight)
+    /// turns offline and loses its job, as GitHub marks a runner whose process died.
+    pub offline_after: Duration,
     /// Runner-side polls received, counted as they arrive (a long poll is counted while it
     /// still waits).
     pub runner_polls: usize,
@@ -153,6 +159,13 @@ pub struct FakeRunner {
     pub online: bool,
     /// Running a job.
     pub busy: bool,
+    /// When its job was assigned.
+    pub job_started: Option<Instant>,
+    /// When its runner side last called (connect, or a poll's start or end); `None` for a
+    /// runner a test registered or set online directly, which never goes silent.
+    pub last_seen: Option<Instant>,
+    /// Its polls in flight (a long-polling runner is connected).
+    pub polling: usize,
 }
 
 /// An answer the fake gives instead of the route's, to the next `times` requests whose path
@@ -259,6 +272,7 @@ impl FakeGitHub {
             finished: HashSet::new(),
             connected: HashSet::new(),
             runner_polls: 0,
+            offline_after: Duration::from_secs(10),
             next_runner_id: 100,
             changed: Arc::new(Notify::new()),
         }));
@@ -287,7 +301,9 @@ impl FakeGitHub {
 
     /// Locks the state.
     pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("fake state")
+        let mut state = self.state.lock().expect("fake state");
+        state.expire_silent();
+        state
     }
 
     /// A GitHub App configuration pointing at this fake.
@@ -344,6 +360,7 @@ async fn handle(
         .path_and_query()
         .map_or(path.clone(), |pq| pq.as_str().to_owned());
     let method = request.method().as_str().to_owned();
+    state.lock().expect("fake state").expire_silent();
     let (response, redeliver) = if path.starts_with("/_fake/") {
         (
             runner_side::route(&request, &state, &method, &path).await,
@@ -508,15 +525,26 @@ fn route(
     }
 }
 
-fn list_deliveries(state: &State, request: &HttpRequest) -> HttpResponse {
-    let query = web::Query::<HashMap<String, String>>::from_query(request.query_string())
+/// The query string's parameters (none when it does not parse).
+fn query(request: &HttpRequest) -> HashMap<String, String> {
+    web::Query::<HashMap<String, String>>::from_query(request.query_string())
         .map(|q| q.into_inner())
-        .unwrap_or_default();
-    let per_page = query
+        .unwrap_or_default()
+}
+
+/// `per_page` as GitHub reads it (default 30, 1 to 100), capped by the fake's page size.
+fn per_page(query: &HashMap<String, String>, cap: usize) -> usize {
+    query
         .get("per_page")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(30)
-        .min(state.page_size);
+        .clamp(1, 100)
+        .min(cap.max(1))
+}
+
+fn list_deliveries(state: &State, request: &HttpRequest) -> HttpResponse {
+    let query = query(request);
+    let per_page = per_page(&query, state.page_size);
     let mut sorted: Vec<&FakeDelivery> = state.deliveries.iter().collect();
     sorted.sort_by(|a, b| b.delivered_at.cmp(&a.delivered_at).then(b.id.cmp(&a.id)));
     // The cursor is the id of the last delivery of the previous page.

@@ -83,6 +83,15 @@ enum Call<T> {
 
 /// Runs the runner to its end; returns the exit code.
 pub async fn run(env: RunnerEnv) -> i32 {
+    // Before anything else: a SIGTERM that comes early still ends the runner cleanly.
+    use tokio::signal::unix::{signal, SignalKind};
+    let signals = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => None,
+    };
     let Some(payload) = JitPayload::decode(env.jit_config.expose_secret()) else {
         eprintln!("fake-runner: RUNNER_JITCONFIG is not a JIT configuration of the fake GitHub");
         return EXIT_BAD_CONFIG;
@@ -104,17 +113,13 @@ pub async fn run(env: RunnerEnv) -> i32 {
         return EXIT_BAD_CONFIG;
     };
     let base = payload.url.trim_end_matches('/').to_owned();
-    let stop = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
+    let stop = async move {
+        match signals {
+            Some((mut term, mut int)) => tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            },
+            None => std::future::pending().await,
         }
     };
     tokio::select! {
@@ -197,9 +202,13 @@ async fn lifecycle(http: &reqwest::Client, base: &str, env: &RunnerEnv, label: &
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
     // Wait for a job, run it, end.
-    let poll = format!("{base}{POLL_PATH}?wait_ms={}", POLL_WAIT.as_millis());
     let mut last = "idle".to_owned();
     loop {
+        // The fake answers when the state differs from `last`, or after the wait.
+        let poll = format!(
+            "{base}{POLL_PATH}?wait_ms={}&state={last}",
+            POLL_WAIT.as_millis()
+        );
         let retry = match call::<Polled>(http.get(&poll), &env.jit_config).await {
             Call::Answer(200, Some(Polled { state })) => {
                 failures = 0;

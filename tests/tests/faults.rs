@@ -170,21 +170,16 @@ async fn assert_all_stored_once(db: &TestDb, sent: &Sent) {
     assert_eq!(jobs.n, deliveries.n);
 }
 
-/// The planner's pressure converges to a recount from scratch of the open jobs in the database.
+/// The planner's pressure converges to a recount from scratch of the open jobs in the database
+/// (the one formula, with the default age limit, the planners here run with).
 async fn assert_pressure_recomputes(db: &TestDb, planner: &Planner) {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
     let recount = || {
-        sql_query(format!(
-            "SELECT count(*) AS n FROM job WHERE assigned_flavor = '{FLAVOR}' \
-             AND status IN ('queued', 'in_progress') AND created_at > now() - interval '5 days'"
-        ))
-        .get_result::<Count>(&mut db.connect())
-        .expect("recount")
-        .n as u64
+        let map = planner::pressure::formula::from_scratch(
+            &mut db.connect(),
+            planner::pressure::formula::DEFAULT_MAX_AGE,
+        )
+        .expect("recount");
+        map.get(FLAVOR).copied().unwrap_or(0)
     };
     let expected = recount();
     assert!(expected > 0, "the test jobs should count towards pressure");

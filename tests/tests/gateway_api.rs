@@ -191,6 +191,16 @@ async fn rejections_answer_their_code_and_publish_nothing() {
             status: StatusCode::BAD_REQUEST,
         },
         Case {
+            // PostgreSQL's bigint (the planner's column) cannot hold it: refused here, never
+            // published to be dead-lettered by the planner.
+            name: "workflow_job.id beyond bigint",
+            request: signed(
+                "workflow_job",
+                br#"{"action":"queued","workflow_job":{"id":9223372036854775808}}"#.to_vec(),
+            ),
+            status: StatusCode::BAD_REQUEST,
+        },
+        Case {
             name: "workflow_job that is not JSON",
             request: signed("workflow_job", b"\xff\xfe not json".to_vec()),
             status: StatusCode::BAD_REQUEST,

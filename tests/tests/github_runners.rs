@@ -8,9 +8,17 @@ use actors::github::{Client, DeleteOutcome, GitHubError, JitConfig, RunnerScope}
 use secrecy::ExposeSecret;
 use tests::fake_github::{runner_side, FakeGitHub};
 use tests::fake_runner::{EXIT_DONE, EXIT_REMOVED, EXIT_TERMINATED};
+use tests::planner::eventually;
 use tests::process::Service;
 
 const LIMIT: Duration = Duration::from_secs(20);
+
+/// A fake GitHub and a client of it.
+async fn fake_and_client() -> (FakeGitHub, Client) {
+    let fake = FakeGitHub::start().await;
+    let client = Client::new(fake.app_config(), "test").unwrap();
+    (fake, client)
+}
 
 fn org() -> RunnerScope {
     RunnerScope::parse("acme").unwrap()
@@ -27,23 +35,31 @@ async fn jit(client: &Client, scope: &RunnerScope, name: &str) -> JitConfig {
         .expect("JIT configuration")
 }
 
-fn runner_env<'a>(config: &'a JitConfig, name: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        (
-            "RUNNER_JITCONFIG",
-            config.encoded_jit_config.expose_secret(),
-        ),
-        ("RUNNER_NAME", name),
-        ("RUNNER_FLAVOR", "small"),
-        ("RUNNER_LABELS", "self-hosted,small"),
-        ("RUNNER_MANAGER_ID", "m1"),
-    ]
+/// Starts `fake-runner` with `config`, as a manager's `exec` backend would, and waits until it
+/// logs `state` (`idle`; `busy` with auto-assigned jobs).
+async fn start_runner(config: &JitConfig, state: &str) -> Service {
+    let mut runner = Service::spawn(
+        "fake-runner",
+        &[],
+        &[
+            (
+                "RUNNER_JITCONFIG",
+                config.encoded_jit_config.expose_secret(),
+            ),
+            ("RUNNER_NAME", &config.runner_name),
+            ("RUNNER_FLAVOR", "small"),
+            ("RUNNER_LABELS", "self-hosted,small"),
+            ("RUNNER_MANAGER_ID", "m1"),
+        ],
+    );
+    let line = format!("name={} state={state}", config.runner_name);
+    runner.wait_for_log(&line, LIMIT).await;
+    runner
 }
 
 #[actix_web::test]
 async fn jit_configurations_register_offline_runners_with_unique_names() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
     let repo = RunnerScope::parse("acme/app").unwrap();
 
     let config = jit(&client, &org(), "m1-small-a").await;
@@ -137,7 +153,12 @@ async fn runners_and_runner_groups_are_read_across_pages() {
         client.runner_group_id(&org(), "missing").await.unwrap(),
         None
     );
-    assert_eq!(fake.requests("/orgs/acme/actions/runner-groups").len(), 6);
+    // Fifteen groups, ten a page: group-13 is on the second page, Default on the first (no
+    // second page read), and a missing group reads both.
+    assert_eq!(
+        fake.requests("/orgs/acme/actions/runner-groups").len(),
+        2 + 1 + 2
+    );
     let repo = RunnerScope::parse("acme/app").unwrap();
     assert_eq!(
         client.runner_group_id(&repo, "Default").await.unwrap(),
@@ -151,9 +172,26 @@ async fn runners_and_runner_groups_are_read_across_pages() {
 }
 
 #[actix_web::test]
-async fn deregistration_keeps_busy_runners() {
+async fn a_listing_longer_than_the_page_cap_is_an_error() {
     let fake = FakeGitHub::start().await;
+    fake.state().runner_page_size = 1;
     let client = Client::new(fake.app_config(), "test").unwrap();
+    for i in 0..=actors::github::MAX_PAGES {
+        fake.add_runner(&org(), &format!("r{i}"), &["small"], true);
+    }
+    let err = client.list_runners(&org()).await.unwrap_err();
+    assert!(matches!(err, GitHubError::Invalid(_)), "{err:?}");
+    assert_eq!(
+        fake.requests("/orgs/acme/actions/runners").len(),
+        actors::github::MAX_PAGES,
+        "stops at the cap"
+    );
+    fake.stop().await;
+}
+
+#[actix_web::test]
+async fn deregistration_keeps_busy_runners() {
+    let (fake, client) = fake_and_client().await;
     let busy = fake.add_runner(&org(), "busy", &["small"], true);
     let idle = fake.add_runner(&org(), "idle", &["small"], true);
     assert!(fake.assign_job("busy"));
@@ -195,8 +233,7 @@ async fn deregistration_keeps_busy_runners() {
 
 #[actix_web::test]
 async fn rate_limits_outages_and_server_errors_are_errors_not_outcomes() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
     let id = fake.add_runner(&org(), "r", &["small"], true);
 
     fake.rate_limit("/orgs/acme/actions/runners", 1, Duration::from_secs(1));
@@ -235,13 +272,9 @@ async fn rate_limits_outages_and_server_errors_are_errors_not_outcomes() {
 
 #[actix_web::test]
 async fn a_stand_in_runner_connects_runs_its_job_and_exits() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
     let config = jit(&client, &org(), "m1-small-job").await;
-    let mut runner = Service::spawn("fake-runner", &[], &runner_env(&config, "m1-small-job"));
-    runner
-        .wait_for_log("name=m1-small-job state=idle", LIMIT)
-        .await;
+    let mut runner = start_runner(&config, "idle").await;
     let listed = client.list_runners(&org()).await.unwrap();
     assert_eq!(listed[0].status, "online");
     assert!(!listed[0].busy);
@@ -259,21 +292,19 @@ async fn a_stand_in_runner_connects_runs_its_job_and_exits() {
     let status = runner.wait(LIMIT).await;
     assert_eq!(status.code(), Some(EXIT_DONE));
     assert!(client.list_runners(&org()).await.unwrap().is_empty());
+    // Long polls: one answered by the job's start, one by its end (more only if a step took
+    // longer than a poll's wait), never a busy loop.
+    let polls = fake.state().runner_polls;
+    assert!((2..=6).contains(&polls), "{polls} polls");
     fake.stop().await;
 }
 
 #[actix_web::test]
 async fn a_stand_in_runner_exits_when_deregistered_or_terminated() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
 
     let removed = jit(&client, &org(), "m1-small-removed").await;
-    let mut runner = Service::spawn(
-        "fake-runner",
-        &[],
-        &runner_env(&removed, "m1-small-removed"),
-    );
-    runner.wait_for_log("state=idle", LIMIT).await;
+    let runner = start_runner(&removed, "idle").await;
     assert_eq!(
         client
             .delete_runner(&org(), removed.runner_id)
@@ -284,21 +315,51 @@ async fn a_stand_in_runner_exits_when_deregistered_or_terminated() {
     assert_eq!(runner.wait(LIMIT).await.code(), Some(EXIT_REMOVED));
 
     let stopped = jit(&client, &org(), "m1-small-stopped").await;
-    let mut runner = Service::spawn(
-        "fake-runner",
-        &[],
-        &runner_env(&stopped, "m1-small-stopped"),
-    );
-    runner.wait_for_log("state=idle", LIMIT).await;
+    let runner = start_runner(&stopped, "idle").await;
     runner.terminate();
     assert_eq!(runner.wait(LIMIT).await.code(), Some(EXIT_TERMINATED));
     fake.stop().await;
 }
 
 #[actix_web::test]
+async fn a_runner_whose_process_dies_goes_offline_and_can_be_deregistered() {
+    let (fake, client) = fake_and_client().await;
+    fake.state().offline_after = Duration::from_millis(300);
+    let config = jit(&client, &org(), "m1-small-killed").await;
+    let mut runner = start_runner(&config, "idle").await;
+    assert!(fake.assign_job("m1-small-killed"));
+    runner.wait_for_log("state=busy", LIMIT).await;
+    // A long poll in flight keeps it connected beyond `offline_after`.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(fake.runner("m1-small-killed").unwrap().online);
+    assert_eq!(
+        client
+            .delete_runner(&org(), config.runner_id)
+            .await
+            .unwrap(),
+        DeleteOutcome::Busy
+    );
+    runner.kill();
+    runner.wait(LIMIT).await;
+    let client = &client;
+    eventually("the dead runner offline", LIMIT, || async move {
+        let runners = client.list_runners(&org()).await.unwrap();
+        runners[0].status == "offline" && !runners[0].busy
+    })
+    .await;
+    assert_eq!(
+        client
+            .delete_runner(&org(), config.runner_id)
+            .await
+            .unwrap(),
+        DeleteOutcome::Deleted
+    );
+    fake.stop().await;
+}
+
+#[actix_web::test]
 async fn the_runner_side_takes_each_jit_configuration_once() {
-    let fake = FakeGitHub::start().await;
-    let client = Client::new(fake.app_config(), "test").unwrap();
+    let (fake, client) = fake_and_client().await;
     let config = jit(&client, &org(), "m1-small-once").await;
     let http = reqwest::Client::builder().timeout(LIMIT).build().unwrap();
     let call = |path: &str, credential: &str| {
@@ -317,31 +378,20 @@ async fn the_runner_side_takes_each_jit_configuration_once() {
     assert_eq!(payload.runner_id, config.runner_id);
 
     let poll = format!("{}?wait_ms=0", runner_side::POLL_PATH);
+    let connect = runner_side::CONNECT_PATH;
+    let mut statuses = Vec::new();
+    for (path, credential) in [
+        (poll.as_str(), secret),
+        (connect, "forged"),
+        (connect, secret),
+        (connect, secret),
+    ] {
+        statuses.push(call(path, credential).await.unwrap().status().as_u16());
+    }
     assert_eq!(
-        call(&poll, secret).await.unwrap().status(),
-        409,
-        "not connected"
-    );
-    assert_eq!(
-        call(runner_side::CONNECT_PATH, "forged")
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        call(runner_side::CONNECT_PATH, secret)
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        call(runner_side::CONNECT_PATH, secret)
-            .await
-            .unwrap()
-            .status(),
-        409
+        statuses,
+        [409, 401, 200, 409],
+        "a poll before connecting, a forged configuration, a connect, a second connect"
     );
     let idle: serde_json::Value = call(&poll, secret).await.unwrap().json().await.unwrap();
     assert_eq!(idle["state"], "idle");
@@ -358,10 +408,8 @@ async fn the_runner_side_takes_each_jit_configuration_once() {
     fake.stop().await;
 }
 
-#[actix_web::test]
-async fn the_fake_github_binary_stands_in_for_github() {
-    let mut fake = Service::spawn("fake-github", &["--runner-group", "gpu"], &[]);
-    let url = fake.logged_value("fake-github url=", "url", LIMIT).await;
+/// A client of the `fake-github` process at `url`, with the test-only App key.
+fn client_of(url: &str) -> Client {
     let vars: &[(&str, &str)] = &[
         ("APP_GITHUB_APP_ID", tests::fake_github::APP_ID),
         ("APP_GITHUB_APP_INSTALLATION_ID", "777"),
@@ -369,12 +417,19 @@ async fn the_fake_github_binary_stands_in_for_github() {
             "APP_GITHUB_APP_PRIVATE_KEY_VALUE",
             tests::fake_github::PRIVATE_KEY,
         ),
-        ("APP_GITHUB_API_URL", &url),
+        ("APP_GITHUB_API_URL", url),
     ];
     let config = actors::github::AppConfig::from_source(&vars)
         .unwrap()
         .unwrap();
-    let client = Client::new(config, "test").unwrap();
+    Client::new(config, "test").unwrap()
+}
+
+#[actix_web::test]
+async fn the_fake_github_binary_stands_in_for_github() {
+    let mut fake = Service::spawn("fake-github", &["--runner-group", "gpu"], &[]);
+    let url = fake.logged_value("fake-github url=", "url", LIMIT).await;
+    let client = client_of(&url);
     let gpu = client.runner_group_id(&org(), "gpu").await.unwrap();
     assert_eq!(gpu, Some(2));
     let config = client
@@ -397,14 +452,27 @@ async fn the_fake_github_binary_stands_in_for_github() {
     let assign = format!("{url}/_fake/control/runners/demo-gpu-1/assign");
     let refused = http.post(&assign).send().await.unwrap();
     assert_eq!(refused.status(), 409, "an offline runner gets no job");
-    let mut runner = Service::spawn("fake-runner", &[], &runner_env(&config, "demo-gpu-1"));
-    runner.wait_for_log("state=idle", LIMIT).await;
+    let mut runner = start_runner(&config, "idle").await;
     assert_eq!(http.post(&assign).send().await.unwrap().status(), 204);
     runner.wait_for_log("state=busy", LIMIT).await;
     let finish = format!("{url}/_fake/control/runners/demo-gpu-1/finish");
     assert_eq!(http.post(&finish).send().await.unwrap().status(), 204);
     assert_eq!(runner.wait(LIMIT).await.code(), Some(EXIT_DONE));
     assert!(!fake.log().contains("PRIVATE KEY"));
+    fake.terminate();
+    assert_eq!(fake.wait(LIMIT).await.code(), Some(0));
+}
+
+#[actix_web::test]
+async fn the_fake_github_binary_can_run_jobs_by_itself() {
+    let mut fake = Service::spawn("fake-github", &["--auto-assign", "--job-seconds", "1"], &[]);
+    let url = fake.logged_value("fake-github url=", "url", LIMIT).await;
+    let client = client_of(&url);
+    let config = jit(&client, &org(), "demo-small-1").await;
+    let runner = start_runner(&config, "busy").await;
+    assert!(client.list_runners(&org()).await.unwrap()[0].busy);
+    assert_eq!(runner.wait(LIMIT).await.code(), Some(EXIT_DONE));
+    assert!(client.list_runners(&org()).await.unwrap().is_empty());
     fake.terminate();
     assert_eq!(fake.wait(LIMIT).await.code(), Some(0));
 }

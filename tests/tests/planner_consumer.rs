@@ -168,6 +168,10 @@ async fn poison_messages_land_in_the_dead_letter_queue() {
     let mut no_id = good.clone();
     no_id["workflow_job"].as_object_mut().unwrap().remove("id");
     publisher.publish(&no_id, "no-id").await;
+    // An id beyond bigint: the gateway refuses it with 400; one that arrives anyway is poison.
+    let mut big_id = good.clone();
+    big_id["workflow_job"]["id"] = json!(u64::MAX);
+    publisher.publish(&big_id, "big-id").await;
     // The in_progress.0 fixture has no created_at.
     let mut no_created = fixture("in_progress.0");
     no_created["workflow_job"]["labels"] = json!(SELF_HOSTED);
@@ -180,19 +184,20 @@ async fn poison_messages_land_in_the_dead_letter_queue() {
         .await;
     publisher.publish(&good, "good").await;
 
-    planner.settled(7).await;
-    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 6);
+    planner.settled(8).await;
+    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 7);
     assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 1);
     assert_eq!(planner.job(1).await.unwrap()["status"], "queued");
 
     let dead = publisher
-        .wait_dead_letters(6, Duration::from_secs(10))
+        .wait_dead_letters(7, Duration::from_secs(10))
         .await;
     let mut ids: Vec<Option<String>> = dead.iter().map(|(id, _)| id.clone()).collect();
     ids.sort();
     let mut expected = vec![
         None,
         Some("bad-json"),
+        Some("big-id"),
         Some("no-created-at"),
         Some("no-event"),
         Some("no-id"),

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -22,6 +21,7 @@ use lapin::{
 use tokio::sync::watch;
 
 use super::{connect, Topology};
+use crate::reconnect::{Backoff, Delays};
 
 /// Settings of a [`Publisher`].
 #[derive(Clone)]
@@ -34,10 +34,8 @@ pub struct PublisherConfig {
     pub connection_name: String,
     /// Bound on the TCP + AMQP handshake of one connection attempt.
     pub connect_timeout: Duration,
-    /// First reconnect delay; it doubles (with jitter) up to `max_backoff`.
-    pub min_backoff: Duration,
-    /// Cap of the reconnect delay.
-    pub max_backoff: Duration,
+    /// Delays between reconnect attempts.
+    pub backoff: Backoff,
 }
 
 impl std::fmt::Debug for PublisherConfig {
@@ -47,8 +45,7 @@ impl std::fmt::Debug for PublisherConfig {
             .field("topology", &self.topology)
             .field("connection_name", &self.connection_name)
             .field("connect_timeout", &self.connect_timeout)
-            .field("min_backoff", &self.min_backoff)
-            .field("max_backoff", &self.max_backoff)
+            .field("backoff", &self.backoff)
             .finish()
     }
 }
@@ -61,8 +58,7 @@ impl PublisherConfig {
             topology,
             connection_name: connection_name.to_owned(),
             connect_timeout: Duration::from_secs(5),
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
         }
     }
 }
@@ -177,7 +173,7 @@ pub struct Publisher {
     /// Incremented on every successful connect, so a late "lost" notice about an old connection
     /// does not tear down the new one.
     generation: u64,
-    backoff: ExponentialBackoff,
+    backoff: Delays,
     connecting: bool,
     stopping: bool,
 }
@@ -193,7 +189,7 @@ impl Publisher {
     }
 
     fn new(config: PublisherConfig, status: PublisherStatus) -> Self {
-        let backoff = Self::backoff(&config);
+        let backoff = config.backoff.delays();
         Self {
             config,
             status,
@@ -205,20 +201,11 @@ impl Publisher {
         }
     }
 
-    fn backoff(config: &PublisherConfig) -> ExponentialBackoff {
-        ExponentialBuilder::default()
-            .with_min_delay(config.min_backoff)
-            .with_max_delay(config.max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-
     fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
         if self.stopping {
             return;
         }
-        let delay = self.backoff.next().unwrap_or(self.config.max_backoff);
+        let delay = self.backoff.next_delay();
         log::info!(
             "event=amqp_reconnect_scheduled connection={} delay_ms={}",
             self.config.connection_name,
@@ -279,7 +266,7 @@ impl Supervised for Publisher {
         self.link = None;
         self.connecting = false;
         self.status.set(Status::Connecting);
-        self.backoff = Self::backoff(&self.config);
+        self.backoff.reset();
     }
 }
 
@@ -320,7 +307,7 @@ impl Handler<Connect> for Publisher {
                         });
                     });
                     act.link = Some((connection, channel));
-                    act.backoff = Self::backoff(&act.config);
+                    act.backoff.reset();
                     act.status.set(Status::Connected);
                     log::info!(
                         "event=amqp_connected connection={} exchange={} generation={}",

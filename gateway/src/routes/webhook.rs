@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use actix_web::{http::header::HeaderMap, web, HttpRequest, HttpResponse, ResponseError};
 use actors::amqp::{Publish, PublishError};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use actors::delivery;
 use opentelemetry::{
     global,
     trace::{SpanKind, Status, TraceContextExt, Tracer},
@@ -15,15 +15,6 @@ use serde_json::json;
 use crate::error::GatewayError;
 use crate::startup::AppState;
 use crate::webhook::{Rejection, Validate, Verdict};
-
-/// Headers copied from the request onto the AMQP message, as Canonical's gateway does.
-pub const FORWARDED_HEADERS: [&str; 5] = [
-    "X-GitHub-Event",
-    "X-GitHub-Delivery",
-    "X-GitHub-Hook-ID",
-    "X-GitHub-Hook-Installation-Target-Type",
-    "X-GitHub-Hook-Installation-Target-ID",
-];
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -36,7 +27,7 @@ pub async fn receive(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let headers = request.headers();
-    let delivery = header(headers, "X-GitHub-Delivery")
+    let delivery = header(headers, delivery::DELIVERY)
         .unwrap_or("-")
         .to_owned();
     let metrics = &state.metrics;
@@ -51,7 +42,7 @@ pub async fn receive(
             KeyValue::new("github.delivery_id", delivery.clone()),
             KeyValue::new(
                 "github.event",
-                header(headers, "X-GitHub-Event").unwrap_or("").to_owned(),
+                header(headers, delivery::EVENT).unwrap_or("").to_owned(),
             ),
         ])
         .start(&tracer);
@@ -104,7 +95,7 @@ async fn handle(
         .map_err(|_| GatewayError::BodyUnreadable)?;
 
     // 2-4. Signature, event and payload checks, off the HTTP worker.
-    let event = header(headers, "X-GitHub-Event").map(str::to_owned);
+    let event = header(headers, delivery::EVENT).map(str::to_owned);
     let verdict = state
         .validator
         .send(Validate {
@@ -136,7 +127,7 @@ async fn handle(
     };
     let span = context.span();
     span.set_attribute(KeyValue::new("github.action", action.clone()));
-    span.set_attribute(KeyValue::new("github.job_id", job_id as i64));
+    span.set_attribute(KeyValue::new("github.job_id", job_id.0));
 
     // Bounded in-flight publishes: past APP_MAX_IN_FLIGHT, answer 503 now rather than queue.
     let Ok(_permit) = state.in_flight.try_acquire() else {
@@ -155,21 +146,16 @@ async fn handle(
             KeyValue::new("messaging.system", "rabbitmq"),
             KeyValue::new("messaging.destination.name", "github-workflow-jobs"),
             KeyValue::new("github.delivery_id", delivery.to_owned()),
-            KeyValue::new("github.job_id", job_id as i64),
+            KeyValue::new("github.job_id", job_id.0),
         ])
         .start_with_context(&tracer, context);
     let publish_context = context.with_span(publish_span);
-    let mut amqp_headers = FieldTable::default();
-    for name in FORWARDED_HEADERS {
-        if let Some(value) = header(headers, name) {
-            amqp_headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
-        }
-    }
+    let mut amqp_headers = delivery::amqp_headers(|name| header(headers, name));
     actors::telemetry::inject(&publish_context, &mut amqp_headers);
     let started = Instant::now();
     let publish = state.publisher.send(Publish {
         body: body.clone(),
-        content_type: "application/json",
+        content_type: delivery::CONTENT_TYPE,
         headers: amqp_headers,
     });
     let outcome = match tokio::time::timeout(state.publish_timeout, publish).await {

@@ -1,6 +1,7 @@
 //! Classification of one AMQP delivery from the gateway: a job event to apply, something to
 //! acknowledge and discard, or a poison message for the dead-letter queue.
 
+use actors::delivery::{JobId, WORKFLOW_JOB};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -15,14 +16,8 @@ pub const GITHUB: &str = "github";
 /// The label a job must have for the planner to care about it.
 pub const SELF_HOSTED: &str = "self-hosted";
 
-/// The AMQP headers the gateway copies from the webhook request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers {
-    /// `X-GitHub-Event`.
-    pub event: Option<String>,
-    /// `X-GitHub-Delivery`.
-    pub delivery: Option<String>,
-}
+/// The AMQP headers the gateway copies from the webhook request (the shared message contract).
+pub use actors::delivery::Headers;
 
 /// What to do with a delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +79,7 @@ fn decide(
     body: &[u8],
     outline: Outline,
 ) -> Result<Classified, Poison> {
-    if event_name != "workflow_job" {
+    if event_name != WORKFLOW_JOB {
         return Ok(Classified::Discard("not a workflow_job event"));
     }
     let Some(action) = outline
@@ -104,11 +99,11 @@ fn decide(
     let FromObject(job) = outline
         .workflow_job
         .ok_or(Poison::MissingField("workflow_job"))?;
-    let id = job
+    let JobId(id) = job
         .id
-        .ok_or(Poison::MissingField("id"))?
-        .as_i64()
-        .ok_or(Poison::InvalidField("id"))?;
+        .as_ref()
+        .ok_or(Poison::MissingField("id"))
+        .and_then(|id| JobId::from_json(id).ok_or(Poison::InvalidField("id")))?;
     let created_at = timestamp(job.created_at.as_ref(), "created_at")?
         .ok_or(Poison::MissingField("created_at"))?;
     let repository = outline
@@ -669,6 +664,38 @@ mod tests {
         );
     }
 
+    /// The id rule is the shared contract's (`actors::delivery::JobId`): an id the gateway
+    /// refuses with 400 is poison here, one it forwards is applied.
+    #[test]
+    fn job_ids_follow_the_shared_contract() {
+        let body = fixture("queued.0");
+        use serde_json::json;
+        for id in [json!(i64::MAX), json!(-1), json!(0)] {
+            let mut job = self_hosted(body.clone());
+            job["workflow_job"]["id"] = id.clone();
+            let expected = JobId::from_json(&id).unwrap().0;
+            match classify_value(&job) {
+                Ok(Classified::Apply { event, .. }) => assert_eq!(event.id, expected),
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+        for id in [
+            json!(i64::MAX as u64 + 1),
+            json!(u64::MAX),
+            json!(1.5),
+            json!("1"),
+        ] {
+            assert!(JobId::from_json(&id).is_none(), "{id}");
+            let mut job = self_hosted(body.clone());
+            job["workflow_job"]["id"] = id.clone();
+            assert_eq!(
+                classify_value(&job),
+                Err(Poison::InvalidField("id")),
+                "{id}"
+            );
+        }
+    }
+
     #[test]
     fn poison_messages() {
         let no_event = Headers {
@@ -917,7 +944,7 @@ mod properties {
             prop_assert!(matches!(outcome, Err(Poison::InvalidJson(_))));
             return Ok(());
         };
-        if event_name != "workflow_job" {
+        if event_name != WORKFLOW_JOB {
             prop_assert_eq!(outcome, Ok(Classified::Discard("not a workflow_job event")));
             return Ok(());
         }

@@ -8,8 +8,9 @@
 //!   "state": "idle"}`; 401 for a configuration the fake never issued; 404 `{"state":
 //!   "removed"}` when its registration was deleted; 409 when it already connected (a JIT
 //!   configuration is good for one runner, once).
-//! - `GET /_fake/runner/poll?wait_ms=N`: the runner's state, waiting up to `N` ms (at most
-//!   [`MAX_POLL_WAIT`]) while it is `idle`. 200 `{"state": "idle" | "busy" | "done"}`; 404
+//! - `GET /_fake/runner/poll?wait_ms=N&state=idle|busy`: the runner's state, waiting up to `N`
+//!   ms (at most [`MAX_POLL_WAIT`]) while it is still the `state` the runner knows (default
+//!   `idle`). 200 `{"state": "idle" | "busy" | "done"}`; 404
 //!   `{"state": "removed"}` (deregistered: the runner exits); 409 `{"state": "offline"}` before
 //!   `connect`; 401 unknown.
 //!
@@ -22,7 +23,7 @@
 //! [`FakeGitHub::finish_job`]: super::FakeGitHub::finish_job
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse};
 use base64::Engine;
@@ -153,19 +154,57 @@ fn connect(request: &HttpRequest, state: &Mutex<State>) -> HttpResponse {
         return state_answer(&Found::Removed);
     };
     runner.online = true;
+    runner.last_seen = Some(Instant::now());
     let answer = json!({"runner_id": runner.id, "name": runner.name, "state": "idle"});
     state.connected.insert(id);
     HttpResponse::Ok().json(answer)
 }
 
+/// A poll in flight: the runner counts as connected until it ends (or is dropped when the
+/// runner hangs up).
+struct InFlight<'a> {
+    state: &'a Mutex<State>,
+    runner_id: Option<u64>,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(request: &HttpRequest, state: &'a Mutex<State>) -> Self {
+        let runner_id = runner_id(request, &state.lock().expect("fake state"));
+        let in_flight = Self { state, runner_id };
+        in_flight.touch(1);
+        in_flight
+    }
+
+    fn touch(&self, delta: isize) {
+        let mut state = self.state.lock().expect("fake state");
+        if let Some(runner) = state
+            .runners
+            .iter_mut()
+            .find(|r| Some(r.id) == self.runner_id)
+        {
+            runner.polling = runner.polling.saturating_add_signed(delta);
+            runner.last_seen = Some(Instant::now());
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.touch(-1);
+    }
+}
+
 async fn poll(request: &HttpRequest, state: &Mutex<State>) -> HttpResponse {
-    let wait = actix_web::web::Query::<std::collections::HashMap<String, String>>::from_query(
-        request.query_string(),
-    )
-    .ok()
-    .and_then(|q| q.get("wait_ms").and_then(|v| v.parse::<u64>().ok()))
-    .map_or(Duration::ZERO, Duration::from_millis)
-    .min(MAX_POLL_WAIT);
+    let query = super::query(request);
+    let wait = query
+        .get("wait_ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
+        .min(MAX_POLL_WAIT);
+    let known = match query.get("state").map(String::as_str) {
+        Some("busy") => Found::Busy,
+        _ => Found::Idle,
+    };
     let deadline = tokio::time::Instant::now() + wait;
     let changed = {
         let mut state = state.lock().expect("fake state");
@@ -173,6 +212,7 @@ async fn poll(request: &HttpRequest, state: &Mutex<State>) -> HttpResponse {
         state.changed.notify_waiters();
         state.changed.clone()
     };
+    let _in_flight = InFlight::start(request, state);
     loop {
         let notified = changed.notified();
         tokio::pin!(notified);
@@ -184,7 +224,11 @@ async fn poll(request: &HttpRequest, state: &Mutex<State>) -> HttpResponse {
                 Some(id) => find(&state, id),
             }
         };
-        if !matches!(found, Found::Idle) {
+        let unchanged = matches!(
+            (&found, &known),
+            (Found::Idle, Found::Idle) | (Found::Busy, Found::Busy)
+        );
+        if !unchanged {
             return state_answer(&found);
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {

@@ -1,13 +1,16 @@
 //! The fake's self-hosted runner routes (GitHub side) and the test controls over them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse};
 use actors::github::RunnerScope;
 use serde_json::{json, Value};
 
 use super::runner_side::JitPayload;
-use super::{answer, header, rate_headers, FakeGitHub, FakeRunner, Fault, FaultAnswer, State};
+use super::{
+    answer, header, per_page, query, rate_headers, FakeGitHub, FakeRunner, Fault, FaultAnswer,
+    State,
+};
 
 #[derive(serde::Deserialize)]
 struct JitRequest {
@@ -40,23 +43,13 @@ fn runner_json(runner: &FakeRunner) -> Value {
 
 /// `?per_page=&page=` as GitHub reads them, capped by the fake's page size.
 fn paging(request: &HttpRequest, cap: usize) -> (usize, usize) {
-    let query = actix_web::web::Query::<std::collections::HashMap<String, String>>::from_query(
-        request.query_string(),
-    )
-    .map(|q| q.into_inner())
-    .unwrap_or_default();
-    let per_page = query
-        .get("per_page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(30)
-        .clamp(1, 100)
-        .min(cap.max(1));
+    let query = query(request);
     let page = query
         .get("page")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1)
         .max(1);
-    (per_page, page)
+    (per_page(&query, cap), page)
 }
 
 /// A page of `items` with GitHub's `Link` header (`next`, `last`).
@@ -225,6 +218,9 @@ impl State {
             group_id,
             online,
             busy: false,
+            job_started: None,
+            last_seen: None,
+            polling: 0,
         };
         self.runners.push(runner.clone());
         runner
@@ -260,11 +256,29 @@ impl State {
         self.runners.iter_mut().find(|r| r.name == name)
     }
 
+    /// Turns offline (and out of its job) every connected runner silent for
+    /// [`State::offline_after`].
+    pub fn expire_silent(&mut self) {
+        let offline_after = self.offline_after;
+        for runner in &mut self.runners {
+            let silent = runner.polling == 0
+                && runner
+                    .last_seen
+                    .is_some_and(|seen| seen.elapsed() > offline_after);
+            if runner.online && silent {
+                runner.online = false;
+                runner.busy = false;
+                runner.job_started = None;
+            }
+        }
+    }
+
     /// See [`FakeGitHub::assign_job`].
     pub fn assign(&mut self, name: &str) -> bool {
         match self.runner_mut(name) {
             Some(runner) if runner.online && !runner.busy => {
                 runner.busy = true;
+                runner.job_started = Some(Instant::now());
                 true
             }
             _ => false,
@@ -365,12 +379,15 @@ impl FakeGitHub {
         done
     }
 
-    /// Sets runner `name` online or offline (a runner that lost its connection).
+    /// Sets runner `name` online or offline (a runner that lost its connection); online, it
+    /// stays so without a runner side.
     pub fn set_online(&self, name: &str, online: bool) -> bool {
         self.change_runner(name, |runner| {
             runner.online = online;
+            runner.last_seen = None;
             if !online {
                 runner.busy = false;
+                runner.job_started = None;
             }
             true
         })
@@ -402,6 +419,58 @@ impl FakeGitHub {
     /// Requests answered so far whose path starts with `prefix`.
     pub fn requests(&self, prefix: &str) -> Vec<super::Logged> {
         self.state().requests(prefix)
+    }
+
+    /// Runs jobs without a test driving them (the demo): with `assign`, every runner that comes
+    /// online idle gets a job at once; with `length`, every job (however assigned) finishes by
+    /// itself that long after it started. Runs on the current actix system until the fake
+    /// stops.
+    pub fn auto_jobs(&self, assign: bool, length: Option<Duration>) {
+        let state = self.state.clone();
+        actix_web::rt::spawn(async move {
+            let changed = state.lock().expect("fake state").changed.clone();
+            loop {
+                let notified = changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let next = {
+                    let mut state = state.lock().expect("fake state");
+                    let now = Instant::now();
+                    let idle: Vec<String> = state
+                        .runners
+                        .iter()
+                        .filter(|r| assign && r.online && !r.busy)
+                        .map(|r| r.name.clone())
+                        .collect();
+                    let due: Vec<String> = state
+                        .runners
+                        .iter()
+                        .filter(|r| length.zip(r.job_started).is_some_and(|(l, t)| t + l <= now))
+                        .map(|r| r.name.clone())
+                        .collect();
+                    for name in &idle {
+                        state.assign(name);
+                    }
+                    for name in &due {
+                        state.finish(name);
+                    }
+                    if !(idle.is_empty() && due.is_empty()) {
+                        state.changed.notify_waiters();
+                    }
+                    state
+                        .runners
+                        .iter()
+                        .filter_map(|r| Some(r.job_started? + length?))
+                        .min()
+                };
+                match next {
+                    Some(at) => {
+                        let _ = tokio::time::timeout_at(at.into(), notified).await;
+                    }
+                    None => notified.await,
+                }
+            }
+        });
     }
 
     /// Waits until `done` holds for the state, woken by every request and control change (no
