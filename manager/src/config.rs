@@ -77,10 +77,72 @@ pub struct Config {
     /// `APP_EXEC_STATE_DIR` (default `/var/lib/github-runner-manager/exec`): where the exec
     /// backend records its runners, so a restarted manager adopts them.
     pub exec_state_dir: PathBuf,
+    /// `APP_GCE_*`: how the `gce` backend reaches Compute Engine.
+    pub gce: GceEnv,
     /// Delays of the pressure stream's reconnects (200 ms doubling to 30 s, jittered).
     pub reconnect: actors::reconnect::Backoff,
     /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
     pub telemetry: TelemetryConfig,
+}
+
+/// Default of `APP_GCE_API_URL`.
+pub const DEFAULT_GCE_API_URL: &str = "https://compute.googleapis.com";
+/// Default of `APP_GCE_METADATA_URL`: the metadata server every GCE VM and Cloud Run service has.
+pub const DEFAULT_GCE_METADATA_URL: &str = "http://metadata.google.internal";
+/// Default of `APP_GCE_OPERATION_TIMEOUT`.
+pub const DEFAULT_GCE_OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Timeout of one request to Compute Engine or a token endpoint.
+pub const GCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the `gce` backend reaches Google (read even when no flavor uses it; checked anyway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GceEnv {
+    /// `APP_GCE_CREDENTIALS_FILE` (optional): a service-account key file (JSON). Unset: the
+    /// metadata server's token of the VM or service the manager runs on.
+    pub credentials_file: Option<PathBuf>,
+    /// `APP_GCE_API_URL` (default `https://compute.googleapis.com`).
+    pub api_url: Url,
+    /// `APP_GCE_METADATA_URL` (default `http://metadata.google.internal`): the metadata server.
+    pub metadata_url: Url,
+    /// `APP_GCE_OPERATION_TIMEOUT` (default 3 min): how long an insert's or delete's zone
+    /// operation is followed before the VM is looked up by name instead.
+    pub operation_timeout: Duration,
+    /// Timeout of one HTTP request (30 s).
+    pub request_timeout: Duration,
+}
+
+impl GceEnv {
+    /// Reads the `APP_GCE_*` variables.
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let url = |name: &'static str, default: &str| {
+            let value = source.get(name).unwrap_or_else(|| default.to_owned());
+            actors::github::parse_api_url(value.trim())
+                .map_err(|reason| ConfigError::new(name, reason))
+        };
+        let credentials_file = match source.get("APP_GCE_CREDENTIALS_FILE") {
+            None => None,
+            Some(path) if path.trim().is_empty() => {
+                return Err(ConfigError::new(
+                    "APP_GCE_CREDENTIALS_FILE",
+                    "must not be empty",
+                ))
+            }
+            Some(path) => Some(PathBuf::from(path.trim())),
+        };
+        Ok(Self {
+            credentials_file,
+            api_url: url("APP_GCE_API_URL", DEFAULT_GCE_API_URL)?,
+            metadata_url: url("APP_GCE_METADATA_URL", DEFAULT_GCE_METADATA_URL)?,
+            operation_timeout: config::parsed(
+                source,
+                "APP_GCE_OPERATION_TIMEOUT",
+                DEFAULT_GCE_OPERATION_TIMEOUT,
+                config::duration,
+            )?,
+            request_timeout: GCE_REQUEST_TIMEOUT,
+        })
+    }
 }
 
 /// One `[[flavor]]` of the file.
@@ -115,6 +177,24 @@ pub enum BackendConfig {
         /// `stop_grace` (default 10 s): SIGTERM, then SIGKILL after this long.
         stop_grace: Duration,
     },
+    /// `kind = "gce"`: a Compute Engine VM per runner, from an instance template.
+    Gce(GceBackendConfig),
+}
+
+/// `[flavor.backend]` of `kind = "gce"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GceBackendConfig {
+    /// `project`: the Google Cloud project the VMs run in.
+    pub project: String,
+    /// `zones`: tried in this order when a zone has no capacity.
+    pub zones: Vec<String>,
+    /// `templates`: instance templates (`name`: global; `regions/<region>/<name>`: regional),
+    /// tried in this order once every zone is out of capacity for the one before.
+    pub templates: Vec<String>,
+    /// `spot` (default false): Spot VMs; a preempted one stops and is replaced.
+    pub spot: bool,
+    /// `network_tags` (default none): network tags of the VMs (firewall rules).
+    pub network_tags: Vec<String>,
 }
 
 /// A flavor file at fault: which file, line and key, and why.
@@ -221,6 +301,7 @@ impl Config {
                     .get("APP_EXEC_STATE_DIR")
                     .unwrap_or_else(|| DEFAULT_EXEC_STATE_DIR.to_owned()),
             ),
+            gce: GceEnv::from_source(source)?,
             reconnect: actors::reconnect::Backoff::new(
                 Duration::from_millis(200),
                 Duration::from_secs(30),
@@ -306,6 +387,11 @@ struct BackendShape {
     kind: Spanned<String>,
     command: Option<Spanned<Vec<String>>>,
     stop_grace: Option<Spanned<String>>,
+    project: Option<Spanned<String>>,
+    zones: Option<Spanned<Vec<String>>>,
+    templates: Option<Spanned<Vec<String>>>,
+    spot: Option<Spanned<bool>>,
+    network_tags: Option<Spanned<Vec<String>>>,
 }
 
 /// Parses the text of a flavor file (`path` is only for the messages).
@@ -399,6 +485,28 @@ pub fn parse_flavors(path: &Path, text: &str) -> Result<Vec<FlavorConfig>, FileE
         let shape = flavor.backend.into_inner();
         let backend = match shape.kind.get_ref().as_str() {
             "exec" => {
+                let gce_field = [
+                    (shape.project.as_ref().map(|v| v.span().start), "project"),
+                    (shape.zones.as_ref().map(|v| v.span().start), "zones"),
+                    (
+                        shape.templates.as_ref().map(|v| v.span().start),
+                        "templates",
+                    ),
+                    (shape.spot.as_ref().map(|v| v.span().start), "spot"),
+                    (
+                        shape.network_tags.as_ref().map(|v| v.span().start),
+                        "network_tags",
+                    ),
+                ]
+                .into_iter()
+                .find_map(|(at, name)| at.map(|at| (at, name)));
+                if let Some((at, name)) = gce_field {
+                    return Err(fault(
+                        at,
+                        key(&format!("backend.{name}")),
+                        "is not a field of kind \"exec\"".into(),
+                    ));
+                }
                 let command = shape.command.ok_or_else(|| {
                     fault(
                         backend_at,
@@ -422,11 +530,17 @@ pub fn parse_flavors(path: &Path, text: &str) -> Result<Vec<FlavorConfig>, FileE
                     )?,
                 }
             }
+            "gce" => {
+                let gce = parse_gce(&shape, backend_at).map_err(|(at, name, reason)| {
+                    fault(at, key(&format!("backend.{name}")), reason)
+                })?;
+                BackendConfig::Gce(gce)
+            }
             other => {
                 return Err(fault(
                     shape.kind.span().start,
                     key("backend.kind"),
-                    format!("unknown backend kind {other:?}; known: \"exec\""),
+                    format!("unknown backend kind {other:?}; known: \"exec\", \"gce\""),
                 ))
             }
         };
@@ -442,6 +556,114 @@ pub fn parse_flavors(path: &Path, text: &str) -> Result<Vec<FlavorConfig>, FileE
         });
     }
     Ok(flavors)
+}
+
+/// A fault in `[flavor.backend]`: offset, key under `backend.`, reason.
+type BackendFault = (usize, &'static str, String);
+
+/// The fields of `kind = "gce"`, checked against Compute Engine's naming rules.
+fn parse_gce(shape: &BackendShape, at: usize) -> Result<GceBackendConfig, BackendFault> {
+    for (present, name) in [
+        (shape.command.as_ref().map(|v| v.span().start), "command"),
+        (
+            shape.stop_grace.as_ref().map(|v| v.span().start),
+            "stop_grace",
+        ),
+    ] {
+        if let Some(offset) = present {
+            return Err((offset, name, "is not a field of kind \"gce\"".into()));
+        }
+    }
+    let project =
+        shape
+            .project
+            .as_ref()
+            .ok_or((at, "project", "is required for kind \"gce\"".to_owned()))?;
+    let project_ok = |p: &str| {
+        (6..=63).contains(&p.len())
+            && p.starts_with(|c: char| c.is_ascii_lowercase())
+            && !p.ends_with('-')
+            && p.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b':' || b == b'.'
+            })
+    };
+    if !project_ok(project.get_ref().trim()) {
+        return Err((
+            project.span().start,
+            "project",
+            "must be a project id: 6-63 characters of a-z 0-9 -, starting with a letter".into(),
+        ));
+    }
+    let list = |value: &Option<Spanned<Vec<String>>>,
+                name: &'static str,
+                ok: &dyn Fn(&str) -> bool,
+                rule: &str|
+     -> Result<Vec<String>, BackendFault> {
+        let value =
+            value
+                .as_ref()
+                .ok_or((at, name, format!("is required for kind \"gce\" ({rule})")))?;
+        let items: Vec<String> = value
+            .get_ref()
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .collect();
+        if items.is_empty() || !items.iter().all(|s| ok(s)) {
+            return Err((
+                value.span().start,
+                name,
+                format!("must be a non-empty list of {rule}"),
+            ));
+        }
+        if items
+            .iter()
+            .enumerate()
+            .any(|(i, s)| items[..i].contains(s))
+        {
+            return Err((value.span().start, name, "lists a value twice".into()));
+        }
+        Ok(items)
+    };
+    let gce_name = |s: &str| {
+        (1..=63).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    let zones = list(
+        &shape.zones,
+        "zones",
+        &|s| gce_name(s) && s.matches('-').count() >= 2,
+        "zones such as \"europe-west1-b\"",
+    )?;
+    let template_ok = |s: &str| match s.split('/').collect::<Vec<_>>().as_slice() {
+        [name] => gce_name(name),
+        ["regions", region, name] => gce_name(region) && gce_name(name),
+        _ => false,
+    };
+    let templates = list(
+        &shape.templates,
+        "templates",
+        &template_ok,
+        "instance templates: \"name\" (global) or \"regions/<region>/name\"",
+    )?;
+    let network_tags = match &shape.network_tags {
+        None => Vec::new(),
+        Some(_) => list(
+            &shape.network_tags,
+            "network_tags",
+            &gce_name,
+            "network tags (a-z 0-9 -)",
+        )?,
+    };
+    Ok(GceBackendConfig {
+        project: project.get_ref().trim().to_owned(),
+        zones,
+        templates,
+        spot: shape.spot.as_ref().is_some_and(|s| *s.get_ref()),
+        network_tags,
+    })
 }
 
 /// A flavor name as the planner allows it, short enough for runner names.
@@ -589,6 +811,12 @@ stop_grace = "2s"
             (18, "flavor[1].backend.command")
         );
 
+        let foreign = fault(&GOOD.replace("stop_grace = \"2s\"", "spot = true"));
+        assert_eq!(
+            (foreign.line, foreign.key.as_str()),
+            (19, "flavor[1].backend.spot")
+        );
+
         let backend_field = fault(&GOOD.replace("stop_grace = \"2s\"", "grace = \"2s\""));
         assert!(
             backend_field.reason.contains("unknown field"),
@@ -609,6 +837,103 @@ stop_grace = "2s"
 
         let empty = fault("");
         assert_eq!(empty.key, "flavor");
+    }
+
+    const GCE: &str = r#"
+[[flavor]]
+name = "vm"
+[flavor.backend]
+kind = "gce"
+project = "my-project"
+zones = ["europe-west1-b", "europe-west1-c"]
+templates = ["runner-c4-8", "regions/europe-west1/runner-e2-8"]
+spot = true
+network_tags = ["runners"]
+"#;
+
+    #[test]
+    fn a_gce_backend_is_read_and_checked() {
+        let flavors = parse(GCE).unwrap();
+        assert_eq!(
+            flavors[0].backend,
+            BackendConfig::Gce(GceBackendConfig {
+                project: "my-project".into(),
+                zones: vec!["europe-west1-b".into(), "europe-west1-c".into()],
+                templates: vec![
+                    "runner-c4-8".into(),
+                    "regions/europe-west1/runner-e2-8".into()
+                ],
+                spot: true,
+                network_tags: vec!["runners".into()],
+            })
+        );
+        for (from, to, line, key) in [
+            (
+                "project = \"my-project\"\n",
+                "",
+                4,
+                "flavor[0].backend.project",
+            ),
+            (
+                "\"my-project\"",
+                "\"My Project\"",
+                6,
+                "flavor[0].backend.project",
+            ),
+            (
+                "[\"europe-west1-b\", \"europe-west1-c\"]",
+                "[]",
+                7,
+                "flavor[0].backend.zones",
+            ),
+            (
+                "\"europe-west1-c\"]",
+                "\"europe-west1-b\"]",
+                7,
+                "flavor[0].backend.zones",
+            ),
+            (
+                "\"runner-c4-8\",",
+                "\"a/b\",",
+                8,
+                "flavor[0].backend.templates",
+            ),
+            (
+                "[\"runners\"]",
+                "[\"Bad Tag\"]",
+                10,
+                "flavor[0].backend.network_tags",
+            ),
+            (
+                "spot = true",
+                "spot = true\ncommand = [\"x\"]",
+                10,
+                "flavor[0].backend.command",
+            ),
+        ] {
+            let err = fault(&GCE.replace(from, to));
+            assert_eq!((err.line, err.key.as_str()), (line, key), "{err}");
+        }
+    }
+
+    #[test]
+    fn gce_variables_are_checked() {
+        let env =
+            GceEnv::from_source(&[("APP_GCE_API_URL", "http://127.0.0.1:1/")].as_slice()).unwrap();
+        assert_eq!(env.api_url.as_str(), "http://127.0.0.1:1/");
+        assert_eq!(env.credentials_file, None);
+        assert_eq!(
+            env.metadata_url.as_str(),
+            "http://metadata.google.internal/"
+        );
+        for (name, value) in [
+            ("APP_GCE_API_URL", "compute"),
+            ("APP_GCE_METADATA_URL", "ftp://x"),
+            ("APP_GCE_OPERATION_TIMEOUT", "long"),
+        ] {
+            let err = GceEnv::from_source(&[(name, value)].as_slice()).unwrap_err();
+            assert_eq!(err.variable, name, "{err}");
+        }
     }
 
     #[test]

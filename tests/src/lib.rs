@@ -21,6 +21,7 @@
 pub mod amqp;
 pub mod db;
 pub mod env;
+pub mod fake_gce;
 pub mod fake_github;
 pub mod fake_runner;
 pub mod fixtures;

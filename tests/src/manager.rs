@@ -103,7 +103,7 @@ impl ManagerDir {
     }
 
     /// The process ids recorded in the state directory (every flavor).
-    pub fn recorded_pids(&self) -> Vec<i64> {
+    pub fn recorded_pids(&self) -> Vec<(i64, u64)> {
         std::fs::read_dir(self.state_dir())
             .map(|flavors| {
                 flavors
@@ -114,7 +114,9 @@ impl ManagerDir {
                     .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
                     .filter_map(|e| std::fs::read(e.path()).ok())
                     .filter_map(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-                    .filter_map(|record| record["pid"].as_i64())
+                    .filter_map(|record| {
+                        Some((record["pid"].as_i64()?, record["start_time"].as_u64()?))
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -129,7 +131,15 @@ impl Default for ManagerDir {
 
 impl Drop for ManagerDir {
     fn drop(&mut self) {
-        for pid in self.recorded_pids() {
+        for (pid, start_time) in self.recorded_pids() {
+            // Only a group whose leader is still the runner recorded: pids wrap around quickly
+            // on a busy machine, and a reused one may now lead an unrelated process group.
+            let Ok(pid) = i32::try_from(pid) else {
+                continue;
+            };
+            if pid <= 1 || manager::backend::exec::process_start_time(pid) != Some(start_time) {
+                continue;
+            }
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", &format!("-{pid}")])
                 .stderr(std::process::Stdio::null())

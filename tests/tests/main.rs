@@ -4,6 +4,7 @@
 mod canonical_takeover;
 mod faults;
 mod gateway_api;
+mod gce_backend;
 mod github_runners;
 mod manager;
 mod migrations;

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use actors::github::RunnerScope;
 use serde_json::{json, Value};
+use tests::eventually;
 use tests::fake_github::{FakeGitHub, FakeRunner};
+use tests::fixtures::job_payload;
 use tests::gateway::{webhook, SECRET};
 use tests::manager::{start_manager, Flavor, Manager, ManagerDir, ManagerSetup};
-use tests::eventually;
-use tests::fixtures::job_payload;
 use tests::planner::ADMIN_TOKEN;
 use tests::system::System;
 use tests::unique;

@@ -7,6 +7,7 @@
 //! [`build`].
 
 pub mod exec;
+pub mod gce;
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use secrecy::SecretString;
 
-use crate::config::{BackendConfig, FlavorConfig};
+use crate::config::{BackendConfig, Config, FlavorConfig};
 
 /// What a backend needs to start one runner.
 #[derive(Debug, Clone)]
@@ -85,12 +86,20 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// The backend of `flavor`, for the manager `manager_id`.
-pub fn build(
-    flavor: &FlavorConfig,
-    manager_id: &str,
-    exec_state_dir: &std::path::Path,
-) -> Result<Arc<dyn Backend>, BackendError> {
+pub fn build(flavor: &FlavorConfig, config: &Config) -> Result<Arc<dyn Backend>, BackendError> {
+    let manager_id = config.manager_id.as_str();
+    let exec_state_dir = config.exec_state_dir.as_path();
     match &flavor.backend {
+        BackendConfig::Gce(gce) => Ok(Arc::new(
+            gce::Gce::new(
+                &config.gce,
+                gce.clone(),
+                manager_id,
+                &flavor.name,
+                Some(&config.github_path),
+            )
+            .map_err(|err| BackendError::State(err.to_string()))?,
+        )),
         BackendConfig::Exec {
             command,
             stop_grace,
