@@ -480,8 +480,8 @@ const PROMQL_WORDS: &[&str] = &[
 /// Series Prometheus makes itself for every target; dashboards may use them.
 const PROMETHEUS_SERIES: &[&str] = &["up", "scrape_duration_seconds", "ALERTS"];
 
-/// Metrics the services declare but the lead wires at merge time (issue 4's pressure
-/// calculator sets them); until then no series exists. Remove an entry once it is wired.
+/// Metrics a service declares but does not set yet, so no series exists for them (none
+/// today; a dashboard may name one only while it is listed here).
 const AWAITING_WIRING: &[&str] = &[];
 
 /// The metric names a PromQL expression uses: identifiers that are not inside a label
