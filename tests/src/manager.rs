@@ -87,10 +87,6 @@ pub struct ManagerDir {
 impl ManagerDir {
     /// A new, empty directory.
     pub fn new() -> Self {
-        // A manager killed by a test leaves its runners orphaned. This test process adopts
-        // them (instead of whatever ancestor would), so that [`Drop`] can end and reap them
-        // and nothing of a test outlives it.
-        let _ = nix::sys::prctl::set_child_subreaper(true);
         let path = std::env::temp_dir().join(crate::unique("manager"));
         std::fs::create_dir_all(path.join("state")).expect("create the manager directory");
         Self { path }
@@ -149,35 +145,7 @@ impl Drop for ManagerDir {
                 .stderr(std::process::Stdio::null())
                 .status();
         }
-        reap_adopted_runners();
         let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// Reaps the runner processes this test process adopted (see [`ManagerDir::new`]) once they
-/// have ended: only `fake-runner`s, never the children the test started itself.
-fn reap_adopted_runners() {
-    let me = std::process::id().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let adopted_runner = stat.contains("(fake-runner)")
-            && stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .is_some_and(|ppid| ppid == me);
-        if adopted_runner {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
-        }
     }
 }
 
