@@ -117,22 +117,15 @@ pub fn open_job_counts(
     conn: &mut PgConnection,
     names: &[String],
 ) -> QueryResult<Vec<(String, i64)>> {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = Text)]
-        flavor: String,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        open_jobs: i64,
-    }
     let counts: Vec<Count> = diesel::sql_query(
-        "SELECT flavor, sum(delta)::bigint AS open_jobs FROM job_open_delta \
+        "SELECT flavor, sum(delta)::bigint AS n FROM job_open_delta \
          WHERE flavor = ANY($1) GROUP BY flavor HAVING sum(delta) <> 0",
     )
     .bind::<Array<Text>, _>(names)
     .load(conn)?;
     Ok(counts
         .into_iter()
-        .map(|count| (count.flavor, count.open_jobs))
+        .map(|count| (count.flavor, count.n))
         .collect())
 }
 
@@ -229,6 +222,15 @@ pub fn compact_open_job_deltas(conn: &mut PgConnection) -> QueryResult<usize> {
     .map(|removed| usize::try_from(removed.n).unwrap_or(0))
 }
 
+/// A flavor and a count of its jobs, as the recount queries return them.
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = Text)]
+    flavor: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
 /// Open jobs (`queued` or `in_progress`) per flavor created less than `max_age_seconds` ago,
 /// counted in the `job` table itself rather than read from the trigger-kept counts: the
 /// definition those counts and [`flavor_pressures`] must agree with. Flavors without open jobs
@@ -237,13 +239,6 @@ pub fn open_jobs_from_scratch(
     conn: &mut PgConnection,
     max_age_seconds: f64,
 ) -> QueryResult<Vec<(String, i64)>> {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = Text)]
-        flavor: String,
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
     let counts: Vec<Count> = diesel::sql_query(
         "SELECT assigned_flavor AS flavor, count(*) AS n FROM job \
          WHERE status IN ('queued', 'in_progress') AND assigned_flavor IS NOT NULL \
@@ -275,13 +270,6 @@ pub struct CountCorrection {
 /// then the counts), so it cannot deadlock with them. Notifies `planner_changes`, so every
 /// planner recomputes pressure. Returns the flavors whose count was wrong, by name.
 pub fn recount_open_jobs(conn: &mut PgConnection) -> QueryResult<Vec<CountCorrection>> {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = Text)]
-        flavor: String,
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
     conn.transaction(|conn| {
         diesel::sql_query("LOCK TABLE job_open_delta IN SHARE ROW EXCLUSIVE MODE").execute(conn)?;
         let counted: Vec<Count> = diesel::sql_query(
