@@ -105,6 +105,44 @@ pub fn duration(value: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// A listener that could not be bound: the address and the variables that set it, so two
+/// services left on the same default port say which setting to change.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} (set by {variables}): {error}")]
+pub struct BindError {
+    /// The address asked for, `host:port`.
+    pub address: String,
+    /// The variables that choose it, e.g. `APP_PORT`.
+    pub variables: &'static str,
+    /// What the system said (`Address already in use (os error 98)`, ...).
+    pub error: std::io::Error,
+}
+
+impl From<BindError> for std::io::Error {
+    fn from(err: BindError) -> Self {
+        std::io::Error::new(err.error.kind(), err)
+    }
+}
+
+/// Binds a TCP listener on `host:port` (a host name is resolved), or says which address and
+/// which `variables` are at fault.
+pub fn bind(
+    host: &str,
+    port: u16,
+    variables: &'static str,
+) -> Result<std::net::TcpListener, BindError> {
+    let address = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    std::net::TcpListener::bind((host, port)).map_err(|error| BindError {
+        address,
+        variables,
+        error,
+    })
+}
+
 /// Default of `APP_REQUEST_TIMEOUT`.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -186,6 +224,19 @@ mod tests {
         assert!(port("-1").is_err());
         assert!(port("70000").is_err());
         assert!(port("http").is_err());
+    }
+
+    #[test]
+    fn a_taken_port_is_an_error_naming_the_address_and_the_variable() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = bind("127.0.0.1", port, "APP_PORT").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(text.contains("APP_PORT"), "{text}");
+        assert!(text.contains("in use"), "{text}");
+        assert_eq!(std::io::Error::from(err).to_string(), text);
+        assert!(bind("127.0.0.1", 0, "APP_PORT").is_ok());
     }
 
     #[test]

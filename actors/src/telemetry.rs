@@ -1,13 +1,17 @@
-//! Telemetry both services share: `env_logger` set-up, the Prometheus `/metrics` listener, HTTP
-//! request metrics, and OpenTelemetry traces exported over OTLP/HTTP (protobuf) with the W3C
-//! trace context carried in AMQP headers, so one trace spans gateway and planner.
+//! Telemetry every service shares: `env_logger` set-up, the metrics exporter chosen by
+//! `OTEL_METRICS_EXPORTER` (a Prometheus `/metrics` listener, OTLP push, or none), HTTP request
+//! metrics under OpenTelemetry's semantic names, and traces exported over OTLP (gRPC or
+//! HTTP/protobuf) with the W3C trace context carried in AMQP headers, so one trace spans
+//! gateway and planner. The variables are read in [`config`] (`TelemetryConfig`).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+mod config;
+mod otlp;
+
+use std::time::Instant;
 
 use actix_web::{
     body::MessageBody,
-    dev::{Server, ServiceRequest, ServiceResponse},
+    dev::{ServerHandle, ServiceRequest, ServiceResponse},
     middleware::Next,
     web, App, HttpResponse, HttpServer,
 };
@@ -19,55 +23,13 @@ use opentelemetry::{
 };
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider, Resource};
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
+
+pub use self::config::{
+    MetricsExporter, OtlpProtocol, OtlpTarget, PrometheusListener, TelemetryConfig,
+    DEFAULT_PROMETHEUS_PORT,
 };
-
-use crate::config::{self, ConfigError, Source};
-
-/// Telemetry settings, from the environment (names as Canonical's charms set them).
-#[derive(Debug, Clone)]
-pub struct TelemetryConfig {
-    /// `OTEL_EXPORTER_PROMETHEUS_HOST` (default `0.0.0.0`).
-    pub prometheus_host: IpAddr,
-    /// `OTEL_EXPORTER_PROMETHEUS_PORT` (default 9464; 0 picks a free port).
-    pub prometheus_port: u16,
-    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: OTLP/HTTP traces URL (e.g.
-    /// `http://tempo:4318/v1/traces`). Unset: no traces are exported.
-    pub otlp_traces_endpoint: Option<String>,
-}
-
-impl TelemetryConfig {
-    /// Reads the variables above.
-    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        Ok(Self {
-            prometheus_host: config::parsed(
-                source,
-                "OTEL_EXPORTER_PROMETHEUS_HOST",
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                |v| v.parse().map_err(|_| format!("{v:?} is not an IP address")),
-            )?,
-            prometheus_port: config::parsed(
-                source,
-                "OTEL_EXPORTER_PROMETHEUS_PORT",
-                9464,
-                config::port,
-            )?,
-            otlp_traces_endpoint: config::parsed(
-                source,
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                None,
-                |v| {
-                    if v.starts_with("http://") || v.starts_with("https://") {
-                        Ok(Some(v.to_owned()))
-                    } else {
-                        Err("must be an http:// or https:// URL".to_owned())
-                    }
-                },
-            )?,
-        })
-    }
-}
+use crate::config::{bind, BindError};
 
 /// `env_logger` with `RUST_LOG`; by default `info`, without lapin's internal span chatter.
 pub fn init_logging() {
@@ -77,44 +39,321 @@ pub fn init_logging() {
     .init();
 }
 
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP trace exporter refused its settings.
+    #[error("OTLP trace exporter ({endpoint}): {source}")]
+    TraceExporter {
+        /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as resolved.
+        endpoint: String,
+        /// What the exporter said.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// The OTLP metrics exporter refused its settings.
+    #[error("OTLP metrics exporter ({endpoint}): {reason}")]
+    MetricsExporter {
+        /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` as resolved.
+        endpoint: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The thread that drives gRPC exports could not start.
+    #[error("OTLP gRPC runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// The Prometheus listener could not bind.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// A tokio runtime on a thread of its own, for gRPC (tonic) exporters: the SDK's batch span
+/// processor exports from its own thread, which must not wait on the service's runtime (the
+/// one that flushes at shutdown).
+struct ExportRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExportRuntime {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("otlp-grpc".to_owned())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ExportRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The process's trace pipeline. Dropping it does nothing; call [`Tracing::shutdown`] to flush.
 pub struct Tracing {
     provider: Option<SdkTracerProvider>,
+    // Declared after the provider: dropped once the provider has flushed through it.
+    _runtime: Option<ExportRuntime>,
 }
 
 impl Tracing {
-    /// Installs the W3C trace-context propagator and, when an endpoint is configured, a batch
-    /// OTLP/HTTP exporter (its own thread, 10 s export timeout) as the global tracer provider.
-    pub fn init(service: &'static str, config: &TelemetryConfig) -> Result<Self, String> {
+    /// Installs the W3C trace-context propagator and, with `OTEL_TRACES_EXPORTER=otlp`, a batch
+    /// OTLP exporter (its own thread, `OTEL_EXPORTER_OTLP_TIMEOUT` per export) as the global
+    /// tracer provider.
+    pub fn init(service: &'static str, config: &TelemetryConfig) -> Result<Self, TelemetryError> {
         global::set_text_map_propagator(TraceContextPropagator::new());
-        let Some(endpoint) = &config.otlp_traces_endpoint else {
-            return Ok(Self { provider: None });
+        let Some(target) = &config.traces else {
+            return Ok(Self {
+                provider: None,
+                _runtime: None,
+            });
         };
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(endpoint.clone())
-            .with_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|err| format!("OTLP exporter: {err}"))?;
+        let failed = |source| TelemetryError::TraceExporter {
+            endpoint: target.endpoint.clone(),
+            source,
+        };
+        let (exporter, runtime) = match target.protocol {
+            OtlpProtocol::HttpProtobuf => (
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_endpoint(target.endpoint.clone())
+                    .with_timeout(target.timeout)
+                    .build()
+                    .map_err(failed)?,
+                None,
+            ),
+            OtlpProtocol::Grpc => {
+                let runtime = ExportRuntime::start()?;
+                let _entered = runtime.handle.enter();
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(target.endpoint.clone())
+                    .with_timeout(target.timeout)
+                    .build()
+                    .map_err(failed)?;
+                (exporter, Some(runtime))
+            }
+        };
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(Resource::builder().with_service_name(service).build())
             .build();
         global::set_tracer_provider(provider.clone());
-        log::info!("event=tracing_enabled service={service} endpoint={endpoint:?}");
+        log::info!(
+            "event=tracing_enabled service={service} endpoint={:?} protocol={:?}",
+            target.endpoint,
+            target.protocol
+        );
         Ok(Self {
             provider: Some(provider),
+            _runtime: runtime,
         })
     }
 
     /// Exports what is buffered and stops the exporter.
     pub fn shutdown(self) {
-        if let Some(provider) = self.provider {
+        if let Some(provider) = &self.provider {
             if let Err(err) = provider.shutdown() {
                 log::warn!("event=tracing_shutdown_failed error=\"{err}\"");
             }
         }
+    }
+}
+
+/// The running metrics exporter of a service: a Prometheus listener, an OTLP pusher, or
+/// nothing. [`MetricsExport::stop`] stops it (a last push for OTLP).
+pub struct MetricsExport {
+    kind: ExportKind,
+}
+
+enum ExportKind {
+    Prometheus { server: ServerHandle, port: u16 },
+    Otlp(otlp::PushTask),
+    None,
+}
+
+impl MetricsExport {
+    /// Starts exporting `registry` as `config` says. Must run inside an actix system. A
+    /// Prometheus listener that cannot bind is an error naming its address and variables.
+    pub fn start(
+        service: &'static str,
+        registry: Registry,
+        config: &TelemetryConfig,
+    ) -> Result<Self, TelemetryError> {
+        let kind = match &config.metrics {
+            MetricsExporter::Prometheus(listener) => {
+                let (server, port) = prometheus_listener(registry, listener)?;
+                ExportKind::Prometheus { server, port }
+            }
+            MetricsExporter::Otlp(target) => {
+                ExportKind::Otlp(otlp::PushTask::start(service, registry, target)?)
+            }
+            MetricsExporter::None => ExportKind::None,
+        };
+        Ok(Self { kind })
+    }
+
+    /// The port of the Prometheus listener, when there is one.
+    pub fn port(&self) -> Option<u16> {
+        match &self.kind {
+            ExportKind::Prometheus { port, .. } => Some(*port),
+            _ => None,
+        }
+    }
+
+    /// Stops the listener, or pushes once more and stops pushing.
+    pub async fn stop(self) {
+        match self.kind {
+            ExportKind::Prometheus { server, .. } => server.stop(true).await,
+            ExportKind::Otlp(task) => task.stop().await,
+            ExportKind::None => {}
+        }
+    }
+}
+
+/// Serves `GET <path>` (Prometheus text format) for `registry` on its own listener, so
+/// scraping never competes with the service's API.
+fn prometheus_listener(
+    registry: Registry,
+    listener: &PrometheusListener,
+) -> Result<(ServerHandle, u16), TelemetryError> {
+    let bound = bind(
+        &listener.host,
+        listener.port,
+        "OTEL_EXPORTER_PROMETHEUS_HOST, OTEL_EXPORTER_PROMETHEUS_PORT",
+    )?;
+    let port = bound.local_addr()?.port();
+    let registry = web::Data::new(registry);
+    let path = listener.path.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(registry.clone())
+            .route(&path, web::get().to(render))
+    })
+    .workers(1)
+    .listen(bound)?
+    .disable_signals()
+    .shutdown_timeout(1)
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Ok((handle, port))
+}
+
+async fn render(registry: web::Data<Registry>) -> HttpResponse {
+    let encoder = TextEncoder::new();
+    let mut buffer = Vec::new();
+    match encoder.encode(&registry.gather(), &mut buffer) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type(encoder.format_type())
+            .body(buffer),
+        Err(err) => {
+            log::error!("event=metrics_encode_failed error=\"{err}\"");
+            HttpResponse::InternalServerError().finish()
+        }
+    }
+}
+
+/// The `http_request_method` label of a request: one of the nine standard methods, or
+/// `_OTHER` as the semantic conventions say. HTTP lets a client send any token as a method;
+/// taking it as a label would let anyone create series without bound.
+pub fn method_label(method: &actix_web::http::Method) -> &str {
+    use actix_web::http::Method;
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ];
+    if STANDARD.contains(method) {
+        method.as_str()
+    } else {
+        "_OTHER"
+    }
+}
+
+/// Name of the HTTP server metric, as OpenTelemetry's `http.server.request.duration` (unit
+/// `s`) reaches Prometheus.
+pub const HTTP_SERVER_DURATION: &str = "http_server_request_duration_seconds";
+
+/// The bucket boundaries the semantic conventions advise for `http.server.request.duration`.
+pub const HTTP_SERVER_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// HTTP request metrics of one service, under OpenTelemetry's semantic names so dashboards
+/// written for instrumented services (Canonical's included) read them unchanged:
+/// `http_server_request_duration_seconds{http_route,http_request_method,
+/// http_response_status_code,url_scheme}`; its `_count` is the number of requests. The route
+/// is the matched pattern (`/api/v1/flavors/{name}`), never the raw path, and empty when no
+/// route matched, so cardinality stays bounded.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    duration: HistogramVec,
+}
+
+impl HttpMetrics {
+    /// Creates and registers the metric.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                HTTP_SERVER_DURATION,
+                "Duration of HTTP server requests: time from request to response headers.",
+            )
+            .buckets(HTTP_SERVER_DURATION_BUCKETS.to_vec()),
+            &[
+                "http_route",
+                "http_request_method",
+                "http_response_status_code",
+                "url_scheme",
+            ],
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self { duration })
+    }
+
+    /// actix-web middleware recording every request (use with `middleware::from_fn`).
+    pub async fn middleware(
+        request: ServiceRequest,
+        next: Next<impl MessageBody>,
+    ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+        let metrics = request.app_data::<web::Data<HttpMetrics>>().cloned();
+        let started = Instant::now();
+        let route = request.match_pattern().unwrap_or_default();
+        let method = method_label(request.method()).to_owned();
+        let response = next.call(request).await?;
+        if let Some(metrics) = metrics {
+            let status = response.status().as_u16().to_string();
+            metrics
+                .duration
+                // The services serve plain HTTP (TLS ends in front of them).
+                .with_label_values(&[&route, &method, &status, "http"])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(response)
     }
 }
 
@@ -154,128 +393,6 @@ pub fn extract(headers: &FieldTable) -> Context {
     global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
 }
 
-/// Serves `GET /metrics` (Prometheus text format) for `registry` on its own listener, so
-/// scraping never competes with the service's API. Returns the server and its port.
-pub fn metrics_server(
-    registry: Registry,
-    host: IpAddr,
-    port: u16,
-) -> std::io::Result<(Server, u16)> {
-    let listener = TcpListener::bind(SocketAddr::new(host, port))?;
-    let port = listener.local_addr()?.port();
-    let registry = web::Data::new(registry);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(registry.clone())
-            .route("/metrics", web::get().to(render))
-    })
-    .workers(1)
-    .listen(listener)?
-    .disable_signals()
-    .shutdown_timeout(1)
-    .run();
-    Ok((server, port))
-}
-
-async fn render(registry: web::Data<Registry>) -> HttpResponse {
-    let encoder = TextEncoder::new();
-    let mut buffer = Vec::new();
-    match encoder.encode(&registry.gather(), &mut buffer) {
-        Ok(()) => HttpResponse::Ok()
-            .content_type(encoder.format_type())
-            .body(buffer),
-        Err(err) => {
-            log::error!("event=metrics_encode_failed error=\"{err}\"");
-            HttpResponse::InternalServerError().finish()
-        }
-    }
-}
-
-/// The `method` label of a request: one of the nine standard methods, or `other`. HTTP lets a
-/// client send any token as a method; taking it as a label would let anyone create series
-/// without bound.
-pub fn method_label(method: &actix_web::http::Method) -> &str {
-    use actix_web::http::Method;
-    const STANDARD: [Method; 9] = [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::CONNECT,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PATCH,
-    ];
-    if STANDARD.contains(method) {
-        method.as_str()
-    } else {
-        "other"
-    }
-}
-
-/// HTTP request metrics of one service: `<prefix>_http_requests_total{route,method,status}` and
-/// `<prefix>_http_request_duration_seconds{route,method}`. The route is the matched pattern
-/// (`/api/v1/flavors/{name}`), never the raw path, so cardinality stays bounded.
-#[derive(Clone)]
-pub struct HttpMetrics {
-    requests: IntCounterVec,
-    duration: HistogramVec,
-}
-
-impl HttpMetrics {
-    /// Creates and registers the two metrics.
-    pub fn register(registry: &Registry, prefix: &str) -> prometheus::Result<Self> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                format!("{prefix}_http_requests_total"),
-                "HTTP requests answered, by matched route, method and status code.",
-            ),
-            &["route", "method", "status"],
-        )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                format!("{prefix}_http_request_duration_seconds"),
-                "Time from request to response headers, by matched route and method.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
-            &["route", "method"],
-        )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        Ok(Self { requests, duration })
-    }
-
-    /// actix-web middleware recording every request (use with `middleware::from_fn`).
-    pub async fn middleware(
-        request: ServiceRequest,
-        next: Next<impl MessageBody>,
-    ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-        let metrics = request.app_data::<web::Data<HttpMetrics>>().cloned();
-        let started = Instant::now();
-        let route = request
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned());
-        let method = method_label(request.method()).to_owned();
-        let response = next.call(request).await?;
-        if let Some(metrics) = metrics {
-            let status = response.status().as_u16().to_string();
-            metrics
-                .requests
-                .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
-                .inc();
-            metrics
-                .duration
-                .with_label_values(&[route.as_str(), method.as_str()])
-                .observe(started.elapsed().as_secs_f64());
-        }
-        Ok(response)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,7 +405,7 @@ mod tests {
         use actix_web::http::Method;
         assert_eq!(method_label(&Method::PATCH), "PATCH");
         let custom = Method::from_bytes(b"X-RANDOM-1234").unwrap();
-        assert_eq!(method_label(&custom), "other");
+        assert_eq!(method_label(&custom), "_OTHER");
     }
 
     #[test]
@@ -324,17 +441,5 @@ mod tests {
             .is_valid());
     }
 
-    #[test]
-    fn telemetry_variables_have_defaults_and_are_checked() {
-        let defaults = TelemetryConfig::from_source(&[("X", "y")]).unwrap();
-        assert_eq!(defaults.prometheus_port, 9464);
-        assert_eq!(defaults.prometheus_host.to_string(), "0.0.0.0");
-        assert!(defaults.otlp_traces_endpoint.is_none());
-        let err = TelemetryConfig::from_source(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "tempo")])
-            .unwrap_err();
-        assert_eq!(err.variable, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-        let err = TelemetryConfig::from_source(&[("OTEL_EXPORTER_PROMETHEUS_HOST", "localhost!")])
-            .unwrap_err();
-        assert_eq!(err.variable, "OTEL_EXPORTER_PROMETHEUS_HOST");
-    }
+
 }

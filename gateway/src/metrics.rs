@@ -1,5 +1,8 @@
-//! The gateway's Prometheus metrics, declared in one place. Names of Canonical's gateway are
-//! kept (`github_runner_webhook_gateway_inbound_total`, ...) so existing dashboards work.
+//! The gateway's metrics, all declared in this file. Names of Canonical's gateway are kept
+//! (`github_runner_webhook_gateway_inbound_total`, ..., the redelivery counters
+//! `github_runner_webhook_redelivery_count_total` and `..._errors_total`, and
+//! `http_server_request_duration_seconds`), so Canonical's dashboard shows our gateway
+//! unchanged.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -41,8 +44,10 @@ pub struct Metrics {
     pub publish_confirm_seconds: Histogram,
     /// 1 while the publisher is connected to the broker, else 0.
     pub broker_connected: IntGauge,
-    /// HTTP requests by route and status.
+    /// HTTP requests by route, method and status (`http_server_request_duration_seconds`).
     pub http: HttpMetrics,
+    /// Redelivery of failed deliveries (at zero when redelivery is not configured).
+    pub redelivery: RedeliveryMetrics,
 }
 
 impl Metrics {
@@ -105,9 +110,37 @@ impl Metrics {
                 registry.register(Box::new(gauge.clone()))?;
                 gauge
             },
-            http: HttpMetrics::register(&registry, PREFIX)?,
+            http: HttpMetrics::register(&registry)?,
+            redelivery: RedeliveryMetrics::register(&registry)?,
             registry: registry.clone(),
         };
         Ok(metrics)
+    }
+}
+
+/// Redelivery counters, as Canonical's gateway names them.
+#[derive(Clone)]
+pub struct RedeliveryMetrics {
+    /// `github_runner_webhook_redelivery_count_total`: redeliveries GitHub accepted.
+    pub asked: IntCounter,
+    /// `github_runner_webhook_redelivery_errors_total`: failed requests of a round (listing
+    /// deliveries or asking for one, rate limits included).
+    pub failures: IntCounter,
+}
+
+impl RedeliveryMetrics {
+    /// Creates the counters and registers them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let asked = IntCounter::new(
+            "github_runner_webhook_redelivery_count_total",
+            "Failed workflow_job deliveries GitHub was asked to redeliver (and accepted).",
+        )?;
+        let failures = IntCounter::new(
+            "github_runner_webhook_redelivery_errors_total",
+            "Failed requests to GitHub while looking for or redelivering failed deliveries.",
+        )?;
+        registry.register(Box::new(asked.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        Ok(Self { asked, failures })
     }
 }

@@ -3,13 +3,13 @@
 //! SIGINT, lets in-flight requests (and so their publishes) finish, then closes the broker
 //! connection.
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{dev::Server, middleware, web, App, HttpServer};
 use actors::amqp::{Publisher, PublisherConfig, PublisherStatus, Shutdown, Status};
-use actors::telemetry::{metrics_server, HttpMetrics};
+use actors::config::bind;
+use actors::telemetry::{HttpMetrics, MetricsExport};
 use secrecy::ExposeSecret;
 
 use crate::config::Config;
@@ -39,9 +39,8 @@ pub struct AppState {
 /// A bound, not yet running gateway.
 pub struct Application {
     port: u16,
-    metrics_port: u16,
     server: Server,
-    metrics_server: Server,
+    metrics_export: MetricsExport,
     publisher: Addr<Publisher>,
     publisher_status: PublisherStatus,
 }
@@ -50,7 +49,7 @@ impl Application {
     /// Binds `config.host:config.port` and starts the validator and publisher actors on the
     /// current actix system.
     pub async fn build(config: Config) -> std::io::Result<Self> {
-        let listener = TcpListener::bind((config.host, config.port))?;
+        let listener = bind(&config.host.to_string(), config.port, "APP_PORT")?;
         let port = listener.local_addr()?.port();
 
         let (publisher, publisher_status) = Publisher::start_supervised(PublisherConfig::new(
@@ -66,11 +65,13 @@ impl Application {
         let validator = Validator::start(secrets, threads);
 
         let metrics = Metrics::new().map_err(std::io::Error::other)?;
-        let (metrics_server, metrics_port) = metrics_server(
+        let metrics_export = MetricsExport::start(
+            "github-runner-webhook-gateway",
             metrics.registry.clone(),
-            config.telemetry.prometheus_host,
-            config.telemetry.prometheus_port,
-        )?;
+            &config.telemetry,
+        )
+        .map_err(std::io::Error::other)?;
+        let metrics_port = metrics_export.port();
         let gauge = metrics.broker_connected.clone();
         let mut changes = publisher_status.subscribe();
         actix_web::rt::spawn(async move {
@@ -83,10 +84,9 @@ impl Application {
         });
         let http_metrics = web::Data::new(metrics.http.clone());
         // Redelivery of failed deliveries, only when configured.
-        let redelivery_metrics = crate::redelivery::RedeliveryMetrics::register(&metrics.registry)
-            .map_err(std::io::Error::other)?;
         if let Some(redelivery) = &config.redelivery {
-            let redeliverer = crate::redelivery::Redeliverer::new(redelivery, redelivery_metrics)
+            let redeliverer =
+                crate::redelivery::Redeliverer::new(redelivery, metrics.redelivery.clone())
                 .map_err(std::io::Error::other)?;
             actix::Actor::start(crate::redelivery::RedeliveryActor::new(
                 redeliverer,
@@ -119,14 +119,14 @@ impl Application {
         .shutdown_timeout(config.publish_timeout.as_secs() + 2)
         .run();
         log::info!(
-            "event=gateway_listening port={port} metrics_port={metrics_port} exchange={}",
+            "event=gateway_listening port={port} metrics_port={} exchange={}",
+            metrics_port.map_or("none".to_owned(), |port| port.to_string()),
             config.topology.exchange
         );
         Ok(Self {
             port,
-            metrics_port,
             server,
-            metrics_server,
+            metrics_export,
             publisher,
             publisher_status,
         })
@@ -137,9 +137,9 @@ impl Application {
         self.port
     }
 
-    /// The port of the Prometheus `/metrics` listener.
-    pub fn metrics_port(&self) -> u16 {
-        self.metrics_port
+    /// The port of the Prometheus listener (`None` when metrics are pushed or off).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_export.port()
     }
 
     /// The publisher's connection state.
@@ -154,10 +154,8 @@ impl Application {
 
     /// Serves until stopped, then closes the broker connection.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let metrics_handle = self.metrics_server.handle();
-        actix_web::rt::spawn(self.metrics_server);
         let result = self.server.await;
-        metrics_handle.stop(true).await;
+        self.metrics_export.stop().await;
         log::info!("event=gateway_draining");
         let _ = self.publisher.send(Shutdown).await;
         log::info!("event=gateway_stopped");

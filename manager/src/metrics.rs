@@ -97,7 +97,7 @@ impl Metrics {
                 name("planner_connected"),
                 "1 while the planner's pressure stream is connected.",
             )?,
-            http: HttpMetrics::register(&registry, PREFIX)?,
+            http: HttpMetrics::register(&registry)?,
             registry,
         };
         for collector in [

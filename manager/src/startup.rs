@@ -7,12 +7,12 @@
 //! restarted manager adopts the ones still alive.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix::{Recipient, Supervisor};
 use actix_web::{dev::Server, middleware, web, App, HttpServer};
-use actors::telemetry::{metrics_server, HttpMetrics};
+use actors::config::bind;
+use actors::telemetry::{HttpMetrics, MetricsExport};
 use secrecy::ExposeSecret;
 
 use crate::config::Config;
@@ -27,22 +27,24 @@ use crate::status::{token_sha256, Readiness, StatusState};
 /// A bound, running manager.
 pub struct Application {
     port: u16,
-    metrics_port: u16,
     server: Server,
-    metrics_server: Server,
+    metrics_export: MetricsExport,
 }
 
 impl Application {
     /// Builds the manager with GitHub's API behind `api`, on the current actix system.
     pub async fn build_with(config: Config, api: Arc<dyn RunnerApi>) -> Result<Self, Error> {
-        let listener = TcpListener::bind((config.bind_address, config.port))?;
+        let listener = bind(&config.bind_address.to_string(), config.port, "APP_PORT")
+            .map_err(std::io::Error::from)?;
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new().map_err(std::io::Error::other)?;
-        let (metrics_server, metrics_port) = metrics_server(
+        let metrics_export = MetricsExport::start(
+            "github-runner-manager",
             metrics.registry.clone(),
-            config.telemetry.prometheus_host,
-            config.telemetry.prometheus_port,
-        )?;
+            &config.telemetry,
+        )
+        .map_err(std::io::Error::other)?;
+        let metrics_port = metrics_export.port();
         let readiness = Arc::new(Readiness::new());
 
         let github = {
@@ -101,16 +103,16 @@ impl Application {
         .shutdown_timeout(5)
         .run();
         log::info!(
-            "event=manager_listening port={port} metrics_port={metrics_port} manager_id={} flavors={} github_path={}",
+            "event=manager_listening port={port} metrics_port={} manager_id={} flavors={} github_path={}",
+            metrics_port.map_or("none".to_owned(), |port| port.to_string()),
             config.manager_id,
             config.flavors.len(),
             config.github_path.api_prefix()
         );
         Ok(Self {
             port,
-            metrics_port,
             server,
-            metrics_server,
+            metrics_export,
         })
     }
 
@@ -119,17 +121,15 @@ impl Application {
         self.port
     }
 
-    /// The port of the Prometheus `/metrics` listener.
-    pub fn metrics_port(&self) -> u16 {
-        self.metrics_port
+    /// The port of the Prometheus listener (`None` when metrics are pushed or off).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_export.port()
     }
 
     /// Serves until SIGTERM or SIGINT.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let metrics_handle = self.metrics_server.handle();
-        actix_web::rt::spawn(self.metrics_server);
         let result = self.server.await;
-        metrics_handle.stop(true).await;
+        self.metrics_export.stop().await;
         log::info!("event=manager_stopped");
         result
     }

@@ -58,8 +58,11 @@ pub struct Config {
     /// `APP_REQUEST_TIMEOUT` (default 10 s): longest time to receive a request body; a client
     /// that sends it slower gets 408 (as the gateway does).
     pub request_timeout: Duration,
-    /// Prometheus listener and OTLP traces (`OTEL_EXPORTER_*`).
+    /// Metrics exporter and traces (`OTEL_*`, `APP_METRICS_PATH`).
     pub telemetry: TelemetryConfig,
+    /// `APP_METRICS_MAX_REPOS` (default 200): repositories named in the `repo` label of the
+    /// job metrics; later ones count as `other`.
+    pub metrics_max_repos: usize,
     /// `APP_GITHUB_*` (optional): the GitHub App; reconciliation runs only when it is set.
     pub github: Option<actors::github::AppConfig>,
     /// `APP_RECONCILE_*`: when and how much to reconcile.
@@ -140,6 +143,12 @@ impl Config {
             stream_heartbeat: actors::stream::heartbeat_from(source)?,
             request_timeout: config::request_timeout(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
+            metrics_max_repos: config::parsed(
+                source,
+                "APP_METRICS_MAX_REPOS",
+                crate::metrics::DEFAULT_MAX_REPOS,
+                config::positive_integer,
+            )?,
             github: actors::github::AppConfig::from_source(source)?,
             reconcile: crate::reconcile::ReconcileConfig::from_source(source)?,
         })
@@ -172,11 +181,8 @@ impl Config {
             job_max_age: DEFAULT_JOB_MAX_AGE,
             stream_heartbeat: actors::stream::DEFAULT_HEARTBEAT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            telemetry: TelemetryConfig {
-                prometheus_host: IpAddr::from([127, 0, 0, 1]),
-                prometheus_port: 0,
-                otlp_traces_endpoint: None,
-            },
+            telemetry: TelemetryConfig::loopback(),
+            metrics_max_repos: crate::metrics::DEFAULT_MAX_REPOS,
             github: None,
             reconcile: crate::reconcile::ReconcileConfig::default(),
         }
@@ -238,7 +244,11 @@ mod tests {
         assert_eq!(config.job_max_age, Duration::from_secs(5 * 24 * 3600));
         assert_eq!(config.stream_heartbeat, Duration::from_secs(30));
         assert_eq!(config.request_timeout, Duration::from_secs(10));
-        assert_eq!(config.telemetry.prometheus_port, 9464);
+        assert_eq!(
+            config.telemetry.prometheus().map(|listener| listener.port),
+            Some(9464)
+        );
+        assert_eq!(config.metrics_max_repos, 200);
     }
 
     #[test]
@@ -273,6 +283,8 @@ mod tests {
             ("APP_REQUEST_TIMEOUT", "soon"),
             ("APP_AMQP_NAME", "no spaces"),
             ("OTEL_EXPORTER_PROMETHEUS_PORT", "x"),
+            ("OTEL_METRICS_EXPORTER", "console"),
+            ("APP_METRICS_MAX_REPOS", "0"),
         ] {
             let mut vars = valid();
             vars.insert(name, value.to_owned());

@@ -35,7 +35,6 @@ use diesel::{
     sql_types::{BigInt, Double, Nullable, Text, Timestamptz},
     Connection, PgConnection, QueryResult, QueryableByName, RunQueryDsl,
 };
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use schema::queries;
 use serde_json::{json, Value};
 
@@ -46,6 +45,7 @@ use crate::{
         webhook::GITHUB,
     },
     messages::Outcome,
+    metrics::ReconcileMetrics,
     store::{apply_batch, PgPool},
 };
 
@@ -99,54 +99,6 @@ impl ReconcileConfig {
                 },
             )?,
         })
-    }
-}
-
-/// Reconciliation counters. Created unregistered; [`ReconcileMetrics::register`] adds them to
-/// the planner's registry.
-#[derive(Clone)]
-pub struct ReconcileMetrics {
-    /// `github_runner_planner_reconcile_checked_total`: jobs GitHub answered about (200 or 404).
-    pub checked: IntCounter,
-    /// `github_runner_planner_reconcile_corrected_total{reason}`: jobs completed here by
-    /// reconciliation; `reason` is `completed` (GitHub says so) or `not_found` (404).
-    pub corrected: IntCounterVec,
-    /// `github_runner_planner_reconcile_errors_total`: lookups that failed (5xx, timeout,
-    /// rate limit, refusal) and were left for a later round.
-    pub errors: IntCounter,
-}
-
-impl ReconcileMetrics {
-    /// New counters, at zero.
-    pub fn new() -> prometheus::Result<Self> {
-        let corrected = IntCounterVec::new(
-            Opts::new(
-                "github_runner_planner_reconcile_corrected_total",
-                "Open jobs completed by reconciliation with GitHub's API, by reason.",
-            ),
-            &["reason"],
-        )?;
-        for reason in ["completed", "not_found"] {
-            corrected.with_label_values(&[reason]);
-        }
-        Ok(Self {
-            checked: IntCounter::new(
-                "github_runner_planner_reconcile_checked_total",
-                "Open jobs looked up on GitHub's API (answered 200 or 404).",
-            )?,
-            corrected,
-            errors: IntCounter::new(
-                "github_runner_planner_reconcile_errors_total",
-                "Job lookups on GitHub's API that failed and were left for a later round.",
-            )?,
-        })
-    }
-
-    /// Registers every counter in `registry`.
-    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.checked.clone()))?;
-        registry.register(Box::new(self.corrected.clone()))?;
-        registry.register(Box::new(self.errors.clone()))
     }
 }
 
@@ -603,21 +555,5 @@ mod tests {
         assert!(gone.completed_at.is_some());
         let payload: Value = serde_json::from_str(&gone.payload).unwrap();
         assert_eq!(payload["planner_reconciled"], "not_found");
-    }
-
-    #[test]
-    fn metrics_register_once() {
-        let metrics = ReconcileMetrics::new().unwrap();
-        let registry = Registry::new();
-        metrics.register(&registry).unwrap();
-        metrics.checked.inc();
-        let names: Vec<String> = registry
-            .gather()
-            .iter()
-            .map(|family| family.name().to_owned())
-            .collect();
-        assert!(names.contains(&"github_runner_planner_reconcile_checked_total".to_owned()));
-        assert!(names.contains(&"github_runner_planner_reconcile_corrected_total".to_owned()));
-        assert!(metrics.register(&registry).is_err(), "registered twice");
     }
 }

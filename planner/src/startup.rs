@@ -1,7 +1,7 @@
 //! Building and running the planner: database pool and migrations, the job-store and consumer
 //! actors, and the HTTP server.
 
-use std::{net::TcpListener, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use actix::{Actor, Addr, SyncArbiter};
 use actix_web::{
@@ -9,14 +9,15 @@ use actix_web::{
     middleware::{self, Logger},
     web, App, HttpServer,
 };
+use actors::config::bind;
 use actors::broadcast::{Broadcaster, Shutdown};
-use actors::telemetry::{metrics_server, HttpMetrics};
+use actors::telemetry::{HttpMetrics, MetricsExport};
 use secrecy::ExposeSecret;
 
 use crate::{
     auth::text_sha256,
     config::Config,
-    consumer::{Consumer, ConsumerConfig, ConsumerStats},
+    consumer::{Consumer, ConsumerConfig},
     metrics::Metrics,
     pressure::{Calculator, CalculatorConfig},
     routes::{self, health, pressure::PressureService},
@@ -27,15 +28,11 @@ use crate::{
 /// A planner ready to run: its port is bound and its actors are started.
 pub struct Application {
     port: u16,
-    metrics_port: u16,
     server: Server,
-    metrics_server: Server,
+    metrics_export: MetricsExport,
     metrics: Metrics,
-    stats: Arc<ConsumerStats>,
     pool: PgPool,
     consumer: Addr<Consumer>,
-    // Reconciliation counters (registered by whoever owns the registry)
-    reconcile_metrics: crate::reconcile::ReconcileMetrics,
     broadcaster: Addr<Broadcaster>,
 }
 
@@ -70,12 +67,13 @@ impl Application {
             log::info!("event=migrations_applied count={}", applied.len());
         }
 
-        let metrics = Metrics::new()?;
-        let (metrics_server, metrics_port) = metrics_server(
+        let metrics = Metrics::new(config.metrics_max_repos)?;
+        let metrics_export = MetricsExport::start(
+            "github-runner-planner",
             metrics.registry.clone(),
-            config.telemetry.prometheus_host,
-            config.telemetry.prometheus_port,
+            &config.telemetry,
         )?;
+        let metrics_port = metrics_export.port();
         let store = {
             let (pool, ignored) = (pool.clone(), config.ignored_labels.clone());
             let metrics = metrics.clone();
@@ -86,7 +84,6 @@ impl Application {
         };
         let (broadcaster, calculator) = start_pressure(&config, &pool).await;
         spawn_pressure_metrics(broadcaster.clone(), pool.clone(), metrics.clone());
-        let stats = Arc::new(ConsumerStats::default());
         let consumer = Consumer::new(
             ConsumerConfig {
                 rabbitmq_url: config.rabbitmq_url.clone(),
@@ -97,17 +94,12 @@ impl Application {
                 pressure: Some(calculator.clone()),
             },
             store.recipient(),
-            stats.clone(),
+            metrics.clone(),
         )
-        .with_metrics(metrics.clone())
         .start();
         spawn_database_probe(pool.clone(), metrics.clone());
 
         // Reconciliation with GitHub's API, only with a GitHub App.
-        let reconcile_metrics = crate::reconcile::ReconcileMetrics::new()?;
-        reconcile_metrics
-            .register(&metrics.registry)
-            .map_err(std::io::Error::other)?;
         if let Some(app) = config.github.clone() {
             let client = actors::github::Client::new(app, "github-runner-planner")?;
             crate::reconcile::ReconcileActor::new(crate::reconcile::Reconciler::new(
@@ -115,7 +107,7 @@ impl Application {
                 pool.clone(),
                 config.ignored_labels.clone(),
                 config.reconcile.clone(),
-                reconcile_metrics.clone(),
+                metrics.reconcile.clone(),
             ))
             .start();
         }
@@ -125,7 +117,7 @@ impl Application {
             admin_token_sha256: text_sha256(config.admin_token.expose_secret()),
             ignored_labels: config.ignored_labels.clone(),
             readiness: health::Readiness {
-                consumer: stats.clone(),
+                broker_connected: metrics.broker_connected.clone(),
                 database_reachable: metrics.database_reachable.clone(),
             },
             request_timeout: config.request_timeout,
@@ -136,7 +128,7 @@ impl Application {
             calculator,
             heartbeat: config.stream_heartbeat,
         });
-        let listener = TcpListener::bind((config.bind_address, config.port))?;
+        let listener = bind(&config.bind_address.to_string(), config.port, "APP_PORT")?;
         let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
             App::new()
@@ -158,20 +150,18 @@ impl Application {
             server = server.workers(workers);
         }
         log::info!(
-            "event=planner_listening address={} port={port} metrics_port={metrics_port} queue={}",
+            "event=planner_listening address={} port={port} metrics_port={} queue={}",
             config.bind_address,
+            metrics_port.map_or("none".to_owned(), |port| port.to_string()),
             config.topology.queue
         );
         Ok(Self {
             port,
-            metrics_port,
             server: server.run(),
-            metrics_server,
+            metrics_export,
             metrics,
-            stats,
             pool,
             consumer,
-            reconcile_metrics,
             broadcaster,
         })
     }
@@ -181,19 +171,14 @@ impl Application {
         self.port
     }
 
-    /// The port of the Prometheus `/metrics` listener.
-    pub fn metrics_port(&self) -> u16 {
-        self.metrics_port
+    /// The port of the Prometheus listener (`None` when metrics are pushed or off).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_export.port()
     }
 
     /// The Prometheus metrics.
     pub fn metrics(&self) -> Metrics {
         self.metrics.clone()
-    }
-
-    /// What the consumer has done so far.
-    pub fn stats(&self) -> Arc<ConsumerStats> {
-        self.stats.clone()
     }
 
     /// The database pool (tests inspect the database through it).
@@ -211,18 +196,11 @@ impl Application {
         self.broadcaster.clone()
     }
 
-    /// Reconciliation counters, at zero when no GitHub App is configured.
-    pub fn reconcile_metrics(&self) -> crate::reconcile::ReconcileMetrics {
-        self.reconcile_metrics.clone()
-    }
-
-    /// Serves until the server stops (a signal, or its handle), then stops the `/metrics`
-    /// listener.
+    /// Serves until the server stops (a signal, or its handle), then stops the metrics
+    /// exporter (a last push, when metrics are pushed).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let metrics_handle = self.metrics_server.handle();
-        actix_web::rt::spawn(self.metrics_server);
         let result = self.server.await;
-        metrics_handle.stop(true).await;
+        self.metrics_export.stop().await;
         log::info!("event=planner_stopped");
         result
     }

@@ -324,6 +324,8 @@ fn job_times(
         _ => None,
     };
     (waiting.is_some() || running.is_some()).then_some(JobTimes {
+        platform: state.platform.clone(),
+        repository: state.repository.clone(),
         flavor,
         waiting,
         running,

@@ -97,12 +97,14 @@ impl TestGateway {
         config.host = [127, 0, 0, 1].into();
         config.port = 0;
         config.topology = Topology::named(&amqp_name);
-        config.telemetry.prometheus_host = [127, 0, 0, 1].into();
-        config.telemetry.prometheus_port = 0;
+        config.telemetry = actors::telemetry::TelemetryConfig::loopback();
         let topology = config.topology.clone();
         let app = Application::build(config).await.expect("gateway starts");
         let url = format!("http://127.0.0.1:{}", app.port());
-        let metrics_url = format!("http://127.0.0.1:{}/metrics", app.metrics_port());
+        let metrics_url = format!(
+            "http://127.0.0.1:{}/metrics",
+            app.metrics_port().expect("a Prometheus listener")
+        );
         let status = app.publisher_status();
         let handle = app.handle();
         actix_rt::spawn(app.run_until_stopped());

@@ -2,12 +2,11 @@
 //! [`TestPlanner::builder`] (or [`spawn_planner`] for the defaults), and its REST API as the
 //! tests call it. The planner binary is [`crate::process::PlannerProcess`].
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use actors::amqp::Topology;
 use planner::{
     config::Config,
-    consumer::ConsumerStats,
     domain::{
         job::JobEvent,
         labels::IgnoredLabels,
@@ -34,7 +33,8 @@ pub struct TestPlanner {
     /// `http://127.0.0.1:<metrics port>/metrics`.
     pub metrics_url: String,
     pub topology: Topology,
-    pub stats: Arc<ConsumerStats>,
+    /// Its metrics: what the consumer and the reconciler did.
+    pub metrics: planner::metrics::Metrics,
     pub pool: PgPool,
     pub http: reqwest::Client,
     /// The database, when this planner made it up.
@@ -43,8 +43,6 @@ pub struct TestPlanner {
     pub queues: Option<TopologyGuard>,
     /// Its pressure broadcaster.
     pub broadcaster: actix::Addr<actors::broadcast::Broadcaster>,
-    /// What its reconciler counted.
-    pub reconcile_metrics: planner::reconcile::ReconcileMetrics,
 }
 
 /// The configuration of a test planner on `database_url` and `topology`: the test broker
@@ -150,24 +148,26 @@ impl TestPlanner {
         let app = Application::build(config).await.expect("planner builds");
         let planner = TestPlanner {
             address: format!("http://127.0.0.1:{}", app.port()),
-            metrics_url: format!("http://127.0.0.1:{}/metrics", app.metrics_port()),
+            metrics_url: format!(
+                "http://127.0.0.1:{}/metrics",
+                app.metrics_port().expect("a Prometheus listener")
+            ),
             topology,
-            stats: app.stats(),
+            metrics: app.metrics(),
             pool: app.pool(),
             http: reqwest::Client::new(),
             db: None,
             queues: None,
             broadcaster: app.broadcaster(),
-            reconcile_metrics: app.reconcile_metrics(),
         };
         actix_web::rt::spawn(app.run_until_stopped());
-        let stats = planner.stats.clone();
+        let metrics = planner.metrics.clone();
         eventually(
             "the consumer registers with the broker",
             Duration::from_secs(20),
             || {
-                let stats = stats.clone();
-                async move { stats.consuming.load(std::sync::atomic::Ordering::SeqCst) }
+                let metrics = metrics.clone();
+                async move { metrics.consuming() }
             },
         )
         .await;
@@ -244,13 +244,13 @@ impl TestPlanner {
 
     /// Waits until the consumer has settled at least `count` deliveries.
     pub async fn settled(&self, count: u64) {
-        let stats = self.stats.clone();
+        let metrics = self.metrics.clone();
         eventually(
             &format!("{count} deliveries settled"),
             Duration::from_secs(30),
             || {
-                let stats = stats.clone();
-                async move { stats.settled() >= count }
+                let metrics = metrics.clone();
+                async move { metrics.settled() >= count }
             },
         )
         .await;

@@ -787,21 +787,18 @@ async fn commit_span_records_failed_attempts_while_the_database_is_away() {
     let topology = unique_topology();
     let _queues = TopologyGuard(topology.clone());
     let mut config = test_config(&with_address(db.url(), database.addr()), topology.clone());
-    config.telemetry.otlp_traces_endpoint = Some(receiver.endpoint.clone());
+    config.telemetry.traces = Some(actors::telemetry::OtlpTarget::http(receiver.endpoint.clone()));
     let tracing = actors::telemetry::Tracing::init("planner-test", &config.telemetry).unwrap();
     let planner = TestPlanner::start_with(config).await;
     let publisher = Broker::connect(&topology).await;
 
     database.set(Mode::Cut);
     publisher.publish(&timed(5, "queued"), "q5").await;
-    let stats = planner.stats.clone();
+    let metrics = planner.metrics.clone();
     eventually("a failed attempt to store", WAIT, || {
-        let stats = stats.clone();
+        let metrics = metrics.clone();
         async move {
-            stats
-                .store_failures
-                .load(std::sync::atomic::Ordering::SeqCst)
-                >= 1
+            metrics.store_failures.get() >= 1
         }
     })
     .await;

@@ -2,7 +2,7 @@
 //! octokit fixtures, duplicates, reordered deliveries, poison messages, a database outage in
 //! the middle of the stream, and two planners sharing one queue.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::time::Duration;
 
 use diesel::prelude::*;
 use proptest::{
@@ -99,9 +99,9 @@ async fn fixtures_flow_from_the_queue_into_the_database() {
         .await;
 
     planner.settled(8).await;
-    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 5);
-    assert_eq!(planner.stats.discarded.load(Ordering::SeqCst), 3);
-    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 0);
+    assert_eq!(planner.metrics.applied(), 5);
+    assert_eq!(planner.metrics.discarded.with_label_values(&["github"]).get(), 3);
+    assert_eq!(planner.metrics.dead_letters(), 0);
 
     let job = planner.job(id).await.expect("job stored");
     assert_eq!(job["status"], "completed");
@@ -139,8 +139,8 @@ async fn duplicate_deliveries_are_counted_not_applied_twice() {
     publisher.publish(&queued.1, "d-queued").await;
     publisher.publish(&queued.1, "d-queued").await;
     planner.settled(4).await;
-    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 2);
-    assert_eq!(planner.stats.duplicates.load(Ordering::SeqCst), 2);
+    assert_eq!(planner.metrics.applied(), 2);
+    assert_eq!(planner.metrics.duplicates.get(), 2);
     assert_eq!(planner.job(1).await.unwrap()["status"], "waiting");
 
     let mut conn = planner.db.as_ref().unwrap().connect();
@@ -185,8 +185,8 @@ async fn poison_messages_land_in_the_dead_letter_queue() {
     publisher.publish(&good, "good").await;
 
     planner.settled(8).await;
-    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 7);
-    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 1);
+    assert_eq!(planner.metrics.dead_letters(), 7);
+    assert_eq!(planner.metrics.applied(), 1);
     assert_eq!(planner.job(1).await.unwrap()["status"], "queued");
 
     let dead = publisher
@@ -255,7 +255,7 @@ async fn reordered_and_duplicated_deliveries_converge() {
     }
     planner.settled(published).await;
     assert_eq!(
-        planner.stats.applied.load(Ordering::SeqCst),
+        planner.metrics.applied(),
         4 * (CASES as u64 + 1)
     );
 
@@ -314,18 +314,18 @@ async fn database_cut_mid_stream_loses_nothing() {
             )
             .await;
     }
-    let stats = planner.stats.clone();
+    let metrics = planner.metrics.clone();
     eventually(
         "the store notices the outage",
         Duration::from_secs(30),
         || {
-            let stats = stats.clone();
-            async move { stats.store_failures.load(Ordering::SeqCst) >= 2 }
+            let metrics = metrics.clone();
+            async move { metrics.store_failures.get() >= 2 }
         },
     )
     .await;
     assert_eq!(
-        planner.stats.settled(),
+        planner.metrics.settled(),
         20,
         "nothing is acknowledged while the database is down"
     );
@@ -346,7 +346,7 @@ async fn database_cut_mid_stream_loses_nothing() {
 
     proxy.set(Mode::Forward);
     planner.settled(40).await;
-    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 0);
+    assert_eq!(planner.metrics.dead_letters(), 0);
     let rows = jobs(&mut db.connect());
     assert_eq!(rows.len(), 20);
     assert!(
@@ -372,8 +372,8 @@ async fn numbers_jsonb_cannot_hold_are_stored_as_read() {
         .publish(&job_payload("queued.1", 2, "queued", &SELF_HOSTED), "plain")
         .await;
     planner.settled(2).await;
-    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 2);
-    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 0);
+    assert_eq!(planner.metrics.applied(), 2);
+    assert_eq!(planner.metrics.dead_letters(), 0);
     let job = planner.job(1).await.expect("job stored");
     assert_eq!(job["payloads"]["queued"]["extra"], json!([0.0, 0.0]));
     assert!(planner.job(2).await.is_some());
@@ -408,8 +408,8 @@ async fn a_delivery_the_database_refuses_is_dead_lettered_alone() {
             .await;
     }
     planner.settled(3).await;
-    assert_eq!(planner.stats.applied.load(Ordering::SeqCst), 2);
-    assert_eq!(planner.stats.dead_lettered.load(Ordering::SeqCst), 1);
+    assert_eq!(planner.metrics.applied(), 2);
+    assert_eq!(planner.metrics.dead_letters(), 1);
     let dead = publisher
         .wait_dead_letters(1, Duration::from_secs(10))
         .await;
@@ -444,13 +444,13 @@ async fn broker_cut_reconnects_without_busy_looping() {
     planner.settled(5).await;
 
     proxy.set(Mode::Cut);
-    let stats = planner.stats.clone();
+    let metrics = planner.metrics.clone();
     eventually(
         "the consumer notices the broker is gone",
         Duration::from_secs(10),
         || {
-            let stats = stats.clone();
-            async move { !stats.consuming.load(Ordering::SeqCst) }
+            let metrics = metrics.clone();
+            async move { !metrics.consuming() }
         },
     )
     .await;
@@ -462,15 +462,15 @@ async fn broker_cut_reconnects_without_busy_looping() {
             )
             .await;
     }
-    let attempts = planner.stats.connect_attempts.load(Ordering::SeqCst);
+    let attempts = planner.metrics.broker_connects.get();
     // A measurement window, not synchronisation: count reconnect attempts while the broker is away.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let during = planner.stats.connect_attempts.load(Ordering::SeqCst) - attempts;
+    let during = planner.metrics.broker_connects.get() - attempts;
     assert!(
         during <= 12,
         "{during} connection attempts in 1.5 s: the backoff is not working"
     );
-    assert_eq!(planner.stats.settled(), 5);
+    assert_eq!(planner.metrics.settled(), 5);
 
     proxy.set(Mode::Forward);
     planner.settled(10).await;
@@ -511,7 +511,7 @@ async fn two_planners_on_one_queue_converge_to_the_state_of_one() {
         }
     }
     single.settled(published).await;
-    let (a, b) = (first.stats.clone(), second.stats.clone());
+    let (a, b) = (first.metrics.clone(), second.metrics.clone());
     eventually(
         "both planners together settled everything",
         Duration::from_secs(30),
@@ -522,11 +522,11 @@ async fn two_planners_on_one_queue_converge_to_the_state_of_one() {
     )
     .await;
     assert!(
-        first.stats.settled() > 0 && second.stats.settled() > 0,
+        first.metrics.settled() > 0 && second.metrics.settled() > 0,
         "both planners took work"
     );
     let applied =
-        first.stats.applied.load(Ordering::SeqCst) + second.stats.applied.load(Ordering::SeqCst);
+        first.metrics.applied() + second.metrics.applied();
     assert_eq!(
         applied,
         4 * JOBS as u64,
@@ -576,7 +576,7 @@ async fn a_job_s_deliveries_in_different_batches_apply_in_arrival_order() {
     publisher.publish_all(messages, 64).await;
     planner.settled(3 * JOBS as u64).await;
     assert_eq!(
-        planner.stats.applied.load(Ordering::SeqCst),
+        planner.metrics.applied(),
         3 * JOBS as u64
     );
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use actors::telemetry::{TelemetryConfig, Tracing};
+use actors::telemetry::{OtlpTarget, TelemetryConfig, Tracing};
 use serde_json::json;
 use tests::{
     amqp::Broker,
@@ -19,9 +19,8 @@ async fn a_consumed_delivery_s_trace_continues_into_the_pressure_broadcast() {
     let tracing = Tracing::init(
         "planner-test",
         &TelemetryConfig {
-            prometheus_host: [127, 0, 0, 1].into(),
-            prometheus_port: 0,
-            otlp_traces_endpoint: Some(receiver.endpoint.clone()),
+            traces: Some(OtlpTarget::http(receiver.endpoint.clone())),
+            ..TelemetryConfig::loopback()
         },
     )
     .expect("tracing");

@@ -8,7 +8,8 @@ use chrono::Utc;
 use diesel::RunQueryDsl;
 use planner::{
     domain::labels::IgnoredLabels,
-    reconcile::{ReconcileConfig, ReconcileMetrics, Reconciler, NOT_FOUND_CONCLUSION},
+    metrics::ReconcileMetrics,
+    reconcile::{ReconcileConfig, Reconciler, NOT_FOUND_CONCLUSION},
     store::{build_pool, PgPool},
 };
 use schema::queries;
@@ -115,7 +116,7 @@ async fn lost_completions_are_reconciled_and_open_jobs_stay() {
         })
         .start()
         .await;
-    let metrics = planner.reconcile_metrics.clone();
+    let metrics = planner.metrics.reconcile.clone();
 
     let (planner, fake) = (&planner, &fake);
     // Job 4 needs three rounds (two 5xx, then completed).

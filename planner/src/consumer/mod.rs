@@ -11,7 +11,7 @@
 //! Where each part lives: the session (connect, declare, consume, queue-depth polling) in
 //! `session`; batch sizes, per-job ordering and sorting deliveries in `batching`; applying and
 //! settling in `apply`; retries and the bisection of a refused batch in `retry` and `apply`;
-//! spans in `spans`; counters and metrics in `record`. This module holds the configuration, the
+//! spans in `spans`; what it records in the planner's metrics in `record`. This module holds the configuration, the
 //! actor and its reconnect loop ([`actors::reconnect::forever`]).
 //!
 //! Tracing: each delivery continues the trace whose W3C context the gateway put in its AMQP
@@ -23,13 +23,7 @@
 //! than one span with links) keeps every webhook's trace complete on its own: receive ->
 //! publish -> consume -> commit.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use actix::{Actor, AsyncContext, Context, Recipient, WrapFuture};
 use actors::amqp::Topology;
@@ -66,35 +60,6 @@ pub enum SessionError {
     Reject(lapin::Error),
 }
 
-/// What the consumer has done so far; shared with whoever wants to watch (tests, metrics).
-#[derive(Debug, Default)]
-pub struct ConsumerStats {
-    /// Applied to the database and acknowledged.
-    pub applied: AtomicU64,
-    /// Duplicate `X-GitHub-Delivery` ids: counted, acknowledged, not applied again.
-    pub duplicates: AtomicU64,
-    /// Not for the planner (other events, other actions, GitHub-hosted jobs): acknowledged.
-    pub discarded: AtomicU64,
-    /// Rejected without requeue (to the dead-letter queue).
-    pub dead_lettered: AtomicU64,
-    /// Failed attempts to apply a batch (database down or refusing).
-    pub store_failures: AtomicU64,
-    /// Connection attempts to the broker (the first one included).
-    pub connect_attempts: AtomicU64,
-    /// Whether a consumer is registered with the broker right now.
-    pub consuming: AtomicBool,
-}
-
-impl ConsumerStats {
-    /// Deliveries settled (acknowledged or rejected) so far.
-    pub fn settled(&self) -> u64 {
-        self.applied.load(Ordering::SeqCst)
-            + self.duplicates.load(Ordering::SeqCst)
-            + self.discarded.load(Ordering::SeqCst)
-            + self.dead_lettered.load(Ordering::SeqCst)
-    }
-}
-
 /// Settings of the consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -115,29 +80,17 @@ pub struct ConsumerConfig {
 pub struct Consumer {
     config: ConsumerConfig,
     store: Recipient<ApplyBatch>,
-    stats: Arc<ConsumerStats>,
-    metrics: Option<Metrics>,
+    metrics: Metrics,
 }
 
 impl Consumer {
-    /// A consumer handing job events to `store`.
-    pub fn new(
-        config: ConsumerConfig,
-        store: Recipient<ApplyBatch>,
-        stats: Arc<ConsumerStats>,
-    ) -> Self {
+    /// A consumer handing job events to `store` and recording what it does in `metrics`.
+    pub fn new(config: ConsumerConfig, store: Recipient<ApplyBatch>, metrics: Metrics) -> Self {
         Self {
             config,
             store,
-            stats,
-            metrics: None,
+            metrics,
         }
-    }
-
-    /// Also records what the consumer does in `metrics`.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
-        self
     }
 }
 
@@ -146,7 +99,6 @@ impl Actor for Consumer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let recorder = Recorder {
-            stats: self.stats.clone(),
             metrics: self.metrics.clone(),
         };
         let run = run(self.config.clone(), self.store.clone(), recorder);

@@ -1,85 +1,59 @@
-//! Recording what the consumer does: the shared counters and the Prometheus metrics.
+//! What the consumer records, in the planner's metrics ([`crate::metrics`]): the one record of
+//! what it did, read by `/ready` and the tests as well as by Prometheus.
 
-use std::sync::{atomic::Ordering, Arc};
+use crate::{domain::job::JobEvent, domain::webhook::GITHUB, metrics::Metrics};
 
-use crate::{domain::job::JobEvent, metrics::Metrics};
+use super::spans::Received;
 
-use super::{spans::Received, ConsumerStats};
-
-/// Where the consumer records what it does: the [`ConsumerStats`] counters and, when given,
-/// the Prometheus metrics.
+/// The consumer's view of the planner's metrics.
 pub(super) struct Recorder {
-    pub(super) stats: Arc<ConsumerStats>,
-    pub(super) metrics: Option<Metrics>,
+    pub(super) metrics: Metrics,
 }
 
 impl Recorder {
     pub(super) fn connect_attempt(&self) {
-        self.stats.connect_attempts.fetch_add(1, Ordering::SeqCst);
-        if let Some(metrics) = &self.metrics {
-            metrics.broker_connects.inc();
-        }
+        self.metrics.broker_connects.inc();
     }
 
     pub(super) fn consuming(&self, consuming: bool) {
-        if let Some(metrics) = &self.metrics {
-            metrics.broker_connected.set(i64::from(consuming));
-        }
-        self.stats.consuming.store(consuming, Ordering::SeqCst);
+        self.metrics.broker_connected.set(i64::from(consuming));
     }
 
-    // The metrics are recorded before the shared counters, so whoever sees a counter move
-    // (tests) also sees the metrics.
     pub(super) fn applied(&self, event: &JobEvent) {
-        if let Some(metrics) = &self.metrics {
-            metrics
-                .consumed
-                .with_label_values(&[event.platform.as_str(), event.action.as_str()])
-                .inc();
-        }
-        self.stats.applied.fetch_add(1, Ordering::SeqCst);
+        self.metrics
+            .record_consumed(&event.platform, event.action, &event.repository);
     }
 
     pub(super) fn duplicate(&self) {
-        if let Some(metrics) = &self.metrics {
-            metrics.duplicates.inc();
-        }
-        self.stats.duplicates.fetch_add(1, Ordering::SeqCst);
+        self.metrics.duplicates.inc();
     }
 
+    // The consumer reads the `github` platform's queue: a delivery it cannot parse is counted
+    // there, as Canonical's planner counts it.
     pub(super) fn discarded(&self) {
-        if let Some(metrics) = &self.metrics {
-            metrics.discarded.inc();
-        }
-        self.stats.discarded.fetch_add(1, Ordering::SeqCst);
+        self.metrics.discarded.with_label_values(&[GITHUB]).inc();
     }
 
     pub(super) fn dead_lettered(&self, reason: &str) {
-        if let Some(metrics) = &self.metrics {
-            metrics.dead_lettered.with_label_values(&[reason]).inc();
-            metrics.errors.inc();
-        }
-        self.stats.dead_lettered.fetch_add(1, Ordering::SeqCst);
+        self.metrics.dead_lettered.with_label_values(&[reason]).inc();
+        self.metrics.errors.with_label_values(&[GITHUB]).inc();
     }
 
     pub(super) fn batch(&self, deliveries: usize) {
-        if let Some(metrics) = &self.metrics {
-            metrics.batch_deliveries.observe(deliveries as f64);
-        }
+        self.metrics.batch_deliveries.observe(deliveries as f64);
     }
 
     pub(super) fn store_failed(&self, deliveries: usize) {
-        if let Some(metrics) = &self.metrics {
-            metrics.errors.inc_by(deliveries as u64);
-        }
-        self.stats.store_failures.fetch_add(1, Ordering::SeqCst);
+        self.metrics
+            .errors
+            .with_label_values(&[GITHUB])
+            .inc_by(deliveries as u64);
+        self.metrics.store_failures.inc();
     }
 
     pub(super) fn settled(&self, received: &Received) {
-        if let Some(metrics) = &self.metrics {
-            metrics
-                .processing
-                .observe(received.at.elapsed().as_secs_f64());
-        }
+        self.metrics
+            .processing
+            .observe(received.at.elapsed().as_secs_f64());
     }
 }

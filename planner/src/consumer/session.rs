@@ -79,10 +79,7 @@ pub(super) async fn consume(
         config.topology.queue,
         config.prefetch
     );
-    let _depths = match &stats.metrics {
-        Some(metrics) => Some(DepthPoller::start(connection, config, metrics.clone()).await?),
-        None => None,
-    };
+    let _depths = DepthPoller::start(connection, config, stats.metrics.clone()).await?;
 
     // Up to BATCHES_IN_FLIGHT transactions at once, each of at most half the prefetch: while
     // one commits, the broker has room to send the next batch, and the database works on two.

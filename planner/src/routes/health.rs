@@ -1,9 +1,6 @@
 //! Liveness (`GET /health`) and readiness (`GET /ready`).
 
-use std::{
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
-};
+use std::time::Duration;
 
 use actix_web::{get, web, HttpResponse};
 use diesel::RunQueryDsl;
@@ -11,7 +8,7 @@ use prometheus::IntGauge;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::{consumer::ConsumerStats, state::AppState, store::PgPool};
+use crate::{state::AppState, store::PgPool};
 
 /// How long `/ready` (and the periodic probe) waits for PostgreSQL to answer `SELECT 1`.
 pub const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,8 +32,8 @@ pub struct NotReady {
 /// What `/ready` looks at.
 #[derive(Clone)]
 pub struct Readiness {
-    /// The consumer's state (`consuming`: registered with the broker).
-    pub consumer: Arc<ConsumerStats>,
+    /// 1 while the consumer is registered with the broker (`..._broker_connected`).
+    pub broker_connected: IntGauge,
     /// Set to whether PostgreSQL answered the last check.
     pub database_reachable: IntGauge,
 }
@@ -71,7 +68,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let database = database_answers(state.pool.clone(), DATABASE_CHECK_TIMEOUT).await;
     readiness.database_reachable.set(i64::from(database));
     let mut failing = Vec::new();
-    if !readiness.consumer.consuming.load(Ordering::SeqCst) {
+    if readiness.broker_connected.get() != 1 {
         failing.push("broker");
     }
     if !database {
