@@ -186,6 +186,26 @@ pub struct Manager {
 
 /// Writes the flavor file and starts `manager serve`; returns once it listens.
 pub async fn start_manager(setup: &ManagerSetup<'_>) -> Manager {
+    let vars = manager_env(setup);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut service = Service::spawn("manager", &["serve"], &vars);
+    let port = service
+        .logged_value("event=manager_listening", "port", START)
+        .await;
+    let metrics_port = service
+        .logged_value("event=manager_listening", "metrics_port", START)
+        .await;
+    Manager {
+        service,
+        url: format!("http://127.0.0.1:{port}"),
+        metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        token: setup.planner_token.to_owned(),
+        http: reqwest::Client::new(),
+    }
+}
+
+/// Writes the flavor file of `setup`; the environment `manager serve` is started with.
+pub fn manager_env(setup: &ManagerSetup<'_>) -> Vec<(String, String)> {
     let file = setup.dir.path().join(format!("{}-flavors.toml", setup.id));
     let text: String = setup.flavors.iter().map(Flavor::toml).collect();
     std::fs::write(&file, text).expect("write the flavor file");
@@ -211,20 +231,13 @@ pub async fn start_manager(setup: &ManagerSetup<'_>) -> Manager {
         ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
     ];
     vars.extend_from_slice(setup.extra);
-    let mut service = Service::spawn("manager", &["serve"], &vars);
-    let port = service
-        .logged_value("event=manager_listening", "port", START)
-        .await;
-    let metrics_port = service
-        .logged_value("event=manager_listening", "metrics_port", START)
-        .await;
-    Manager {
-        service,
-        url: format!("http://127.0.0.1:{port}"),
-        metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
-        token: setup.planner_token.to_owned(),
-        http: reqwest::Client::new(),
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (key, value) in vars {
+        // Later entries (`extra`) win.
+        env.retain(|(name, _)| name != key);
+        env.push((key.to_owned(), value.to_owned()));
     }
+    env
 }
 
 impl Manager {

@@ -60,6 +60,37 @@ impl Scrape {
             .sum()
     }
 
+    /// The sum of the series of metric `name` whose labels include every pair of `labels` (0
+    /// when none).
+    pub fn sum_where(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter_map(|(key, value)| {
+                let (metric, pairs) = parse_series(key);
+                let all = labels
+                    .iter()
+                    .all(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v));
+                (metric == name && all).then_some(value)
+            })
+            .sum()
+    }
+
+    /// Each exported metric name with the label names its series carry (labels with an empty
+    /// value count as absent, as Prometheus takes them).
+    pub fn labels(&self) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for key in self.0.keys() {
+            let (metric, pairs) = parse_series(key);
+            out.entry(metric.to_owned()).or_default().extend(
+                pairs
+                    .into_iter()
+                    .filter(|(_, value)| !value.is_empty())
+                    .map(|(name, _)| name),
+            );
+        }
+        out
+    }
+
     /// The metric names exported (labels stripped, histogram/summary suffixes kept).
     pub fn names(&self) -> std::collections::BTreeSet<String> {
         self.0
@@ -67,6 +98,32 @@ impl Scrape {
             .map(|key| key.split('{').next().unwrap_or(key).to_owned())
             .collect()
     }
+}
+
+/// A series key `name{a="x",b="y"}` as its name and label pairs (values unescaped).
+pub fn parse_series(key: &str) -> (&str, Vec<(String, String)>) {
+    let Some((name, rest)) = key.split_once('{') else {
+        return (key, Vec::new());
+    };
+    let mut pairs = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        let label: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        let label = label.trim_start_matches(',').trim().to_owned();
+        if label.is_empty() || label == "}" || chars.next() != Some('"') {
+            break;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next()),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        pairs.push((label, value));
+    }
+    (name, pairs)
 }
 
 /// An OTLP/HTTP (protobuf) trace receiver on 127.0.0.1:0 that decodes every export.

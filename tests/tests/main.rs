@@ -6,6 +6,7 @@ mod faults;
 mod gateway_api;
 mod gce_backend;
 mod github_runners;
+mod listeners;
 mod manager;
 mod migrations;
 mod observability;

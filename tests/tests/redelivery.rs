@@ -213,13 +213,13 @@ async fn failed_deliveries_are_redelivered_once_into_the_database() {
         .await
         .unwrap();
     assert_eq!(
-        metric(&text, "github_runner_webhook_gateway_redeliveries_total"),
+        metric(&text, "github_runner_webhook_redelivery_count_total"),
         Some(1.0)
     );
     assert!(
         metric(
             &text,
-            "github_runner_webhook_gateway_redelivery_failures_total"
+            "github_runner_webhook_redelivery_errors_total"
         ) >= Some(1.0),
         "the 429 counts as a failure"
     );

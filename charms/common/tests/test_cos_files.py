@@ -39,11 +39,9 @@ METRICS = {
     "github_runner_planner_database_reachable",
     "github_runner_planner_stream_subscribers",
     "github_runner_planner_queue_messages",
-    "github_runner_webhook_gateway_http_requests_total",
-    "github_runner_planner_http_requests_total",
     # redelivery (gateway) and reconciliation (planner)
-    "github_runner_webhook_gateway_redeliveries_total",
-    "github_runner_webhook_gateway_redelivery_failures_total",
+    "github_runner_webhook_redelivery_count_total",
+    "github_runner_webhook_redelivery_errors_total",
     "github_runner_planner_reconcile_checked_total",
     "github_runner_planner_reconcile_corrected_total",
     "github_runner_planner_reconcile_errors_total",
@@ -51,19 +49,19 @@ METRICS = {
         f"{histogram}_{suffix}"
         for histogram in (
             "github_runner_webhook_gateway_publish_confirm_seconds",
-            "github_runner_webhook_gateway_http_request_duration_seconds",
+            # OpenTelemetry's HTTP server metric, exported by both services.
+            "http_server_request_duration_seconds",
             "github_runner_planner_webhook_job_waiting_seconds",
             "github_runner_planner_webhook_job_running_seconds",
             "github_runner_planner_job_waiting_seconds",
             "github_runner_planner_webhook_processing_seconds",
-            "github_runner_planner_http_request_duration_seconds",
         )
         for suffix in ("bucket", "sum", "count")
     ),
 }
-METRIC_RE = re.compile(r"github_runner_[a-z_]+")
+METRIC_RE = re.compile(r"(?:github_runner|http_server)_[a-z_]+")
 # A metric selector and its label matchers, if any: `name{a="b", ...}`.
-SELECTOR_RE = re.compile(r"\b(github_runner_[a-z_]+|up)\b(?!\()(\{[^}]*\})?")
+SELECTOR_RE = re.compile(r"\b((?:github_runner|http_server)_[a-z_]+|up)\b(?!\()(\{[^}]*\})?")
 
 
 def charm_name(charm_dir: str) -> str:

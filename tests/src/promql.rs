@@ -1,0 +1,393 @@
+//! Just enough PromQL to check a dashboard against what the services export: the metric
+//! selectors of an expression (name and label matchers) and the labels its `by (...)`
+//! aggregations group on, with the metrics each aggregation reads.
+
+use std::collections::BTreeSet;
+
+/// Prometheus functions, aggregations and keywords: words of a PromQL expression that are not
+/// metric names.
+const PROMQL_WORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+    "atan2",
+    // Aggregations, which may be followed by `by (...)` rather than `(`.
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "limitk",
+    "limit_ratio",
+];
+
+/// A label matcher of a selector: `label op "value"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matcher {
+    pub label: String,
+    /// `=`, `!=`, `=~` or `!~`.
+    pub op: String,
+    pub value: String,
+}
+
+/// A metric selector: `name{matchers}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub metric: String,
+    pub matchers: Vec<Matcher>,
+}
+
+/// An aggregation's `by (labels)` and the metrics it aggregates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grouping {
+    pub labels: Vec<String>,
+    pub metrics: BTreeSet<String>,
+}
+
+/// What a dashboard check needs of one expression.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expr {
+    pub selectors: Vec<Selector>,
+    pub groupings: Vec<Grouping>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    /// An identifier, and whether `(` follows it (a function call).
+    Word(String, bool),
+    Open,
+    Close,
+    /// The inside of `{...}`.
+    Braces(String),
+    Other,
+}
+
+/// Skips a quoted string starting at `chars[i]`; returns the index after it.
+fn skip_string(chars: &[char], mut i: usize) -> usize {
+    let quote = chars[i];
+    i += 1;
+    while i < chars.len() && chars[i] != quote {
+        i += if chars[i] == '\\' { 2 } else { 1 };
+    }
+    i + 1
+}
+
+fn tokens(expr: &str) -> Vec<Token> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '{' => {
+                let start = i + 1;
+                while i < chars.len() && chars[i] != '}' {
+                    if "\"'`".contains(chars[i]) {
+                        i = skip_string(&chars, i);
+                    } else {
+                        i += 1;
+                    }
+                }
+                out.push(Token::Braces(
+                    chars[start..i.min(chars.len())].iter().collect(),
+                ));
+                i += 1;
+            }
+            '[' => {
+                while i < chars.len() && chars[i] != ']' {
+                    i += 1;
+                }
+                i += 1;
+                out.push(Token::Other);
+            }
+            '"' | '\'' | '`' => {
+                i = skip_string(&chars, i);
+                out.push(Token::Other);
+            }
+            '$' => {
+                // A Grafana variable: `$name`, `${name}`, `$__rate_interval`.
+                i += 1;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || "_{}:".contains(chars[i]))
+                {
+                    i += 1;
+                }
+                out.push(Token::Other);
+            }
+            '(' => {
+                out.push(Token::Open);
+                i += 1;
+            }
+            ')' => {
+                out.push(Token::Close);
+                i += 1;
+            }
+            c if c.is_ascii_digit() || c == '.' => {
+                // Numbers and durations (`0.95`, `1e3`, `5m`).
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
+                out.push(Token::Other);
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i]))
+                {
+                    i += 1;
+                }
+                let mut next = i;
+                while next < chars.len() && chars[next].is_whitespace() {
+                    next += 1;
+                }
+                let called = next < chars.len() && chars[next] == '(';
+                out.push(Token::Word(chars[start..i].iter().collect(), called));
+            }
+            c if c.is_whitespace() => i += 1,
+            _ => {
+                out.push(Token::Other);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The matchers inside `{...}`.
+fn matchers(inside: &str) -> Vec<Matcher> {
+    let chars: Vec<char> = inside.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < chars.len() && (chars[i].is_whitespace() || chars[i] == ',') {
+            i += 1;
+        }
+        let start = i;
+        while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+            i += 1;
+        }
+        if start == i {
+            return out;
+        }
+        let label: String = chars[start..i].iter().collect();
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        let op_start = i;
+        while i < chars.len() && "=!~".contains(chars[i]) {
+            i += 1;
+        }
+        let op: String = chars[op_start..i].iter().collect();
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        if i >= chars.len() || !"\"'`".contains(chars[i]) {
+            return out;
+        }
+        let end = skip_string(&chars, i);
+        let value: String = chars[i + 1..end.saturating_sub(1).max(i + 1)]
+            .iter()
+            .collect();
+        i = end;
+        out.push(Matcher { label, op, value });
+    }
+}
+
+/// The index of the token that closes the group opened at `open`.
+fn closing(tokens: &[Token], open: usize) -> usize {
+    let mut depth = 0;
+    for (index, token) in tokens.iter().enumerate().skip(open) {
+        match token {
+            Token::Open => depth += 1,
+            Token::Close => {
+                depth -= 1;
+                if depth == 0 {
+                    return index;
+                }
+            }
+            _ => {}
+        }
+    }
+    tokens.len()
+}
+
+/// The index of the token that opens the group closed at `close`.
+fn opening(tokens: &[Token], close: usize) -> usize {
+    let mut depth = 0;
+    for index in (0..=close).rev() {
+        match tokens[index] {
+            Token::Close => depth += 1,
+            Token::Open => {
+                depth -= 1;
+                if depth == 0 {
+                    return index;
+                }
+            }
+            _ => {}
+        }
+    }
+    0
+}
+
+/// The selectors and `by` groupings of `expr`. Identifiers inside label matchers, ranges and
+/// strings, function and aggregation names, keywords, label lists and Grafana variables are
+/// not metrics.
+pub fn parse(expr: &str) -> Expr {
+    let tokens = tokens(expr);
+    // Token index of each selector, to find the ones an aggregation reads.
+    let mut found: Vec<(usize, Selector)> = Vec::new();
+    let mut groupings: Vec<(Vec<String>, usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            Token::Word(word, called) => {
+                let lower = word.to_ascii_lowercase();
+                let list = ["by", "without", "on", "ignoring", "group_left", "group_right"];
+                if list.contains(&lower.as_str()) {
+                    let Some(Token::Open) = tokens.get(i + 1) else {
+                        i += 1;
+                        continue;
+                    };
+                    let close = closing(&tokens, i + 1);
+                    let labels: Vec<String> = tokens[i + 1..close]
+                        .iter()
+                        .filter_map(|t| match t {
+                            Token::Word(label, _) => Some(label.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    if lower == "by" {
+                        // `sum by (l) (body)`, or `sum (body) by (l)`.
+                        let scope = if let Some(Token::Open) = tokens.get(close + 1) {
+                            Some((close + 1, closing(&tokens, close + 1)))
+                        } else if i > 0 && tokens[i - 1] == Token::Close {
+                            Some((opening(&tokens, i - 1), i - 1))
+                        } else {
+                            None
+                        };
+                        if let Some((from, to)) = scope {
+                            groupings.push((labels, from, to));
+                        }
+                    }
+                    i = close + 1;
+                    continue;
+                }
+                if !called && !PROMQL_WORDS.contains(&lower.as_str()) {
+                    let matchers = match tokens.get(i + 1) {
+                        Some(Token::Braces(inside)) => matchers(inside),
+                        _ => Vec::new(),
+                    };
+                    found.push((
+                        i,
+                        Selector {
+                            metric: word.clone(),
+                            matchers,
+                        },
+                    ));
+                }
+            }
+            Token::Braces(_) | Token::Open | Token::Close | Token::Other => {}
+        }
+        i += 1;
+    }
+    Expr {
+        groupings: groupings
+            .into_iter()
+            .map(|(labels, from, to)| Grouping {
+                labels,
+                metrics: found
+                    .iter()
+                    .filter(|(at, _)| (from..=to).contains(at))
+                    .map(|(_, selector)| selector.metric.clone())
+                    .collect(),
+            })
+            .collect(),
+        selectors: found.into_iter().map(|(_, selector)| selector).collect(),
+    }
+}
+
+/// The metric names `expr` uses.
+pub fn metric_names(expr: &str) -> BTreeSet<String> {
+    parse(expr)
+        .selectors
+        .into_iter()
+        .map(|selector| selector.metric)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_leave_out_functions_labels_and_variables() {
+        let names = metric_names(
+            r#"histogram_quantile(0.95, sum by (le, flavor) (rate(a_bucket{flavor=~"x|y", b="}"}[$__rate_interval])))
+           / on() group_left(reason) sum without (instance) (b_total offset 5m) > bool 3
+           or absent(c) and sum(d{x="1"}) by (job) unless up"#,
+        );
+        let expected: BTreeSet<String> = ["a_bucket", "b_total", "c", "d", "up"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn selectors_and_groupings_are_read() {
+        let expr = parse(
+            r#"histogram_quantile(0.95, sum by(le, http_route) (rate(h_bucket{http_route!="",code!~"2..", j=~"$x"}[5m])))
+               or sum(increase(c_total{repo="a/b"}[1h])) by (repo) / sum(other)"#,
+        );
+        assert_eq!(
+            expr.selectors[0].matchers,
+            vec![
+                Matcher {
+                    label: "http_route".into(),
+                    op: "!=".into(),
+                    value: "".into()
+                },
+                Matcher {
+                    label: "code".into(),
+                    op: "!~".into(),
+                    value: "2..".into()
+                },
+                Matcher {
+                    label: "j".into(),
+                    op: "=~".into(),
+                    value: "$x".into()
+                },
+            ]
+        );
+        assert_eq!(
+            expr.groupings,
+            vec![
+                Grouping {
+                    labels: vec!["le".into(), "http_route".into()],
+                    metrics: ["h_bucket".to_owned()].into(),
+                },
+                Grouping {
+                    labels: vec!["repo".into()],
+                    metrics: ["c_total".to_owned()].into(),
+                },
+            ]
+        );
+    }
+}
