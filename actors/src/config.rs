@@ -136,11 +136,19 @@ pub fn bind(
     } else {
         format!("{host}:{port}")
     };
-    std::net::TcpListener::bind((host, port)).map_err(|error| BindError {
-        address,
+    let failed = |error| BindError {
+        address: address.clone(),
         variables,
         error,
-    })
+    };
+    // A host name may resolve to several addresses: IPv4 first, as Go's services listen
+    // (`localhost` is then 127.0.0.1, where the documentation's URLs point).
+    let mut addresses: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(failed)?
+            .collect();
+    addresses.sort_by_key(|address| address.is_ipv6());
+    std::net::TcpListener::bind(addresses.as_slice()).map_err(failed)
 }
 
 /// Default of `APP_REQUEST_TIMEOUT`.
@@ -237,6 +245,10 @@ mod tests {
         assert!(text.contains("in use"), "{text}");
         assert_eq!(std::io::Error::from(err).to_string(), text);
         assert!(bind("127.0.0.1", 0, "APP_PORT").is_ok());
+        let local = bind("localhost", 0, "APP_PORT").unwrap();
+        assert!(local.local_addr().unwrap().is_ipv4(), "localhost is 127.0.0.1 first");
+        let err = bind("no-such-host.invalid", 0, "OTEL_EXPORTER_PROMETHEUS_HOST").unwrap_err();
+        assert!(err.to_string().contains("no-such-host.invalid:0"), "{err}");
     }
 
     #[test]
