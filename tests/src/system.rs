@@ -38,14 +38,25 @@ impl System {
     /// Starts both services; with `traces`, both export spans to that OTLP/HTTP endpoint.
     /// Returns once the gateway is connected and the planner consumes.
     pub async fn start(traces: Option<&str>) -> Self {
+        let env: Vec<(&str, &str)> = traces
+            .map(|endpoint| ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint))
+            .into_iter()
+            .collect();
+        Self::start_with(&env, &env).await
+    }
+
+    /// Starts both services with more variables each (`gateway_env`, `planner_env`).
+    pub async fn start_with(gateway_env: &[(&str, &str)], planner_env: &[(&str, &str)]) -> Self {
         let db = TestDb::new();
         let topology = Topology::with_prefix(&crate::unique("system"));
         let queues = TopologyGuard(topology.clone());
         let mut gateway = GatewayProcess::new(&topology.queue);
         let mut planner = PlannerProcess::new(db.url(), &topology.queue);
-        if let Some(endpoint) = traces {
-            gateway = gateway.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint);
-            planner = planner.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint);
+        for (key, value) in gateway_env {
+            gateway = gateway.env(key, value);
+        }
+        for (key, value) in planner_env {
+            planner = planner.env(key, value);
         }
         let gateway: Running = gateway.start().await;
         let planner: Running = planner.start().await;

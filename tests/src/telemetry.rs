@@ -1,9 +1,10 @@
-//! Reading what the services export: Prometheus text from `/metrics`, and OTLP/HTTP trace
-//! exports received by a real receiver started inside the test.
+//! Reading what the services export: Prometheus text from `/metrics`, and OTLP exports (traces
+//! and metrics, over HTTP/protobuf or gRPC) received by real receivers started inside the test.
 
 use std::collections::BTreeMap;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -126,33 +127,104 @@ pub fn parse_series(key: &str) -> (&str, Vec<(String, String)>) {
     (name, pairs)
 }
 
-/// An OTLP/HTTP (protobuf) trace receiver on 127.0.0.1:0 that decodes every export.
+/// What an OTLP receiver got: each span, and each metrics export whole.
+struct Exports {
+    spans: mpsc::UnboundedSender<Span>,
+    metrics: mpsc::UnboundedSender<ExportMetricsServiceRequest>,
+}
+
+impl Exports {
+    /// Decodes one export of `signal` (`traces` or `metrics`); false when it is not one.
+    fn take(&self, signal: &str, body: &[u8]) -> bool {
+        match signal {
+            "traces" => {
+                let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                    return false;
+                };
+                for resource in request.resource_spans {
+                    for scope in resource.scope_spans {
+                        for span in scope.spans {
+                            let _ = self.spans.send(span);
+                        }
+                    }
+                }
+                true
+            }
+            "metrics" => match ExportMetricsServiceRequest::decode(body) {
+                Ok(request) => self.metrics.send(request).is_ok(),
+                Err(_) => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The receiving ends of a receiver's [`Exports`].
+struct Received {
+    spans: mpsc::UnboundedReceiver<Span>,
+    metrics: mpsc::UnboundedReceiver<ExportMetricsServiceRequest>,
+}
+
+fn exports() -> (Exports, Received) {
+    let (spans_tx, spans) = mpsc::unbounded_channel();
+    let (metrics_tx, metrics) = mpsc::unbounded_channel();
+    (
+        Exports {
+            spans: spans_tx,
+            metrics: metrics_tx,
+        },
+        Received { spans, metrics },
+    )
+}
+
+impl Received {
+    async fn span(&mut self, limit: std::time::Duration) -> Span {
+        crate::within(limit, "an exported span", self.spans.recv())
+            .await
+            .expect("receiver open")
+    }
+
+    async fn metrics(&mut self, limit: std::time::Duration) -> ExportMetricsServiceRequest {
+        crate::within(limit, "a metrics export", self.metrics.recv())
+            .await
+            .expect("receiver open")
+    }
+}
+
+/// The metric names of a metrics export.
+pub fn exported_names(request: &ExportMetricsServiceRequest) -> std::collections::BTreeSet<String> {
+    request
+        .resource_metrics
+        .iter()
+        .flat_map(|resource| &resource.scope_metrics)
+        .flat_map(|scope| &scope.metrics)
+        .map(|metric| metric.name.clone())
+        .collect()
+}
+
+/// An OTLP/HTTP (protobuf) receiver on 127.0.0.1:0 (`/v1/traces`, `/v1/metrics`) that decodes
+/// every export.
 pub struct OtlpReceiver {
     /// The URL to set as `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
     pub endpoint: String,
-    spans: mpsc::UnboundedReceiver<Span>,
+    /// The URL to set as `OTEL_EXPORTER_OTLP_ENDPOINT` (both signals).
+    pub base: String,
+    received: Received,
     handle: actix_web::dev::ServerHandle,
 }
 
 impl OtlpReceiver {
     /// Starts the receiver.
     pub fn start() -> Self {
-        let (sender, spans) = mpsc::unbounded_channel();
-        let sender = web::Data::new(sender);
+        let (exports, received) = exports();
+        let exports = web::Data::new(exports);
         let server = HttpServer::new(move || {
-            App::new().app_data(sender.clone()).route(
-                "/v1/traces",
+            App::new().app_data(exports.clone()).route(
+                "/v1/{signal}",
                 web::post().to(
-                    |body: web::Bytes, sender: web::Data<mpsc::UnboundedSender<Span>>| async move {
-                        let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                    |signal: web::Path<String>, body: web::Bytes, exports: web::Data<Exports>| async move {
+                        if !exports.take(&signal, &body) {
                             return HttpResponse::BadRequest().finish();
-                        };
-                        for resource in request.resource_spans {
-                            for scope in resource.scope_spans {
-                                for span in scope.spans {
-                                    let _ = sender.send(span);
-                                }
-                            }
                         }
                         HttpResponse::Ok()
                             .content_type("application/x-protobuf")
@@ -171,16 +243,20 @@ impl OtlpReceiver {
         actix_rt::spawn(server);
         Self {
             endpoint: format!("http://127.0.0.1:{port}/v1/traces"),
-            spans,
+            base: format!("http://127.0.0.1:{port}"),
+            received,
             handle,
         }
     }
 
     /// The next span received, waiting up to `limit`.
     pub async fn next(&mut self, limit: std::time::Duration) -> Span {
-        crate::within(limit, "an exported span", self.spans.recv())
-            .await
-            .expect("receiver open")
+        self.received.span(limit).await
+    }
+
+    /// The next metrics export received, waiting up to `limit`.
+    pub async fn next_metrics(&mut self, limit: std::time::Duration) -> ExportMetricsServiceRequest {
+        self.received.metrics(limit).await
     }
 
     /// Receives spans until one named `name` arrives; returns it and every span before it.
@@ -200,6 +276,96 @@ impl OtlpReceiver {
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
+}
+
+/// An OTLP/gRPC receiver on 127.0.0.1:0: HTTP/2 with gRPC's framing, answering every
+/// `Export` of the trace and metrics services with an empty success. Stops when dropped.
+pub struct GrpcReceiver {
+    /// The URL to set as `OTEL_EXPORTER_OTLP_ENDPOINT` with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`.
+    pub endpoint: String,
+    received: Received,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl GrpcReceiver {
+    /// Starts the receiver.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gRPC receiver");
+        let port = listener.local_addr().expect("local address").port();
+        let (exports, received) = exports();
+        let exports = std::sync::Arc::new(exports);
+        let accept = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let exports = exports.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, respond))) = connection.accept().await {
+                        tokio::spawn(answer(request, respond, exports.clone()));
+                    }
+                });
+            }
+        });
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            received,
+            accept,
+        }
+    }
+
+    /// The next span received, waiting up to `limit`.
+    pub async fn next(&mut self, limit: std::time::Duration) -> Span {
+        self.received.span(limit).await
+    }
+
+    /// The next metrics export received, waiting up to `limit`.
+    pub async fn next_metrics(&mut self, limit: std::time::Duration) -> ExportMetricsServiceRequest {
+        self.received.metrics(limit).await
+    }
+}
+
+impl Drop for GrpcReceiver {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Reads one gRPC request, hands its message to `exports`, answers an empty message with
+/// `grpc-status` 0 (or 12, unimplemented, for another method).
+async fn answer(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    exports: std::sync::Arc<Exports>,
+) {
+    let signal = match request.uri().path() {
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => "traces",
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export" => "metrics",
+        _ => "",
+    };
+    let mut body = request.into_body();
+    let mut data = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    // A gRPC message: a compression flag, a 4-byte big-endian length, the message.
+    let taken = data.len() >= 5 && data[0] == 0 && exports.take(signal, &data[5..]);
+    let response = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("a response");
+    let Ok(mut stream) = respond.send_response(response, false) else {
+        return;
+    };
+    let _ = stream.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+    let mut trailers = http::HeaderMap::new();
+    let status = if taken { "0" } else { "12" };
+    trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+    let _ = stream.send_trailers(trailers);
 }
 
 /// The string or integer value of attribute `key` of `span`, as text.

@@ -22,7 +22,7 @@ use tests::{
     proxy::{Mode, TcpProxy},
     system::System,
     promql::{metric_names, parse},
-    telemetry::{attribute, OtlpReceiver, Scrape},
+    telemetry::{attribute, exported_names, GrpcReceiver, OtlpReceiver, Scrape},
     unique,
 };
 
@@ -806,4 +806,62 @@ async fn commit_span_records_failed_attempts_while_the_database_is_away() {
         "a commit that finally succeeded is not an error"
     );
     receiver.stop().await;
+}
+
+/// `OTEL_METRICS_EXPORTER=otlp` and `OTEL_TRACES_EXPORTER=otlp` through the real binaries: the
+/// gateway sends over HTTP/protobuf, the planner over gRPC (`OTEL_EXPORTER_OTLP_PROTOCOL`);
+/// both push their metrics under the names a scrape shows, export their spans, and open no
+/// Prometheus listener.
+#[actix_web::test]
+async fn metrics_and_traces_are_pushed_over_otlp_http_and_grpc() {
+    let mut http = OtlpReceiver::start();
+    let mut grpc = GrpcReceiver::start().await;
+    let otlp = [
+        ("OTEL_METRICS_EXPORTER", "otlp"),
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+    ];
+    let mut gateway_env = otlp.to_vec();
+    gateway_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", &http.base));
+    let mut planner_env = otlp.to_vec();
+    planner_env.extend([
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &grpc.endpoint),
+    ]);
+    let system = System::start_with(&gateway_env, &planner_env).await;
+    for log in [system.gateway.log(), system.planner.log()] {
+        assert!(log.contains("metrics_port=none"), "{log}");
+    }
+    send_webhook(&system, &timed(31, "queued"), "otlp-31").await;
+    job_reaches(&system, 31, "queued").await;
+
+    http.until("webhook receive", WAIT).await;
+    tests::within(WAIT, "the planner's consume span over gRPC", async {
+        while grpc.next(WAIT).await.name != "consume" {}
+    })
+    .await;
+    tests::within(WAIT, "the gateway's metrics over HTTP", async {
+        loop {
+            let names = exported_names(&http.next_metrics(WAIT).await);
+            if names.contains("github_runner_webhook_gateway_outbound_total")
+                && names.contains("http_server_request_duration_seconds")
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    tests::within(WAIT, "the planner's metrics over gRPC", async {
+        loop {
+            let names = exported_names(&grpc.next_metrics(WAIT).await);
+            if names.contains("github_runner_planner_webhook_consumed_total")
+                && names.contains("github_runner_planner_broker_connected")
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    system.stop().await;
+    http.stop().await;
 }
