@@ -246,7 +246,10 @@ mod tests {
         assert_eq!(std::io::Error::from(err).to_string(), text);
         assert!(bind("127.0.0.1", 0, "APP_PORT").is_ok());
         let local = bind("localhost", 0, "APP_PORT").unwrap();
-        assert!(local.local_addr().unwrap().is_ipv4(), "localhost is 127.0.0.1 first");
+        assert!(
+            local.local_addr().unwrap().is_ipv4(),
+            "localhost is 127.0.0.1 first"
+        );
         let err = bind("no-such-host.invalid", 0, "OTEL_EXPORTER_PROMETHEUS_HOST").unwrap_err();
         assert!(err.to_string().contains("no-such-host.invalid:0"), "{err}");
     }

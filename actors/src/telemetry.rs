@@ -440,6 +440,4 @@ mod tests {
             .span_context()
             .is_valid());
     }
-
-
 }

@@ -87,7 +87,7 @@ impl Application {
         if let Some(redelivery) = &config.redelivery {
             let redeliverer =
                 crate::redelivery::Redeliverer::new(redelivery, metrics.redelivery.clone())
-                .map_err(std::io::Error::other)?;
+                    .map_err(std::io::Error::other)?;
             actix::Actor::start(crate::redelivery::RedeliveryActor::new(
                 redeliverer,
                 redelivery.interval,

@@ -521,10 +521,7 @@ mod tests {
                 .with_label_values(&[GITHUB, "created", repo])
                 .get()
         };
-        assert_eq!(
-            (count("o/a"), count("o/b"), count(OTHER_REPO)),
-            (2, 1, 2)
-        );
+        assert_eq!((count("o/a"), count("o/b"), count(OTHER_REPO)), (2, 1, 2));
         assert_eq!(metrics.applied(), 5);
         let text = exported(&metrics);
         assert!(!text.contains("o/c") && !text.contains("o/d"), "{text}");
@@ -554,7 +551,8 @@ mod tests {
         metrics.reconcile.checked.inc();
         let text = exported(&metrics);
         assert!(text.contains("github_runner_planner_reconcile_checked_total 1"));
-        assert!(text.contains("github_runner_planner_reconcile_corrected_total{reason=\"not_found\"} 0"));
+        assert!(text
+            .contains("github_runner_planner_reconcile_corrected_total{reason=\"not_found\"} 0"));
         assert!(metrics.reconcile.register(&metrics.registry).is_err());
     }
 }

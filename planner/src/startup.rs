@@ -9,8 +9,8 @@ use actix_web::{
     middleware::{self, Logger},
     web, App, HttpServer,
 };
-use actors::config::bind;
 use actors::broadcast::{Broadcaster, Shutdown};
+use actors::config::bind;
 use actors::telemetry::{HttpMetrics, MetricsExport};
 use secrecy::ExposeSecret;
 

@@ -259,7 +259,14 @@ pub fn parse(expr: &str) -> Expr {
         match &tokens[i] {
             Token::Word(word, called) => {
                 let lower = word.to_ascii_lowercase();
-                let list = ["by", "without", "on", "ignoring", "group_left", "group_right"];
+                let list = [
+                    "by",
+                    "without",
+                    "on",
+                    "ignoring",
+                    "group_left",
+                    "group_right",
+                ];
                 if list.contains(&lower.as_str()) {
                     let Some(Token::Open) = tokens.get(i + 1) else {
                         i += 1;

@@ -218,25 +218,28 @@ impl OtlpReceiver {
     pub fn start() -> Self {
         let (exports, received) = exports();
         let exports = web::Data::new(exports);
-        let server = HttpServer::new(move || {
-            App::new().app_data(exports.clone()).route(
-                "/v1/{signal}",
-                web::post().to(
-                    |signal: web::Path<String>, body: web::Bytes, exports: web::Data<Exports>| async move {
-                        if !exports.take(&signal, &body) {
-                            return HttpResponse::BadRequest().finish();
-                        }
-                        HttpResponse::Ok()
-                            .content_type("application/x-protobuf")
-                            .finish()
-                    },
-                ),
-            )
-        })
-        .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .expect("bind OTLP receiver");
+        let server =
+            HttpServer::new(move || {
+                App::new().app_data(exports.clone()).route(
+                    "/v1/{signal}",
+                    web::post().to(
+                        |signal: web::Path<String>,
+                         body: web::Bytes,
+                         exports: web::Data<Exports>| async move {
+                            if !exports.take(&signal, &body) {
+                                return HttpResponse::BadRequest().finish();
+                            }
+                            HttpResponse::Ok()
+                                .content_type("application/x-protobuf")
+                                .finish()
+                        },
+                    ),
+                )
+            })
+            .workers(1)
+            .disable_signals()
+            .bind("127.0.0.1:0")
+            .expect("bind OTLP receiver");
         let port = server.addrs()[0].port();
         let server = server.run();
         let handle = server.handle();
@@ -255,7 +258,10 @@ impl OtlpReceiver {
     }
 
     /// The next metrics export received, waiting up to `limit`.
-    pub async fn next_metrics(&mut self, limit: std::time::Duration) -> ExportMetricsServiceRequest {
+    pub async fn next_metrics(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> ExportMetricsServiceRequest {
         self.received.metrics(limit).await
     }
 
@@ -322,7 +328,10 @@ impl GrpcReceiver {
     }
 
     /// The next metrics export received, waiting up to `limit`.
-    pub async fn next_metrics(&mut self, limit: std::time::Duration) -> ExportMetricsServiceRequest {
+    pub async fn next_metrics(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> ExportMetricsServiceRequest {
         self.received.metrics(limit).await
     }
 }

@@ -52,8 +52,12 @@ async fn fails_on_taken_port(binary: &str, args: &[&str], env: &[(String, String
         ("OTEL_EXPORTER_PROMETHEUS_PORT", metrics_port),
     ]);
     let (status, stderr) = run(binary, args, &vars, LIMIT).await;
-    assert!(!status.success(), "{binary} started on a taken port: {stderr}");
-    let expected = format!("cannot listen on {address} (set by {variables}): Address already in use");
+    assert!(
+        !status.success(),
+        "{binary} started on a taken port: {stderr}"
+    );
+    let expected =
+        format!("cannot listen on {address} (set by {variables}): Address already in use");
     assert!(
         stderr.contains(&expected),
         "{binary}: no {expected:?} in:\n{stderr}"

@@ -19,9 +19,9 @@ use tests::{
     fixtures::job_payload,
     gateway::{webhook, SECRET},
     planner::{spawn_planner, test_config, TestPlanner, ADMIN_TOKEN},
+    promql::{metric_names, parse},
     proxy::{Mode, TcpProxy},
     system::System,
-    promql::{metric_names, parse},
     telemetry::{attribute, exported_names, GrpcReceiver, OtlpReceiver, Scrape},
     unique,
 };
@@ -99,7 +99,9 @@ async fn planner_metrics_count_every_outcome_and_job_times() {
     }
     assert_eq!(scrape.value(&format!("{P}_webhook_duplicates_total")), 1.0);
     assert_eq!(
-        scrape.value(&format!("{P}_webhook_discarded_total{{platform=\"github\"}}")),
+        scrape.value(&format!(
+            "{P}_webhook_discarded_total{{platform=\"github\"}}"
+        )),
         1.0
     );
     assert_eq!(
@@ -185,7 +187,10 @@ async fn planner_metrics_count_every_outcome_and_job_times() {
         (format!("webhook_job_waiting_seconds_sum{job}"), 84.0),
         (format!("webhook_job_running_seconds_count{job}"), 2.0),
         (format!("webhook_job_running_seconds_sum{job}"), 200.0),
-        ("job_waiting_seconds_count{flavor=\"small\"}".to_owned(), 2.0),
+        (
+            "job_waiting_seconds_count{flavor=\"small\"}".to_owned(),
+            2.0,
+        ),
         ("webhook_processing_seconds_count".to_owned(), 8.0),
     ] {
         assert_eq!(scrape.value(&format!("{P}_{series}")), value, "{series}");
@@ -521,7 +526,8 @@ fn unexported(expr: &str, exported: &BTreeMap<String, BTreeSet<String>>) -> Vec<
     let mut missing = Vec::new();
     for selector in &parsed.selectors {
         let metric = &selector.metric;
-        if PROMETHEUS_SERIES.contains(&metric.as_str()) || AWAITING_WIRING.contains(&metric.as_str())
+        if PROMETHEUS_SERIES.contains(&metric.as_str())
+            || AWAITING_WIRING.contains(&metric.as_str())
         {
             continue;
         }
@@ -531,7 +537,9 @@ fn unexported(expr: &str, exported: &BTreeMap<String, BTreeSet<String>>) -> Vec<
         };
         for matcher in &selector.matchers {
             let matches_absent = matcher.op == "=" && matcher.value.is_empty();
-            if !matches_absent && !added_by_scrape(&matcher.label) && !labels.contains(&matcher.label)
+            if !matches_absent
+                && !added_by_scrape(&matcher.label)
+                && !labels.contains(&matcher.label)
             {
                 missing.push(format!("label {} of {metric}", matcher.label));
             }
@@ -540,7 +548,10 @@ fn unexported(expr: &str, exported: &BTreeMap<String, BTreeSet<String>>) -> Vec<
     for grouping in &parsed.groupings {
         for label in grouping.labels.iter().filter(|l| !added_by_scrape(l)) {
             for metric in &grouping.metrics {
-                if exported.get(metric).is_some_and(|labels| !labels.contains(label)) {
+                if exported
+                    .get(metric)
+                    .is_some_and(|labels| !labels.contains(label))
+                {
                     missing.push(format!("label {label} of {metric} (by)"));
                 }
             }
@@ -741,7 +752,6 @@ async fn dashboards_and_alerts_only_use_exported_metrics() {
     for needed in [
         "github_runner_webhook_gateway_rejected_total",
         "github_runner_webhook_gateway_publish_confirm_seconds_bucket",
-
         "github_runner_planner_webhook_processing_seconds_bucket",
         "github_runner_planner_webhook_dead_lettered_total",
         "github_runner_planner_queue_messages",
@@ -769,7 +779,9 @@ async fn commit_span_records_failed_attempts_while_the_database_is_away() {
     let topology = unique_topology();
     let _queues = TopologyGuard(topology.clone());
     let mut config = test_config(&with_address(db.url(), database.addr()), topology.clone());
-    config.telemetry.traces = Some(actors::telemetry::OtlpTarget::http(receiver.endpoint.clone()));
+    config.telemetry.traces = Some(actors::telemetry::OtlpTarget::http(
+        receiver.endpoint.clone(),
+    ));
     let tracing = actors::telemetry::Tracing::init("planner-test", &config.telemetry).unwrap();
     let planner = TestPlanner::start_with(config).await;
     let publisher = Broker::connect(&topology).await;
@@ -779,9 +791,7 @@ async fn commit_span_records_failed_attempts_while_the_database_is_away() {
     let metrics = planner.metrics.clone();
     eventually("a failed attempt to store", WAIT, || {
         let metrics = metrics.clone();
-        async move {
-            metrics.store_failures.get() >= 1
-        }
+        async move { metrics.store_failures.get() >= 1 }
     })
     .await;
     database.set(Mode::Forward);

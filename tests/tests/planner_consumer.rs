@@ -100,7 +100,14 @@ async fn fixtures_flow_from_the_queue_into_the_database() {
 
     planner.settled(8).await;
     assert_eq!(planner.metrics.applied(), 5);
-    assert_eq!(planner.metrics.discarded.with_label_values(&["github"]).get(), 3);
+    assert_eq!(
+        planner
+            .metrics
+            .discarded
+            .with_label_values(&["github"])
+            .get(),
+        3
+    );
     assert_eq!(planner.metrics.dead_letters(), 0);
 
     let job = planner.job(id).await.expect("job stored");
@@ -254,10 +261,7 @@ async fn reordered_and_duplicated_deliveries_converge() {
         }
     }
     planner.settled(published).await;
-    assert_eq!(
-        planner.metrics.applied(),
-        4 * (CASES as u64 + 1)
-    );
+    assert_eq!(planner.metrics.applied(), 4 * (CASES as u64 + 1));
 
     let mut conn = planner.db.as_ref().unwrap().connect();
     let rows = jobs(&mut conn);
@@ -525,8 +529,7 @@ async fn two_planners_on_one_queue_converge_to_the_state_of_one() {
         first.metrics.settled() > 0 && second.metrics.settled() > 0,
         "both planners took work"
     );
-    let applied =
-        first.metrics.applied() + second.metrics.applied();
+    let applied = first.metrics.applied() + second.metrics.applied();
     assert_eq!(
         applied,
         4 * JOBS as u64,
@@ -575,10 +578,7 @@ async fn a_job_s_deliveries_in_different_batches_apply_in_arrival_order() {
     }
     publisher.publish_all(messages, 64).await;
     planner.settled(3 * JOBS as u64).await;
-    assert_eq!(
-        planner.metrics.applied(),
-        3 * JOBS as u64
-    );
+    assert_eq!(planner.metrics.applied(), 3 * JOBS as u64);
 
     let rows = jobs(&mut planner.db.as_ref().unwrap().connect());
     assert_eq!(rows.len() as i64, JOBS);

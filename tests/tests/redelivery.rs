@@ -217,10 +217,7 @@ async fn failed_deliveries_are_redelivered_once_into_the_database() {
         Some(1.0)
     );
     assert!(
-        metric(
-            &text,
-            "github_runner_webhook_redelivery_errors_total"
-        ) >= Some(1.0),
+        metric(&text, "github_runner_webhook_redelivery_errors_total") >= Some(1.0),
         "the 429 counts as a failure"
     );
     gateway.stop().await;

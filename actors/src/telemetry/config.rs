@@ -291,9 +291,9 @@ fn url(value: &str) -> Result<String, String> {
 fn host(value: &str) -> Result<String, String> {
     let valid = value.parse::<std::net::IpAddr>().is_ok()
         || (value.len() <= 253
-            && value
-                .split('.')
-                .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')));
+            && value.split('.').all(|part| {
+                !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }));
     if valid {
         Ok(value.to_owned())
     } else {
@@ -365,7 +365,10 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
             ("OTEL_TRACES_EXPORTER", "otlp"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4317"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:4317",
+            ),
             ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
         ])
         .unwrap();

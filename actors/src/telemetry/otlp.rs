@@ -115,16 +115,13 @@ impl Sender {
                 endpoint: target.endpoint.clone(),
             }),
             OtlpProtocol::Grpc => {
-                let mut endpoint =
-                    tonic::transport::Endpoint::from_shared(target.endpoint.clone())
-                        .map_err(|err| failed(err.to_string()))?
-                        .connect_timeout(target.timeout)
-                        .timeout(target.timeout);
+                let mut endpoint = tonic::transport::Endpoint::from_shared(target.endpoint.clone())
+                    .map_err(|err| failed(err.to_string()))?
+                    .connect_timeout(target.timeout)
+                    .timeout(target.timeout);
                 if target.endpoint.starts_with("https://") {
                     endpoint = endpoint
-                        .tls_config(
-                            tonic::transport::ClientTlsConfig::new().with_native_roots(),
-                        )
+                        .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
                         .map_err(|err| failed(err.to_string()))?;
                 }
                 Ok(Self::Grpc(MetricsServiceClient::new(
@@ -234,10 +231,7 @@ fn request(service: &str, started: u64, families: &[MetricFamily]) -> ExportMetr
                                 count: histogram.get_sample_count(),
                                 sum: Some(histogram.get_sample_sum()),
                                 bucket_counts: counts,
-                                explicit_bounds: buckets
-                                    .iter()
-                                    .map(|b| b.upper_bound())
-                                    .collect(),
+                                explicit_bounds: buckets.iter().map(|b| b.upper_bound()).collect(),
                                 ..Default::default()
                             }
                         })
@@ -319,7 +313,10 @@ mod tests {
             sum.aggregation_temporality,
             AggregationTemporality::Cumulative as i32
         );
-        assert_eq!(sum.data_points[0].attributes, vec![string("platform", "github")]);
+        assert_eq!(
+            sum.data_points[0].attributes,
+            vec![string("platform", "github")]
+        );
         assert_eq!(
             sum.data_points[0].value,
             Some(number_data_point::Value::AsDouble(3.0))

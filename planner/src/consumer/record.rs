@@ -35,7 +35,10 @@ impl Recorder {
     }
 
     pub(super) fn dead_lettered(&self, reason: &str) {
-        self.metrics.dead_lettered.with_label_values(&[reason]).inc();
+        self.metrics
+            .dead_lettered
+            .with_label_values(&[reason])
+            .inc();
         self.metrics.errors.with_label_values(&[GITHUB]).inc();
     }
 
