@@ -421,7 +421,8 @@ async fn one_trace_from_webhook_to_pressure_broadcast() {
 }
 
 /// Fails on a log line that shows any of `forbidden`, or on a line of the services' own code
-/// (targets `gateway`, `planner`, `actors`) that is not `event=... key=value`.
+/// (targets `gateway`, `planner`, `actors`) that is not `<message> event=<snake_case> key=value
+/// ...`: a message with no field formatted into it, then the fields, `event` first.
 fn check_log_lines(service: &str, log: &str, forbidden: &[&str]) {
     for line in log.lines() {
         for word in forbidden {
@@ -436,12 +437,71 @@ fn check_log_lines(service: &str, log: &str, forbidden: &[&str]) {
             target == *crate_name || target.starts_with(&format!("{crate_name}::"))
         });
         if ours {
+            let (text, fields) = message
+                .split_once(" event=")
+                .unwrap_or_else(|| panic!("{service}: no event field: {line}"));
             assert!(
-                message.starts_with("event="),
-                "{service}: not an event=... line: {line}"
+                !text.is_empty() && !text.contains('='),
+                "{service}: a field formatted into the message: {line}"
+            );
+            let fields = format!("event={fields}");
+            let fields = parse_fields(&fields)
+                .unwrap_or_else(|| panic!("{service}: fields not key=value: {line}"));
+            let event = fields[0].1;
+            assert!(
+                !event.is_empty()
+                    && event
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{service}: event is not a snake_case name: {line}"
             );
         }
     }
+}
+
+/// `key=value key="quoted \"value\"" ...` as pairs (quoted values still quoted); `None`
+/// unless the whole text is such pairs, one space apart.
+fn parse_fields(text: &str) -> Option<Vec<(&str, &str)>> {
+    let mut fields = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        if key.is_empty() || key.contains([' ', '"']) {
+            return None;
+        }
+        let end = if let Some(quoted) = after.strip_prefix('"') {
+            let mut escaped = false;
+            let close = quoted.find(|c| {
+                let end = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                end
+            })?;
+            close + 2
+        } else {
+            after.find(' ').unwrap_or(after.len())
+        };
+        fields.push((key, &after[..end]));
+        rest = match &after[end..] {
+            "" => "",
+            more => more.strip_prefix(' ')?,
+        };
+    }
+    Some(fields)
+}
+
+#[test]
+fn log_fields_are_parsed_as_the_services_write_them() {
+    assert_eq!(
+        parse_fields(r#"event=x error="a \"b\" c" n=1"#),
+        Some(vec![
+            ("event", "x"),
+            ("error", r#""a \"b\" c""#),
+            ("n", "1")
+        ])
+    );
+    assert_eq!(parse_fields("event=x stray"), None);
+    assert_eq!(parse_fields(r#"event=x error="open"#), None);
+    assert_eq!(parse_fields("event=x  n=1"), None);
 }
 
 /// Metrics a service declares but does not set yet, so no series exists for them (none
@@ -526,7 +586,8 @@ async fn dashboards_and_alerts_only_use_exported_metrics() {
         "dashboards or alert rules use metrics neither service exports:\n{}",
         missing.join("\n")
     );
-    // The services' own log lines are `event=... key=value`, with no secret and no payload.
+    // The services' own log lines are `<message> event=... key=value`, with no secret and no
+    // payload.
     let payload = [
         "16c5286e8d9a0629956a28938386b36608707a71",
         "elastic-machines-testing",
