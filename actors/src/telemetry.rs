@@ -1,8 +1,8 @@
-//! Telemetry every service shares: `env_logger` set-up, the metrics exporter chosen by
-//! `OTEL_METRICS_EXPORTER` (a Prometheus `/metrics` listener, OTLP push, or none), HTTP request
-//! metrics under OpenTelemetry's semantic names, and traces exported over OTLP (gRPC or
-//! HTTP/protobuf) with the W3C trace context carried in AMQP headers, so one trace spans
-//! gateway and planner. The variables are read in [`config`] (`TelemetryConfig`).
+//! Telemetry every service shares: the metrics exporter chosen by `OTEL_METRICS_EXPORTER`
+//! (a Prometheus listener, OTLP push, or none), HTTP request metrics under OpenTelemetry's
+//! semantic names, and traces exported over OTLP (gRPC or HTTP/protobuf) with the W3C trace
+//! context carried in AMQP headers, so one trace spans gateway and planner. The variables
+//! are read in [`config`] (`TelemetryConfig`).
 
 mod config;
 mod otlp;
@@ -30,14 +30,6 @@ pub use self::config::{
     DEFAULT_PROMETHEUS_PORT,
 };
 use crate::config::{bind, BindError};
-
-/// `env_logger` with `RUST_LOG`; by default `info`, without lapin's internal span chatter.
-pub fn init_logging() {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,tracing::span=warn,lapin=warn"),
-    )
-    .init();
-}
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -158,9 +150,11 @@ impl Tracing {
             .build();
         global::set_tracer_provider(provider.clone());
         log::info!(
-            "event=tracing_enabled service={service} endpoint={:?} protocol={:?}",
-            target.endpoint,
-            target.protocol
+            event = "tracing_enabled",
+            service,
+            endpoint = target.endpoint.as_str(),
+            protocol:? = target.protocol;
+            "exporting traces"
         );
         Ok(Self {
             provider: Some(provider),
@@ -172,7 +166,7 @@ impl Tracing {
     pub fn shutdown(self) {
         if let Some(provider) = &self.provider {
             if let Err(err) = provider.shutdown() {
-                log::warn!("event=tracing_shutdown_failed error=\"{err}\"");
+                log::warn!(event = "tracing_shutdown_failed", error:% = err; "cannot flush traces");
             }
         }
     }
@@ -266,7 +260,7 @@ async fn render(registry: web::Data<Registry>) -> HttpResponse {
             .content_type(encoder.format_type())
             .body(buffer),
         Err(err) => {
-            log::error!("event=metrics_encode_failed error=\"{err}\"");
+            log::error!(event = "metrics_encode_failed", error:% = err; "cannot encode metrics");
             HttpResponse::InternalServerError().finish()
         }
     }

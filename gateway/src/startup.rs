@@ -71,7 +71,10 @@ impl Application {
             &config.telemetry,
         )
         .map_err(std::io::Error::other)?;
-        let metrics_port = metrics_export.port();
+        // `none` when metrics are pushed or off.
+        let metrics_port = metrics_export
+            .port()
+            .map_or("none".to_owned(), |port| port.to_string());
         let gauge = metrics.broker_connected.clone();
         let mut changes = publisher_status.subscribe();
         actix_web::rt::spawn(async move {
@@ -119,9 +122,11 @@ impl Application {
         .shutdown_timeout(config.publish_timeout.as_secs() + 2)
         .run();
         log::info!(
-            "event=gateway_listening port={port} metrics_port={} exchange={}",
-            metrics_port.map_or("none".to_owned(), |port| port.to_string()),
-            config.topology.exchange
+            event = "gateway_listening",
+            port,
+            metrics_port = metrics_port.as_str(),
+            exchange = config.topology.exchange;
+            "gateway listening"
         );
         Ok(Self {
             port,
@@ -156,9 +161,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.metrics_export.stop().await;
-        log::info!("event=gateway_draining");
+        log::info!(event = "gateway_draining"; "gateway draining");
         let _ = self.publisher.send(Shutdown).await;
-        log::info!("event=gateway_stopped");
+        log::info!(event = "gateway_stopped"; "gateway stopped");
         result
     }
 }

@@ -44,7 +44,10 @@ impl Application {
             &config.telemetry,
         )
         .map_err(std::io::Error::other)?;
-        let metrics_port = metrics_export.port();
+        // `none` when metrics are pushed or off.
+        let metrics_port = metrics_export
+            .port()
+            .map_or("none".to_owned(), |port| port.to_string());
         let readiness = Arc::new(Readiness::new());
 
         let github = {
@@ -103,11 +106,13 @@ impl Application {
         .shutdown_timeout(5)
         .run();
         log::info!(
-            "event=manager_listening port={port} metrics_port={} manager_id={} flavors={} github_path={}",
-            metrics_port.map_or("none".to_owned(), |port| port.to_string()),
-            config.manager_id,
-            config.flavors.len(),
-            config.github_path.api_prefix()
+            event = "manager_listening",
+            port,
+            metrics_port = metrics_port.as_str(),
+            manager_id = config.manager_id,
+            flavors = config.flavors.len(),
+            github_path = config.github_path.api_prefix();
+            "manager listening"
         );
         Ok(Self {
             port,
@@ -130,7 +135,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.metrics_export.stop().await;
-        log::info!("event=manager_stopped");
+        log::info!(event = "manager_stopped"; "manager stopped");
         result
     }
 }

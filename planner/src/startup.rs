@@ -4,11 +4,7 @@
 use std::time::Duration;
 
 use actix::{Actor, Addr, SyncArbiter};
-use actix_web::{
-    dev::Server,
-    middleware::{self, Logger},
-    web, App, HttpServer,
-};
+use actix_web::{dev::Server, middleware, web, App, HttpServer};
 use actors::broadcast::{Broadcaster, Shutdown};
 use actors::config::bind;
 use actors::telemetry::{HttpMetrics, MetricsExport};
@@ -64,7 +60,11 @@ impl Application {
         if config.migrate_on_start {
             let migrations_pool = pool.clone();
             let applied = web::block(move || migrate(&migrations_pool)).await??;
-            log::info!("event=migrations_applied count={}", applied.len());
+            log::info!(
+                event = "migrations_applied",
+                count = applied.len();
+                "migrations applied"
+            );
         }
 
         let metrics = Metrics::new(config.metrics_max_repos)?;
@@ -73,7 +73,10 @@ impl Application {
             metrics.registry.clone(),
             &config.telemetry,
         )?;
-        let metrics_port = metrics_export.port();
+        // `none` when metrics are pushed or off.
+        let metrics_port = metrics_export
+            .port()
+            .map_or("none".to_owned(), |port| port.to_string());
         let store = {
             let (pool, ignored) = (pool.clone(), config.ignored_labels.clone());
             let metrics = metrics.clone();
@@ -132,10 +135,8 @@ impl Application {
         let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
             App::new()
-                // Request line (path and query, never headers or bodies), status, duration.
-                .wrap(Logger::new(
-                    "event=request request=\"%r\" status=%s duration_ms=%D",
-                ))
+                // Method, path and query (never headers or bodies), status, duration.
+                .wrap(middleware::from_fn(actors::http::log_request))
                 .app_data(state.clone())
                 .app_data(http_metrics.clone())
                 .wrap(middleware::from_fn(HttpMetrics::middleware))
@@ -150,10 +151,12 @@ impl Application {
             server = server.workers(workers);
         }
         log::info!(
-            "event=planner_listening address={} port={port} metrics_port={} queue={}",
-            config.bind_address,
-            metrics_port.map_or("none".to_owned(), |port| port.to_string()),
-            config.topology.queue
+            event = "planner_listening",
+            address = config.bind_address,
+            port,
+            metrics_port = metrics_port.as_str(),
+            queue = config.topology.queue;
+            "planner listening"
         );
         Ok(Self {
             port,
@@ -201,7 +204,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.metrics_export.stop().await;
-        log::info!("event=planner_stopped");
+        log::info!(event = "planner_stopped"; "planner stopped");
         result
     }
 }
@@ -300,7 +303,11 @@ async fn start_pressure(
     .map_err(|err| err.to_string())
     .and_then(|result| result);
     let initial = initial.map(|(map, _)| map).unwrap_or_else(|err| {
-        log::warn!("event=pressure_initial_failed error=\"{err}\"");
+        log::warn!(
+            event = "pressure_initial_failed",
+            error:% = err;
+            "cannot compute the initial pressure: starting from none"
+        );
         Default::default()
     });
     let broadcaster = Broadcaster::new(initial).start();
@@ -328,13 +335,13 @@ async fn shutdown_signal(broadcaster: Addr<Broadcaster>) {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        log::error!("event=signal_handlers_failed");
+        log::error!(event = "signal_handlers_failed"; "cannot install the signal handlers");
         return std::future::pending().await;
     };
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    log::info!("event=shutdown_started signal={name}");
+    log::info!(event = "shutdown_started", signal = name; "shutting down");
     broadcaster.do_send(Shutdown);
 }

@@ -11,8 +11,8 @@
 //!   [`process::GatewayProcess`]); both together as binaries: [`system::System`].
 //! - Inputs: [`fixtures`] (GitHub's payloads), [`amqp::Broker`] (publishing as the gateway
 //!   does, reading queues back), [`gateway::webhook`] (signed requests), [`raw_http`].
-//! - Faults and outputs: [`proxy::TcpProxy`], [`stream::Lines`], [`telemetry`], [`promql`],
-//!   [`fake_github`].
+//! - Faults and outputs: [`proxy::TcpProxy`], [`stream::Lines`], [`telemetry`],
+//!   [`fake_github`], [`promql`] (the metrics and labels dashboards and alert rules use).
 //! - Waiting and naming: [`within`] (a deadline on one future), [`eventually`] (a condition
 //!   polled until it holds), [`unique`] (a name no other test uses).
 //!

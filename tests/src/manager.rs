@@ -186,9 +186,22 @@ pub struct Manager {
 
 /// Writes the flavor file and starts `manager serve`; returns once it listens.
 pub async fn start_manager(setup: &ManagerSetup<'_>) -> Manager {
+    start(setup, false).await
+}
+
+/// Like [`start_manager`], with the release build (benchmarks).
+pub async fn start_release_manager(setup: &ManagerSetup<'_>) -> Manager {
+    start(setup, true).await
+}
+
+async fn start(setup: &ManagerSetup<'_>, release: bool) -> Manager {
     let vars = manager_env(setup);
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut service = Service::spawn("manager", &["serve"], &vars);
+    let mut service = if release {
+        Service::spawn_release("manager", &["serve"], &vars)
+    } else {
+        Service::spawn("manager", &["serve"], &vars)
+    };
     let port = service
         .logged_value("event=manager_listening", "port", START)
         .await;

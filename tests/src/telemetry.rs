@@ -218,9 +218,8 @@ impl OtlpReceiver {
     pub fn start() -> Self {
         let (exports, received) = exports();
         let exports = web::Data::new(exports);
-        let server =
-            HttpServer::new(move || {
-                App::new().app_data(exports.clone()).route(
+        let server = HttpServer::new(move || {
+            App::new().app_data(exports.clone()).route(
                     "/v1/{signal}",
                     web::post().to(
                         |signal: web::Path<String>,
@@ -235,11 +234,11 @@ impl OtlpReceiver {
                         },
                     ),
                 )
-            })
-            .workers(1)
-            .disable_signals()
-            .bind("127.0.0.1:0")
-            .expect("bind OTLP receiver");
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind OTLP receiver");
         let port = server.addrs()[0].port();
         let server = server.run();
         let handle = server.handle();

@@ -19,7 +19,7 @@ use tests::{
     fixtures::job_payload,
     gateway::{webhook, SECRET},
     planner::{spawn_planner, test_config, TestPlanner, ADMIN_TOKEN},
-    promql::{metric_names, parse},
+    promql::{self, parse},
     proxy::{Mode, TcpProxy},
     system::System,
     telemetry::{attribute, exported_names, GrpcReceiver, OtlpReceiver, Scrape},
@@ -455,7 +455,8 @@ async fn one_trace_from_webhook_to_pressure_broadcast() {
 }
 
 /// Fails on a log line that shows any of `forbidden`, or on a line of the services' own code
-/// (targets `gateway`, `planner`, `actors`) that is not `event=... key=value`.
+/// (targets `gateway`, `planner`, `actors`) that is not `<message> event=<snake_case> key=value
+/// ...`: a message with no field formatted into it, then the fields, `event` first.
 fn check_log_lines(service: &str, log: &str, forbidden: &[&str]) {
     for line in log.lines() {
         for word in forbidden {
@@ -470,48 +471,76 @@ fn check_log_lines(service: &str, log: &str, forbidden: &[&str]) {
             target == *crate_name || target.starts_with(&format!("{crate_name}::"))
         });
         if ours {
+            let (text, fields) = message
+                .split_once(" event=")
+                .unwrap_or_else(|| panic!("{service}: no event field: {line}"));
             assert!(
-                message.starts_with("event="),
-                "{service}: not an event=... line: {line}"
+                !text.is_empty() && !text.contains('='),
+                "{service}: a field formatted into the message: {line}"
+            );
+            let fields = format!("event={fields}");
+            let fields = parse_fields(&fields)
+                .unwrap_or_else(|| panic!("{service}: fields not key=value: {line}"));
+            let event = fields[0].1;
+            assert!(
+                !event.is_empty()
+                    && event
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{service}: event is not a snake_case name: {line}"
             );
         }
     }
 }
 
-/// Series Prometheus makes itself for every target; dashboards may use them.
-const PROMETHEUS_SERIES: &[&str] = &["up", "scrape_duration_seconds", "ALERTS"];
+/// `key=value key="quoted \"value\"" ...` as pairs (quoted values still quoted); `None`
+/// unless the whole text is such pairs, one space apart.
+fn parse_fields(text: &str) -> Option<Vec<(&str, &str)>> {
+    let mut fields = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        if key.is_empty() || key.contains([' ', '"']) {
+            return None;
+        }
+        let end = if let Some(quoted) = after.strip_prefix('"') {
+            let mut escaped = false;
+            let close = quoted.find(|c| {
+                let end = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                end
+            })?;
+            close + 2
+        } else {
+            after.find(' ').unwrap_or(after.len())
+        };
+        fields.push((key, &after[..end]));
+        rest = match &after[end..] {
+            "" => "",
+            more => more.strip_prefix(' ')?,
+        };
+    }
+    Some(fields)
+}
+
+#[test]
+fn log_fields_are_parsed_as_the_services_write_them() {
+    assert_eq!(
+        parse_fields(r#"event=x error="a \"b\" c" n=1"#),
+        Some(vec![
+            ("event", "x"),
+            ("error", r#""a \"b\" c""#),
+            ("n", "1")
+        ])
+    );
+    assert_eq!(parse_fields("event=x stray"), None);
+    assert_eq!(parse_fields(r#"event=x error="open"#), None);
+    assert_eq!(parse_fields("event=x  n=1"), None);
+}
 
 /// Metrics a service declares but does not set yet, so no series exists for them (none
 /// today; a dashboard may name one only while it is listed here).
 const AWAITING_WIRING: &[&str] = &[];
-
-/// Every PromQL expression of the dashboard at `path` (panel targets, rows' panels, templating
-/// queries), with the file it comes from.
-fn dashboard_expressions(path: &Path) -> Vec<(String, String)> {
-    fn walk(value: &Value, from: &str, out: &mut Vec<(String, String)>) {
-        match value {
-            Value::Object(map) => {
-                for (key, value) in map {
-                    match (key.as_str(), value) {
-                        // Templating: `label_values(metric, label)` or PromQL.
-                        ("expr" | "query", Value::String(expr)) => {
-                            out.push((from.to_owned(), expr.clone()))
-                        }
-                        _ => walk(value, from, out),
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, from, out)),
-            _ => {}
-        }
-    }
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
-    let dashboard: Value = serde_json::from_str(&text).expect("a dashboard is JSON");
-    let mut out = Vec::new();
-    walk(&dashboard, &path.display().to_string(), &mut out);
-    out
-}
 
 /// Labels the scrape adds to every series: Juju's topology and Prometheus's own.
 fn added_by_scrape(label: &str) -> bool {
@@ -526,7 +555,7 @@ fn unexported(expr: &str, exported: &BTreeMap<String, BTreeSet<String>>) -> Vec<
     let mut missing = Vec::new();
     for selector in &parsed.selectors {
         let metric = &selector.metric;
-        if PROMETHEUS_SERIES.contains(&metric.as_str())
+        if promql::PROMETHEUS_SERIES.contains(&metric.as_str())
             || AWAITING_WIRING.contains(&metric.as_str())
         {
             continue;
@@ -608,7 +637,7 @@ async fn canonical_s_dashboard_queries_find_every_metric_and_label() {
     let system = System::start(None).await;
     let exported = traffic_and_scrape(&system).await;
     let fixture = tests::fixtures::fixture_path("dashboards/canonical-planner.json");
-    let expressions = dashboard_expressions(&fixture);
+    let expressions = promql::dashboard(&fixture);
     assert_eq!(expressions.len(), 15, "the fixture holds every query");
     let missing: Vec<String> = expressions
         .iter()
@@ -638,78 +667,25 @@ async fn canonical_s_dashboard_queries_find_every_metric_and_label() {
     system.stop().await;
 }
 
-/// Every PromQL expression of the charms' dashboards (panel targets, rows' panels, templating
-/// queries) and alert rules, with where it comes from.
+/// Every PromQL expression of the charms' dashboards and alert rules, with where it comes from.
 fn charm_expressions() -> Vec<(String, String)> {
     let charms = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charms");
-    let mut out = Vec::new();
-    let mut dashboards = 0;
-    let mut rule_files = 0;
-    for charm in std::fs::read_dir(&charms).expect("charms/") {
-        let src = charm.expect("entry").path().join("src");
-        for entry in std::fs::read_dir(src.join("grafana_dashboards"))
-            .into_iter()
-            .flatten()
-        {
-            let path = entry.expect("entry").path();
-            dashboards += 1;
-            out.extend(dashboard_expressions(&path));
-        }
-        for entry in std::fs::read_dir(src.join("prometheus_alert_rules"))
-            .into_iter()
-            .flatten()
-        {
-            let path = entry.expect("entry").path();
-            rule_files += 1;
-            let text = std::fs::read_to_string(&path).unwrap();
-            let rules = rule_expressions(&text);
-            let alerts = text.matches("- alert:").count() + text.matches("- record:").count();
-            assert_eq!(
-                rules.len(),
-                alerts,
-                "{}: an expr was not read",
-                path.display()
-            );
-            out.extend(rules.into_iter().map(|e| (path.display().to_string(), e)));
-        }
-    }
+    let sources: Vec<_> = std::fs::read_dir(&charms)
+        .expect("charms/")
+        .map(|charm| charm.expect("entry").path().join("src"))
+        .collect();
+    let found = promql::Expressions::under(&sources);
     assert!(
-        dashboards >= 2,
+        found.dashboards >= 2,
         "dashboards not found under {}",
         charms.display()
     );
     assert!(
-        rule_files >= 2,
+        found.rule_files >= 2,
         "alert rules not found under {}",
         charms.display()
     );
-    out
-}
-
-/// The `expr:` values of a Prometheus rule file: inline, or a `>`/`|` block of the lines
-/// indented deeper than the key.
-fn rule_expressions(text: &str) -> Vec<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = Vec::new();
-    for (index, line) in lines.iter().enumerate() {
-        let trimmed = line.trim_start();
-        let Some(value) = trimmed.strip_prefix("expr:") else {
-            continue;
-        };
-        let value = value.trim();
-        if !value.starts_with('>') && !value.starts_with('|') {
-            out.push(value.trim_matches(|c| c == '"' || c == '\'').to_owned());
-            continue;
-        }
-        let indent = line.len() - trimmed.len();
-        let block: Vec<&str> = lines[index + 1..]
-            .iter()
-            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-            .map(|l| l.trim())
-            .collect();
-        out.push(block.join(" "));
-    }
-    out
+    found.expressions
 }
 
 /// Run the system, make traffic so that labelled series exist, scrape both `/metrics`, and
@@ -728,14 +704,15 @@ async fn dashboards_and_alerts_only_use_exported_metrics() {
                 .into_iter()
                 .map(|what| format!("{what} (in {from}: {expr})")),
         );
-        used.extend(metric_names(expr));
+        used.extend(promql::metric_names(expr));
     }
     assert!(
         missing.is_empty(),
         "dashboards or alert rules use metrics or labels neither service exports:\n{}",
         missing.join("\n")
     );
-    // The services' own log lines are `event=... key=value`, with no secret and no payload.
+    // The services' own log lines are `<message> event=... key=value`, with no secret and no
+    // payload.
     let payload = [
         "16c5286e8d9a0629956a28938386b36608707a71",
         "elastic-machines-testing",

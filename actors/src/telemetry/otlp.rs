@@ -54,11 +54,17 @@ impl PushTask {
                 let request = request(service, started, &registry.gather());
                 match tokio::time::timeout(timeout, sender.send(request)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(err)) => {
-                        log::warn!("event=metrics_push_failed endpoint={endpoint:?} error=\"{err}\"")
-                    }
+                    Ok(Err(err)) => log::warn!(
+                        event = "metrics_push_failed",
+                        endpoint = endpoint.as_str(),
+                        error:% = err;
+                        "cannot push metrics"
+                    ),
                     Err(_) => log::warn!(
-                        "event=metrics_push_failed endpoint={endpoint:?} error=\"no answer in {timeout:?}\""
+                        event = "metrics_push_failed",
+                        endpoint = endpoint.as_str(),
+                        timeout:? = timeout;
+                        "no answer to a metrics push in time"
                     ),
                 }
                 if last {
@@ -67,9 +73,11 @@ impl PushTask {
             }
         });
         log::info!(
-            "event=metrics_push_enabled endpoint={:?} protocol={:?} interval={interval:?}",
-            target.endpoint,
-            target.protocol
+            event = "metrics_push_enabled",
+            endpoint = target.endpoint.as_str(),
+            protocol:? = target.protocol,
+            interval:? = interval;
+            "pushing metrics"
         );
         Ok(Self { stop, done })
     }
