@@ -159,13 +159,13 @@ impl Exports {
     }
 }
 
-/// The receiving ends of a receiver's [`Exports`].
-struct Received {
+/// What a receiver received, in order; both receivers deref to it.
+pub struct Exported {
     spans: mpsc::UnboundedReceiver<Span>,
     metrics: mpsc::UnboundedReceiver<ExportMetricsServiceRequest>,
 }
 
-fn exports() -> (Exports, Received) {
+fn exports() -> (Exports, Exported) {
     let (spans_tx, spans) = mpsc::unbounded_channel();
     let (metrics_tx, metrics) = mpsc::unbounded_channel();
     (
@@ -173,23 +173,62 @@ fn exports() -> (Exports, Received) {
             spans: spans_tx,
             metrics: metrics_tx,
         },
-        Received { spans, metrics },
+        Exported { spans, metrics },
     )
 }
 
-impl Received {
-    async fn span(&mut self, limit: std::time::Duration) -> Span {
+impl Exported {
+    /// The next span received, waiting up to `limit`.
+    pub async fn next(&mut self, limit: std::time::Duration) -> Span {
         crate::within(limit, "an exported span", self.spans.recv())
             .await
             .expect("receiver open")
     }
 
-    async fn metrics(&mut self, limit: std::time::Duration) -> ExportMetricsServiceRequest {
+    /// The next metrics export received, waiting up to `limit`.
+    pub async fn next_metrics(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> ExportMetricsServiceRequest {
         crate::within(limit, "a metrics export", self.metrics.recv())
             .await
             .expect("receiver open")
     }
+
+    /// Receives spans until one named `name` arrives; returns it and every span before it.
+    pub async fn until(&mut self, name: &str, limit: std::time::Duration) -> Vec<Span> {
+        let mut seen = Vec::new();
+        loop {
+            let span = self.next(limit).await;
+            let done = span.name == name;
+            seen.push(span);
+            if done {
+                return seen;
+            }
+        }
+    }
 }
+
+/// Both receivers read as [`Exported`].
+macro_rules! deref_to_exported {
+    ($receiver:ty) => {
+        impl std::ops::Deref for $receiver {
+            type Target = Exported;
+            fn deref(&self) -> &Exported {
+                &self.received
+            }
+        }
+
+        impl std::ops::DerefMut for $receiver {
+            fn deref_mut(&mut self) -> &mut Exported {
+                &mut self.received
+            }
+        }
+    };
+}
+
+deref_to_exported!(OtlpReceiver);
+deref_to_exported!(GrpcReceiver);
 
 /// The metric names of a metrics export.
 pub fn exported_names(request: &ExportMetricsServiceRequest) -> std::collections::BTreeSet<String> {
@@ -209,7 +248,7 @@ pub struct OtlpReceiver {
     pub endpoint: String,
     /// The URL to set as `OTEL_EXPORTER_OTLP_ENDPOINT` (both signals).
     pub base: String,
-    received: Received,
+    received: Exported,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -251,32 +290,6 @@ impl OtlpReceiver {
         }
     }
 
-    /// The next span received, waiting up to `limit`.
-    pub async fn next(&mut self, limit: std::time::Duration) -> Span {
-        self.received.span(limit).await
-    }
-
-    /// The next metrics export received, waiting up to `limit`.
-    pub async fn next_metrics(
-        &mut self,
-        limit: std::time::Duration,
-    ) -> ExportMetricsServiceRequest {
-        self.received.metrics(limit).await
-    }
-
-    /// Receives spans until one named `name` arrives; returns it and every span before it.
-    pub async fn until(&mut self, name: &str, limit: std::time::Duration) -> Vec<Span> {
-        let mut seen = Vec::new();
-        loop {
-            let span = self.next(limit).await;
-            let done = span.name == name;
-            seen.push(span);
-            if done {
-                return seen;
-            }
-        }
-    }
-
     /// Stops the receiver.
     pub async fn stop(self) {
         self.handle.stop(false).await;
@@ -288,7 +301,7 @@ impl OtlpReceiver {
 pub struct GrpcReceiver {
     /// The URL to set as `OTEL_EXPORTER_OTLP_ENDPOINT` with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`.
     pub endpoint: String,
-    received: Received,
+    received: Exported,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -319,19 +332,6 @@ impl GrpcReceiver {
             received,
             accept,
         }
-    }
-
-    /// The next span received, waiting up to `limit`.
-    pub async fn next(&mut self, limit: std::time::Duration) -> Span {
-        self.received.span(limit).await
-    }
-
-    /// The next metrics export received, waiting up to `limit`.
-    pub async fn next_metrics(
-        &mut self,
-        limit: std::time::Duration,
-    ) -> ExportMetricsServiceRequest {
-        self.received.metrics(limit).await
     }
 }
 

@@ -22,7 +22,7 @@ use tests::{
     promql::{self, parse},
     proxy::{Mode, TcpProxy},
     system::System,
-    telemetry::{attribute, exported_names, GrpcReceiver, OtlpReceiver, Scrape},
+    telemetry::{attribute, exported_names, Exported, GrpcReceiver, OtlpReceiver, Scrape},
     unique,
 };
 
@@ -827,28 +827,29 @@ async fn metrics_and_traces_are_pushed_over_otlp_http_and_grpc() {
         while grpc.next(WAIT).await.name != "consume" {}
     })
     .await;
-    tests::within(WAIT, "the gateway's metrics over HTTP", async {
-        loop {
-            let names = exported_names(&http.next_metrics(WAIT).await);
-            if names.contains("github_runner_webhook_gateway_outbound_total")
-                && names.contains("http_server_request_duration_seconds")
-            {
-                break;
-            }
-        }
-    })
-    .await;
-    tests::within(WAIT, "the planner's metrics over gRPC", async {
-        loop {
-            let names = exported_names(&grpc.next_metrics(WAIT).await);
-            if names.contains("github_runner_planner_webhook_consumed_total")
-                && names.contains("github_runner_planner_broker_connected")
-            {
-                break;
-            }
-        }
-    })
-    .await;
+    let gateway = [
+        "github_runner_webhook_gateway_outbound_total",
+        "http_server_request_duration_seconds",
+    ];
+    pushed(&mut http, &gateway).await;
+    let planner = [
+        "github_runner_planner_webhook_consumed_total",
+        "github_runner_planner_broker_connected",
+    ];
+    pushed(&mut grpc, &planner).await;
     system.stop().await;
     http.stop().await;
+}
+
+/// Waits for a metrics export holding every metric of `names`.
+async fn pushed(receiver: &mut Exported, names: &[&str]) {
+    tests::within(WAIT, &format!("a metrics export with {names:?}"), async {
+        loop {
+            let exported = exported_names(&receiver.next_metrics(WAIT).await);
+            if names.iter().all(|name| exported.contains(*name)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
