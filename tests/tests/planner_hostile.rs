@@ -944,7 +944,7 @@ async fn hostile_requests_get_their_code_and_change_nothing() {
     assert!(scrape
         .0
         .keys()
-        .any(|series| series.contains("method=\"other\"")));
+        .any(|series| series.contains("http_request_method=\"_OTHER\"")));
 }
 
 /// SQL-like strings, `%`, `_` and `\` are data: stored and matched as they are.
