@@ -175,6 +175,19 @@ impl Browser {
         self.client.current_url().await.expect("url").path().to_owned()
     }
 
+    /// Waits (at most `limit`) until the page shown is at `path` (a navigation through another
+    /// site, which a click does not wait for).
+    pub async fn wait_for_path(&self, path: &str, limit: Duration) {
+        let client = &self.client;
+        eventually(&format!("the page at {path}"), limit, || async move {
+            client
+                .current_url()
+                .await
+                .is_ok_and(|url| url.path() == path)
+        })
+        .await;
+    }
+
     /// Ends the session (Chromium quits) and chromedriver.
     pub async fn close(self) {
         self.client.close().await.expect("the session ends");

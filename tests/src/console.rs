@@ -169,9 +169,12 @@ pub fn foreign_form_action(page: &str) -> String {
 /// HTML's character references as the console's templates write them, decoded.
 pub fn unescape(text: &str) -> String {
     text.replace("&#34;", "\"")
+        .replace("&#60;", "<")
+        .replace("&#62;", ">")
         .replace("&quot;", "\"")
         .replace("&#39;", "'")
         .replace("&lt;", "<")
         .replace("&gt;", ">")
         .replace("&amp;", "&")
+        .replace("&#38;", "&")
 }

@@ -38,6 +38,8 @@ const PAGES: &[&str] = &[
 fn queued(id: i64, name: &str) -> Value {
     let mut body = job_payload("queued.0", id, "queued", LABELS);
     body["workflow_job"]["name"] = json!(name);
+    // Within the age limit of pressure.
+    body["workflow_job"]["created_at"] = json!(chrono::Utc::now().to_rfc3339());
     body
 }
 
@@ -60,7 +62,9 @@ async fn a_person_uses_the_console_in_a_browser() {
         .start()
         .await;
     planner.create_flavor("console-large", LABELS, 5).await;
-    planner.create_flavor("console-small", &["self-hosted", "linux"], 1).await;
+    planner
+        .create_flavor("console-small", &["self-hosted", "linux", "small"], 1)
+        .await;
     let browser = Browser::start().await;
     let console = format!("{}/console", planner.address);
 
@@ -155,7 +159,7 @@ async fn a_person_uses_the_console_in_a_browser() {
         .goto(&format!("{console}/match"))
         .await
         .expect("match");
-    browser.fill("#labels", "self-hosted, linux").await;
+    browser.fill("#labels", "self-hosted, linux, small").await;
     browser.click("#match").await;
     assert_eq!(browser.text("#chosen-flavor").await, "console-small");
     browser.screenshot("match").await;
@@ -186,7 +190,9 @@ async fn a_person_uses_the_console_in_a_browser() {
     browser.click("#prepare").await;
     browser.screenshot("setup-confirm").await;
     browser.click("#create-app").await;
-    assert_eq!(browser.path().await, "/console/setup/callback");
+    browser
+        .wait_for_path("/console/setup/callback", Duration::from_secs(10))
+        .await;
     let app = fake.state().manifest_apps[0].clone();
     assert_eq!(app.manifest["name"], "console-test-app");
     assert_eq!(
@@ -268,6 +274,8 @@ async fn no_page_without_a_session_and_no_form_without_its_csrf_token() {
         )
         .await;
     assert_eq!(response.status(), 401);
+    // The form comes again, bound to a new login cookie.
+    let csrf = tests::console::csrf_of(&response.text().await.unwrap());
 
     // The session cookie: flags, no token in it; Secure behind a TLS proxy.
     let response = anonymous
@@ -366,9 +374,12 @@ async fn every_value_is_escaped_and_a_script_in_a_job_name_stays_text() {
         assert!(!body.contains("<script>alert"), "{page}: {body}");
     }
     let jobs = admin.page("/console/jobs").await;
-    assert!(jobs.contains("&lt;script&gt;alert(1)&lt;/script&gt;&#34;&#39;&amp;"), "{jobs}");
+    assert!(
+        jobs.contains("&#60;script&#62;alert(1)&#60;/script&#62;&#34;&#39;&#38;"),
+        "{jobs}"
+    );
     let matched = admin.page("/console/match?labels=%3Cscript%3Ealert(3)%3C%2Fscript%3E").await;
-    assert!(matched.contains("&lt;script&gt;alert(3)&lt;/script&gt;"));
+    assert!(matched.contains("&#60;script&#62;alert(3)&#60;/script&#62;"));
 }
 
 #[actix_web::test]
@@ -419,8 +430,14 @@ async fn the_app_credentials_are_shown_once_and_never_logged() {
     let other = ConsoleClient::signed_in(&planner.url, ADMIN_TOKEN).await;
     assert_eq!(other.get(&callback).await.status(), 403);
 
+    // GitHub's redirect is a navigation from another site: the browser sends the set-up
+    // cookie (`SameSite=Lax`), not the session's (`Strict`).
+    let session = admin.cookie("planner_console").expect("a session");
+    admin.set_cookie("planner_console", None);
     let done = admin.get(&callback).await;
+    admin.set_cookie("planner_console", Some(&session));
     assert_eq!(done.status(), 200);
+    assert_eq!(admin.cookie("planner_console_setup"), None, "the set-up cookie stays");
     assert_eq!(done.headers()["cache-control"], "no-store");
     let done = done.text().await.unwrap();
     let app = fake.state().manifest_apps[0].clone();

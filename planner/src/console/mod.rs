@@ -376,12 +376,13 @@ pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-impl FromRequest for Viewer {
-    type Error = ConsoleError;
-    type Future = LocalBoxFuture<'static, Result<Self, ConsoleError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let cookie = req.cookie(session::SESSION_COOKIE);
+impl Viewer {
+    /// The viewer whose session is the cookie `name` of `req`, else [`ConsoleError::SignedOut`].
+    pub fn from_cookie(
+        req: &HttpRequest,
+        name: &str,
+    ) -> LocalBoxFuture<'static, Result<Self, ConsoleError>> {
+        let cookie = req.cookie(name);
         let console = req.app_data::<web::Data<Console>>().cloned();
         let state = req.app_data::<web::Data<AppState>>().cloned();
         Box::pin(async move {
@@ -405,6 +406,15 @@ impl FromRequest for Viewer {
             let csrf = console.keys.csrf(&session);
             Ok(Viewer { session, csrf })
         })
+    }
+}
+
+impl FromRequest for Viewer {
+    type Error = ConsoleError;
+    type Future = LocalBoxFuture<'static, Result<Self, ConsoleError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        Viewer::from_cookie(req, session::SESSION_COOKIE)
     }
 }
 

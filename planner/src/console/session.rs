@@ -30,6 +30,14 @@ use subtle::ConstantTimeEq;
 pub const SESSION_COOKIE: &str = "planner_console";
 /// The cookie the login form's CSRF token is bound to.
 pub const LOGIN_COOKIE: &str = "planner_console_login";
+/// The session again, `SameSite=Lax` and sent to the set-up callback only: GitHub's redirect
+/// back is a navigation from another site, which a `Strict` cookie does not follow. The
+/// callback also needs the `state` bound to this session, so a forged navigation gets nowhere.
+pub const SETUP_COOKIE: &str = "planner_console_setup";
+/// Where [`SETUP_COOKIE`] is sent.
+pub const SETUP_COOKIE_PATH: &str = "/console/setup/callback";
+/// How long a set-up started may take (GitHub's codes last an hour).
+pub const SETUP_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long a session lasts.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 /// How long a login form stays valid.
@@ -66,6 +74,13 @@ pub struct Session {
     pub expires: i64,
     /// The cookie's value, which CSRF tokens are bound to.
     cookie: String,
+}
+
+impl Session {
+    /// The cookie value it was read from.
+    pub fn cookie_value(&self) -> &str {
+        &self.cookie
+    }
 }
 
 /// The console's HMAC key.
@@ -203,9 +218,20 @@ pub fn cookie(
         .finish()
 }
 
+/// [`SETUP_COOKIE`] holding the session `value`.
+pub fn setup_cookie(req: &HttpRequest, value: String) -> Cookie<'static> {
+    let mut setup = cookie(req, SETUP_COOKIE, value, SETUP_LIFETIME);
+    setup.set_path(SETUP_COOKIE_PATH);
+    setup.set_same_site(SameSite::Lax);
+    setup
+}
+
 /// The cookie that removes `name` from the browser.
 pub fn removal(req: &HttpRequest, name: &'static str) -> Cookie<'static> {
     let mut removal = cookie(req, name, String::new(), Duration::ZERO);
+    if name == SETUP_COOKIE {
+        removal.set_path(SETUP_COOKIE_PATH);
+    }
     removal.make_removal();
     removal
 }

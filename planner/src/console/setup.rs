@@ -172,6 +172,12 @@ pub async fn setup_start(
         },
     };
     let mut response = html(&page)?;
+    response
+        .add_cookie(&super::session::setup_cookie(
+            &req,
+            viewer.session.cookie_value().to_owned(),
+        ))
+        .map_err(|_| ConsoleError::BadForm)?;
     // This one form posts to GitHub.
     let policy = CONTENT_SECURITY_POLICY.replace(
         "form-action 'self'",
@@ -252,10 +258,16 @@ fn valid_code(code: &str) -> bool {
 /// GitHub's redirect: the code converted into the App's credentials, shown once.
 #[get("/setup/callback")]
 pub async fn setup_callback(
-    viewer: Viewer,
+    req: HttpRequest,
     console: web::Data<Console>,
     query: web::Query<Callback>,
 ) -> Result<HttpResponse, ConsoleError> {
+    // Coming from GitHub, the browser sends the set-up cookie only; from the console itself
+    // (a reload), the session cookie too.
+    let viewer = match Viewer::from_cookie(&req, super::session::SESSION_COOKIE).await {
+        Ok(viewer) => viewer,
+        Err(_) => Viewer::from_cookie(&req, super::session::SETUP_COOKIE).await?,
+    };
     viewer.require_admin()?;
     if !super::session::same(&query.state, &console.keys.setup_state(&viewer.session)) {
         return Err(ConsoleError::Csrf);
@@ -271,7 +283,7 @@ pub async fn setup_callback(
     );
     let webhook_secret = SecretString::from(conversion.webhook_secret.unwrap_or_default());
     let pem = SecretString::from(conversion.pem);
-    html(&DonePage {
+    let mut response = html(&DonePage {
         nav: viewer.nav("setup"),
         id: conversion.id,
         install_url: format!("{}/installations/new", conversion.html_url),
@@ -280,7 +292,11 @@ pub async fn setup_callback(
         client_id: conversion.client_id,
         webhook_secret: webhook_secret.expose_secret().to_owned(),
         pem: pem.expose_secret().to_owned(),
-    })
+    })?;
+    response
+        .add_cookie(&super::session::removal(&req, super::session::SETUP_COOKIE))
+        .map_err(|_| ConsoleError::BadForm)?;
+    Ok(response)
 }
 
 /// `POST /app-manifests/{code}/conversions` (no credentials: the code is one).
