@@ -172,7 +172,12 @@ impl Browser {
 
     /// The path of the page shown.
     pub async fn path(&self) -> String {
-        self.client.current_url().await.expect("url").path().to_owned()
+        self.client
+            .current_url()
+            .await
+            .expect("url")
+            .path()
+            .to_owned()
     }
 
     /// Waits (at most `limit`) until the page shown is at `path` (a navigation through another

@@ -9,6 +9,9 @@
 //! when asked, one 429 with `Retry-After`. A redelivery re-sends the stored payload, signed, to
 //! the gateway's `/webhook`, and records the outcome as a new delivery of the same GUID.
 //!
+//! For the console's set-up page it plays GitHub's App manifest flow ([`manifests`]): the
+//! confirmation page (a redirect back with a code) and the code's conversion (once).
+//!
 //! For the runner manager it keeps self-hosted runners per organization and repository:
 //! `generate-jitconfig` (201; 409 for a name taken, 404 for an unknown runner group, 422 for
 //! no labels), runner listings in pages with `Link`, `DELETE` (204; 422 while busy; 404) and

@@ -102,7 +102,9 @@ async fn a_person_uses_the_console_in_a_browser() {
     .await
     .expect("webhook");
     assert_eq!(sent.status(), 200);
-    browser.wait_for_text(cell, "1", Duration::from_secs(15)).await;
+    browser
+        .wait_for_text(cell, "1", Duration::from_secs(15))
+        .await;
     let marker = browser
         .client
         .execute("return window.consoleMarker;", vec![])
@@ -130,7 +132,10 @@ async fn a_person_uses_the_console_in_a_browser() {
     let url = browser.client.current_url().await.expect("url");
     let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
     assert!(query.contains(&("status".into(), "queued".into())), "{url}");
-    assert!(query.contains(&("flavor".into(), "console-large".into())), "{url}");
+    assert!(
+        query.contains(&("flavor".into(), "console-large".into())),
+        "{url}"
+    );
     assert_eq!(browser.text("#jobs tbody .job-name").await, XSS);
     let pwned = browser
         .client
@@ -228,7 +233,11 @@ async fn a_person_uses_the_console_in_a_browser() {
         )
         .await
         .expect("script");
-    assert_eq!(overflow, json!(true), "the page scrolls sideways on a phone");
+    assert_eq!(
+        overflow,
+        json!(true),
+        "the page scrolls sideways on a phone"
+    );
 
     browser.close().await;
     fake.stop().await;
@@ -255,11 +264,17 @@ async fn no_page_without_a_session_and_no_form_without_its_csrf_token() {
     // Login: the form's token must come with the cookie it is bound to.
     let form = anonymous.get("/console/login").await;
     let csp = form.headers()["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
     assert_eq!(form.headers()["cache-control"], "no-store");
     let csrf = tests::console::csrf_of(&form.text().await.unwrap());
     let response = anonymous
-        .post_form("/console/login", &[("token", ADMIN_TOKEN), ("csrf", "forged")])
+        .post_form(
+            "/console/login",
+            &[("token", ADMIN_TOKEN), ("csrf", "forged")],
+        )
         .await;
     assert_eq!(response.status(), 403);
     let stranger = ConsoleClient::new(&planner.address);
@@ -270,7 +285,10 @@ async fn no_page_without_a_session_and_no_form_without_its_csrf_token() {
     let response = anonymous
         .post_form(
             "/console/login",
-            &[("token", "planner_v0_wrongwrongwrongwrong"), ("csrf", &csrf)],
+            &[
+                ("token", "planner_v0_wrongwrongwrongwrong"),
+                ("csrf", &csrf),
+            ],
         )
         .await;
     assert_eq!(response.status(), 401);
@@ -287,9 +305,14 @@ async fn no_page_without_a_session_and_no_form_without_its_csrf_token() {
         assert!(set.contains(flag), "{set}");
     }
     assert!(!set.contains("Secure"), "{set}");
-    assert!(!set.contains("testtest"), "the token is in the cookie: {set}");
+    assert!(
+        !set.contains("testtest"),
+        "the token is in the cookie: {set}"
+    );
     let mut proxied = ConsoleClient::new(&planner.address);
-    proxied.headers.push(("X-Forwarded-Proto", "https".to_owned()));
+    proxied
+        .headers
+        .push(("X-Forwarded-Proto", "https".to_owned()));
     let response = proxied.login(ADMIN_TOKEN).await;
     assert!(session_cookie_line(&response).contains("Secure"));
 
@@ -308,7 +331,13 @@ async fn no_page_without_a_session_and_no_form_without_its_csrf_token() {
             ("webhook_url", "https://gw.example.com/webhook"),
         ]
     };
-    assert_eq!(admin.post_form("/console/setup", &fields("forged")).await.status(), 403);
+    assert_eq!(
+        admin
+            .post_form("/console/setup", &fields("forged"))
+            .await
+            .status(),
+        403
+    );
     let other = ConsoleClient::signed_in(&planner.address, ADMIN_TOKEN).await;
     let other_csrf = tests::console::csrf_of(&other.page("/console/setup").await);
     assert_ne!(other_csrf, csrf, "two sessions, one CSRF token");
@@ -324,7 +353,10 @@ async fn no_page_without_a_session_and_no_form_without_its_csrf_token() {
         .await;
     assert_eq!(response.status(), 403, "another session's CSRF token");
     assert_eq!(
-        admin.post_form("/console/logout", &[("csrf", "forged")]).await.status(),
+        admin
+            .post_form("/console/logout", &[("csrf", "forged")])
+            .await
+            .status(),
         403
     );
     assert_eq!(admin.post_form("/console/logout", &[]).await.status(), 400);
@@ -378,7 +410,9 @@ async fn every_value_is_escaped_and_a_script_in_a_job_name_stays_text() {
         jobs.contains("&#60;script&#62;alert(1)&#60;/script&#62;&#34;&#39;&#38;"),
         "{jobs}"
     );
-    let matched = admin.page("/console/match?labels=%3Cscript%3Ealert(3)%3C%2Fscript%3E").await;
+    let matched = admin
+        .page("/console/match?labels=%3Cscript%3Ealert(3)%3C%2Fscript%3E")
+        .await;
     assert!(matched.contains("&#60;script&#62;alert(3)&#60;/script&#62;"));
 }
 
@@ -412,11 +446,17 @@ async fn the_app_credentials_are_shown_once_and_never_logged() {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(csp.contains(&format!("form-action 'self' {}", fake.url)), "{csp}");
+    assert!(
+        csp.contains(&format!("form-action 'self' {}", fake.url)),
+        "{csp}"
+    );
     let confirm = confirm.text().await.unwrap();
     let action = foreign_form_action(&confirm);
     assert!(
-        action.starts_with(&format!("{}/organizations/my-org/settings/apps/new?state=", fake.url)),
+        action.starts_with(&format!(
+            "{}/organizations/my-org/settings/apps/new?state=",
+            fake.url
+        )),
         "{action}"
     );
     let manifest = input_value(&confirm, "manifest");
@@ -437,7 +477,11 @@ async fn the_app_credentials_are_shown_once_and_never_logged() {
     let done = admin.get(&callback).await;
     admin.set_cookie("planner_console", Some(&session));
     assert_eq!(done.status(), 200);
-    assert_eq!(admin.cookie("planner_console_setup"), None, "the set-up cookie stays");
+    assert_eq!(
+        admin.cookie("planner_console_setup"),
+        None,
+        "the set-up cookie stays"
+    );
     assert_eq!(done.headers()["cache-control"], "no-store");
     let done = done.text().await.unwrap();
     let app = fake.state().manifest_apps[0].clone();
@@ -452,7 +496,12 @@ async fn the_app_credentials_are_shown_once_and_never_logged() {
     let again = admin.get(&callback).await;
     assert_eq!(again.status(), 502);
     let mut pages = vec![again.text().await.unwrap()];
-    for page in ["/console", "/console/setup", "/console/deliveries", "/console/jobs"] {
+    for page in [
+        "/console",
+        "/console/setup",
+        "/console/deliveries",
+        "/console/jobs",
+    ] {
         pages.push(admin.page(page).await);
     }
     for page in &pages {
@@ -465,7 +514,10 @@ async fn the_app_credentials_are_shown_once_and_never_logged() {
         .await;
     let log = planner.service.log();
     assert!(!log.contains(key_line), "the private key is logged");
-    assert!(!log.contains(&app.webhook_secret), "the webhook secret is logged");
+    assert!(
+        !log.contains(&app.webhook_secret),
+        "the webhook secret is logged"
+    );
     assert!(!log.contains("client-secret-of-the-fake"));
     fake.stop().await;
 }

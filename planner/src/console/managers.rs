@@ -53,16 +53,12 @@ impl Report {
 
 /// Every configured manager's runners, in configuration order.
 pub async fn reports(console: &Console) -> Vec<Report> {
-    let asks = console
-        .config
-        .managers
-        .iter()
-        .map(|url| async move {
-            Report {
-                url: url.to_string(),
-                runners: runners(console, url).await,
-            }
-        });
+    let asks = console.config.managers.iter().map(|url| async move {
+        Report {
+            url: url.to_string(),
+            runners: runners(console, url).await,
+        }
+    });
     futures::future::join_all(asks).await
 }
 

@@ -37,9 +37,7 @@ use secrecy::SecretString;
 
 use actors::config::{self, ConfigError, Source};
 
-use crate::{
-    consumer::ConsumerStats, error::ApiError, metrics::Metrics, state::AppState,
-};
+use crate::{consumer::ConsumerStats, error::ApiError, metrics::Metrics, state::AppState};
 
 use session::{Keys, Role, Session};
 
@@ -91,7 +89,10 @@ pub fn api_url_of(github_url: &Url) -> Url {
         return Url::parse(actors::github::DEFAULT_API_URL).expect("default API URL");
     }
     let mut api = github_url.clone();
-    api.set_path(&format!("{}/api/v3", github_url.path().trim_end_matches('/')));
+    api.set_path(&format!(
+        "{}/api/v3",
+        github_url.path().trim_end_matches('/')
+    ));
     api
 }
 
@@ -234,7 +235,9 @@ pub enum ConsoleError {
     #[error("this page needs the admin token")]
     AdminOnly,
     /// A form without the CSRF token of this session (or login form).
-    #[error("this form has expired or did not come from this console; reload the page and try again")]
+    #[error(
+        "this form has expired or did not come from this console; reload the page and try again"
+    )]
     Csrf,
     /// A form that could not be read.
     #[error("the form could not be read")]
@@ -285,7 +288,10 @@ impl ResponseError for ConsoleError {
         }
         let status = self.status_code();
         let message = if status.is_server_error() && !matches!(self, ConsoleError::GitHub(_)) {
-            log::error!("event=console_failed status={} error=\"{self}\"", status.as_u16());
+            log::error!(
+                "event=console_failed status={} error=\"{self}\"",
+                status.as_u16()
+            );
             "something went wrong; the planner's log says what".to_owned()
         } else {
             self.to_string()
@@ -459,10 +465,7 @@ mod tests {
         let dotcom = Url::parse("https://github.com").unwrap();
         assert_eq!(api_url_of(&dotcom).as_str(), "https://api.github.com/");
         let ghes = Url::parse("https://ghe.example.com").unwrap();
-        assert_eq!(
-            api_url_of(&ghes).as_str(),
-            "https://ghe.example.com/api/v3"
-        );
+        assert_eq!(api_url_of(&ghes).as_str(), "https://ghe.example.com/api/v3");
     }
 
     struct Vars(Vec<(&'static str, &'static str)>);

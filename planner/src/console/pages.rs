@@ -259,7 +259,9 @@ pub async fn overview_page(
     let rows = flavors
         .into_iter()
         .map(|flavor| {
-            let open = by_flavor.remove(&Some(flavor.name.clone())).unwrap_or_default();
+            let open = by_flavor
+                .remove(&Some(flavor.name.clone()))
+                .unwrap_or_default();
             FlavorRow {
                 pressure: snapshot
                     .as_ref()
@@ -437,12 +439,9 @@ pub async fn jobs_page(
             page.next_cursor.map(|cursor| form.with_cursor(&cursor)),
             None,
         ),
-        Err(err) if err.status_code().is_client_error() => (
-            err.status_code(),
-            Vec::new(),
-            None,
-            Some(err.to_string()),
-        ),
+        Err(err) if err.status_code().is_client_error() => {
+            (err.status_code(), Vec::new(), None, Some(err.to_string()))
+        }
         Err(err) => return Err(err.into()),
     };
     html_with(
@@ -705,9 +704,8 @@ pub async fn deliveries_page(
         ))
     })
     .await?;
-    let load = |counter: &std::sync::atomic::AtomicU64| {
-        counter.load(std::sync::atomic::Ordering::SeqCst)
-    };
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::SeqCst);
     let stats = &console.stats;
     html(&DeliveriesPage {
         nav: viewer.nav("deliveries"),

@@ -127,7 +127,9 @@ pub async fn setup_start(
         form.organization.trim().to_owned(),
     );
     let problem = if name.is_empty() || name.chars().count() > MAX_NAME {
-        Some(format!("The App's name must be 1 to {MAX_NAME} characters."))
+        Some(format!(
+            "The App's name must be 1 to {MAX_NAME} characters."
+        ))
     } else if actors::github::parse_api_url(&webhook_url).is_err() {
         Some("The webhook URL must be an http:// or https:// URL (the gateway's /webhook).".into())
     } else if !organization.is_empty() && !valid_organization(&organization) {
@@ -334,7 +336,10 @@ mod tests {
             "https://gw.example.com/webhook",
             "https://planner.example.com/console",
         );
-        assert_eq!(manifest["hook_attributes"]["url"], "https://gw.example.com/webhook");
+        assert_eq!(
+            manifest["hook_attributes"]["url"],
+            "https://gw.example.com/webhook"
+        );
         assert_eq!(manifest["default_events"], json!(["workflow_job"]));
         assert_eq!(
             manifest["redirect_url"],

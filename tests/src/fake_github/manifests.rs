@@ -51,11 +51,10 @@ fn create(
     state: &mut State,
     organization: Option<String>,
 ) -> HttpResponse {
-    let form: std::collections::HashMap<String, String> =
-        match serde_urlencoded_form(body) {
-            Some(form) => form,
-            None => return HttpResponse::BadRequest().body("not a form"),
-        };
+    let form: std::collections::HashMap<String, String> = match serde_urlencoded_form(body) {
+        Some(form) => form,
+        None => return HttpResponse::BadRequest().body("not a form"),
+    };
     let Some(manifest) = form
         .get("manifest")
         .and_then(|text| serde_json::from_str::<Value>(text).ok())
@@ -102,7 +101,10 @@ fn convert(state: &mut State, code: &str) -> HttpResponse {
     app.converted = true;
     let name = app.manifest["name"].as_str().unwrap_or_default().to_owned();
     let slug = name.to_lowercase().replace(' ', "-");
-    let owner = app.organization.clone().unwrap_or_else(|| "octocat".to_owned());
+    let owner = app
+        .organization
+        .clone()
+        .unwrap_or_else(|| "octocat".to_owned());
     answer(
         201,
         json!({
