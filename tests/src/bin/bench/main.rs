@@ -13,9 +13,12 @@
 //!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
 //! - [`measure`]: what they measure with.
 //!
-//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling` runs only the named groups (the
+//! - [`console`]: the web console's page loads with 100 flavors and 100k jobs.
+//!
+//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,console` runs only the named groups (the
 //! table is printed, `BENCHMARKS.md` is left alone).
 
+mod console;
 mod consumer;
 mod gateway;
 mod measure;
@@ -28,13 +31,14 @@ const END_TO_END_RATE: u64 = 500;
 const END_TO_END_SECONDS: u64 = 10;
 /// Stream subscribers of the fan-out scenario.
 const FAN_OUT: usize = 10_000;
-const GROUPS: [&str; 6] = [
+const GROUPS: [&str; 7] = [
     "gateway",
     "consumer",
     "e2e",
     "recompute",
     "fanout",
     "scaling",
+    "console",
 ];
 
 #[tokio::main(flavor = "multi_thread")]
@@ -85,6 +89,11 @@ async fn main() {
     if wanted("scaling") {
         settle();
         consumer::scenario_6(&mut rows).await;
+    }
+    if wanted("console") {
+        settle();
+        eprintln!("bench: console page loads ...");
+        console::page_loads(&mut rows).await;
     }
 
     let mut table = String::from("| scenario | measured | target |\n|---|---|---|\n");
