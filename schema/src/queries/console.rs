@@ -50,11 +50,11 @@ pub struct Delivery {
     pub duplicates: i32,
 }
 
-/// The `limit` deliveries seen last, most recent first.
+/// The `limit` deliveries seen last, most recent first (a scan of `delivery_last_seen`).
 pub fn recent_deliveries(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec<Delivery>> {
     delivery::table
         .select(Delivery::as_select())
-        .order((delivery::last_seen_at.desc(), delivery::id.asc()))
+        .order((delivery::last_seen_at.desc(), delivery::id.desc()))
         .limit(limit)
         .load(conn)
 }
