@@ -32,7 +32,6 @@ const PAGES: &[&str] = &[
     "/console/runners",
     "/console/setup",
     "/console/setup/callback?code=x&state=y",
-    "/console/stream",
 ];
 
 fn queued(id: i64, name: &str) -> Value {
@@ -256,6 +255,8 @@ async fn no_page_without_a_session_and_no_form_without_its_csrf_token() {
         assert_eq!(response.status(), 303, "{page}");
         assert_eq!(location(&response), "/console/login", "{page}");
     }
+    // The pressure stream: a 401, which ends an EventSource (a redirect would loop).
+    assert_eq!(anonymous.get("/console/stream").await.status(), 401);
     // A forged cookie is no session.
     anonymous.set_cookie("planner_console", Some("v1.9999999999.admin.-.x.y"));
     assert_eq!(anonymous.get("/console").await.status(), 303);
@@ -322,6 +323,9 @@ async fn no_page_without_a_session_and_no_form_without_its_csrf_token() {
         let status = admin.get(page).await.status();
         assert_ne!(status, 303, "{page}");
     }
+    let stream = admin.get("/console/stream").await;
+    assert_eq!(stream.status(), 200, "the pressure stream with a session");
+    drop(stream);
     let setup = admin.page("/console/setup").await;
     let csrf = tests::console::csrf_of(&setup);
     let fields = |csrf: &'static str| {

@@ -306,13 +306,17 @@ pub async fn overview_page(
 
 /// The pressure of every flavor as Server-Sent Events, for the overview's `EventSource`: the
 /// API's stream, authenticated by the session cookie (an `EventSource` cannot send a bearer
-/// token).
+/// token). Without a valid session a 401, not the login page: an `EventSource` given an error
+/// status stops, where it would reconnect forever to a redirect's HTML.
 #[get("/stream")]
 pub async fn stream_route(
-    _: Viewer,
+    viewer: Option<Viewer>,
     req: HttpRequest,
     pressure: web::Data<PressureService>,
 ) -> Result<HttpResponse, ConsoleError> {
+    if viewer.is_none() {
+        return Ok(HttpResponse::Unauthorized().finish());
+    }
     let subscription = pressure
         .broadcaster
         .send(actors::broadcast::Subscribe)

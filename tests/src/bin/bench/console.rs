@@ -18,7 +18,10 @@ const LOADS: usize = 30;
 const PAGES: [(&str, &str); 7] = [
     ("overview", "/console"),
     ("jobs", "/console/jobs"),
-    ("jobs, filtered", "/console/jobs?status=queued&flavor=flavor-7"),
+    (
+        "jobs, filtered",
+        "/console/jobs?status=queued&flavor=flavor-7",
+    ),
     ("one job", "/console/jobs/github/5000"),
     ("match", "/console/match?labels=label-3"),
     ("deliveries", "/console/deliveries"),
@@ -54,7 +57,10 @@ pub async fn page_loads(rows: &mut Vec<Row>) {
     let _queues = TopologyGuard(topology.clone());
     let planner = tests::process::PlannerProcess::new(db.url(), &topology.queue)
         .release()
-        .env("RUST_LOG", "warn,planner::startup=info,planner::consumer=info")
+        .env(
+            "RUST_LOG",
+            "warn,planner::startup=info,planner::consumer=info",
+        )
         .start()
         .await;
     let client = ConsoleClient::signed_in(&planner.url, ADMIN_TOKEN).await;
