@@ -14,7 +14,7 @@
 //! - The planner's web console: [`console::ConsoleClient`] over HTTP, [`browser::Browser`] in
 //!   headless Chromium.
 //! - Faults and outputs: [`proxy::TcpProxy`], [`stream::Lines`], [`telemetry`],
-//!   [`fake_github`].
+//!   [`fake_github`], [`promql`] (the metric names dashboards and alert rules use).
 //! - Waiting and naming: [`within`] (a deadline on one future), [`eventually`] (a condition
 //!   polled until it holds), [`unique`] (a name no other test uses).
 //!
@@ -33,6 +33,7 @@ pub mod gateway;
 pub mod manager;
 pub mod planner;
 pub mod process;
+pub mod promql;
 pub mod proxy;
 pub mod raw_http;
 pub mod stream;
