@@ -2,6 +2,7 @@
 //! crate's `src/`; every test gets its own database, AMQP names and ports.
 
 mod canonical_takeover;
+mod console;
 mod faults;
 mod gateway_api;
 mod gce_backend;

@@ -13,11 +13,13 @@
 //!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
 //! - [`manager`]: scenario 7 (the runner manager: queued webhook to runner start, a reconcile
 //!   pass at 100 flavors and 1,000 runners, memory).
+//! - [`console`]: the web console's page loads with 100 flavors and 100k jobs.
 //! - [`measure`]: what they measure with.
 //!
-//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager` runs only the named groups (the
-//! table is printed, `BENCHMARKS.md` is left alone).
+//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager,console` runs only the
+//! named groups (the table is printed, `BENCHMARKS.md` is left alone).
 
+mod console;
 mod consumer;
 mod gateway;
 mod manager;
@@ -31,7 +33,7 @@ const END_TO_END_RATE: u64 = 500;
 const END_TO_END_SECONDS: u64 = 10;
 /// Stream subscribers of the fan-out scenario.
 const FAN_OUT: usize = 10_000;
-const GROUPS: [&str; 7] = [
+const GROUPS: [&str; 8] = [
     "gateway",
     "consumer",
     "e2e",
@@ -39,6 +41,7 @@ const GROUPS: [&str; 7] = [
     "fanout",
     "scaling",
     "manager",
+    "console",
 ];
 
 #[tokio::main(flavor = "multi_thread")]
@@ -94,6 +97,11 @@ async fn main() {
         settle();
         eprintln!("bench: runner manager ...");
         manager::scenarios(&mut rows).await;
+    }
+    if wanted("console") {
+        settle();
+        eprintln!("bench: console page loads ...");
+        console::page_loads(&mut rows).await;
     }
 
     let mut table = String::from("| scenario | measured | target |\n|---|---|---|\n");
