@@ -88,15 +88,31 @@ wait_for() { # description, seconds, command...
   done
 }
 
-start_node() {
+# Starts node $1 unless it is running (or still booting); returns at once.
+launch_node() {
   local n=$1
-  if listening "$(node_port "$n")"; then
+  if listening "$(node_port "$n")" || ctl "$n" ping --timeout 5 >/dev/null 2>&1; then
     return
   fi
   log "starting $(node_name "$n") on 127.0.0.1:$(node_port "$n")"
   env $(node_env "$n") setsid "$SBIN/rabbitmq-server" >"$DIR/node$n/log/stdout.log" 2>&1 </dev/null &
-  wait_for "$(node_name "$n") to boot" 120 ctl "$n" await_startup --timeout 5
+}
+
+# Waits until node $1 has booted and listens. After a crash of every node, each waits for the
+# others' tables: they must be launched together, then awaited.
+await_node() {
+  local n=$1
+  if listening "$(node_port "$n")"; then
+    return
+  fi
+  wait_for "$(node_name "$n") to boot (if it never does: $0 down, then up)" 180 \
+    ctl "$n" await_startup --timeout 5
   wait_for "$(node_name "$n") to listen" 30 listening "$(node_port "$n")"
+}
+
+start_node() {
+  launch_node "$1"
+  await_node "$1"
 }
 
 stop_node() {
@@ -130,7 +146,8 @@ join() {
 
 up() {
   prepare
-  for n in "${NODES[@]}"; do start_node "$n"; done
+  for n in "${NODES[@]}"; do launch_node "$n"; done
+  for n in "${NODES[@]}"; do await_node "$n"; done
   for n in 2 3; do join "$n"; done
   wait_for "all three nodes running together" 60 \
     bash -c "[ \$(env $(node_env 1) $SBIN/rabbitmqctl -n $(node_name 1) eval 'length(rabbit_nodes:all_running()).' --timeout 10) = 3 ]"

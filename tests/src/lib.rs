@@ -12,13 +12,14 @@
 //! - Inputs: [`fixtures`] (GitHub's payloads), [`amqp::Broker`] (publishing as the gateway
 //!   does, reading queues back), [`gateway::webhook`] (signed requests), [`raw_http`].
 //! - Faults and outputs: [`proxy::TcpProxy`], [`stream::Lines`], [`telemetry`],
-//!   [`fake_github`].
+//!   [`fake_github`]; clusters whose nodes a test stops: [`cluster`].
 //! - Waiting and naming: [`within`] (a deadline on one future), [`eventually`] (a condition
 //!   polled until it holds), [`unique`] (a name no other test uses).
 //!
 //! The benchmarks are a binary of their own (`src/bin/bench/`), not part of this library.
 
 pub mod amqp;
+pub mod cluster;
 pub mod db;
 pub mod env;
 pub mod fake_gce;

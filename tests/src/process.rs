@@ -139,6 +139,11 @@ impl Service {
             .to_owned()
     }
 
+    /// Whether the process is still running (it has not exited, nor been restarted).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("process is running")
