@@ -99,3 +99,33 @@ impl Drop for ClusterTopologyGuard {
         crate::amqp::delete_topology_on(&self.urls, &self.topology);
     }
 }
+
+/// The PostgreSQL primary and its synchronous standby (`scripts/postgres-pair.sh`).
+pub struct PostgresPair {
+    url: String,
+}
+
+impl PostgresPair {
+    /// A primary with a synchronous standby, rebuilt from scratch unless it is running as that
+    /// (a failover test leaves the standby promoted and alone).
+    pub async fn up() -> Self {
+        run_script("postgres-pair.sh", &["up"]).await;
+        let url = run_script("postgres-pair.sh", &["url"]).await;
+        Self { url }
+    }
+
+    /// The URL of the `postgres` database naming both servers, read-write sessions only.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops the primary as a crash would (immediate shutdown).
+    pub async fn crash_primary(&self) {
+        run_script("postgres-pair.sh", &["crash"]).await;
+    }
+
+    /// Promotes the standby to primary.
+    pub async fn promote_standby(&self) {
+        run_script("postgres-pair.sh", &["promote"]).await;
+    }
+}

@@ -1,7 +1,8 @@
-//! Node loss: under a steady webhook load through two gateway and two planner processes, nodes
-//! of the servers' clusters (`tests::cluster`) are killed and brought back. Every delivery that
-//! got a 2xx is in the database exactly once, pressure equals a recount, and no process was
-//! restarted: each found the surviving nodes by itself.
+//! Node loss: under a steady webhook load, nodes of the servers' clusters (`tests::cluster`)
+//! are killed: RabbitMQ nodes (two gateway and two planner processes on a quorum queue), and
+//! the PostgreSQL primary (its synchronous standby promoted). Every delivery that got a 2xx is
+//! in the database exactly once, pressure equals a recount, and no process was restarted: each
+//! found the surviving nodes by itself.
 
 use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -10,8 +11,10 @@ use std::sync::{
 use std::time::Duration;
 
 use actors::amqp::{QueueType, Topology};
-use tests::cluster::RabbitCluster;
+use tests::amqp::TopologyGuard;
+use tests::cluster::{PostgresPair, RabbitCluster};
 use tests::db::TestDb;
+use tests::gateway::{Options, TestGateway};
 use tests::process::{GatewayProcess, PlannerProcess, Service};
 use tests::{eventually, unique};
 
@@ -139,4 +142,46 @@ async fn rabbitmq_node_loss_loses_no_accepted_webhook() {
             service.log()
         );
     }
+}
+
+#[actix_rt::test]
+async fn postgres_failover_loses_nothing_acknowledged() {
+    let pair = PostgresPair::up().await;
+    let db = TestDb::empty_on(pair.url());
+    let queues = TopologyGuard::unique();
+    let name = &queues.topology().queue;
+    let gateway = TestGateway::spawn(Options {
+        amqp_name: Some(name.clone()),
+        ..Options::default()
+    })
+    .await;
+    // The planner migrates the empty database, then the test flavor can be created.
+    let running = PlannerProcess::new(db.url(), name)
+        .env("APP_ADMIN_TOKEN_VALUE", ADMIN)
+        .start()
+        .await;
+    let mut planner = Planner {
+        service: running.service,
+        url: running.url,
+    };
+    create_flavor(&db);
+
+    let load = Load::start(vec![gateway.url.clone()]);
+    load.progress("webhooks accepted before the failover").await;
+    pair.crash_primary().await;
+    load.progress("webhooks accepted without a primary").await;
+    pair.promote_standby().await;
+    load.progress("webhooks accepted after the promotion").await;
+    let sent = load.finish().await;
+    assert_eq!(sent.refused, 0, "the broker was never cut");
+
+    // Acknowledged only after commit, committed only once the standby had it: all there.
+    assert_all_stored_once(&db, &sent).await;
+    assert_pressure_recomputes(&db, &planner).await;
+    assert!(planner.service.is_running(), "{}", planner.service.log());
+    // It listens again, on the new primary.
+    let log = planner.service.log();
+    let listens = log.matches("event=pressure_listening").count();
+    assert!(listens >= 2, "LISTEN once only:\n{log}");
+    gateway.stop().await;
 }
