@@ -91,7 +91,9 @@ wait_for() { # description, seconds, command...
 # Starts node $1 unless it is running (or still booting); returns at once.
 launch_node() {
   local n=$1
-  if listening "$(node_port "$n")" || ctl "$n" ping --timeout 5 >/dev/null 2>&1; then
+  local pid
+  pid=$(cat "$DIR/node$n/rabbit.pid" 2>/dev/null || true)
+  if listening "$(node_port "$n")" || { [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }; then
     return
   fi
   log "starting $(node_name "$n") on 127.0.0.1:$(node_port "$n")"
@@ -117,15 +119,14 @@ start_node() {
 
 stop_node() {
   local n=$1 pid
-  if ! listening "$(node_port "$n")" && ! ctl "$n" status --timeout 5 >/dev/null 2>&1; then
+  pid=$(cat "$DIR/node$n/rabbit.pid" 2>/dev/null || true)
+  if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
     return
   fi
   # A crash, not a polite shutdown: connections and Raft members vanish at once.
-  pid=$(ctl "$n" eval 'list_to_integer(os:getpid()).' --timeout 5 2>/dev/null || true)
-  if [ -n "$pid" ]; then
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_for "$(node_name "$n") to stop" 30 bash -c "! kill -0 $pid"
-  fi
+  kill -KILL "$pid"
+  wait_for "$(node_name "$n") to stop" 30 bash -c "! kill -0 $pid"
+  rm -f "$DIR/node$n/rabbit.pid"
   log "stopped $(node_name "$n")"
 }
 

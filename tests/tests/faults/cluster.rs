@@ -58,13 +58,16 @@ impl Load {
         }
     }
 
-    /// Waits until `PROGRESS` more webhooks than now were accepted.
+    /// Waits until `PROGRESS` more webhooks than now were accepted; prints how long it took
+    /// (the figures docs/scaling.md quotes, shown with --nocapture).
     async fn progress(&self, what: &str) {
+        let started = std::time::Instant::now();
         let target = self.accepted.load(Ordering::SeqCst) + PROGRESS;
         eventually(what, PHASE, || async {
             self.accepted.load(Ordering::SeqCst) >= target
         })
         .await;
+        println!("cluster: {what}: {PROGRESS} in {:?}", started.elapsed());
     }
 
     async fn finish(self) -> Sent {
@@ -179,8 +182,13 @@ async fn postgres_failover_loses_nothing_acknowledged() {
     assert_all_stored_once(&db, &sent).await;
     assert_pressure_recomputes(&db, &planner).await;
     assert!(planner.service.is_running(), "{}", planner.service.log());
-    // It listens again, on the new primary.
     let log = planner.service.log();
+    // The outage was real for the planner: commits failed until the promotion.
+    assert!(
+        log.contains("event=store_failed"),
+        "no failed commit:\n{log}"
+    );
+    // It listens again, on the new primary.
     let listens = log.matches("event=pressure_listening").count();
     assert!(listens >= 2, "LISTEN once only:\n{log}");
     gateway.stop().await;
