@@ -183,12 +183,9 @@ async fn postgres_failover_loses_nothing_acknowledged() {
     assert_pressure_recomputes(&db, &planner).await;
     assert!(planner.service.is_running(), "{}", planner.service.log());
     let log = planner.service.log();
-    // The outage was real for the planner: commits failed until the promotion.
-    assert!(
-        log.contains("event=store_failed"),
-        "no failed commit:\n{log}"
-    );
-    // It listens again, on the new primary.
+    // It lost its LISTEN connection with the primary and listens again, on the new one.
+    // (Commits need not fail at all: a pool checkout waits up to 5 s for a connection, longer
+    // than the promotion takes here.)
     let listens = log.matches("event=pressure_listening").count();
     assert!(listens >= 2, "LISTEN once only:\n{log}");
     gateway.stop().await;
