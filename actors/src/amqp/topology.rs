@@ -111,7 +111,12 @@ impl DeclareError {
     /// arguments), once per attempt, as an error rather than as one more reconnect.
     pub fn log_mismatch(&self, connection: &str) {
         if !matches!(self, Self::Broker(_)) {
-            log::error!("event=amqp_topology_mismatch connection={connection} error=\"{self}\"");
+            log::error!(
+                event = "amqp_topology_mismatch",
+                connection = connection,
+                error:% = self;
+                "the queues cannot be declared as configured"
+            );
         }
     }
 

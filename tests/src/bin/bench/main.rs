@@ -13,14 +13,17 @@
 //!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
 //! - [`cluster`]: two gateways and two planners on the 3-node RabbitMQ cluster with a quorum
 //!   queue (`BENCH_ONLY=cluster`).
+//! - [`manager`]: scenario 7 (the runner manager: queued webhook to runner start, a reconcile
+//!   pass at 100 flavors and 1,000 runners, memory).
 //! - [`measure`]: what they measure with.
 //!
-//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,cluster` runs only the named groups (the
+//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager,cluster` runs only the named groups (the
 //! table is printed, `BENCHMARKS.md` is left alone).
 
 mod cluster;
 mod consumer;
 mod gateway;
+mod manager;
 mod measure;
 mod pressure;
 
@@ -31,13 +34,14 @@ const END_TO_END_RATE: u64 = 500;
 const END_TO_END_SECONDS: u64 = 10;
 /// Stream subscribers of the fan-out scenario.
 const FAN_OUT: usize = 10_000;
-const GROUPS: [&str; 7] = [
+const GROUPS: [&str; 8] = [
     "gateway",
     "consumer",
     "e2e",
     "recompute",
     "fanout",
     "scaling",
+    "manager",
     "cluster",
 ];
 
@@ -89,6 +93,11 @@ async fn main() {
     if wanted("scaling") {
         settle();
         consumer::scenario_6(&mut rows).await;
+    }
+    if wanted("manager") {
+        settle();
+        eprintln!("bench: runner manager ...");
+        manager::scenarios(&mut rows).await;
     }
     if wanted("cluster") {
         cluster::scenarios(&mut rows).await;
