@@ -14,7 +14,8 @@
 //! - The planner's web console: [`console::ConsoleClient`] over HTTP, [`browser::Browser`] in
 //!   headless Chromium.
 //! - Faults and outputs: [`proxy::TcpProxy`], [`stream::Lines`], [`telemetry`],
-//!   [`fake_github`], [`promql`] (the metric names dashboards and alert rules use).
+//!   [`fake_github`], [`promql`] (the metric names dashboards and alert rules use); clusters
+//!   whose nodes a test stops: [`cluster`].
 //! - Waiting and naming: [`within`] (a deadline on one future), [`eventually`] (a condition
 //!   polled until it holds), [`unique`] (a name no other test uses).
 //!
@@ -22,6 +23,7 @@
 
 pub mod amqp;
 pub mod browser;
+pub mod cluster;
 pub mod console;
 pub mod db;
 pub mod env;

@@ -17,6 +17,7 @@ mod planner_consumer;
 mod planner_hostile;
 mod planner_pressure;
 mod planner_pressure_trace;
+mod queue_types;
 mod reconcile;
 mod redelivery;
 mod report_waiting_p80;
