@@ -2,11 +2,21 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services run test lint fmt clippy deny audit schema build unit charms bench profile
+.PHONY: services browser clusters run test lint fmt clippy deny audit schema build unit charms bench profile
 
 ## services: make PostgreSQL and RabbitMQ reachable on 127.0.0.1 (start or install them)
 services:
 	@bash scripts/services.sh
+
+## browser: headless Chromium and chromedriver for the console's browser tests (installs them if missing)
+browser:
+	@bash scripts/browser.sh
+
+## clusters: the 3-node RabbitMQ cluster and the PostgreSQL primary + standby the node-loss
+## tests use, beside the shared servers (idempotent; the tests call the same scripts)
+clusters: services
+	@bash scripts/rabbitmq-cluster.sh up
+	@bash scripts/postgres-pair.sh up
 
 ## run: run the system with a demo configuration (Ctrl-C stops it)
 run: services
@@ -39,7 +49,7 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## test: lint and the schema check, then every test against the real local PostgreSQL and RabbitMQ
-test: services lint schema build
+test: services browser clusters lint schema build
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-tests=fail; \
 	else \

@@ -165,22 +165,43 @@ pub fn request_timeout(source: &dyn Source) -> Result<Duration, ConfigError> {
     )
 }
 
-/// An AMQP URI (`amqp://` or `amqps://`); the error never repeats the value (it may hold a
-/// password).
+/// One AMQP URI (`amqp://` or `amqps://`) or several separated by commas (the nodes of a
+/// cluster); the error never repeats the value (it may hold a password).
 pub fn amqp_uri(value: &str) -> Result<String, String> {
-    if !(value.starts_with("amqp://") || value.starts_with("amqps://")) {
+    let uris: Vec<&str> = crate::amqp::split_uris(value).collect();
+    if uris.is_empty() {
         return Err("must be an amqp:// or amqps:// URI".to_owned());
     }
-    value
-        .parse::<lapin::uri::AMQPUri>()
-        .map_err(|_| "is not a valid AMQP URI".to_owned())?;
+    for (index, uri) in uris.iter().enumerate() {
+        let which = if uris.len() == 1 {
+            String::new()
+        } else {
+            format!(" (URI {} of {})", index + 1, uris.len())
+        };
+        if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
+            return Err(format!("must be an amqp:// or amqps:// URI{which}"));
+        }
+        uri.parse::<lapin::uri::AMQPUri>()
+            .map_err(|_| format!("is not a valid AMQP URI{which}"))?;
+    }
     Ok(value.to_owned())
 }
 
 /// `APP_AMQP_NAME`: base name of the AMQP exchange and queue (default
 /// `github-workflow-jobs`, Canonical's); the dead-letter exchange and queue add `-dlx`/`-dlq`.
-/// Both services must use the same value. Tests and side-by-side deployments set their own.
+/// `APP_AMQP_QUEUE_TYPE`: `classic` (default) or `quorum`, the type of both queues.
+/// Both services must use the same values. Tests and side-by-side deployments set their own.
 pub fn topology(source: &dyn Source) -> Result<crate::amqp::Topology, ConfigError> {
+    let queue_type = parsed(
+        source,
+        "APP_AMQP_QUEUE_TYPE",
+        crate::amqp::QueueType::Classic,
+        str::parse,
+    )?;
+    Ok(topology_names(source)?.with_queue_type(queue_type))
+}
+
+fn topology_names(source: &dyn Source) -> Result<crate::amqp::Topology, ConfigError> {
     parsed(
         source,
         "APP_AMQP_NAME",
@@ -226,6 +247,23 @@ mod tests {
     }
 
     #[test]
+    fn queue_types_are_configurable_and_checked() {
+        use crate::amqp::QueueType;
+        assert_eq!(
+            topology(&[("OTHER", "x")]).unwrap().queue_type,
+            QueueType::Classic
+        );
+        let quorum = topology(&[("APP_AMQP_NAME", "jobs"), ("APP_AMQP_QUEUE_TYPE", "quorum")]);
+        let quorum = quorum.unwrap();
+        assert_eq!(
+            (quorum.queue.as_str(), quorum.queue_type),
+            ("jobs", QueueType::Quorum)
+        );
+        let err = topology(&[("APP_AMQP_QUEUE_TYPE", "stream")]).unwrap_err();
+        assert_eq!(err.variable, "APP_AMQP_QUEUE_TYPE");
+    }
+
+    #[test]
     fn ports_are_checked() {
         assert_eq!(port("8080"), Ok(8080));
         assert_eq!(port("0"), Ok(0));
@@ -259,6 +297,15 @@ mod tests {
         let err = amqp_uri("http://user:hunter2@host").unwrap_err();
         assert!(!err.contains("hunter2"));
         assert!(amqp_uri("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
+    }
+
+    #[test]
+    fn amqp_uri_lists_are_checked_node_by_node() {
+        assert!(amqp_uri("amqp://a:5701/%2f, amqp://b:5702/%2f").is_ok());
+        let err = amqp_uri("amqp://a:5701/%2f,http://u:hunter2@b").unwrap_err();
+        assert!(err.contains("URI 2 of 2"), "{err}");
+        assert!(!err.contains("hunter2"));
+        assert!(amqp_uri(" , ").is_err());
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl Application {
         let port = listener.local_addr()?.port();
 
         let (publisher, publisher_status) = Publisher::start_supervised(PublisherConfig::new(
-            config.rabbitmq_uri.expose_secret().to_owned(),
+            config.rabbitmq_uri.expose_secret(),
             config.topology.clone(),
             "github-runner-webhook-gateway",
         ));

@@ -19,7 +19,9 @@ pub use actors::config::DEFAULT_REQUEST_TIMEOUT;
 /// Everything the planner needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `POSTGRESQL_DB_CONNECT_STRING` (required): `postgres://` or `postgresql://` URL.
+    /// `POSTGRESQL_DB_CONNECT_STRING` (required): a `postgres://` or `postgresql://` URL or
+    /// libpq's `key=value` pairs; several hosts (`host=a,b`, `postgresql://a,b/db`) with
+    /// `target_session_attrs=read-write` find the primary after a failover.
     pub database_url: SecretString,
     /// `RABBITMQ_CONNECT_STRING` (required): `amqp://` or `amqps://` URL.
     pub rabbitmq_url: SecretString,
@@ -67,6 +69,8 @@ pub struct Config {
     pub github: Option<actors::github::AppConfig>,
     /// `APP_RECONCILE_*`: when and how much to reconcile.
     pub reconcile: crate::reconcile::ReconcileConfig,
+    /// `APP_CONSOLE_*`: the web console's managers and GitHub.
+    pub console: crate::console::ConsoleConfig,
 }
 
 const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
@@ -85,12 +89,7 @@ impl Config {
     /// Reads any [`Source`] of variables (the environment, or a fixed list in tests).
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let database_url = config::required(source, "POSTGRESQL_DB_CONNECT_STRING")?;
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(ConfigError::new(
-                "POSTGRESQL_DB_CONNECT_STRING",
-                "must start with postgres:// or postgresql://",
-            ));
-        }
+        check_database_url(&database_url)?;
         let rabbitmq_url = config::required(source, "RABBITMQ_CONNECT_STRING").and_then(|v| {
             config::amqp_uri(&v).map_err(|r| ConfigError::new("RABBITMQ_CONNECT_STRING", r))
         })?;
@@ -151,6 +150,7 @@ impl Config {
             )?,
             github: actors::github::AppConfig::from_source(source)?,
             reconcile: crate::reconcile::ReconcileConfig::from_source(source)?,
+            console: crate::console::ConsoleConfig::from_source(source)?,
         })
     }
 
@@ -185,8 +185,23 @@ impl Config {
             metrics_max_repos: crate::metrics::DEFAULT_MAX_REPOS,
             github: None,
             reconcile: crate::reconcile::ReconcileConfig::default(),
+            console: crate::console::ConsoleConfig::default(),
         }
     }
+}
+
+/// `POSTGRESQL_DB_CONNECT_STRING` must be a URL or `key=value` pairs that both libpq (the pool)
+/// and tokio-postgres (the `LISTEN` connection) read; the error never quotes it (a password).
+fn check_database_url(value: &str) -> Result<(), ConfigError> {
+    let url = value.starts_with("postgres://") || value.starts_with("postgresql://");
+    let pairs = !value.contains("://") && value.contains('=');
+    if !(url || pairs) || value.parse::<tokio_postgres::Config>().is_err() {
+        return Err(ConfigError::new(
+            "POSTGRESQL_DB_CONNECT_STRING",
+            "must be a postgres:// or postgresql:// URL or key=value pairs (host=... dbname=...)",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `token` has the admin token's shape: `planner_v0_` and 20 of `[A-Za-z0-9_-]`.
@@ -298,6 +313,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn database_urls_may_name_several_hosts() {
+        for url in [
+            "postgresql://u:pw@a:5432,b:5433/planner?target_session_attrs=read-write",
+            "host=a,b port=5432,5433 dbname=planner user=u target_session_attrs=read-write",
+        ] {
+            let mut vars = valid();
+            vars.insert("POSTGRESQL_DB_CONNECT_STRING", url.to_owned());
+            assert!(load(&vars).is_ok(), "{url}");
+        }
+        let mut vars = valid();
+        vars.insert(
+            "POSTGRESQL_DB_CONNECT_STRING",
+            "host=a target_session_attrs=maybe".to_owned(),
+        );
+        assert_eq!(
+            load(&vars).unwrap_err().variable,
+            "POSTGRESQL_DB_CONNECT_STRING"
+        );
     }
 
     #[test]

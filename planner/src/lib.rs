@@ -10,6 +10,7 @@
 //! - [`pressure`]: the pressure formula ([`pressure::formula`]) and the calculator actor that
 //!   feeds the broadcaster; [`routes::pressure`] serves it once or as a stream.
 //! - [`reconcile`]: the periodic check of quiet open jobs against GitHub's API.
+//! - [`console`]: the web console under `/console` (server-rendered pages, a login session).
 //! - [`routes`]: the REST API; [`auth`]: bearer tokens; [`error`]: the one error type.
 //! - [`metrics`]: the Prometheus metrics, served on their own listener.
 //! - [`takeover`]: converting a database of Canonical's planner before the migrations;
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod domain;
 pub mod error;

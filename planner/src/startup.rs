@@ -125,6 +125,11 @@ impl Application {
             },
             request_timeout: config.request_timeout,
         });
+        let console = web::Data::new(crate::console::Console::new(
+            config.console.clone(),
+            config.admin_token.expose_secret(),
+            metrics.clone(),
+        )?);
         let http_metrics = web::Data::new(metrics.http.clone());
         let pressure = web::Data::new(PressureService {
             broadcaster: broadcaster.clone(),
@@ -141,6 +146,7 @@ impl Application {
                 .app_data(http_metrics.clone())
                 .wrap(middleware::from_fn(HttpMetrics::middleware))
                 .app_data(pressure.clone())
+                .service(crate::console::service(console.clone()))
                 .configure(routes::configure)
         })
         // Notice a client that went away at once, so its stream (and subscription) ends.

@@ -43,28 +43,35 @@ impl TopologyGuard {
 
 impl Drop for TopologyGuard {
     fn drop(&mut self) {
-        let topology = self.0.clone();
-        // Drop cannot await, and may run inside a runtime: use a thread with its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let Ok(connection) =
-                    actors::amqp::connect(&rabbitmq_url(), "tests-cleanup", Duration::from_secs(5))
-                        .await
-                else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    delete_topology(&channel, &topology).await;
-                }
-                let _ = connection.close(200, "bye".into()).await;
-            });
-        });
-        let _ = cleanup.join();
+        delete_topology_on(&rabbitmq_url(), &self.0);
     }
+}
+
+/// Deletes `topology`'s queues and exchanges through the first of `uris` (comma-separated AMQP
+/// URIs) that answers; blocks, so a guard's `Drop` can call it (even inside a runtime).
+pub fn delete_topology_on(uris: &str, topology: &Topology) {
+    let topology = topology.clone();
+    let brokers = actors::amqp::Brokers::new(uris);
+    // Drop cannot await, and may run inside a runtime: use a thread with its own.
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let Ok(connection) = brokers
+                .connect("tests-cleanup", Duration::from_secs(5))
+                .await
+            else {
+                return;
+            };
+            if let Ok(channel) = connection.create_channel().await {
+                delete_topology(&channel, &topology).await;
+            }
+            let _ = connection.close(200, "bye".into()).await;
+        });
+    });
+    let _ = cleanup.join();
 }
 
 async fn delete_topology(channel: &Channel, topology: &Topology) {

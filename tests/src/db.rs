@@ -88,6 +88,8 @@ fn ensure_template(admin: &mut PgConnection) -> String {
 pub struct TestDb {
     name: String,
     url: String,
+    /// The server's administrative URL (its `postgres` database), to drop it.
+    server: String,
 }
 
 impl TestDb {
@@ -103,13 +105,29 @@ impl TestDb {
         Self::create(&mut admin_connection(), "")
     }
 
+    /// A fresh database without any migration on another server than the shared one (its
+    /// `postgres` database's URL: `server`), e.g. the pair of [`crate::cluster::PostgresPair`].
+    pub fn empty_on(server: &str) -> Self {
+        let mut admin = PgConnection::establish(server)
+            .unwrap_or_else(|err| panic!("cannot reach the PostgreSQL server: {err}"));
+        Self::create_on(&mut admin, server, "")
+    }
+
     fn create(admin: &mut PgConnection, options: &str) -> Self {
+        Self::create_on(admin, &database_url(), options)
+    }
+
+    fn create_on(admin: &mut PgConnection, server: &str, options: &str) -> Self {
         let name = format!("planner_test_{}", uuid::Uuid::new_v4().simple());
         diesel::sql_query(format!("CREATE DATABASE {name} {options}"))
             .execute(admin)
             .expect("create test database");
-        let url = with_database(&database_url(), &name);
-        Self { name, url }
+        let url = with_database(server, &name);
+        Self {
+            name,
+            url,
+            server: server.to_owned(),
+        }
     }
 
     /// Connection string of this database.
@@ -158,7 +176,13 @@ impl Default for TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let mut admin = admin_connection();
+        let Ok(mut admin) = PgConnection::establish(&self.server) else {
+            eprintln!(
+                "could not reach the server to drop test database {}",
+                self.name
+            );
+            return;
+        };
         if let Err(err) = diesel::sql_query(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name

@@ -141,6 +141,11 @@ impl Service {
             .to_owned()
     }
 
+    /// Whether the process is still running (it has not exited, nor been restarted).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("process is running")
@@ -240,19 +245,24 @@ impl Launch {
         self.vars.push((key.to_owned(), value.to_owned()));
     }
 
-    /// Spawns `binary` and waits for its `listening` line (which names its ports), then for
-    /// every readiness line.
-    async fn start(self, binary: &str, listening: &str) -> Running {
+    /// Spawns `binary` without waiting for anything.
+    fn spawn(&self, binary: &str) -> Service {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         let vars: Vec<(&str, &str)> = self
             .vars
             .iter()
             .map(|(key, value)| (key.as_str(), value.as_str()))
             .collect();
-        let mut service = match self.build {
+        match self.build {
             Build::Debug => Service::spawn(binary, &args, &vars),
             Build::Release => Service::spawn_release(binary, &args, &vars),
-        };
+        }
+    }
+
+    /// Spawns `binary` and waits for its `listening` line (which names its ports), then for
+    /// every readiness line.
+    async fn start(self, binary: &str, listening: &str) -> Running {
+        let mut service = self.spawn(binary);
         let port = service.logged_value(listening, "port", START).await;
         let metrics_port = service.logged_value(listening, "metrics_port", START).await;
         for line in &self.ready {
@@ -279,6 +289,13 @@ macro_rules! launch_options {
         /// or the admin token).
         pub fn env(mut self, key: &str, value: &str) -> Self {
             self.launch.set(key, value);
+            self
+        }
+
+        /// Connects to the broker nodes `uris` (comma-separated AMQP URIs) instead of the
+        /// test broker.
+        pub fn brokers(mut self, uris: &str) -> Self {
+            self.launch.set("RABBITMQ_CONNECT_STRING", uris);
             self
         }
 
@@ -367,6 +384,11 @@ impl GatewayProcess {
         self.launch
             .start("gateway", "event=gateway_listening")
             .await
+    }
+
+    /// Starts it without waiting for anything (to watch a start-up that does not get ready).
+    pub fn spawn(self) -> Service {
+        self.launch.spawn("gateway")
     }
 }
 

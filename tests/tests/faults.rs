@@ -2,6 +2,8 @@
 //! and PostgreSQL, connections are cut through TCP proxies the test controls (never by stopping
 //! the shared servers) and planner processes are killed. After each fault: every delivery that
 //! got a 2xx is in the database exactly once, and the services recovered by themselves.
+//! `cluster`: the same under the loss of servers' nodes (RabbitMQ cluster, PostgreSQL
+//! failover).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -17,6 +19,8 @@ use tests::gateway::{webhook, Options, TestGateway, SECRET};
 use tests::process::{PlannerProcess, Service};
 use tests::proxy::{Mode, TcpProxy};
 use tests::{eventually, unique};
+
+mod cluster;
 
 const ADMIN: &str = "planner_v0_fault_tests_token_01";
 const WAIT: Duration = Duration::from_secs(30);
@@ -55,6 +59,11 @@ struct Sent {
 
 /// Sends `count` webhooks (each a new queued job), four at a time.
 async fn send(gateway: &TestGateway, phase: &str, count: usize, sent: &mut Sent) {
+    send_to(&gateway.url, phase, count, sent).await;
+}
+
+/// Sends `count` webhooks to the gateway at `url`, as [`send`] does.
+async fn send_to(url: &str, phase: &str, count: usize, sent: &mut Sent) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
@@ -62,7 +71,7 @@ async fn send(gateway: &TestGateway, phase: &str, count: usize, sent: &mut Sent)
     let results: Vec<(String, bool)> = stream::iter(0..count)
         .map(|i| {
             let client = client.clone();
-            let url = gateway.url.clone();
+            let url = url.to_owned();
             let delivery = format!("{phase}-{i}-{}", unique("d"));
             async move {
                 let id = 1_000_000 + (rand_id(&delivery) % 1_000_000_000);
@@ -172,6 +181,16 @@ async fn assert_pressure_recomputes(db: &TestDb, planner: &Planner) {
     .await;
 }
 
+/// Creates the flavor every test job is assigned to.
+fn create_flavor(db: &TestDb) {
+    sql_query(format!(
+        "INSERT INTO flavor (name, platform, labels, priority) \
+         VALUES ('{FLAVOR}', 'github', ARRAY['{FLAVOR}'], 1)"
+    ))
+    .execute(&mut db.connect())
+    .expect("create the test flavor");
+}
+
 /// The proxies and addresses one scenario needs.
 struct Rig {
     db: TestDb,
@@ -184,12 +203,7 @@ struct Rig {
 impl Rig {
     async fn new() -> Self {
         let db = TestDb::new();
-        sql_query(format!(
-            "INSERT INTO flavor (name, platform, labels, priority) \
-             VALUES ('{FLAVOR}', 'github', ARRAY['{FLAVOR}'], 1)"
-        ))
-        .execute(&mut db.connect())
-        .expect("create the test flavor");
+        create_flavor(&db);
         let rabbit: SocketAddr = rabbitmq_address().await;
         let postgres: SocketAddr = database_address().await;
         Self {

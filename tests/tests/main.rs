@@ -2,6 +2,7 @@
 //! crate's `src/`; every test gets its own database, AMQP names and ports.
 
 mod canonical_takeover;
+mod console;
 mod faults;
 mod gateway_api;
 mod gce_backend;
@@ -17,6 +18,7 @@ mod planner_consumer;
 mod planner_hostile;
 mod planner_pressure;
 mod planner_pressure_trace;
+mod queue_types;
 mod reconcile;
 mod redelivery;
 mod report_waiting_p80;

@@ -5,7 +5,8 @@
 //! actor, so many publishes are in flight together on one channel (confirms are pipelined; no
 //! lock, no one-at-a-time). When the connection fails, the actor answers publishes with
 //! [`PublishError::NotConnected`] straight away and reconnects in the background with capped,
-//! jittered exponential backoff, re-declaring the topology each time.
+//! jittered exponential backoff, re-declaring the topology each time; with several broker nodes
+//! ([`Brokers`]) it moves to the next node that answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +21,16 @@ use lapin::{
 
 use tokio::sync::watch;
 
-use super::{connect, Topology};
+use super::DeclareError;
+
+use super::{Brokers, Topology};
 use crate::reconnect::{Backoff, Delays};
 
 /// Settings of a [`Publisher`].
 #[derive(Clone)]
 pub struct PublisherConfig {
-    /// AMQP URI of the broker. It may carry a password: never log it.
-    pub uri: String,
+    /// The broker's nodes (one or several AMQP URIs). They may carry a password: never log it.
+    pub brokers: Brokers,
     /// Where publishes go; declared on every (re)connect.
     pub topology: Topology,
     /// Connection name shown in the RabbitMQ management UI.
@@ -41,7 +44,7 @@ pub struct PublisherConfig {
 impl std::fmt::Debug for PublisherConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PublisherConfig")
-            .field("uri", &"[redacted]")
+            .field("brokers", &self.brokers)
             .field("topology", &self.topology)
             .field("connection_name", &self.connection_name)
             .field("connect_timeout", &self.connect_timeout)
@@ -51,10 +54,11 @@ impl std::fmt::Debug for PublisherConfig {
 }
 
 impl PublisherConfig {
-    /// Defaults suited to a service: 5 s connect timeout, backoff from 100 ms to 10 s.
-    pub fn new(uri: String, topology: Topology, connection_name: &str) -> Self {
+    /// Defaults suited to a service: 5 s connect timeout, backoff from 100 ms to 10 s. `uris`
+    /// is one AMQP URI or several separated by commas ([`Brokers`]).
+    pub fn new(uris: &str, topology: Topology, connection_name: &str) -> Self {
         Self {
-            uri,
+            brokers: Brokers::new(uris),
             topology,
             connection_name: connection_name.to_owned(),
             connect_timeout: Duration::from_secs(5),
@@ -216,7 +220,9 @@ impl Publisher {
     }
 
     async fn open(config: PublisherConfig) -> Result<(Connection, Channel), String> {
-        let connection = connect(&config.uri, &config.connection_name, config.connect_timeout)
+        let connection = config
+            .brokers
+            .connect(&config.connection_name, config.connect_timeout)
             .await
             .map_err(|err| err.to_string())?;
         let setup = async {
@@ -225,11 +231,14 @@ impl Publisher {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
             config.topology.declare(&channel).await?;
-            Ok::<_, lapin::Error>(channel)
+            Ok::<_, DeclareError>(channel)
         };
         match tokio::time::timeout(config.connect_timeout, setup).await {
             Ok(Ok(channel)) => Ok((connection, channel)),
-            Ok(Err(err)) => Err(err.to_string()),
+            Ok(Err(err)) => {
+                err.log_mismatch(&config.connection_name);
+                Err(err.to_string())
+            }
             Err(_) => Err(format!(
                 "channel setup took longer than {:?}",
                 config.connect_timeout

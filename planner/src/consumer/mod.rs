@@ -5,8 +5,9 @@
 //! - Poison deliveries are rejected without requeue and land in the dead-letter queue.
 //! - While PostgreSQL is down the consumer keeps retrying the same batch with capped backoff and
 //!   takes nothing new: nothing is acknowledged, nothing is dead-lettered.
-//! - When the broker goes away the consumer reconnects with capped backoff; deliveries that were
-//!   not acknowledged are redelivered, and the delivery table makes that harmless.
+//! - When the broker goes away the consumer reconnects with capped backoff (to the next node
+//!   that answers, when `RABBITMQ_CONNECT_STRING` lists several); deliveries that were not
+//!   acknowledged are redelivered, and the delivery table makes that harmless.
 //!
 //! Where each part lives: the session (connect, declare, consume, queue-depth polling) in
 //! `session`; batch sizes, per-job ordering and sorting deliveries in `batching`; applying and
@@ -26,9 +27,9 @@
 use std::time::Duration;
 
 use actix::{Actor, AsyncContext, Context, Recipient, WrapFuture};
-use actors::amqp::Topology;
+use actors::amqp::{Brokers, Topology};
 use actors::reconnect::{self, Backoff};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::{messages::ApplyBatch, metrics::Metrics, pressure::Nudge};
 
@@ -52,6 +53,10 @@ pub enum SessionError {
     /// The channel or the connection failed while declaring or consuming.
     #[error("{0}")]
     Broker(#[from] lapin::Error),
+    /// The queues could not be declared (one of them exists with another type, or the broker
+    /// failed meanwhile).
+    #[error("{0}")]
+    Declare(#[from] actors::amqp::DeclareError),
     /// An acknowledgement did not reach the broker (the delivery will come again).
     #[error("ack: {0}")]
     Ack(lapin::Error),
@@ -63,6 +68,7 @@ pub enum SessionError {
 /// Settings of the consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
+    /// One AMQP URI or several separated by commas (the nodes of a cluster).
     pub rabbitmq_url: SecretString,
     pub topology: Topology,
     pub prefetch: u16,
@@ -107,8 +113,10 @@ impl Actor for Consumer {
 }
 
 async fn run(config: ConsumerConfig, store: Recipient<ApplyBatch>, stats: Recorder) {
-    let (config, store, stats) = (&config, &store, &stats);
-    let session = |connected| session(config, store, stats, connected);
+    // One list for every session, so a reconnect starts with the node after the lost one.
+    let brokers = Brokers::new(config.rabbitmq_url.expose_secret());
+    let (config, store, stats, brokers) = (&config, &store, &stats, &brokers);
+    let session = |connected| session(config, brokers, store, stats, connected);
     reconnect::forever(config.retry, session, |result, delay| {
         stats.consuming(false);
         match result {

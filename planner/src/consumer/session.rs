@@ -4,14 +4,13 @@
 use std::time::{Duration, Instant};
 
 use actix::Recipient;
-use actors::amqp;
+use actors::amqp::Brokers;
 use actors::reconnect::Connected;
 use futures::{stream::FuturesUnordered, FutureExt, StreamExt};
 use lapin::{
     options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use secrecy::ExposeSecret;
 
 use crate::{messages::ApplyBatch, metrics::Metrics};
 
@@ -25,17 +24,15 @@ use super::{
 /// One connection's life: connect, declare, consume until the broker or the channel goes away.
 pub(super) async fn session(
     config: &ConsumerConfig,
+    brokers: &Brokers,
     store: &Recipient<ApplyBatch>,
     stats: &Recorder,
     connected: Connected,
 ) -> Result<(), SessionError> {
     stats.connect_attempt();
-    let connection = amqp::connect(
-        config.rabbitmq_url.expose_secret(),
-        "planner-consumer",
-        Duration::from_secs(10),
-    )
-    .await?;
+    let connection = brokers
+        .connect("planner-consumer", Duration::from_secs(10))
+        .await?;
     let result = consume(config, store, stats, &connected, &connection).await;
     // Closing (rather than dropping) the connection hands any unacknowledged deliveries back to
     // the broker at once, even when only the channel failed.
@@ -55,7 +52,10 @@ pub(super) async fn consume(
     connection: &lapin::Connection,
 ) -> Result<(), SessionError> {
     let channel = connection.create_channel().await?;
-    config.topology.declare(&channel).await?;
+    if let Err(err) = config.topology.declare(&channel).await {
+        err.log_mismatch("planner-consumer");
+        return Err(err.into());
+    }
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await?;

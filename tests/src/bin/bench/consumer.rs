@@ -157,10 +157,18 @@ pub fn database_ceiling(payload: Payload) -> f64 {
     CEILING_ROWS as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Fills the queue with the lives of jobs `first..first + jobs`: deliveries in the order a
-/// busy installation sends them (job n queued while job n-100 starts and n-200 completes).
+/// Fills the queue with the lives of jobs `first..first + jobs` ([`lives`]).
 async fn fill_queue(topology: &Topology, payload: Payload, first: usize, jobs: usize) -> usize {
     let publisher = Broker::connect(topology).await;
+    let messages = lives(payload, first, jobs);
+    let count = messages.len();
+    publisher.publish_all(messages, FILL_IN_FLIGHT).await;
+    count
+}
+
+/// The deliveries (body, delivery id) of the lives of jobs `first..first + jobs`, in the order
+/// a busy installation sends them (job n queued while job n-100 starts and n-200 completes).
+pub fn lives(payload: Payload, first: usize, jobs: usize) -> Vec<(Vec<u8>, String)> {
     let mut messages = Vec::with_capacity(jobs * 3);
     for step in 0..jobs + 200 {
         for (lag, action) in [(0, "queued"), (100, "in_progress"), (200, "completed")] {
@@ -170,14 +178,12 @@ async fn fill_queue(topology: &Topology, payload: Payload, first: usize, jobs: u
             }
         }
     }
-    let count = messages.len();
-    publisher.publish_all(messages, FILL_IN_FLIGHT).await;
-    count
+    messages
 }
 
 /// Deliveries the planner has applied and acknowledged (or found duplicate), from its metrics:
 /// polling its own counter costs the database nothing.
-async fn applied(client: &reqwest::Client, metrics_url: &str) -> f64 {
+pub async fn applied(client: &reqwest::Client, metrics_url: &str) -> f64 {
     let scrape = Scrape::get_with(client, metrics_url).await;
     scrape.sum("github_runner_planner_webhook_consumed_total")
         + scrape.sum("github_runner_planner_webhook_duplicates_total")

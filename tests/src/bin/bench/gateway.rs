@@ -169,7 +169,7 @@ impl Signed {
 }
 
 /// Sends one webhook (`workflow_job`, delivery id `delivery`); asserts the 200 and returns
-/// how long it took.
+/// how long it took. `url` is the gateway's `/webhook`.
 pub async fn post(
     client: &reqwest::Client,
     url: &str,

@@ -11,13 +11,18 @@
 //!   scenario 6 (the consumer rate and the pressure recomputation as the `job` table grows).
 //! - [`pressure`]: scenario 3 (end to end, gateway 200 to stream line, with both services'
 //!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
+//! - [`cluster`]: two gateways and two planners on the 3-node RabbitMQ cluster with a quorum
+//!   queue (`BENCH_ONLY=cluster`).
 //! - [`manager`]: scenario 7 (the runner manager: queued webhook to runner start, a reconcile
 //!   pass at 100 flavors and 1,000 runners, memory).
+//! - [`console`]: the web console's page loads with 100 flavors and 100k jobs.
 //! - [`measure`]: what they measure with.
 //!
-//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager` runs only the named groups (the
-//! table is printed, `BENCHMARKS.md` is left alone).
+//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager,console,cluster` runs only
+//! the named groups (the table is printed, `BENCHMARKS.md` is left alone).
 
+mod cluster;
+mod console;
 mod consumer;
 mod gateway;
 mod manager;
@@ -31,7 +36,7 @@ const END_TO_END_RATE: u64 = 500;
 const END_TO_END_SECONDS: u64 = 10;
 /// Stream subscribers of the fan-out scenario.
 const FAN_OUT: usize = 10_000;
-const GROUPS: [&str; 7] = [
+const GROUPS: [&str; 9] = [
     "gateway",
     "consumer",
     "e2e",
@@ -39,6 +44,8 @@ const GROUPS: [&str; 7] = [
     "fanout",
     "scaling",
     "manager",
+    "console",
+    "cluster",
 ];
 
 #[tokio::main(flavor = "multi_thread")]
@@ -94,6 +101,14 @@ async fn main() {
         settle();
         eprintln!("bench: runner manager ...");
         manager::scenarios(&mut rows).await;
+    }
+    if wanted("console") {
+        settle();
+        eprintln!("bench: console page loads ...");
+        console::page_loads(&mut rows).await;
+    }
+    if wanted("cluster") {
+        cluster::scenarios(&mut rows).await;
     }
 
     let mut table = String::from("| scenario | measured | target |\n|---|---|---|\n");

@@ -1,0 +1,192 @@
+//! Node loss: under a steady webhook load, nodes of the servers' clusters (`tests::cluster`)
+//! are killed: RabbitMQ nodes (two gateway and two planner processes on a quorum queue), and
+//! the PostgreSQL primary (its synchronous standby promoted). Every delivery that got a 2xx is
+//! in the database exactly once, pressure equals a recount, and no process was restarted: each
+//! found the surviving nodes by itself.
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc,
+};
+use std::time::Duration;
+
+use actors::amqp::{QueueType, Topology};
+use tests::amqp::TopologyGuard;
+use tests::cluster::{PostgresPair, RabbitCluster};
+use tests::db::TestDb;
+use tests::gateway::{Options, TestGateway};
+use tests::process::{GatewayProcess, PlannerProcess, Service};
+use tests::{eventually, unique};
+
+use super::{
+    assert_all_stored_once, assert_pressure_recomputes, create_flavor, send_to, Planner, Sent,
+    ADMIN,
+};
+
+/// Accepted webhooks to wait for in each phase, to show the system is making progress.
+const PROGRESS: usize = 24;
+/// Longest a phase may take to make that progress (a node's loss is noticed within seconds).
+const PHASE: Duration = Duration::from_secs(60);
+
+/// A load of webhooks through several gateways, one batch after the other, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<Sent>,
+}
+
+impl Load {
+    fn start(gateways: Vec<String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (until, count) = (stop.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            let mut sent = Sent::default();
+            let mut batch = 0;
+            while !until.load(Ordering::SeqCst) {
+                let url = &gateways[batch % gateways.len()];
+                send_to(url, &format!("batch{batch}"), 8, &mut sent).await;
+                count.store(sent.accepted.len(), Ordering::SeqCst);
+                batch += 1;
+            }
+            sent
+        });
+        Self {
+            stop,
+            accepted,
+            task,
+        }
+    }
+
+    /// Waits until `PROGRESS` more webhooks than now were accepted; prints how long it took
+    /// (the figures docs/scaling.md quotes, shown with --nocapture).
+    async fn progress(&self, what: &str) {
+        let started = std::time::Instant::now();
+        let target = self.accepted.load(Ordering::SeqCst) + PROGRESS;
+        eventually(what, PHASE, || async {
+            self.accepted.load(Ordering::SeqCst) >= target
+        })
+        .await;
+        println!("cluster: {what}: {PROGRESS} in {:?}", started.elapsed());
+    }
+
+    async fn finish(self) -> Sent {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("load task")
+    }
+}
+
+#[actix_rt::test]
+async fn rabbitmq_node_loss_loses_no_accepted_webhook() {
+    let cluster = RabbitCluster::up().await;
+    let db = TestDb::new();
+    create_flavor(&db);
+    let topology = Topology::named(&unique("cluster")).with_queue_type(QueueType::Quorum);
+    let _queues = cluster.guard(topology.clone());
+
+    let mut planners = Vec::new();
+    for _ in 0..2 {
+        let running = PlannerProcess::new(db.url(), &topology.queue)
+            .brokers(cluster.urls())
+            .env("APP_AMQP_QUEUE_TYPE", "quorum")
+            .env("APP_ADMIN_TOKEN_VALUE", ADMIN)
+            .start()
+            .await;
+        planners.push(Planner {
+            service: running.service,
+            url: running.url,
+        });
+    }
+    let mut gateways: Vec<Service> = Vec::new();
+    let mut urls = Vec::new();
+    for _ in 0..2 {
+        let running = GatewayProcess::new(&topology.queue)
+            .brokers(cluster.urls())
+            .env("APP_AMQP_QUEUE_TYPE", "quorum")
+            .env("APP_PUBLISH_TIMEOUT", "2s")
+            .start()
+            .await;
+        gateways.push(running.service);
+        urls.push(running.url);
+    }
+
+    let load = Load::start(urls);
+    load.progress("webhooks accepted before any fault").await;
+    // Every process connected to node 1, the first of the list; the queue was declared there,
+    // so node 1 leads it too: its loss cuts every connection and forces an election.
+    let first = cluster.leader(&topology.queue).await;
+    cluster.stop(first).await;
+    load.progress("webhooks accepted without the queue's first leader")
+        .await;
+    cluster.start(first).await;
+    load.progress("webhooks accepted with the node back").await;
+    let mut second = cluster.leader(&topology.queue).await;
+    if second == first {
+        second = first % 3 + 1;
+    }
+    cluster.stop(second).await;
+    load.progress("webhooks accepted without a second node")
+        .await;
+    cluster.start(second).await;
+    load.progress("webhooks accepted with all nodes back").await;
+    let sent = load.finish().await;
+
+    assert_all_stored_once(&db, &sent).await;
+    for planner in &planners {
+        assert_pressure_recomputes(&db, planner).await;
+    }
+    for service in gateways
+        .iter_mut()
+        .chain(planners.iter_mut().map(|p| &mut p.service))
+    {
+        assert!(
+            service.is_running(),
+            "a service exited during the node losses:\n{}",
+            service.log()
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn postgres_failover_loses_nothing_acknowledged() {
+    let pair = PostgresPair::up().await;
+    let db = TestDb::empty_on(pair.url());
+    let queues = TopologyGuard::unique();
+    let name = &queues.topology().queue;
+    let gateway = TestGateway::spawn(Options {
+        amqp_name: Some(name.clone()),
+        ..Options::default()
+    })
+    .await;
+    // The planner migrates the empty database, then the test flavor can be created.
+    let running = PlannerProcess::new(db.url(), name)
+        .env("APP_ADMIN_TOKEN_VALUE", ADMIN)
+        .start()
+        .await;
+    let mut planner = Planner {
+        service: running.service,
+        url: running.url,
+    };
+    create_flavor(&db);
+
+    let load = Load::start(vec![gateway.url.clone()]);
+    load.progress("webhooks accepted before the failover").await;
+    pair.crash_primary().await;
+    load.progress("webhooks accepted without a primary").await;
+    pair.promote_standby().await;
+    load.progress("webhooks accepted after the promotion").await;
+    let sent = load.finish().await;
+    assert_eq!(sent.refused, 0, "the broker was never cut");
+
+    // Acknowledged only after commit, committed only once the standby had it: all there.
+    assert_all_stored_once(&db, &sent).await;
+    assert_pressure_recomputes(&db, &planner).await;
+    assert!(planner.service.is_running(), "{}", planner.service.log());
+    let log = planner.service.log();
+    // It lost its LISTEN connection with the primary and listens again, on the new one.
+    // (Commits need not fail at all: a pool checkout waits up to 5 s for a connection, longer
+    // than the promotion takes here.)
+    let listens = log.matches("event=pressure_listening").count();
+    assert!(listens >= 2, "LISTEN once only:\n{log}");
+    gateway.stop().await;
+}
