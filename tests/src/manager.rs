@@ -140,10 +140,12 @@ impl Drop for ManagerDir {
             if pid <= 1 || manager::backend::exec::process_start_time(pid) != Some(start_time) {
                 continue;
             }
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
-                .stderr(std::process::Stdio::null())
-                .status();
+            // A signal call, not the `kill` command: procps' `kill -KILL -<pgid>` has been seen
+            // signalling every process of the machine (`kill(-1)`).
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         let _ = std::fs::remove_dir_all(&self.path);
     }
