@@ -111,8 +111,9 @@ pub struct Nudge {
 /// Settings of the calculator.
 #[derive(Debug, Clone)]
 pub struct CalculatorConfig {
-    /// The database, for the `LISTEN` connection.
-    pub database_url: SecretString,
+    /// `POSTGRESQL_DB_LISTEN_CONNECT_STRING`: the database, for the `LISTEN` connection
+    /// (TLS as its `sslmode` says: [`crate::pgtls`]).
+    pub listen_database_url: SecretString,
     /// `APP_JOB_MAX_AGE`.
     pub job_max_age: Duration,
     /// Connect timeout of the `LISTEN` connection.
@@ -278,14 +279,14 @@ async fn listen(
     calculator: &Addr<Calculator>,
     listening: Connected,
 ) -> String {
-    let mut pg: tokio_postgres::Config = match config.database_url.expose_secret().parse() {
-        Ok(pg) => pg,
-        // The message of a URL parse error may quote the URL: do not log it.
-        Err(_) => return "the database URL is not understood by tokio-postgres".to_owned(),
-    };
-    pg.connect_timeout(config.connect_timeout)
-        .application_name("planner-pressure");
-    let (client, mut connection) = match pg.connect(tokio_postgres::NoTls).await {
+    // Errors never quote the string (it may hold a password).
+    let mut target =
+        match crate::pgtls::ListenTarget::parse(config.listen_database_url.expose_secret()) {
+            Ok(target) => target,
+            Err(err) => return err.to_string(),
+        };
+    target.config.application_name("planner-pressure");
+    let (client, mut connection) = match target.connect(config.connect_timeout).await {
         Ok(pair) => pair,
         Err(err) => return format!("connect: {err}"),
     };

@@ -48,11 +48,40 @@ pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// down at start-up delays work rather than preventing it.
 /// `checkout_timeout` bounds how long a request or the consumer waits for a connection.
 pub fn build_pool(database_url: &str, size: u32, checkout_timeout: Duration) -> PgPool {
-    Pool::builder()
+    build_pool_via(database_url, size, checkout_timeout, false)
+}
+
+/// [`build_pool`]; with `pgbouncer` (`APP_DB_PGBOUNCER`), each connection has diesel's
+/// statement cache off: no named prepared statement, which a transaction pooler would hand to
+/// another client's server connection. Every statement is then sent with its parameters in one
+/// message (libpq's `PQsendQueryParams`), as a pooler in transaction mode can take it. (The rest
+/// of the planner already suits such a pooler: its locks are transaction-level, its settings
+/// `SET LOCAL`, and its `LISTEN` is on a connection of its own.)
+pub fn build_pool_via(
+    database_url: &str,
+    size: u32,
+    checkout_timeout: Duration,
+    pgbouncer: bool,
+) -> PgPool {
+    let mut builder = Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
-        .connection_timeout(checkout_timeout)
-        .build_unchecked(ConnectionManager::new(database_url))
+        .connection_timeout(checkout_timeout);
+    if pgbouncer {
+        builder = builder.connection_customizer(Box::new(NoStatementCache));
+    }
+    builder.build_unchecked(ConnectionManager::new(database_url))
+}
+
+/// Turns diesel's prepared-statement cache off on each new pooled connection.
+#[derive(Debug)]
+struct NoStatementCache;
+
+impl r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for NoStatementCache {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+        Ok(())
+    }
 }
 
 /// The job-store actor. Start it with `SyncArbiter::start(n, ...)`.
