@@ -142,6 +142,22 @@ impl ListenTarget {
     }
 }
 
+/// An error with its causes (`error performing TLS handshake: server does not support TLS`):
+/// tokio-postgres's own message names only the kind of failure.
+pub fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.ends_with(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -288,7 +288,7 @@ async fn listen(
     target.config.application_name("planner-pressure");
     let (client, mut connection) = match target.connect(config.connect_timeout).await {
         Ok(pair) => pair,
-        Err(err) => return format!("connect: {err}"),
+        Err(err) => return format!("connect: {}", crate::pgtls::with_causes(&err)),
     };
     // The connection object does the I/O; it hands over notifications as they arrive.
     let forward = calculator.clone();
@@ -300,14 +300,14 @@ async fn listen(
                     forward.do_send(Nudge::default());
                 }
                 Ok(_) => {}
-                Err(err) => return format!("connection: {err}"),
+                Err(err) => return format!("connection: {}", crate::pgtls::with_causes(&err)),
             }
         }
         "connection closed".to_owned()
     });
     if let Err(err) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         driver.abort();
-        return format!("listen: {err}");
+        return format!("listen: {}", crate::pgtls::with_causes(&err));
     }
     listening.mark();
     log::info!("event=pressure_listening channel={CHANNEL}");
