@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 import urllib.parse
@@ -171,11 +172,9 @@ class PlannerClient:
         Args:
             name: flavor name.
         """
-        try:
+        # Earlier planners answered 404 for a flavor that did not exist.
+        with contextlib.suppress(NotFoundError):
             self._call("DELETE", f"/flavors/{self._quote(name)}", expect=(200, 204))
-        except NotFoundError:
-            # Earlier planners answered 404 for a flavor that did not exist.
-            pass
 
     # --- auth tokens (admin only) -----------------------------------------------------
 
@@ -206,8 +205,6 @@ class PlannerClient:
         Args:
             name: token name.
         """
-        try:
+        # Earlier planners answered 404 for a token that did not exist.
+        with contextlib.suppress(NotFoundError):
             self._call("DELETE", f"/auth/token/{self._quote(name)}", expect=(200, 204))
-        except NotFoundError:
-            # Earlier planners answered 404 for a token that did not exist.
-            pass
