@@ -122,12 +122,15 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     for field in ignored {
         let field = IgnoredFields::printable(&field);
         if IGNORED_FIELDS.first_time(field) {
+            let body = std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("body");
             log::warn!(
-                "event=body_field_ignored field={field} body={}",
-                std::any::type_name::<T>()
-                    .rsplit("::")
-                    .next()
-                    .unwrap_or("body")
+                event = "body_field_ignored",
+                field,
+                body;
+                "a request body field the route does not have is ignored"
             );
         }
     }

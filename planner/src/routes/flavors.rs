@@ -162,7 +162,7 @@ pub async fn create(
     if !inserted {
         return Err(ApiError::Conflict(format!("flavor {name}")));
     }
-    log::info!("event=flavor_created flavor={name}");
+    log::info!(event = "flavor_created", flavor = name; "flavor created");
     Ok(HttpResponse::Created().json(FlavorBody {
         platform: created.platform,
         name: created.name,
@@ -259,7 +259,7 @@ pub async fn update(
     })
     .await?;
     updated.ok_or_else(|| ApiError::NotFound(format!("flavor {name}")))?;
-    log::info!("event=flavor_updated flavor={name}");
+    log::info!(event = "flavor_updated", flavor = name; "flavor updated");
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -294,7 +294,7 @@ pub async fn delete(
     })
     .await?;
     if deleted.is_some() {
-        log::info!("event=flavor_deleted flavor={name}");
+        log::info!(event = "flavor_deleted", flavor = name; "flavor deleted");
     }
     Ok(HttpResponse::Ok().finish())
 }

@@ -390,7 +390,7 @@ pub async fn update(
         Err(SetTimesError::Database(err)) => return Err(err.into()),
     }
     if change != JobTimesChange::default() {
-        log::info!("event=job_times_set platform={path_platform} job.id={id}");
+        log::info!(event = "job_times_set", platform = path_platform, "job.id" = id; "job times set");
         // The trigger's NOTIFY would do too; this spares the round trip.
         pressure.calculator.do_send(Nudge::default());
     }

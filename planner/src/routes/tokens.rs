@@ -58,7 +58,7 @@ pub async fn create(
     if !inserted {
         return Err(ApiError::Conflict(format!("token {name}")));
     }
-    log::info!("event=token_created token.name={name}");
+    log::info!(event = "token_created", "token.name" = name; "token created");
     Ok(HttpResponse::Created().json(CreatedToken { name, token }))
 }
 
@@ -102,7 +102,7 @@ pub async fn delete(
     let lookup = name.clone();
     let deleted = with_conn(pool, move |conn| Ok(queries::delete_token(conn, &lookup)?)).await?;
     if deleted {
-        log::info!("event=token_deleted token.name={name}");
+        log::info!(event = "token_deleted", "token.name" = name; "token deleted");
     }
     Ok(HttpResponse::NoContent().finish())
 }
