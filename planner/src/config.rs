@@ -23,6 +23,13 @@ pub struct Config {
     /// libpq's `key=value` pairs; several hosts (`host=a,b`, `postgresql://a,b/db`) with
     /// `target_session_attrs=read-write` find the primary after a failover.
     pub database_url: SecretString,
+    /// `POSTGRESQL_DB_LISTEN_CONNECT_STRING` (default: `POSTGRESQL_DB_CONNECT_STRING`): the
+    /// connection the pressure calculator holds `LISTEN` on. Behind a transaction pooler
+    /// (PgBouncer), a direct connection to PostgreSQL: a pooler cannot hold a `LISTEN`.
+    pub listen_database_url: SecretString,
+    /// `APP_DB_PGBOUNCER` (default `false`): the pool goes through PgBouncer (transaction
+    /// pooling), so it prepares no named statements (diesel's statement cache is off).
+    pub db_pgbouncer: bool,
     /// `RABBITMQ_CONNECT_STRING` (required): `amqp://` or `amqps://` URL.
     pub rabbitmq_url: SecretString,
     /// Address the HTTP server binds: `0.0.0.0` in production, `127.0.0.1` in tests.
@@ -72,6 +79,17 @@ pub struct Config {
 
 const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
 
+const LISTEN_VARIABLE: &str = "POSTGRESQL_DB_LISTEN_CONNECT_STRING";
+
+/// `true` or `false` (also `1`/`0`, `yes`/`no`, any case).
+pub fn boolean(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("must be true or false".to_owned()),
+    }
+}
+
 impl Config {
     /// The retry delays (first and cap) of the consumer and the pressure calculator.
     pub fn retry(&self) -> actors::reconnect::Backoff {
@@ -86,7 +104,25 @@ impl Config {
     /// Reads any [`Source`] of variables (the environment, or a fixed list in tests).
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let database_url = config::required(source, "POSTGRESQL_DB_CONNECT_STRING")?;
-        check_database_url(&database_url)?;
+        check_database_url("POSTGRESQL_DB_CONNECT_STRING", &database_url)?;
+        let listen_database_url = match source.get(LISTEN_VARIABLE) {
+            Some(url) => {
+                check_database_url(LISTEN_VARIABLE, &url)?;
+                url
+            }
+            None => database_url.clone(),
+        };
+        // The LISTEN connection reads the string itself (tokio-postgres, TLS as libpq): refuse
+        // what it cannot honour now, naming the variable it came from.
+        crate::pgtls::ListenTarget::parse(&listen_database_url).map_err(|err| {
+            let variable = if source.get(LISTEN_VARIABLE).is_some() {
+                LISTEN_VARIABLE
+            } else {
+                "POSTGRESQL_DB_CONNECT_STRING"
+            };
+            ConfigError::new(variable, format!("for the LISTEN connection: {err}"))
+        })?;
+        let db_pgbouncer = config::parsed(source, "APP_DB_PGBOUNCER", false, boolean)?;
         let rabbitmq_url = config::required(source, "RABBITMQ_CONNECT_STRING").and_then(|v| {
             config::amqp_uri(&v).map_err(|r| ConfigError::new("RABBITMQ_CONNECT_STRING", r))
         })?;
@@ -116,6 +152,8 @@ impl Config {
 
         Ok(Self {
             database_url: database_url.into(),
+            listen_database_url: listen_database_url.into(),
+            db_pgbouncer,
             rabbitmq_url: rabbitmq_url.into(),
             bind_address: IpAddr::from([0, 0, 0, 0]),
             port: config::parsed(source, "APP_PORT", 8080, config::port)?,
@@ -155,6 +193,8 @@ impl Config {
     ) -> Self {
         Self {
             database_url: database_url.into(),
+            listen_database_url: database_url.into(),
+            db_pgbouncer: false,
             rabbitmq_url: rabbitmq_url.into(),
             bind_address: IpAddr::from([127, 0, 0, 1]),
             port: 0,
@@ -186,12 +226,14 @@ impl Config {
 
 /// `POSTGRESQL_DB_CONNECT_STRING` must be a URL or `key=value` pairs that both libpq (the pool)
 /// and tokio-postgres (the `LISTEN` connection) read; the error never quotes it (a password).
-fn check_database_url(value: &str) -> Result<(), ConfigError> {
+fn check_database_url(variable: &'static str, value: &str) -> Result<(), ConfigError> {
     let url = value.starts_with("postgres://") || value.starts_with("postgresql://");
     let pairs = !value.contains("://") && value.contains('=');
-    if !(url || pairs) || value.parse::<tokio_postgres::Config>().is_err() {
+    // The rest is read where it is used: libpq for the pool, planner::pgtls for the LISTEN
+    // connection (which parses it at start-up, naming the variable).
+    if !(url || pairs) {
         return Err(ConfigError::new(
-            "POSTGRESQL_DB_CONNECT_STRING",
+            variable,
             "must be a postgres:// or postgresql:// URL or key=value pairs (host=... dbname=...)",
         ));
     }
@@ -254,6 +296,42 @@ mod tests {
         assert_eq!(config.stream_heartbeat, Duration::from_secs(30));
         assert_eq!(config.request_timeout, Duration::from_secs(10));
         assert_eq!(config.telemetry.prometheus_port, 9464);
+        assert!(!config.db_pgbouncer);
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            config.listen_database_url.expose_secret(),
+            config.database_url.expose_secret(),
+            "LISTEN on the main connection string by default"
+        );
+    }
+
+    #[test]
+    fn pgbouncer_and_a_direct_listen_connection() {
+        use secrecy::ExposeSecret;
+        let mut vars = valid();
+        vars.insert("APP_DB_PGBOUNCER", "true".to_owned());
+        vars.insert(
+            "POSTGRESQL_DB_LISTEN_CONNECT_STRING",
+            "postgresql://u:pw@db-direct/planner?sslmode=require".to_owned(),
+        );
+        let config = load(&vars).unwrap();
+        assert!(config.db_pgbouncer);
+        assert_eq!(
+            config.listen_database_url.expose_secret(),
+            "postgresql://u:pw@db-direct/planner?sslmode=require"
+        );
+        // A main string the LISTEN connection cannot honour is named as the main one.
+        let mut vars = valid();
+        vars.insert(
+            "POSTGRESQL_DB_CONNECT_STRING",
+            "postgresql://u:pw@db/planner?sslmode=verify-everything".to_owned(),
+        );
+        let err = load(&vars).unwrap_err();
+        assert_eq!(err.variable, "POSTGRESQL_DB_CONNECT_STRING");
+        assert!(
+            err.to_string().contains("LISTEN connection: sslmode"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -275,6 +353,12 @@ mod tests {
     fn bad_values_are_named() {
         for (name, value) in [
             ("POSTGRESQL_DB_CONNECT_STRING", "mysql://x"),
+            ("POSTGRESQL_DB_LISTEN_CONNECT_STRING", "mysql://x"),
+            (
+                "POSTGRESQL_DB_LISTEN_CONNECT_STRING",
+                "postgres://u:pw@db/p?sslcert=/c.pem",
+            ),
+            ("APP_DB_PGBOUNCER", "maybe"),
             ("RABBITMQ_CONNECT_STRING", "http://x"),
             ("APP_ADMIN_TOKEN_VALUE", "planner_v0_short"),
             ("APP_ADMIN_TOKEN_VALUE", "planner_v1_abcdefghij0123456789"),

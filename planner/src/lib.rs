@@ -25,6 +25,7 @@ pub mod error;
 pub mod extract;
 pub mod messages;
 pub mod metrics;
+pub mod pgtls;
 pub mod pressure;
 pub mod reconcile;
 pub mod report;

@@ -115,8 +115,9 @@ pub struct Nudge {
 /// Settings of the calculator.
 #[derive(Debug, Clone)]
 pub struct CalculatorConfig {
-    /// The database, for the `LISTEN` connection.
-    pub database_url: SecretString,
+    /// `POSTGRESQL_DB_LISTEN_CONNECT_STRING`: the database, for the `LISTEN` connection
+    /// (TLS as its `sslmode` says: [`crate::pgtls`]).
+    pub listen_database_url: SecretString,
     /// `APP_JOB_MAX_AGE`.
     pub job_max_age: Duration,
     /// Connect timeout of the `LISTEN` connection.
@@ -297,16 +298,16 @@ async fn listen(
     calculator: &Addr<Calculator>,
     listening: Connected,
 ) -> String {
-    let mut pg: tokio_postgres::Config = match config.database_url.expose_secret().parse() {
-        Ok(pg) => pg,
-        // The message of a URL parse error may quote the URL: do not log it.
-        Err(_) => return "the database URL is not understood by tokio-postgres".to_owned(),
-    };
-    pg.connect_timeout(config.connect_timeout)
-        .application_name("planner-pressure");
-    let (client, mut connection) = match pg.connect(tokio_postgres::NoTls).await {
+    // Errors never quote the string (it may hold a password).
+    let mut target =
+        match crate::pgtls::ListenTarget::parse(config.listen_database_url.expose_secret()) {
+            Ok(target) => target,
+            Err(err) => return err.to_string(),
+        };
+    target.config.application_name("planner-pressure");
+    let (client, mut connection) = match target.connect(config.connect_timeout).await {
         Ok(pair) => pair,
-        Err(err) => return format!("connect: {err}"),
+        Err(err) => return format!("connect: {}", crate::pgtls::with_causes(&err)),
     };
     // The connection object does the I/O; it hands over notifications as they arrive.
     let forward = calculator.clone();
@@ -318,14 +319,14 @@ async fn listen(
                     forward.do_send(Nudge::default());
                 }
                 Ok(_) => {}
-                Err(err) => return format!("connection: {err}"),
+                Err(err) => return format!("connection: {}", crate::pgtls::with_causes(&err)),
             }
         }
         "connection closed".to_owned()
     });
     if let Err(err) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         driver.abort();
-        return format!("listen: {err}");
+        return format!("listen: {}", crate::pgtls::with_causes(&err));
     }
     listening.mark();
     log::info!(event = "pressure_listening", channel = CHANNEL; "listening for changes");

@@ -17,7 +17,7 @@ use crate::{
     pressure::{Calculator, CalculatorConfig},
     routes::{self, health, pressure::PressureService},
     state::AppState,
-    store::{build_pool, JobStore, PgPool},
+    store::{build_pool_via, JobStore, PgPool},
 };
 
 /// A planner ready to run: its port is bound and its actors are started.
@@ -55,10 +55,11 @@ impl Application {
     /// Builds the planner. Must run inside an actix system (`#[actix_web::main]`, tests'
     /// `#[actix_web::test]`).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pool = build_pool(
+        let pool = build_pool_via(
             config.database_url.expose_secret(),
             config.db_pool_size,
             config.db_checkout_timeout,
+            config.db_pgbouncer,
         );
         if config.migrate_on_start {
             let migrations_pool = pool.clone();
@@ -340,7 +341,7 @@ async fn start_pressure(
     let broadcaster = Broadcaster::new(initial).start();
     let calculator = Calculator::new(
         CalculatorConfig {
-            database_url: config.database_url.clone(),
+            listen_database_url: config.listen_database_url.clone(),
             job_max_age: config.job_max_age,
             connect_timeout: config
                 .db_checkout_timeout

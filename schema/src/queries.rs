@@ -403,11 +403,28 @@ pub fn job_payloads(
     platform: &str,
     id: i64,
 ) -> QueryResult<Vec<(String, serde_json::Value)>> {
+    Ok(jobs_payloads(conn, platform, &[id])?
+        .into_iter()
+        .map(|(_, action, payload)| (action, payload))
+        .collect())
+}
+
+/// Every payload kept for the jobs `ids` of `platform` (one statement): job id, action and
+/// payload, by job id, then action.
+pub fn jobs_payloads(
+    conn: &mut PgConnection,
+    platform: &str,
+    ids: &[i64],
+) -> QueryResult<Vec<(i64, String, serde_json::Value)>> {
     job_payload::table
         .filter(job_payload::platform.eq(platform))
-        .filter(job_payload::job_id.eq(id))
-        .order(job_payload::action.asc())
-        .select((job_payload::action, job_payload::payload))
+        .filter(job_payload::job_id.eq_any(ids))
+        .order((job_payload::job_id.asc(), job_payload::action.asc()))
+        .select((
+            job_payload::job_id,
+            job_payload::action,
+            job_payload::payload,
+        ))
         .load(conn)
 }
 
@@ -426,11 +443,12 @@ pub struct JobFilter {
     pub status: Option<String>,
     pub flavor: Option<String>,
     pub repository: Option<String>,
-    /// Only jobs strictly older than this `(created_at, id)` (the keyset cursor).
-    pub before: Option<(DateTime<Utc>, i64)>,
+    /// Only jobs strictly newer than this `(created_at, id)` (the keyset cursor).
+    pub after: Option<(DateTime<Utc>, i64)>,
 }
 
-/// Jobs of a platform, newest first (`created_at`, then `id`, descending).
+/// Jobs of a platform, oldest first (`created_at`, then `id`, ascending), as Canonical's planner
+/// lists them.
 pub fn list_jobs(
     conn: &mut PgConnection,
     platform: &str,
@@ -440,7 +458,7 @@ pub fn list_jobs(
     let mut query = job::table
         .filter(job::platform.eq(platform))
         .select(Job::as_select())
-        .order((job::created_at.desc(), job::id.desc()))
+        .order((job::created_at.asc(), job::id.asc()))
         .limit(limit)
         .into_boxed();
     if let Some(status) = &filter.status {
@@ -452,11 +470,11 @@ pub fn list_jobs(
     if let Some(repository) = &filter.repository {
         query = query.filter(job::repository.eq(repository.clone()));
     }
-    if let Some((created_at, id)) = filter.before {
+    if let Some((created_at, id)) = filter.after {
         query = query.filter(
             job::created_at
-                .lt(created_at)
-                .or(job::created_at.eq(created_at).and(job::id.lt(id))),
+                .gt(created_at)
+                .or(job::created_at.eq(created_at).and(job::id.gt(id))),
         );
     }
     query.load(conn)

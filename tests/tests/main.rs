@@ -11,6 +11,7 @@ mod manager;
 mod migrations;
 mod observability;
 mod open_job_counts;
+mod pgbouncer;
 mod planner_api;
 mod planner_cli;
 mod planner_consumer;
