@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, AsyncContext, Context, WrapFuture};
-use actors::config::{self, ConfigError, Source};
+use actors::config::{self, ConfigError, Source, ValueError};
 use actors::github::GitHubError;
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, Registry};
@@ -68,8 +68,8 @@ fn name_part(value: &str) -> bool {
 }
 
 /// Parses `APP_GITHUB_PATH`.
-pub fn parse_owner(value: &str) -> Result<HookOwner, String> {
-    let invalid = || "must be an organization (org) or a repository (owner/repo)".to_owned();
+pub fn parse_owner(value: &str) -> Result<HookOwner, ValueError> {
+    let invalid = || ValueError::Rule("must be an organization (org) or a repository (owner/repo)");
     match value.split_once('/') {
         None if name_part(value) => Ok(HookOwner::Org(value.to_owned())),
         Some((owner, repo)) if name_part(owner) && name_part(repo) => {

@@ -105,10 +105,7 @@ impl Config {
             config::positive_integer,
         )?;
         let db_pool_size = config::parsed(source, "APP_DB_POOL_SIZE", 10u32, |v| {
-            match v.parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => Ok(n),
-                _ => Err("must be a whole number between 1 and 100".to_owned()),
-            }
+            config::integer_between(v, 1, 100)
         })?;
         let ignored_labels = match source.get("APP_IGNORED_LABELS") {
             Some(list) => IgnoredLabels::new(crate::domain::labels::parse_list(&list)),

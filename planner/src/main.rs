@@ -37,8 +37,7 @@ async fn run() -> anyhow::Result<()> {
             };
             let mut config = Config::from_env()?;
             config.migrate_on_start = migrate;
-            let tracing = Tracing::init("github-runner-planner", &config.telemetry)
-                .map_err(anyhow::Error::msg)?;
+            let tracing = Tracing::init("github-runner-planner", &config.telemetry)?;
             let result = match Application::build(config).await {
                 Ok(app) => app.run_until_stopped().await.map_err(anyhow::Error::from),
                 Err(err) => Err(err),

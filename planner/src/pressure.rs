@@ -279,16 +279,40 @@ async fn listen_forever(config: CalculatorConfig, calculator: Addr<Calculator>) 
         config.retry,
         |listening| async move { Err::<(), _>(listen(config, calculator, listening).await) },
         |ended, delay| {
-            let error = ended.err().unwrap_or_default();
-            log::warn!(
-                event = "pressure_listen_failed",
-                error,
-                retry_in_ms = delay.as_millis();
-                "cannot listen for changes"
-            );
+            if let Err(error) = ended {
+                log::warn!(
+                    event = "pressure_listen_failed",
+                    error:% = error,
+                    retry_in_ms = delay.as_millis();
+                    "cannot listen for changes"
+                );
+            }
         },
     )
     .await;
+}
+
+/// Why a `LISTEN` connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    /// The URL does not parse; its message may quote the URL, so it is not kept.
+    #[error("the database URL is not understood by tokio-postgres")]
+    Url,
+    /// No connection.
+    #[error("connect: {0}")]
+    Connect(tokio_postgres::Error),
+    /// `LISTEN` refused.
+    #[error("listen: {0}")]
+    Listen(tokio_postgres::Error),
+    /// The connection failed while listening.
+    #[error("connection: {0}")]
+    Connection(tokio_postgres::Error),
+    /// The server closed the connection.
+    #[error("connection closed")]
+    Closed,
+    /// The task reading the connection ended abnormally.
+    #[error("listener task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// One `LISTEN` connection's life; returns why it ended.
@@ -296,17 +320,16 @@ async fn listen(
     config: &CalculatorConfig,
     calculator: &Addr<Calculator>,
     listening: Connected,
-) -> String {
+) -> ListenError {
     let mut pg: tokio_postgres::Config = match config.database_url.expose_secret().parse() {
         Ok(pg) => pg,
-        // The message of a URL parse error may quote the URL: do not log it.
-        Err(_) => return "the database URL is not understood by tokio-postgres".to_owned(),
+        Err(_) => return ListenError::Url,
     };
     pg.connect_timeout(config.connect_timeout)
         .application_name("planner-pressure");
     let (client, mut connection) = match pg.connect(tokio_postgres::NoTls).await {
         Ok(pair) => pair,
-        Err(err) => return format!("connect: {err}"),
+        Err(err) => return ListenError::Connect(err),
     };
     // The connection object does the I/O; it hands over notifications as they arrive.
     let forward = calculator.clone();
@@ -318,22 +341,20 @@ async fn listen(
                     forward.do_send(Nudge::default());
                 }
                 Ok(_) => {}
-                Err(err) => return format!("connection: {err}"),
+                Err(err) => return ListenError::Connection(err),
             }
         }
-        "connection closed".to_owned()
+        ListenError::Closed
     });
     if let Err(err) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         driver.abort();
-        return format!("listen: {err}");
+        return ListenError::Listen(err);
     }
     listening.mark();
     log::info!(event = "pressure_listening", channel = CHANNEL; "listening for changes");
     // Notifications sent while this process was not listening are lost: recompute once.
     calculator.do_send(Nudge::default());
-    let outcome = driver
-        .await
-        .unwrap_or_else(|err| format!("listener task: {err}"));
+    let outcome = driver.await.unwrap_or_else(ListenError::from);
     drop(client);
     outcome
 }

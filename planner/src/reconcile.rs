@@ -46,7 +46,7 @@ use crate::{
         webhook::GITHUB,
     },
     messages::Outcome,
-    store::{apply_batch, PgPool},
+    store::{apply_batch, BlockingError, PgPool},
 };
 
 /// Conclusion given to a job GitHub answers 404 for.
@@ -89,15 +89,9 @@ impl ReconcileConfig {
         Ok(Self {
             after: parsed(source, "APP_RECONCILE_AFTER", DEFAULT_AFTER, duration)?,
             interval: parsed(source, "APP_RECONCILE_INTERVAL", DEFAULT_INTERVAL, duration)?,
-            batch: parsed(
-                source,
-                "APP_RECONCILE_BATCH",
-                DEFAULT_BATCH,
-                |v| match v.parse::<u32>() {
-                    Ok(n) if (1..=1000).contains(&n) => Ok(n),
-                    _ => Err("must be a whole number between 1 and 1000".to_owned()),
-                },
-            )?,
+            batch: parsed(source, "APP_RECONCILE_BATCH", DEFAULT_BATCH, |v| {
+                actors::config::integer_between(v, 1, 1000)
+            })?,
         })
     }
 }
@@ -376,14 +370,8 @@ impl Reconciler {
     async fn db<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut PgConnection) -> QueryResult<T> + Send + 'static,
-    ) -> Result<T, String> {
-        let pool = self.pool.clone();
-        actix_web::web::block(move || {
-            let mut conn = pool.get().map_err(|err| err.to_string())?;
-            work(&mut conn).map_err(|err| err.to_string())
-        })
-        .await
-        .map_err(|err| err.to_string())?
+    ) -> Result<T, BlockingError> {
+        crate::store::blocking(&self.pool, work).await
     }
 
     /// One round: claim, look up, complete or release.

@@ -315,13 +315,10 @@ async fn start_pressure(
     pool: &PgPool,
 ) -> (Addr<Broadcaster>, actix::Recipient<crate::pressure::Nudge>) {
     let (initial_pool, max_age) = (pool.clone(), config.job_max_age);
-    let initial = web::block(move || -> Result<_, String> {
-        let mut conn = initial_pool.get().map_err(|err| err.to_string())?;
-        crate::pressure::compute(&mut conn, max_age).map_err(|err| err.to_string())
+    let initial = crate::store::blocking(&initial_pool, move |conn| {
+        crate::pressure::compute(conn, max_age)
     })
-    .await
-    .map_err(|err| err.to_string())
-    .and_then(|result| result);
+    .await;
     let initial = initial.map(|(map, _)| map).unwrap_or_else(|err| {
         log::warn!(
             event = "pressure_initial_failed",

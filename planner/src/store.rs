@@ -55,6 +55,34 @@ pub fn build_pool(database_url: &str, size: u32, checkout_timeout: Duration) -> 
         .build_unchecked(ConnectionManager::new(database_url))
 }
 
+/// Why database work run off the async workers by [`blocking`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockingError {
+    /// No pooled connection within the checkout timeout.
+    #[error("no database connection: {0}")]
+    Checkout(#[from] diesel::r2d2::PoolError),
+    /// The work's statements failed.
+    #[error("database: {0}")]
+    Query(#[from] DieselError),
+    /// actix's blocking pool did not run it (shutting down).
+    #[error("blocking pool: {0}")]
+    Pool(#[from] actix_web::error::BlockingError),
+}
+
+/// Runs `work` on a pooled connection in actix's blocking pool, off the async workers (the
+/// tasks beside the request path; the routes have their own, answering with their error).
+pub async fn blocking<T: Send + 'static>(
+    pool: &PgPool,
+    work: impl FnOnce(&mut PgConnection) -> QueryResult<T> + Send + 'static,
+) -> Result<T, BlockingError> {
+    let pool = pool.clone();
+    actix_web::web::block(move || {
+        let mut conn = pool.get()?;
+        Ok(work(&mut conn)?)
+    })
+    .await?
+}
+
 /// The job-store actor. Start it with `SyncArbiter::start(n, ...)`.
 pub struct JobStore {
     pool: PgPool,
