@@ -83,7 +83,7 @@ impl Application {
         });
         let http_metrics = web::Data::new(metrics.http.clone());
         // Redelivery of failed deliveries, only when configured.
-        let redelivery_metrics = crate::redelivery::RedeliveryMetrics::register(&metrics.registry)
+        let redelivery_metrics = crate::metrics::RedeliveryMetrics::register(&metrics.registry)
             .map_err(std::io::Error::other)?;
         if let Some(redelivery) = &config.redelivery {
             let redeliverer = crate::redelivery::Redeliverer::new(redelivery, redelivery_metrics)

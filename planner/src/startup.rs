@@ -31,7 +31,7 @@ pub struct Application {
     pool: PgPool,
     consumer: Addr<Consumer>,
     // Reconciliation counters (registered by whoever owns the registry)
-    reconcile_metrics: crate::reconcile::ReconcileMetrics,
+    reconcile_metrics: crate::metrics::ReconcileMetrics,
     broadcaster: Addr<Broadcaster>,
 }
 
@@ -104,7 +104,7 @@ impl Application {
         spawn_database_probe(pool.clone(), metrics.clone());
 
         // Reconciliation with GitHub's API, only with a GitHub App.
-        let reconcile_metrics = crate::reconcile::ReconcileMetrics::new()?;
+        let reconcile_metrics = crate::metrics::ReconcileMetrics::new()?;
         reconcile_metrics
             .register(&metrics.registry)
             .map_err(std::io::Error::other)?;
@@ -213,7 +213,7 @@ impl Application {
     }
 
     /// Reconciliation counters, at zero when no GitHub App is configured.
-    pub fn reconcile_metrics(&self) -> crate::reconcile::ReconcileMetrics {
+    pub fn reconcile_metrics(&self) -> crate::metrics::ReconcileMetrics {
         self.reconcile_metrics.clone()
     }
 

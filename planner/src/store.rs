@@ -29,7 +29,7 @@ use schema::{
 
 use crate::{
     domain::{
-        job::{JobEvent, JobState},
+        job::{JobEvent, JobState, Status},
         labels::IgnoredLabels,
         matching::{self, FlavorSpec},
     },
@@ -516,5 +516,34 @@ fn from_row(row: Job) -> QueryResult<JobState> {
         created_at: row.created_at,
         started_at: row.started_at,
         completed_at: row.completed_at,
+    })
+}
+
+/// Reconciliation: completes a job with `event` (built from GitHub's answer) unless it
+/// completed meanwhile, taking the locks a webhook takes; `true` when applied.
+pub fn complete_reconciled(
+    conn: &mut PgConnection,
+    ignored: &IgnoredLabels,
+    event: JobEvent,
+) -> QueryResult<bool> {
+    conn.transaction(|conn| {
+        // The same lock order as a webhook: flavor lock shared, then the job's turn, which
+        // every writer of the job takes: the row read here stays as it is until the commit.
+        queries::lock_flavors_shared(conn)?;
+        queries::lock_job_keys(conn, &[(&event.platform, event.id)])?;
+        let Some(row) = queries::get_job(conn, &event.platform, event.id)? else {
+            return Ok(false);
+        };
+        if row.status == Status::Completed.as_str() {
+            return Ok(false);
+        }
+        let delivery = format!("planner-reconcile:{}:{}", event.platform, event.id);
+        let mut event = event;
+        // The job keeps the labels, repository and creation time it was matched with.
+        event.labels = row.labels;
+        event.repository = row.repository;
+        event.created_at = row.created_at;
+        let outcomes = apply_batch(conn, ignored, &[(delivery, event)])?;
+        Ok(outcomes.first() == Some(&Outcome::Applied))
     })
 }
