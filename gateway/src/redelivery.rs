@@ -21,8 +21,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, AsyncContext, Context, WrapFuture};
 use actors::github::GitHubError;
+use actors::task::{spawn_every, ShutdownSignal};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -296,46 +296,26 @@ impl Redeliverer {
     }
 }
 
-/// The actor running a [`Redeliverer`] round at start and then every interval, one at a time.
-pub struct RedeliveryActor {
-    redeliverer: Option<Redeliverer>,
-    interval: Duration,
-}
-
-impl RedeliveryActor {
-    /// An actor for `redeliverer`.
-    pub fn new(redeliverer: Redeliverer, interval: Duration) -> Self {
-        Self {
-            redeliverer: Some(redeliverer),
-            interval,
-        }
-    }
-}
-
-impl Actor for RedeliveryActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(mut redeliverer) = self.redeliverer.take() else {
-            return;
-        };
-        let interval = self.interval;
-        log::info!(
-            event = "redelivery_started",
-            hook = redeliverer.hook_path,
-            interval_ms = interval.as_millis();
-            "redelivery of failed deliveries started"
-        );
-        ctx.spawn(
-            async move {
-                loop {
-                    redeliverer.round().await;
-                    tokio::time::sleep(interval).await;
-                }
-            }
-            .into_actor(self),
-        );
-    }
+/// Runs a [`Redeliverer`] round at start and then every `interval`, one at a time, as a task
+/// until `shutdown`.
+pub fn spawn(redeliverer: Redeliverer, interval: Duration, shutdown: ShutdownSignal) {
+    log::info!(
+        event = "redelivery_started",
+        hook = redeliverer.hook_path,
+        interval_ms = interval.as_millis();
+        "redelivery of failed deliveries started"
+    );
+    spawn_every(
+        "redelivery",
+        interval,
+        shutdown,
+        redeliverer,
+        |redeliverer| {
+            Box::pin(async move {
+                redeliverer.round().await;
+            })
+        },
+    );
 }
 
 #[cfg(test)]

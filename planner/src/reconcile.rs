@@ -30,11 +30,8 @@
 //! [`schema::queries::claim_due_jobs`] and [`schema::queries::release_claimed_job`], the
 //! completing transaction [`crate::store::complete_reconciled`].
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use actix::{Actor, AsyncContext, Context, WrapFuture};
 use actors::github::GitHubError;
+use actors::task::{spawn_every, ShutdownSignal};
 use chrono::{DateTime, Utc};
 use diesel::{PgConnection, QueryResult};
 use schema::queries::{self, Claimed};
@@ -345,46 +342,22 @@ impl Reconciler {
     }
 }
 
-/// The actor running a [`Reconciler`] round every `APP_RECONCILE_INTERVAL` (the first at once),
-/// one round at a time. Stopping it stops the rounds.
-pub struct ReconcileActor {
-    reconciler: Arc<Reconciler>,
-    interval: Duration,
-}
-
-impl ReconcileActor {
-    /// An actor for `reconciler`.
-    pub fn new(reconciler: Reconciler) -> Self {
-        let interval = reconciler.config.interval;
-        Self {
-            reconciler: Arc::new(reconciler),
-            interval,
-        }
-    }
-}
-
-impl Actor for ReconcileActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let (reconciler, interval) = (self.reconciler.clone(), self.interval);
-        log::info!(
-            event = "reconcile_started",
-            interval_ms = interval.as_millis(),
-            after_s = reconciler.config.after.as_secs(),
-            batch = reconciler.config.batch;
-            "reconciliation with GitHub started"
-        );
-        ctx.spawn(
-            async move {
-                loop {
-                    reconciler.round().await;
-                    tokio::time::sleep(interval).await;
-                }
-            }
-            .into_actor(self),
-        );
-    }
+/// Runs a [`Reconciler`] round every `APP_RECONCILE_INTERVAL` (the first at once), one round at
+/// a time, as a task until `shutdown`.
+pub fn spawn(reconciler: Reconciler, shutdown: ShutdownSignal) {
+    let interval = reconciler.config.interval;
+    log::info!(
+        event = "reconcile_started",
+        interval_ms = interval.as_millis(),
+        after_s = reconciler.config.after.as_secs(),
+        batch = reconciler.config.batch;
+        "reconciliation with GitHub started"
+    );
+    spawn_every("reconcile", interval, shutdown, reconciler, |reconciler| {
+        Box::pin(async move {
+            reconciler.round().await;
+        })
+    });
 }
 
 #[cfg(test)]
