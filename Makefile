@@ -2,11 +2,15 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services run test lint fmt clippy deny audit schema build unit charms bench profile
+.PHONY: services browser run test lint fmt clippy deny audit schema build unit charms bench profile
 
 ## services: make PostgreSQL and RabbitMQ reachable on 127.0.0.1 (start or install them)
 services:
 	@bash scripts/services.sh
+
+## browser: headless Chromium and chromedriver for the console's browser tests (installs them if missing)
+browser:
+	@bash scripts/browser.sh
 
 ## run: run the system with a demo configuration (Ctrl-C stops it)
 run: services
@@ -39,7 +43,7 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## test: lint and the schema check, then every test against the real local PostgreSQL and RabbitMQ
-test: services lint schema build
+test: services browser lint schema build
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-tests=fail; \
 	else \

@@ -3,7 +3,9 @@
 # foreground: the gateway on :8080, the planner on :8081 (database runner_planner_demo), and a
 # demo flavor; the project's fake GitHub on :8083 (github.com cannot be reached from here: the
 # fake stands in for it) and the runner manager on :8082, running the fake runner as its exec
-# runner command. Ctrl-C stops everything.
+# runner command. The planner's web console is at http://127.0.0.1:8081/console (the admin
+# token logs in; it shows the manager's runners and creates GitHub Apps on the fake GitHub).
+# Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +50,16 @@ APP_PORT=$gateway_port OTEL_EXPORTER_PROMETHEUS_PORT=${GATEWAY_METRICS_PORT:-946
 pids+=($!)
 wait_ready "http://127.0.0.1:$gateway_port/ready" "${pids[-1]}" gateway
 
+fake_github_port=${FAKE_GITHUB_PORT:-8083}
+manager_port=${MANAGER_PORT:-8082}
+# The console shows the manager's runners (with the manager's own admin token) and creates
+# GitHub Apps on the fake GitHub.
+manager_admin_token=${APP_MANAGER_ADMIN_TOKEN_VALUE:-demo-manager-admin-token}
 APP_PORT=$planner_port OTEL_EXPORTER_PROMETHEUS_PORT=${PLANNER_METRICS_PORT:-9465} \
+  APP_CONSOLE_MANAGER_URLS="http://127.0.0.1:$manager_port" \
+  APP_CONSOLE_MANAGER_TOKEN_VALUE="$manager_admin_token" \
+  APP_CONSOLE_WEBHOOK_URL="http://127.0.0.1:$gateway_port/webhook" \
+  APP_CONSOLE_GITHUB_URL="http://127.0.0.1:$fake_github_port" \
   "$target/planner" serve &
 pids+=($!)
 wait_ready "http://127.0.0.1:$planner_port/health" "${pids[-1]}" planner
@@ -61,8 +72,6 @@ curl -sS -o /dev/null -X POST "$planner/api/v1/flavors/demo-k8s" -H "$auth" \
 
 # The runner manager. GitHub itself cannot be reached here: the project's fake GitHub (the one
 # the tests use) stands in for it, and the fake runner stands in for GitHub's runner application.
-fake_github_port=${FAKE_GITHUB_PORT:-8083}
-manager_port=${MANAGER_PORT:-8082}
 demo_dir=$(mktemp -d -t runner-manager-demo.XXXXXX)
 "$target/fake-github" --listen "127.0.0.1:$fake_github_port" &
 pids+=($!)
@@ -94,7 +103,7 @@ APP_PORT=$manager_port OTEL_EXPORTER_PROMETHEUS_PORT=${MANAGER_METRICS_PORT:-946
   APP_GITHUB_APP_ID=4242 APP_GITHUB_APP_INSTALLATION_ID=777 \
   APP_GITHUB_APP_PRIVATE_KEY_VALUE="$(cat tests/fixtures/github-app/test-only-private-key.pem)" \
   APP_GITHUB_API_URL="http://127.0.0.1:$fake_github_port" APP_GITHUB_PATH=demo-org \
-  APP_RECONCILE_INTERVAL=5s \
+  APP_RECONCILE_INTERVAL=5s APP_MANAGER_ADMIN_TOKEN_VALUE="$manager_admin_token" \
   "$target/manager" serve &
 pids+=($!)
 wait_ready "http://127.0.0.1:$manager_port/health" "${pids[-1]}" manager
@@ -104,6 +113,8 @@ cat <<TXT
 runner-planner demo is running.
   gateway   http://127.0.0.1:$gateway_port   webhook secret: $APP_WEBHOOK_SECRET_VALUE
   planner   $planner   admin token: $APP_ADMIN_TOKEN_VALUE   flavor: demo-k8s (labels: k8s)
+
+Web console: $planner/console (log in with the admin token above)
 
 Send a signed workflow_job webhook (a queued job with labels self-hosted, k8s):
   GATEWAY_URL=http://127.0.0.1:$gateway_port scripts/send-webhook.sh tests/fixtures/workflow_job/queued.1.json

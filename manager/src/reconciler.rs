@@ -229,6 +229,16 @@ impl Reconciler {
             .desired
             .with_label_values(&[flavor.as_str()])
             .set(i64::from(desired));
+        metrics
+            .max_runners
+            .with_label_values(&[flavor.as_str()])
+            .set(i64::from(self.config.flavor.max_runners));
+        if let Some(pressure) = self.pressure {
+            metrics
+                .pressure
+                .with_label_values(&[flavor.as_str()])
+                .set(i64::try_from(pressure).unwrap_or(i64::MAX));
+        }
         let creating: HashSet<String> = self.creating.keys().cloned().collect();
         let seen_online: HashSet<String> = self.online_at.keys().cloned().collect();
         let plan = decide::decide(&Observed {

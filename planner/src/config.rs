@@ -64,6 +64,8 @@ pub struct Config {
     pub github: Option<actors::github::AppConfig>,
     /// `APP_RECONCILE_*`: when and how much to reconcile.
     pub reconcile: ReconcileConfig,
+    /// `APP_CONSOLE_*`: the web console's managers and GitHub.
+    pub console: crate::console::ConsoleConfig,
 }
 
 const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
@@ -139,6 +141,7 @@ impl Config {
             telemetry: TelemetryConfig::from_source(source)?,
             github: actors::github::AppConfig::from_source(source)?,
             reconcile: ReconcileConfig::from_source(source)?,
+            console: crate::console::ConsoleConfig::from_source(source)?,
         })
     }
 
@@ -176,6 +179,7 @@ impl Config {
             },
             github: None,
             reconcile: ReconcileConfig::default(),
+            console: crate::console::ConsoleConfig::default(),
         }
     }
 }

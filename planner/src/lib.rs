@@ -11,6 +11,7 @@
 //! - [`pressure`]: the pressure formula ([`pressure::formula`]) and the calculator actor that
 //!   feeds the broadcaster; [`routes::pressure`] serves it once or as a stream.
 //! - [`reconcile`]: the periodic task checking quiet open jobs against GitHub's API.
+//! - [`console`]: the web console under `/console` (server-rendered pages, a login session).
 //! - [`routes`]: the REST API; [`auth`]: bearer tokens; [`error`]: the one error type.
 //! - [`metrics`]: every Prometheus metric of the planner (reconciliation's included), served on
 //!   their own listener.
@@ -19,6 +20,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod domain;
 pub mod error;

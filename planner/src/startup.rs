@@ -134,6 +134,12 @@ impl Application {
             },
             request_timeout: config.request_timeout,
         });
+        let console = web::Data::new(crate::console::Console::new(
+            config.console.clone(),
+            config.admin_token.expose_secret(),
+            metrics.clone(),
+            stats.clone(),
+        )?);
         let pressure = web::Data::new(PressureService {
             broadcaster: broadcaster.clone(),
             calculator,
@@ -152,6 +158,7 @@ impl Application {
         };
         let server = actors::http::server(listener, metrics.http.clone(), options, move |app| {
             app.app_data(state.clone()).app_data(pressure.clone());
+            app.service(crate::console::service(console.clone()));
             routes::configure(app);
         })?;
         log::info!(

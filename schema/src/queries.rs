@@ -13,6 +13,8 @@ use crate::{
     schema::{auth, delivery, flavor, job, job_payload},
 };
 
+pub mod console;
+
 /// Job statuses of jobs that have not started yet, and may still move to another flavor.
 pub const NOT_STARTED: [&str; 2] = ["queued", "waiting"];
 

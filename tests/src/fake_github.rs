@@ -9,6 +9,9 @@
 //! when asked, one 429 with `Retry-After`. A redelivery re-sends the stored payload, signed, to
 //! the gateway's `/webhook`, and records the outcome as a new delivery of the same GUID.
 //!
+//! For the console's set-up page it plays GitHub's App manifest flow ([`manifests`]): the
+//! confirmation page (a redirect back with a code) and the code's conversion (once).
+//!
 //! For the runner manager it keeps self-hosted runners per organization and repository:
 //! `generate-jitconfig` (201; 409 for a name taken, 404 for an unknown runner group, 422 for
 //! no labels), runner listings in pages with `Link`, `DELETE` (204; 422 while busy; 404) and
@@ -140,6 +143,8 @@ pub struct State {
     connected: HashSet<u64>,
     next_runner_id: u64,
     changed: Arc<Notify>,
+    /// Apps created from a manifest ([`manifests`]).
+    pub manifest_apps: Vec<manifests::ManifestApp>,
 }
 
 /// A self-hosted runner the fake keeps.
@@ -275,6 +280,7 @@ impl FakeGitHub {
             offline_after: Duration::from_secs(10),
             next_runner_id: 100,
             changed: Arc::new(Notify::new()),
+            manifest_apps: Vec::new(),
         }));
         let shared = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -397,6 +403,11 @@ fn route(
     path: &str,
 ) -> (HttpResponse, Option<FakeDelivery>) {
     let mut state = state.lock().expect("fake state");
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // A person's browser and the unauthenticated conversion: no API headers, no token.
+    if let Some(response) = manifests::route(request, body, &mut state, method, &segments) {
+        return (response, None);
+    }
     let has_headers = header(request, "Accept") == Some("application/vnd.github+json")
         && header(request, "X-GitHub-Api-Version").is_some()
         && header(request, "User-Agent").is_some_and(|agent| !agent.is_empty());
@@ -414,7 +425,6 @@ fn route(
     if let Some(response) = state.fault(path) {
         return (response, None);
     }
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
 
     // POST /app/installations/{id}/access_tokens: a valid App JWT gets a token.
     if let (["app", "installations", id, "access_tokens"], "POST") = (segments.as_slice(), method) {
@@ -620,5 +630,6 @@ async fn redeliver_to_gateway(state: Arc<Mutex<State>>, delivery: FakeDelivery) 
     });
 }
 
+pub mod manifests;
 pub mod runner_side;
 mod runners;

@@ -11,14 +11,18 @@
 //!   [`process::GatewayProcess`]); both together as binaries: [`system::System`].
 //! - Inputs: [`fixtures`] (GitHub's payloads), [`amqp::Broker`] (publishing as the gateway
 //!   does, reading queues back), [`gateway::webhook`] (signed requests), [`raw_http`].
+//! - The planner's web console: [`console::ConsoleClient`] over HTTP, [`browser::Browser`] in
+//!   headless Chromium.
 //! - Faults and outputs: [`proxy::TcpProxy`], [`stream::Lines`], [`telemetry`],
-//!   [`fake_github`].
+//!   [`fake_github`], [`promql`] (the metric names dashboards and alert rules use).
 //! - Waiting and naming: [`within`] (a deadline on one future), [`eventually`] (a condition
 //!   polled until it holds), [`unique`] (a name no other test uses).
 //!
 //! The benchmarks are a binary of their own (`src/bin/bench/`), not part of this library.
 
 pub mod amqp;
+pub mod browser;
+pub mod console;
 pub mod db;
 pub mod env;
 pub mod fake_gce;
@@ -29,6 +33,7 @@ pub mod gateway;
 pub mod manager;
 pub mod planner;
 pub mod process;
+pub mod promql;
 pub mod proxy;
 pub mod raw_http;
 pub mod stream;

@@ -27,6 +27,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -146,22 +148,21 @@ impl Service {
 
     /// Sends SIGTERM, as an orchestrator stopping the service does.
     pub fn terminate(&self) {
-        let pid = self.pid();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
+        self.signal(Signal::SIGTERM);
     }
 
     /// Sends SIGKILL: the process dies at once, without any clean-up (a crash).
     pub fn kill(&self) {
-        let pid = self.pid();
-        let status = std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -KILL {pid} failed");
+        self.signal(Signal::SIGKILL);
+    }
+
+    /// Signals this one process (a system call: no `kill` command, whose argument parsing
+    /// can turn a process into every process).
+    fn signal(&self, signal: Signal) {
+        let pid = i32::try_from(self.pid()).expect("a pid fits i32");
+        assert!(pid > 1, "refusing to signal pid {pid}");
+        nix::sys::signal::kill(Pid::from_raw(pid), signal)
+            .unwrap_or_else(|err| panic!("{signal} to {pid} failed: {err}"));
     }
 
     /// Waits for the process to exit and its log to end (a one-off command such as `planner

@@ -2,13 +2,12 @@
 //! crate's `src/`; every test gets its own database, AMQP names and ports.
 
 mod canonical_takeover;
+mod console;
 mod faults;
 mod gateway_api;
 mod gce_backend;
 mod github_runners;
-// `manager.rs` (the runner manager end to end) is left out of this binary: running it here has
-// killed every process of the machine's session (the shell, PostgreSQL, RabbitMQ) several times,
-// at the manager tests, and the cause is not found yet. Put `mod manager;` back once it is.
+mod manager;
 mod migrations;
 mod observability;
 mod open_job_counts;

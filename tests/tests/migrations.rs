@@ -79,6 +79,9 @@ fn jobs_written_before_the_pressure_counts_and_payload_tables_survive_them() {
     assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM job"), 0);
 }
 
+/// The migration that moved payloads into `job_payload`.
+const PAYLOAD_TABLE_MIGRATION: &str = "20261123000011";
+
 #[test]
 fn reverting_the_payload_table_puts_the_payloads_back_into_the_job_rows() {
     let db = TestDb::empty();
@@ -94,7 +97,13 @@ fn reverting_the_payload_table_puts_the_payloads_back_into_the_job_rows() {
         r#"INSERT INTO job_payload (platform, job_id, action, payload)
            VALUES ('github', 1, 'queued', '{"n": 1}'), ('github', 1, 'in_progress', '{"n": 2}')"#,
     );
-    conn.revert_last_migration(schema::MIGRATIONS).unwrap();
+    // Reverted down to (and with) the payload table's migration.
+    while conn
+        .revert_last_migration(schema::MIGRATIONS)
+        .unwrap()
+        .to_string()
+        != PAYLOAD_TABLE_MIGRATION
+    {}
     #[derive(QueryableByName)]
     struct Payloads {
         #[diesel(sql_type = diesel::sql_types::Jsonb)]

@@ -219,6 +219,13 @@ impl Exec {
                 record.manager_id
             )));
         }
+        if !is_runner_pid(record.pid) {
+            return Err(BackendError::State(format!(
+                "{} records pid {}, which is never a runner",
+                path.display(),
+                record.pid
+            )));
+        }
         let group = Pid::from_raw(record.pid);
         // A pid now used by an unrelated process is never signalled.
         let reused = matches!(process_start_time(record.pid), Some(t) if t != record.start_time);
@@ -269,6 +276,12 @@ impl Exec {
             tokio::time::sleep(STOP_POLL).await;
         }
     }
+}
+
+/// Whether a recorded pid can be a runner's process group: `killpg(0)` would signal the
+/// manager's own group and `killpg(1)` every process it may signal (`kill(-1)`).
+fn is_runner_pid(pid: i32) -> bool {
+    pid > 1
 }
 
 fn instance(record: &Record, ended: bool) -> Instance {
@@ -530,6 +543,33 @@ mod tests {
         // Deleting it must not signal this (live) test process.
         backend.delete("m1-small-reused01").await.unwrap();
         assert!(backend.list().await.unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_pids_above_one_are_runner_groups() {
+        for pid in [i32::MIN, -1, 0, 1] {
+            assert!(!is_runner_pid(pid), "{pid}");
+        }
+        assert!(is_runner_pid(2));
+    }
+
+    #[actix_rt::test]
+    async fn a_record_with_pid_zero_is_refused_and_nothing_is_signalled() {
+        let dir = state_dir("pid-zero");
+        let backend = shell(&dir, "exec sleep 30");
+        let record = Record {
+            name: "m1-small-pidzero1".into(),
+            flavor: "small".into(),
+            manager_id: "m1".into(),
+            pid: 0,
+            start_time: 0,
+            created_at: Utc::now(),
+        };
+        backend.write_record(&record).unwrap();
+        // killpg(0) would end this test's own process group.
+        let err = backend.delete("m1-small-pidzero1").await.unwrap_err();
+        assert!(err.to_string().contains("pid 0"), "{err}");
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -53,7 +53,7 @@ pub struct JobBody {
 
 impl JobBody {
     /// The job as the API shows it; `payloads` (action -> raw payload) only for a single job.
-    fn new(job: Job, payloads: Option<serde_json::Value>) -> Self {
+    pub(crate) fn new(job: Job, payloads: Option<serde_json::Value>) -> Self {
         Self {
             platform: job.platform,
             id: job.id,
@@ -151,9 +151,18 @@ pub async fn list(
     path: web::Path<String>,
     query: QueryParams<JobQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let path = path.into_inner();
+    let page = page(&state, path.into_inner(), query.get()?).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// A page of a platform's jobs as `GET /api/v1/jobs/{platform}` answers it (the console lists
+/// them too); a 400 names the parameter at fault.
+pub(crate) async fn page(
+    state: &AppState,
+    path: String,
+    query: JobQuery,
+) -> Result<JobPage, ApiError> {
     platform(&path)?;
-    let query = query.get()?;
     if let Some(status) = &query.status {
         status
             .parse::<Status>()
@@ -195,7 +204,7 @@ pub async fn list(
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(JobPage { jobs, next_cursor }))
+    Ok(JobPage { jobs, next_cursor })
 }
 
 /// One job, with the raw payload of each action received.

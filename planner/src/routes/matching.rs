@@ -70,8 +70,19 @@ pub async fn explain(
 ) -> Result<HttpResponse, ApiError> {
     let query = query.get()?;
     let platform = query.platform.unwrap_or_else(|| GITHUB.to_owned());
+    Ok(HttpResponse::Ok().json(verdict(&state, platform, &query.labels).await?))
+}
+
+/// Which flavor of `platform` a job with `labels` (comma-separated) would get now, and how
+/// every flavor of the platform fares: the answer of `GET /api/v1/match` (the console shows it
+/// too). A 400 names `platform` when it is not a valid name.
+pub async fn verdict(
+    state: &AppState,
+    platform: String,
+    labels: &str,
+) -> Result<MatchResult, ApiError> {
     validate_name(&platform).map_err(|problem| ApiError::field("platform", problem))?;
-    let labels = parse_list(&query.labels);
+    let labels = parse_list(labels);
     let matching_labels = state.ignored_labels.matching_labels(&labels);
     let pool = state.pool.clone();
     let (lookup, wanted) = (platform.clone(), matching_labels.clone());
@@ -94,11 +105,11 @@ pub async fn explain(
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(MatchResult {
+    Ok(MatchResult {
         platform,
         labels,
         matching_labels,
         flavor,
         flavors,
-    }))
+    })
 }

@@ -85,7 +85,7 @@ fn path_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// Runs blocking database work on a pooled connection, off the async workers.
-async fn with_conn<T, F>(pool: PgPool, work: F) -> Result<T, ApiError>
+pub(crate) async fn with_conn<T, F>(pool: PgPool, work: F) -> Result<T, ApiError>
 where
     F: FnOnce(&mut PgConnection) -> Result<T, ApiError> + Send + 'static,
     T: Send + 'static,

@@ -11,13 +11,18 @@
 //!   scenario 6 (the consumer rate and the pressure recomputation as the `job` table grows).
 //! - [`pressure`]: scenario 3 (end to end, gateway 200 to stream line, with both services'
 //!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
+//! - [`manager`]: scenario 7 (the runner manager: queued webhook to runner start, a reconcile
+//!   pass at 100 flavors and 1,000 runners, memory).
+//! - [`console`]: the web console's page loads with 100 flavors and 100k jobs.
 //! - [`measure`]: what they measure with.
 //!
-//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling` runs only the named groups (the
-//! table is printed, `BENCHMARKS.md` is left alone).
+//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager,console` runs only the
+//! named groups (the table is printed, `BENCHMARKS.md` is left alone).
 
+mod console;
 mod consumer;
 mod gateway;
+mod manager;
 mod measure;
 mod pressure;
 
@@ -28,13 +33,15 @@ const END_TO_END_RATE: u64 = 500;
 const END_TO_END_SECONDS: u64 = 10;
 /// Stream subscribers of the fan-out scenario.
 const FAN_OUT: usize = 10_000;
-const GROUPS: [&str; 6] = [
+const GROUPS: [&str; 8] = [
     "gateway",
     "consumer",
     "e2e",
     "recompute",
     "fanout",
     "scaling",
+    "manager",
+    "console",
 ];
 
 #[tokio::main(flavor = "multi_thread")]
@@ -85,6 +92,16 @@ async fn main() {
     if wanted("scaling") {
         settle();
         consumer::scenario_6(&mut rows).await;
+    }
+    if wanted("manager") {
+        settle();
+        eprintln!("bench: runner manager ...");
+        manager::scenarios(&mut rows).await;
+    }
+    if wanted("console") {
+        settle();
+        eprintln!("bench: console page loads ...");
+        console::page_loads(&mut rows).await;
     }
 
     let mut table = String::from("| scenario | measured | target |\n|---|---|---|\n");

@@ -1,0 +1,527 @@
+//! The planner's web console: in headless Chromium (login, live pressure from a webhook through
+//! the real gateway, job filters, match, the GitHub App set-up against the fake GitHub, a
+//! screenshot of each page), and over plain HTTP for what a browser hides (sessions, CSRF,
+//! escaping, headers, the App's secrets kept out of logs and later pages).
+
+use std::time::Duration;
+
+use fantoccini::Locator;
+use reqwest::Url;
+use serde_json::{json, Value};
+use tests::amqp::{unique_topology, TopologyGuard};
+use tests::browser::Browser;
+use tests::console::{foreign_form_action, input_value, location, ConsoleClient};
+use tests::db::TestDb;
+use tests::fake_github::FakeGitHub;
+use tests::fixtures::job_payload;
+use tests::gateway::{webhook, Options, TestGateway, SECRET};
+use tests::planner::{TestPlanner, ADMIN_TOKEN};
+use tests::process::PlannerProcess;
+
+const LABELS: &[&str] = &["self-hosted", "linux", "console-large"];
+const XSS: &str = "<script>window.pwned = 1</script>build";
+
+/// Every page a session reaches.
+const PAGES: &[&str] = &[
+    "/console",
+    "/console/jobs",
+    "/console/jobs/github/1",
+    "/console/match",
+    "/console/match?labels=linux",
+    "/console/deliveries",
+    "/console/runners",
+    "/console/setup",
+    "/console/setup/callback?code=x&state=y",
+];
+
+fn queued(id: i64, name: &str) -> Value {
+    let mut body = job_payload("queued.0", id, "queued", LABELS);
+    body["workflow_job"]["name"] = json!(name);
+    // Within the age limit of pressure.
+    body["workflow_job"]["created_at"] = json!(chrono::Utc::now().to_rfc3339());
+    body
+}
+
+/// The console set up against `fake` (GitHub's web and API).
+fn with_fake_github(config: &mut planner::config::Config, fake: &str, webhook_url: &str) {
+    let url = Url::parse(fake).expect("fake URL");
+    config.console.github_url = url.clone();
+    config.console.github_api_url = url;
+    config.console.webhook_url = Some(webhook_url.to_owned());
+}
+
+#[actix_web::test]
+async fn a_person_uses_the_console_in_a_browser() {
+    let fake = FakeGitHub::start().await;
+    let gateway = TestGateway::spawn(Options::default()).await;
+    let (fake_url, webhook_url) = (fake.url.clone(), format!("{}/webhook", gateway.url));
+    let planner = TestPlanner::builder()
+        .topology(&gateway.topology)
+        .tune(move |config| with_fake_github(config, &fake_url, &webhook_url))
+        .start()
+        .await;
+    planner.create_flavor("console-large", LABELS, 5).await;
+    planner
+        .create_flavor("console-small", &["self-hosted", "linux", "small"], 1)
+        .await;
+    let browser = Browser::start().await;
+    let console = format!("{}/console", planner.address);
+
+    // No session: the login page.
+    browser.client.goto(&console).await.expect("open");
+    assert_eq!(browser.path().await, "/console/login");
+    browser.screenshot("login").await;
+    browser.fill("#token", ADMIN_TOKEN).await;
+    browser.click("button[type=submit]").await;
+    assert_eq!(browser.path().await, "/console");
+
+    // The overview follows the pressure stream: a webhook through the gateway moves it, with
+    // no reload (a value set in the page survives).
+    let cell = "[data-pressure-flavor=\"console-large\"]";
+    browser
+        .wait_for_text("#live-status", "Pressure: live.", Duration::from_secs(10))
+        .await;
+    assert_eq!(browser.text(cell).await, "0");
+    browser
+        .client
+        .execute("window.consoleMarker = 42;", vec![])
+        .await
+        .expect("script");
+    let id = 8_100_000_000 + i64::from(rand_id());
+    let body = serde_json::to_vec(&queued(id, XSS)).unwrap();
+    let sent = webhook(
+        &reqwest::Client::new(),
+        &gateway.url,
+        "workflow_job",
+        &tests::unique("console-delivery"),
+        body,
+        SECRET,
+    )
+    .send()
+    .await
+    .expect("webhook");
+    assert_eq!(sent.status(), 200);
+    browser
+        .wait_for_text(cell, "1", Duration::from_secs(15))
+        .await;
+    let marker = browser
+        .client
+        .execute("return window.consoleMarker;", vec![])
+        .await
+        .expect("script");
+    assert_eq!(marker, json!(42), "the page was reloaded");
+    browser.screenshot("overview").await;
+
+    // Jobs, filtered through the form; the job's name is text, its script never runs.
+    browser
+        .client
+        .goto(&format!("{console}/jobs"))
+        .await
+        .expect("jobs");
+    browser
+        .client
+        .find(Locator::Css("#status"))
+        .await
+        .expect("status filter")
+        .select_by_value("queued")
+        .await
+        .expect("select");
+    browser.fill("#flavor", "console-large").await;
+    browser.click("#filter").await;
+    let url = browser.client.current_url().await.expect("url");
+    let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    assert!(query.contains(&("status".into(), "queued".into())), "{url}");
+    assert!(
+        query.contains(&("flavor".into(), "console-large".into())),
+        "{url}"
+    );
+    assert_eq!(browser.text("#jobs tbody .job-name").await, XSS);
+    let pwned = browser
+        .client
+        .execute("return typeof window.pwned;", vec![])
+        .await
+        .expect("script");
+    assert_eq!(pwned, json!("undefined"));
+    browser.screenshot("jobs").await;
+    browser.click("#jobs tbody th a").await;
+    assert_eq!(browser.path().await, format!("/console/jobs/github/{id}"));
+    assert_eq!(browser.text("#given-flavor").await, "console-large");
+    assert_eq!(browser.text("#chosen-flavor").await, "console-large");
+    browser.screenshot("job").await;
+
+    // A filter the API refuses is named, with a 400.
+    browser
+        .client
+        .goto(&format!("{console}/jobs?status=lost"))
+        .await
+        .expect("jobs");
+    assert!(browser.text(".error").await.starts_with("status"));
+
+    // Match.
+    browser
+        .client
+        .goto(&format!("{console}/match"))
+        .await
+        .expect("match");
+    browser.fill("#labels", "self-hosted, linux, small").await;
+    browser.click("#match").await;
+    assert_eq!(browser.text("#chosen-flavor").await, "console-small");
+    browser.screenshot("match").await;
+
+    browser
+        .client
+        .goto(&format!("{console}/deliveries"))
+        .await
+        .expect("deliveries");
+    assert_eq!(browser.text("#deliveries-recorded").await, "1");
+    browser.screenshot("deliveries").await;
+    browser
+        .client
+        .goto(&format!("{console}/runners"))
+        .await
+        .expect("runners");
+    browser.screenshot("runners").await;
+
+    // Set-up: the manifest goes to the fake GitHub, which sends the browser back with a code;
+    // the credentials are shown once.
+    browser
+        .client
+        .goto(&format!("{console}/setup"))
+        .await
+        .expect("setup");
+    browser.screenshot("setup").await;
+    browser.fill("#name", "console-test-app").await;
+    browser.click("#prepare").await;
+    browser.screenshot("setup-confirm").await;
+    browser.click("#create-app").await;
+    browser
+        .wait_for_path("/console/setup/callback", Duration::from_secs(10))
+        .await;
+    let app = fake.state().manifest_apps[0].clone();
+    assert_eq!(app.manifest["name"], "console-test-app");
+    assert_eq!(
+        app.manifest["hook_attributes"]["url"],
+        format!("{}/webhook", gateway.url)
+    );
+    assert_eq!(browser.text("#app-id").await, app.id.to_string());
+    assert_eq!(browser.text("#webhook-secret").await, app.webhook_secret);
+    assert!(browser
+        .text("#private-key")
+        .await
+        .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    browser.screenshot("setup-done").await;
+    // Again: the code is spent, nothing is shown.
+    browser.client.refresh().await.expect("reload");
+    let source = browser.client.source().await.expect("source");
+    assert!(!source.contains("PRIVATE KEY"));
+    assert!(!source.contains(&app.webhook_secret));
+
+    // On a phone.
+    browser
+        .client
+        .set_window_size(390, 844)
+        .await
+        .expect("resize");
+    browser.client.goto(&console).await.expect("overview");
+    browser.screenshot("overview-phone").await;
+    let overflow = browser
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(
+        overflow,
+        json!(true),
+        "the page scrolls sideways on a phone"
+    );
+
+    browser.close().await;
+    fake.stop().await;
+}
+
+fn rand_id() -> u32 {
+    uuid::Uuid::new_v4().as_u128() as u32 >> 4
+}
+
+#[actix_web::test]
+async fn no_page_without_a_session_and_no_form_without_its_csrf_token() {
+    let planner = TestPlanner::builder().start().await;
+    let anonymous = ConsoleClient::new(&planner.address);
+    for page in PAGES {
+        let response = anonymous.get(page).await;
+        assert_eq!(response.status(), 303, "{page}");
+        assert_eq!(location(&response), "/console/login", "{page}");
+    }
+    // The pressure stream: a 401, which ends an EventSource (a redirect would loop).
+    assert_eq!(anonymous.get("/console/stream").await.status(), 401);
+    // A forged cookie is no session.
+    anonymous.set_cookie("planner_console", Some("v1.9999999999.admin.-.x.y"));
+    assert_eq!(anonymous.get("/console").await.status(), 303);
+    anonymous.set_cookie("planner_console", None);
+
+    // Login: the form's token must come with the cookie it is bound to.
+    let form = anonymous.get("/console/login").await;
+    let csp = form.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert_eq!(form.headers()["cache-control"], "no-store");
+    let csrf = tests::console::csrf_of(&form.text().await.unwrap());
+    let response = anonymous
+        .post_form(
+            "/console/login",
+            &[("token", ADMIN_TOKEN), ("csrf", "forged")],
+        )
+        .await;
+    assert_eq!(response.status(), 403);
+    let stranger = ConsoleClient::new(&planner.address);
+    let response = stranger
+        .post_form("/console/login", &[("token", ADMIN_TOKEN), ("csrf", &csrf)])
+        .await;
+    assert_eq!(response.status(), 403, "a CSRF token without its cookie");
+    let response = anonymous
+        .post_form(
+            "/console/login",
+            &[
+                ("token", "planner_v0_wrongwrongwrongwrong"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 401);
+    // The form comes again, bound to a new login cookie.
+    let csrf = tests::console::csrf_of(&response.text().await.unwrap());
+
+    // The session cookie: flags, no token in it; Secure behind a TLS proxy.
+    let response = anonymous
+        .post_form("/console/login", &[("token", ADMIN_TOKEN), ("csrf", &csrf)])
+        .await;
+    assert_eq!(response.status(), 303);
+    let set = session_cookie_line(&response);
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(set.contains(flag), "{set}");
+    }
+    assert!(!set.contains("Secure"), "{set}");
+    assert!(
+        !set.contains("testtest"),
+        "the token is in the cookie: {set}"
+    );
+    let mut proxied = ConsoleClient::new(&planner.address);
+    proxied
+        .headers
+        .push(("X-Forwarded-Proto", "https".to_owned()));
+    let response = proxied.login(ADMIN_TOKEN).await;
+    assert!(session_cookie_line(&response).contains("Secure"));
+
+    // Forms of a session need its token.
+    let admin = anonymous;
+    for page in PAGES {
+        let status = admin.get(page).await.status();
+        assert_ne!(status, 303, "{page}");
+    }
+    let stream = admin.get("/console/stream").await;
+    assert_eq!(stream.status(), 200, "the pressure stream with a session");
+    drop(stream);
+    let setup = admin.page("/console/setup").await;
+    let csrf = tests::console::csrf_of(&setup);
+    let fields = |csrf: &'static str| {
+        [
+            ("csrf", csrf),
+            ("name", "app"),
+            ("webhook_url", "https://gw.example.com/webhook"),
+        ]
+    };
+    assert_eq!(
+        admin
+            .post_form("/console/setup", &fields("forged"))
+            .await
+            .status(),
+        403
+    );
+    let other = ConsoleClient::signed_in(&planner.address, ADMIN_TOKEN).await;
+    let other_csrf = tests::console::csrf_of(&other.page("/console/setup").await);
+    assert_ne!(other_csrf, csrf, "two sessions, one CSRF token");
+    let response = admin
+        .post_form(
+            "/console/setup",
+            &[
+                ("csrf", other_csrf.as_str()),
+                ("name", "app"),
+                ("webhook_url", "https://gw.example.com/webhook"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 403, "another session's CSRF token");
+    assert_eq!(
+        admin
+            .post_form("/console/logout", &[("csrf", "forged")])
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(admin.post_form("/console/logout", &[]).await.status(), 400);
+    let response = admin.post_form("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(admin.cookie("planner_console"), None);
+    assert_eq!(admin.get("/console").await.status(), 303);
+
+    // A general token: the read-only pages, as long as the token exists.
+    let token = planner.create_token("console-reader").await;
+    let reader = ConsoleClient::signed_in(&planner.address, &token).await;
+    assert_eq!(reader.get("/console").await.status(), 200);
+    assert_eq!(reader.get("/console/setup").await.status(), 403);
+    let deleted = planner
+        .admin(reqwest::Method::DELETE, "/api/v1/auth/token/console-reader")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(reader.get("/console").await.status(), 303);
+}
+
+fn session_cookie_line(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .find(|line| line.starts_with("planner_console="))
+        .expect("a session cookie")
+}
+
+#[actix_web::test]
+async fn every_value_is_escaped_and_a_script_in_a_job_name_stays_text() {
+    let planner = TestPlanner::builder().start().await;
+    planner.create_flavor("console-large", LABELS, 1).await;
+    planner.seed(&queued(77, "<script>alert(1)</script>\"'&"), "console-xss");
+    let admin = ConsoleClient::signed_in(&planner.address, ADMIN_TOKEN).await;
+    for page in [
+        "/console/jobs",
+        "/console/jobs/github/77",
+        "/console/jobs?repository=%3Cscript%3Ealert(2)%3C/script%3E",
+        "/console/match?labels=%3Cscript%3Ealert(3)%3C%2Fscript%3E",
+    ] {
+        let response = admin.get(page).await;
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("<script>alert"), "{page}: {body}");
+    }
+    let jobs = admin.page("/console/jobs").await;
+    assert!(
+        jobs.contains("&#60;script&#62;alert(1)&#60;/script&#62;&#34;&#39;&#38;"),
+        "{jobs}"
+    );
+    let matched = admin
+        .page("/console/match?labels=%3Cscript%3Ealert(3)%3C%2Fscript%3E")
+        .await;
+    assert!(matched.contains("&#60;script&#62;alert(3)&#60;/script&#62;"));
+}
+
+#[actix_web::test]
+async fn the_app_credentials_are_shown_once_and_never_logged() {
+    let fake = FakeGitHub::start().await;
+    let db = TestDb::new();
+    let queues = TopologyGuard(unique_topology());
+    let mut planner = PlannerProcess::new(db.url(), &queues.topology().queue)
+        .env("APP_CONSOLE_GITHUB_URL", &fake.url)
+        .env("APP_GITHUB_API_URL", &fake.url)
+        .env("RUST_LOG", "debug")
+        .start()
+        .await;
+    let admin = ConsoleClient::signed_in(&planner.url, ADMIN_TOKEN).await;
+    let setup = admin.page("/console/setup").await;
+    let csrf = tests::console::csrf_of(&setup);
+    let confirm = admin
+        .post_form(
+            "/console/setup",
+            &[
+                ("csrf", &csrf),
+                ("name", "process-app"),
+                ("webhook_url", "https://gw.example.com/webhook"),
+                ("organization", "my-org"),
+            ],
+        )
+        .await;
+    assert_eq!(confirm.status(), 200);
+    let csp = confirm.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains(&format!("form-action 'self' {}", fake.url)),
+        "{csp}"
+    );
+    let confirm = confirm.text().await.unwrap();
+    let action = foreign_form_action(&confirm);
+    assert!(
+        action.starts_with(&format!(
+            "{}/organizations/my-org/settings/apps/new?state=",
+            fake.url
+        )),
+        "{action}"
+    );
+    let manifest = input_value(&confirm, "manifest");
+
+    // What the browser does: post the manifest to GitHub, follow its redirect back.
+    let created = admin.post_form(&action, &[("manifest", &manifest)]).await;
+    assert_eq!(created.status(), 302);
+    let callback = location(&created);
+    assert!(callback.starts_with(&format!("{}/console/setup/callback?code=", planner.url)));
+    // Another session cannot use the code (its state is not theirs).
+    let other = ConsoleClient::signed_in(&planner.url, ADMIN_TOKEN).await;
+    assert_eq!(other.get(&callback).await.status(), 403);
+
+    // GitHub's redirect is a navigation from another site: the browser sends the set-up
+    // cookie (`SameSite=Lax`), not the session's (`Strict`).
+    let session = admin.cookie("planner_console").expect("a session");
+    admin.set_cookie("planner_console", None);
+    let done = admin.get(&callback).await;
+    admin.set_cookie("planner_console", Some(&session));
+    assert_eq!(done.status(), 200);
+    assert_eq!(
+        admin.cookie("planner_console_setup"),
+        None,
+        "the set-up cookie stays"
+    );
+    assert_eq!(done.headers()["cache-control"], "no-store");
+    let done = done.text().await.unwrap();
+    let app = fake.state().manifest_apps[0].clone();
+    assert!(done.contains(&app.webhook_secret));
+    let key_line = tests::fake_github::PRIVATE_KEY
+        .lines()
+        .nth(3)
+        .expect("a line of the key");
+    assert!(done.contains(key_line), "the private key is shown");
+
+    // Never again: not on the same URL (the code is spent), nor on any page.
+    let again = admin.get(&callback).await;
+    assert_eq!(again.status(), 502);
+    let mut pages = vec![again.text().await.unwrap()];
+    for page in [
+        "/console",
+        "/console/setup",
+        "/console/deliveries",
+        "/console/jobs",
+    ] {
+        pages.push(admin.page(page).await);
+    }
+    for page in &pages {
+        assert!(!page.contains(key_line) && !page.contains(&app.webhook_secret));
+    }
+    // Nor in the planner's log (which does say the App was made).
+    planner
+        .service
+        .wait_for_log("event=console_github_app_created", Duration::from_secs(5))
+        .await;
+    let log = planner.service.log();
+    assert!(!log.contains(key_line), "the private key is logged");
+    assert!(
+        !log.contains(&app.webhook_secret),
+        "the webhook secret is logged"
+    );
+    assert!(!log.contains("client-secret-of-the-fake"));
+    fake.stop().await;
+}
