@@ -23,7 +23,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::config::{self, ConfigError, Source};
+use crate::config::{self, ConfigError, Source, ValueError};
 
 /// Telemetry settings, from the environment (names as Canonical's charms set them).
 #[derive(Debug, Clone)]
@@ -45,7 +45,10 @@ impl TelemetryConfig {
                 source,
                 "OTEL_EXPORTER_PROMETHEUS_HOST",
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                |v| v.parse().map_err(|_| format!("{v:?} is not an IP address")),
+                |v| {
+                    v.parse()
+                        .map_err(|_| ValueError::NotIpAddress(v.to_owned()))
+                },
             )?,
             prometheus_port: config::parsed(
                 source,
@@ -61,12 +64,20 @@ impl TelemetryConfig {
                     if v.starts_with("http://") || v.starts_with("https://") {
                         Ok(Some(v.to_owned()))
                     } else {
-                        Err("must be an http:// or https:// URL".to_owned())
+                        Err(ValueError::Scheme("http:// or https:// URL"))
                     }
                 },
             )?,
         })
     }
+}
+
+/// Why the trace pipeline cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TracingError {
+    /// The OTLP exporter cannot be built (e.g. its HTTP client).
+    #[error("OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
 /// The process's trace pipeline. Dropping it does nothing; call [`Tracing::shutdown`] to flush.
@@ -77,7 +88,7 @@ pub struct Tracing {
 impl Tracing {
     /// Installs the W3C trace-context propagator and, when an endpoint is configured, a batch
     /// OTLP/HTTP exporter (its own thread, 10 s export timeout) as the global tracer provider.
-    pub fn init(service: &'static str, config: &TelemetryConfig) -> Result<Self, String> {
+    pub fn init(service: &'static str, config: &TelemetryConfig) -> Result<Self, TracingError> {
         global::set_text_map_propagator(TraceContextPropagator::new());
         let Some(endpoint) = &config.otlp_traces_endpoint else {
             return Ok(Self { provider: None });
@@ -87,8 +98,7 @@ impl Tracing {
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(endpoint.clone())
             .with_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|err| format!("OTLP exporter: {err}"))?;
+            .build()?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(Resource::builder().with_service_name(service).build())

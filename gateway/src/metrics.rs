@@ -111,3 +111,30 @@ impl Metrics {
         Ok(metrics)
     }
 }
+
+/// Redelivery counters, registered in the gateway's registry.
+#[derive(Clone)]
+pub struct RedeliveryMetrics {
+    /// `github_runner_webhook_gateway_redeliveries_total`: redeliveries GitHub accepted.
+    pub asked: IntCounter,
+    /// `github_runner_webhook_gateway_redelivery_failures_total`: failed requests of a round
+    /// (listing deliveries or asking for one, rate limits included).
+    pub failures: IntCounter,
+}
+
+impl RedeliveryMetrics {
+    /// Creates the counters and registers them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let asked = IntCounter::new(
+            "github_runner_webhook_gateway_redeliveries_total",
+            "Failed workflow_job deliveries GitHub was asked to redeliver (and accepted).",
+        )?;
+        let failures = IntCounter::new(
+            "github_runner_webhook_gateway_redelivery_failures_total",
+            "Failed requests to GitHub while looking for or redelivering failed deliveries.",
+        )?;
+        registry.register(Box::new(asked.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        Ok(Self { asked, failures })
+    }
+}

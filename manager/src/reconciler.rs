@@ -16,7 +16,7 @@ use secrecy::SecretString;
 use crate::backend::{Backend, Instance, RunnerSpec};
 use crate::config::{FlavorConfig, DEFAULT_LABELS};
 use crate::decide::{self, Action, Observed, Reason, RunnerState};
-use crate::github::{DeleteOutcome, GitHub, Runner};
+use crate::github::{DeleteOutcome, GitHub, GitHubError, Runner};
 use crate::messages::{
     DeleteRunner, GenerateJitConfig, GetRunners, ListRunners, PressureChanged, RunnerView,
 };
@@ -119,8 +119,8 @@ impl Reconciler {
             let instances = backend.list().await;
             let runners = match github.send(ListRunners { prefix }).await {
                 Ok(Ok(runners)) => Ok(runners),
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(_) => Err("GitHub actor stopped".to_owned()),
+                Ok(Err(err)) => Err(ListError::GitHub(err)),
+                Err(_) => Err(ListError::Stopped),
             };
             (instances, runners)
         };
@@ -146,7 +146,7 @@ impl Reconciler {
     fn apply(
         &mut self,
         instances: Result<Vec<Instance>, crate::backend::BackendError>,
-        runners: Result<Vec<Runner>, String>,
+        runners: Result<Vec<Runner>, ListError>,
         ctx: &mut Context<Self>,
     ) {
         let flavor = self.flavor().to_owned();
@@ -493,6 +493,17 @@ impl Reconciler {
     }
 }
 
+/// Why this pass does not know the runners GitHub lists.
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    /// GitHub's answer.
+    #[error(transparent)]
+    GitHub(#[from] GitHubError),
+    /// The GitHub actor has stopped (shutdown).
+    #[error("GitHub actor stopped")]
+    Stopped,
+}
+
 /// How a removal ended.
 enum Removal {
     Done,
@@ -515,7 +526,7 @@ async fn create_runner(
                 &config.flavor.name,
             )
             .await
-            .map_err(|err| ("planner_labels", err))?;
+            .map_err(|err| ("planner_labels", err.to_string()))?;
             for label in DEFAULT_LABELS {
                 if !labels.iter().any(|l| l.eq_ignore_ascii_case(label)) {
                     labels.push(label.to_owned());

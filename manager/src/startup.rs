@@ -11,8 +11,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix::{Recipient, Supervisor};
-use actix_web::{dev::Server, middleware, web, App, HttpServer};
-use actors::telemetry::{metrics_server, HttpMetrics};
+use actix_web::{dev::Server, web};
+use actors::telemetry::metrics_server;
 use secrecy::ExposeSecret;
 
 use crate::config::Config;
@@ -88,18 +88,15 @@ impl Application {
             reconcilers: listers,
             readiness,
         });
-        let http_metrics = web::Data::new(metrics.http.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(http_metrics.clone())
-                .wrap(middleware::from_fn(HttpMetrics::middleware))
-                .configure(crate::status::configure)
-        })
-        .listen(listener)?
-        .workers(1)
-        .shutdown_timeout(5)
-        .run();
+        let options = actors::http::ServerOptions {
+            workers: Some(1),
+            shutdown_timeout: Some(5),
+            ..Default::default()
+        };
+        let server = actors::http::server(listener, metrics.http.clone(), options, move |app| {
+            app.app_data(state.clone());
+            crate::status::configure(app);
+        })?;
         log::info!(
             event = "manager_listening",
             port,
@@ -129,10 +126,7 @@ impl Application {
 
     /// Serves until SIGTERM or SIGINT.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let metrics_handle = self.metrics_server.handle();
-        actix_web::rt::spawn(self.metrics_server);
-        let result = self.server.await;
-        metrics_handle.stop(true).await;
+        let result = actors::http::run_with_metrics(self.server, self.metrics_server).await;
         log::info!(event = "manager_stopped"; "manager stopped");
         result
     }

@@ -72,7 +72,7 @@ pub struct Config {
     /// `APP_GITHUB_*` (optional): the GitHub App; reconciliation runs only when it is set.
     pub github: Option<actors::github::AppConfig>,
     /// `APP_RECONCILE_*`: when and how much to reconcile.
-    pub reconcile: crate::reconcile::ReconcileConfig,
+    pub reconcile: ReconcileConfig,
     /// `APP_CONSOLE_*`: the web console's managers and GitHub.
     pub console: crate::console::ConsoleConfig,
 }
@@ -80,15 +80,6 @@ pub struct Config {
 const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
 
 const LISTEN_VARIABLE: &str = "POSTGRESQL_DB_LISTEN_CONNECT_STRING";
-
-/// `true` or `false` (also `1`/`0`, `yes`/`no`, any case).
-pub fn boolean(value: &str) -> Result<bool, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err("must be true or false".to_owned()),
-    }
-}
 
 impl Config {
     /// The retry delays (first and cap) of the consumer and the pressure calculator.
@@ -122,7 +113,7 @@ impl Config {
             };
             ConfigError::new(variable, format!("for the LISTEN connection: {err}"))
         })?;
-        let db_pgbouncer = config::parsed(source, "APP_DB_PGBOUNCER", false, boolean)?;
+        let db_pgbouncer = config::parsed(source, "APP_DB_PGBOUNCER", false, config::boolean)?;
         let rabbitmq_url = config::required(source, "RABBITMQ_CONNECT_STRING").and_then(|v| {
             config::amqp_uri(&v).map_err(|r| ConfigError::new("RABBITMQ_CONNECT_STRING", r))
         })?;
@@ -140,10 +131,7 @@ impl Config {
             config::positive_integer,
         )?;
         let db_pool_size = config::parsed(source, "APP_DB_POOL_SIZE", 10u32, |v| {
-            match v.parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => Ok(n),
-                _ => Err("must be a whole number between 1 and 100".to_owned()),
-            }
+            config::integer_between(v, 1, 100)
         })?;
         let ignored_labels = match source.get("APP_IGNORED_LABELS") {
             Some(list) => IgnoredLabels::new(crate::domain::labels::parse_list(&list)),
@@ -178,7 +166,7 @@ impl Config {
             request_timeout: config::request_timeout(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
             github: actors::github::AppConfig::from_source(source)?,
-            reconcile: crate::reconcile::ReconcileConfig::from_source(source)?,
+            reconcile: ReconcileConfig::from_source(source)?,
             console: crate::console::ConsoleConfig::from_source(source)?,
         })
     }
@@ -218,7 +206,7 @@ impl Config {
                 otlp_traces_endpoint: None,
             },
             github: None,
-            reconcile: crate::reconcile::ReconcileConfig::default(),
+            reconcile: ReconcileConfig::default(),
             console: crate::console::ConsoleConfig::default(),
         }
     }
@@ -248,6 +236,62 @@ pub fn is_valid_admin_token(token: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     })
+}
+
+/// Default of `APP_RECONCILE_AFTER`.
+pub const DEFAULT_RECONCILE_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Default of `APP_RECONCILE_INTERVAL`.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+/// Default of `APP_RECONCILE_BATCH`.
+pub const DEFAULT_RECONCILE_BATCH: u32 = 50;
+
+/// Settings of reconciliation (used only when a GitHub App is configured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileConfig {
+    /// `APP_RECONCILE_AFTER` (default 15 min): how long a job goes without news before it is
+    /// checked, and between two checks of a job that stays open.
+    pub after: Duration,
+    /// `APP_RECONCILE_INTERVAL` (default 1 min): time between rounds.
+    pub interval: Duration,
+    /// `APP_RECONCILE_BATCH` (default 50, at most 1000): jobs checked per round at most.
+    pub batch: u32,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            after: DEFAULT_RECONCILE_AFTER,
+            interval: DEFAULT_RECONCILE_INTERVAL,
+            batch: DEFAULT_RECONCILE_BATCH,
+        }
+    }
+}
+
+impl ReconcileConfig {
+    /// Reads `APP_RECONCILE_AFTER`, `APP_RECONCILE_INTERVAL` and `APP_RECONCILE_BATCH`.
+    pub fn from_source(source: &dyn Source) -> Result<Self, config::ConfigError> {
+        use actors::config::{duration, parsed};
+        Ok(Self {
+            after: parsed(
+                source,
+                "APP_RECONCILE_AFTER",
+                DEFAULT_RECONCILE_AFTER,
+                duration,
+            )?,
+            interval: parsed(
+                source,
+                "APP_RECONCILE_INTERVAL",
+                DEFAULT_RECONCILE_INTERVAL,
+                duration,
+            )?,
+            batch: parsed(
+                source,
+                "APP_RECONCILE_BATCH",
+                DEFAULT_RECONCILE_BATCH,
+                |v| config::integer_between(v, 1, 1000),
+            )?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -436,5 +480,30 @@ mod tests {
         assert!(!printed.contains(ADMIN));
         assert!(!printed.contains("pw@db"));
         assert!(printed.contains("REDACTED"));
+    }
+
+    #[test]
+    fn configuration_defaults_and_errors() {
+        let config = ReconcileConfig::from_source(&[("OTHER", "x")]).unwrap();
+        assert_eq!(config, ReconcileConfig::default());
+        assert_eq!(config.after, std::time::Duration::from_secs(900));
+        let config = ReconcileConfig::from_source(&[
+            ("APP_RECONCILE_AFTER", "2m"),
+            ("APP_RECONCILE_INTERVAL", "10s"),
+            ("APP_RECONCILE_BATCH", "7"),
+        ])
+        .unwrap();
+        assert_eq!(config.after, std::time::Duration::from_secs(120));
+        assert_eq!(config.interval, std::time::Duration::from_secs(10));
+        assert_eq!(config.batch, 7);
+        for (name, value) in [
+            ("APP_RECONCILE_AFTER", "soon"),
+            ("APP_RECONCILE_INTERVAL", "0"),
+            ("APP_RECONCILE_BATCH", "0"),
+            ("APP_RECONCILE_BATCH", "5000"),
+        ] {
+            let err = ReconcileConfig::from_source(&[(name, value)]).unwrap_err();
+            assert_eq!(err.variable, name);
+        }
     }
 }

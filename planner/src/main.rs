@@ -37,8 +37,7 @@ async fn run() -> anyhow::Result<()> {
             };
             let mut config = Config::from_env()?;
             config.migrate_on_start = migrate;
-            let tracing = Tracing::init("github-runner-planner", &config.telemetry)
-                .map_err(anyhow::Error::msg)?;
+            let tracing = Tracing::init("github-runner-planner", &config.telemetry)?;
             let result = match Application::build(config).await {
                 Ok(app) => app.run_until_stopped().await.map_err(anyhow::Error::from),
                 Err(err) => Err(err),
@@ -94,7 +93,7 @@ fn one_connection_pool() -> anyhow::Result<store::PgPool> {
         .context("environment variable POSTGRESQL_DB_CONNECT_STRING is required")?;
     let pgbouncer = match std::env::var("APP_DB_PGBOUNCER") {
         Err(_) => false,
-        Ok(value) => planner::config::boolean(&value)
+        Ok(value) => actors::config::boolean(&value)
             .map_err(|reason| anyhow::anyhow!("environment variable APP_DB_PGBOUNCER {reason}"))?,
     };
     Ok(store::build_pool_via(

@@ -242,6 +242,54 @@ pub struct JobTimes {
     pub running: Option<f64>,
 }
 
+/// Reconciliation counters. Created unregistered; [`ReconcileMetrics::register`] adds them to
+/// the planner's registry.
+#[derive(Clone)]
+pub struct ReconcileMetrics {
+    /// `github_runner_planner_reconcile_checked_total`: jobs GitHub answered about (200 or 404).
+    pub checked: IntCounter,
+    /// `github_runner_planner_reconcile_corrected_total{reason}`: jobs completed here by
+    /// reconciliation; `reason` is `completed` (GitHub says so) or `not_found` (404).
+    pub corrected: IntCounterVec,
+    /// `github_runner_planner_reconcile_errors_total`: lookups that failed (5xx, timeout,
+    /// rate limit, refusal) and were left for a later round.
+    pub errors: IntCounter,
+}
+
+impl ReconcileMetrics {
+    /// New counters, at zero.
+    pub fn new() -> prometheus::Result<Self> {
+        let corrected = IntCounterVec::new(
+            Opts::new(
+                "github_runner_planner_reconcile_corrected_total",
+                "Open jobs completed by reconciliation with GitHub's API, by reason.",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["completed", "not_found"] {
+            corrected.with_label_values(&[reason]);
+        }
+        Ok(Self {
+            checked: IntCounter::new(
+                "github_runner_planner_reconcile_checked_total",
+                "Open jobs looked up on GitHub's API (answered 200 or 404).",
+            )?,
+            corrected,
+            errors: IntCounter::new(
+                "github_runner_planner_reconcile_errors_total",
+                "Job lookups on GitHub's API that failed and were left for a later round.",
+            )?,
+        })
+    }
+
+    /// Registers every counter in `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.checked.clone()))?;
+        registry.register(Box::new(self.corrected.clone()))?;
+        registry.register(Box::new(self.errors.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus::{Encoder, TextEncoder};
@@ -300,5 +348,21 @@ mod tests {
             .job_waiting_by_flavor
             .with_label_values(&[NO_FLAVOR]);
         assert_eq!(none.get_sample_sum(), 3.0);
+    }
+
+    #[test]
+    fn metrics_register_once() {
+        let metrics = ReconcileMetrics::new().unwrap();
+        let registry = Registry::new();
+        metrics.register(&registry).unwrap();
+        metrics.checked.inc();
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|family| family.name().to_owned())
+            .collect();
+        assert!(names.contains(&"github_runner_planner_reconcile_checked_total".to_owned()));
+        assert!(names.contains(&"github_runner_planner_reconcile_corrected_total".to_owned()));
+        assert!(metrics.register(&registry).is_err(), "registered twice");
     }
 }

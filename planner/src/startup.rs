@@ -4,15 +4,17 @@
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix::{Actor, Addr, SyncArbiter};
-use actix_web::{dev::Server, middleware, web, App, HttpServer};
+use actix_web::{dev::Server, web};
 use actors::broadcast::{Broadcaster, Shutdown};
-use actors::telemetry::{metrics_server, HttpMetrics};
+use actors::http::ServerOptions;
+use actors::task;
+use actors::telemetry::metrics_server;
 use secrecy::ExposeSecret;
 
 use crate::{
     auth::text_sha256,
     config::Config,
-    consumer::{Consumer, ConsumerConfig, ConsumerStats},
+    consumer::{ConsumerConfig, ConsumerStats},
     metrics::Metrics,
     pressure::{Calculator, CalculatorConfig},
     routes::{self, health, pressure::PressureService},
@@ -29,9 +31,10 @@ pub struct Application {
     metrics: Metrics,
     stats: Arc<ConsumerStats>,
     pool: PgPool,
-    consumer: Addr<Consumer>,
+    /// Stops the consumer and reconciliation tasks.
+    tasks: task::Shutdown,
     // Reconciliation counters (registered by whoever owns the registry)
-    reconcile_metrics: crate::reconcile::ReconcileMetrics,
+    reconcile_metrics: crate::metrics::ReconcileMetrics,
     broadcaster: Addr<Broadcaster>,
 }
 
@@ -88,7 +91,8 @@ impl Application {
         let (broadcaster, calculator) = start_pressure(&config, &pool).await;
         spawn_pressure_metrics(broadcaster.clone(), pool.clone(), metrics.clone());
         let stats = Arc::new(ConsumerStats::default());
-        let consumer = Consumer::new(
+        let shutdown = task::Shutdown::default();
+        crate::consumer::spawn(
             ConsumerConfig {
                 rabbitmq_url: config.rabbitmq_url.clone(),
                 topology: config.topology.clone(),
@@ -99,26 +103,26 @@ impl Application {
             },
             store.recipient(),
             stats.clone(),
-        )
-        .with_metrics(metrics.clone())
-        .start();
+            Some(metrics.clone()),
+            shutdown.signal(),
+        );
         spawn_database_probe(pool.clone(), metrics.clone());
 
         // Reconciliation with GitHub's API, only with a GitHub App.
-        let reconcile_metrics = crate::reconcile::ReconcileMetrics::new()?;
+        let reconcile_metrics = crate::metrics::ReconcileMetrics::new()?;
         reconcile_metrics
             .register(&metrics.registry)
             .map_err(std::io::Error::other)?;
         if let Some(app) = config.github.clone() {
             let client = actors::github::Client::new(app, "github-runner-planner")?;
-            crate::reconcile::ReconcileActor::new(crate::reconcile::Reconciler::new(
+            let reconciler = crate::reconcile::Reconciler::new(
                 client,
                 pool.clone(),
                 config.ignored_labels.clone(),
                 config.reconcile.clone(),
                 reconcile_metrics.clone(),
-            ))
-            .start();
+            );
+            crate::reconcile::spawn(reconciler, shutdown.signal());
         }
 
         let state = web::Data::new(AppState {
@@ -137,7 +141,6 @@ impl Application {
             metrics.clone(),
             stats.clone(),
         )?);
-        let http_metrics = web::Data::new(metrics.http.clone());
         let pressure = web::Data::new(PressureService {
             broadcaster: broadcaster.clone(),
             calculator,
@@ -145,24 +148,20 @@ impl Application {
         });
         let listener = TcpListener::bind((config.bind_address, config.port))?;
         let port = listener.local_addr()?.port();
-        let mut server = HttpServer::new(move || {
-            App::new()
-                // Method, path and query (never headers or bodies), status, duration.
-                .wrap(middleware::from_fn(actors::http::log_request))
-                .app_data(state.clone())
-                .app_data(http_metrics.clone())
-                .wrap(middleware::from_fn(HttpMetrics::middleware))
-                .app_data(pressure.clone())
-                .service(crate::console::service(console.clone()))
-                .configure(routes::configure)
-        })
-        // Notice a client that went away at once, so its stream (and subscription) ends.
-        .h1_allow_half_closed(false)
-        .shutdown_signal(shutdown_signal(broadcaster.clone()))
-        .listen(listener)?;
-        if let Some(workers) = config.http_workers {
-            server = server.workers(workers);
-        }
+        let options = ServerOptions {
+            workers: config.http_workers,
+            // Notice a client that went away at once, so its stream (and subscription) ends.
+            close_half_closed: true,
+            // Method, path and query (never headers or bodies), status, duration.
+            log_requests: true,
+            shutdown_signal: Some(Box::pin(shutdown_signal(broadcaster.clone()))),
+            ..ServerOptions::default()
+        };
+        let server = actors::http::server(listener, metrics.http.clone(), options, move |app| {
+            app.app_data(state.clone()).app_data(pressure.clone());
+            app.service(crate::console::service(console.clone()));
+            routes::configure(app);
+        })?;
         log::info!(
             event = "planner_listening",
             address = config.bind_address,
@@ -174,12 +173,12 @@ impl Application {
         Ok(Self {
             port,
             metrics_port,
-            server: server.run(),
+            server,
             metrics_server,
             metrics,
             stats,
             pool,
-            consumer,
+            tasks: shutdown,
             reconcile_metrics,
             broadcaster,
         })
@@ -210,28 +209,21 @@ impl Application {
         self.pool.clone()
     }
 
-    /// The consumer actor.
-    pub fn consumer(&self) -> Addr<Consumer> {
-        self.consumer.clone()
-    }
-
     /// The pressure broadcaster (tests watch its subscribers).
     pub fn broadcaster(&self) -> Addr<Broadcaster> {
         self.broadcaster.clone()
     }
 
     /// Reconciliation counters, at zero when no GitHub App is configured.
-    pub fn reconcile_metrics(&self) -> crate::reconcile::ReconcileMetrics {
+    pub fn reconcile_metrics(&self) -> crate::metrics::ReconcileMetrics {
         self.reconcile_metrics.clone()
     }
 
     /// Serves until the server stops (a signal, or its handle), then stops the `/metrics`
-    /// listener.
+    /// listener and the consumer and reconciliation tasks.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let metrics_handle = self.metrics_server.handle();
-        actix_web::rt::spawn(self.metrics_server);
-        let result = self.server.await;
-        metrics_handle.stop(true).await;
+        let result = actors::http::run_with_metrics(self.server, self.metrics_server).await;
+        self.tasks.stop();
         log::info!(event = "planner_stopped"; "planner stopped");
         result
     }
@@ -323,13 +315,10 @@ async fn start_pressure(
     pool: &PgPool,
 ) -> (Addr<Broadcaster>, actix::Recipient<crate::pressure::Nudge>) {
     let (initial_pool, max_age) = (pool.clone(), config.job_max_age);
-    let initial = web::block(move || -> Result<_, String> {
-        let mut conn = initial_pool.get().map_err(|err| err.to_string())?;
-        crate::pressure::compute(&mut conn, max_age).map_err(|err| err.to_string())
+    let initial = crate::store::blocking(&initial_pool, move |conn| {
+        crate::pressure::compute(conn, max_age)
     })
-    .await
-    .map_err(|err| err.to_string())
-    .and_then(|result| result);
+    .await;
     let initial = initial.map(|(map, _)| map).unwrap_or_else(|err| {
         log::warn!(
             event = "pressure_initial_failed",

@@ -84,6 +84,34 @@ impl r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for NoStatemen
     }
 }
 
+/// Why database work run off the async workers by [`blocking`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockingError {
+    /// No pooled connection within the checkout timeout.
+    #[error("no database connection: {0}")]
+    Checkout(#[from] diesel::r2d2::PoolError),
+    /// The work's statements failed.
+    #[error("database: {0}")]
+    Query(#[from] DieselError),
+    /// actix's blocking pool did not run it (shutting down).
+    #[error("blocking pool: {0}")]
+    Pool(#[from] actix_web::error::BlockingError),
+}
+
+/// Runs `work` on a pooled connection in actix's blocking pool, off the async workers (the
+/// tasks beside the request path; the routes have their own, answering with their error).
+pub async fn blocking<T: Send + 'static>(
+    pool: &PgPool,
+    work: impl FnOnce(&mut PgConnection) -> QueryResult<T> + Send + 'static,
+) -> Result<T, BlockingError> {
+    let pool = pool.clone();
+    actix_web::web::block(move || {
+        let mut conn = pool.get()?;
+        Ok(work(&mut conn)?)
+    })
+    .await?
+}
+
 /// The job-store actor. Start it with `SyncArbiter::start(n, ...)`.
 pub struct JobStore {
     pool: PgPool,
@@ -578,5 +606,34 @@ fn from_row(row: Job) -> QueryResult<JobState> {
         created_at: row.created_at,
         started_at: row.started_at,
         completed_at: row.completed_at,
+    })
+}
+
+/// Reconciliation: completes a job with `event` (built from GitHub's answer) unless it
+/// completed meanwhile, taking the locks a webhook takes; `true` when applied.
+pub fn complete_reconciled(
+    conn: &mut PgConnection,
+    ignored: &IgnoredLabels,
+    event: JobEvent,
+) -> QueryResult<bool> {
+    conn.transaction(|conn| {
+        // The same lock order as a webhook: flavor lock shared, then the job's turn, which
+        // every writer of the job takes: the row read here stays as it is until the commit.
+        queries::lock_flavors_shared(conn)?;
+        queries::lock_job_keys(conn, &[(&event.platform, event.id)])?;
+        let Some(row) = queries::get_job(conn, &event.platform, event.id)? else {
+            return Ok(false);
+        };
+        if row.status == Status::Completed.as_str() {
+            return Ok(false);
+        }
+        let delivery = format!("planner-reconcile:{}:{}", event.platform, event.id);
+        let mut event = event;
+        // The job keeps the labels, repository and creation time it was matched with.
+        event.labels = row.labels;
+        event.repository = row.repository;
+        event.created_at = row.created_at;
+        let outcomes = apply_batch(conn, ignored, &[(delivery, event)])?;
+        Ok(outcomes.first() == Some(&Outcome::Applied))
     })
 }

@@ -645,3 +645,62 @@ pub fn token_name_by_any_hash(
         .first(conn)
         .optional()
 }
+
+/// One job claimed by [`claim_due_jobs`] for a check with GitHub.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Claimed {
+    /// `job.platform`.
+    #[diesel(sql_type = Text)]
+    pub platform: String,
+    /// `job.id`.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// `job.repository`.
+    #[diesel(sql_type = Text)]
+    pub repository: String,
+    /// `job.created_at`.
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    /// `reconciled_at` before the claim, restored when the check fails.
+    #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>)]
+    pub previous: Option<DateTime<Utc>>,
+}
+
+/// Reconciliation: claims up to `batch` open jobs of `platform` without news for `after`,
+/// most overdue first, stamping `reconciled_at = now()` (`FOR UPDATE SKIP LOCKED`: concurrent
+/// claims take disjoint jobs).
+pub fn claim_due_jobs(
+    conn: &mut PgConnection,
+    platform: &str,
+    after: std::time::Duration,
+    batch: u32,
+) -> QueryResult<Vec<Claimed>> {
+    let mut claimed: Vec<Claimed> = diesel::sql_query(
+        "WITH due AS ( \
+             SELECT platform, id, reconciled_at AS previous FROM job \
+             WHERE platform = $1 AND status <> 'completed' \
+               AND COALESCE(reconciled_at, created_at) < now() - make_interval(secs => $2) \
+             ORDER BY COALESCE(reconciled_at, created_at), id \
+             LIMIT $3 \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE job SET reconciled_at = now() FROM due \
+         WHERE job.platform = due.platform AND job.id = due.id \
+         RETURNING job.platform, job.id, job.repository, job.created_at, due.previous",
+    )
+    .bind::<Text, _>(platform)
+    .bind::<diesel::sql_types::Double, _>(after.as_secs_f64())
+    .bind::<BigInt, _>(i64::from(batch))
+    .load(conn)?;
+    claimed.sort_by_key(|job| (job.previous.unwrap_or(job.created_at), job.id));
+    Ok(claimed)
+}
+
+/// Gives a job claimed by [`claim_due_jobs`] back (its check failed): due again at once.
+pub fn release_claimed_job(conn: &mut PgConnection, job: &Claimed) -> QueryResult<()> {
+    diesel::sql_query("UPDATE job SET reconciled_at = $3 WHERE platform = $1 AND id = $2")
+        .bind::<Text, _>(&job.platform)
+        .bind::<BigInt, _>(job.id)
+        .bind::<Nullable<diesel::sql_types::Timestamptz>, _>(job.previous)
+        .execute(conn)
+        .map(drop)
+}

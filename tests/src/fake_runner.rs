@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use actors::config::{self, ConfigError, Environment, Source};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -53,12 +54,10 @@ pub struct RunnerEnv {
 
 impl RunnerEnv {
     /// Reads the process environment; the error names the variable.
-    pub fn from_env() -> Result<Self, String> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let var = |name: &str| Environment.get(name);
         Ok(Self {
-            jit_config: var("RUNNER_JITCONFIG")
-                .ok_or("RUNNER_JITCONFIG is not set")?
-                .into(),
+            jit_config: config::required(&Environment, "RUNNER_JITCONFIG")?.into(),
             name: var("RUNNER_NAME"),
             flavor: var("RUNNER_FLAVOR").unwrap_or_default(),
             labels: var("RUNNER_LABELS").unwrap_or_default(),

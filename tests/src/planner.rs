@@ -44,7 +44,7 @@ pub struct TestPlanner {
     /// Its pressure broadcaster.
     pub broadcaster: actix::Addr<actors::broadcast::Broadcaster>,
     /// What its reconciler counted.
-    pub reconcile_metrics: planner::reconcile::ReconcileMetrics,
+    pub reconcile_metrics: planner::metrics::ReconcileMetrics,
 }
 
 /// The configuration of a test planner on `database_url` and `topology`: the test broker

@@ -7,8 +7,10 @@ use actors::github::{Client, GitHubError};
 use chrono::Utc;
 use diesel::RunQueryDsl;
 use planner::{
+    config::ReconcileConfig,
     domain::labels::IgnoredLabels,
-    reconcile::{ReconcileConfig, ReconcileMetrics, Reconciler, NOT_FOUND_CONCLUSION},
+    metrics::ReconcileMetrics,
+    reconcile::{Reconciler, NOT_FOUND_CONCLUSION},
     store::{build_pool, PgPool},
 };
 use schema::queries;
