@@ -5,6 +5,7 @@ mod canonical_takeover;
 mod faults;
 mod gateway_api;
 mod gce_backend;
+mod gce_manager;
 mod github_runners;
 mod manager;
 mod migrations;
