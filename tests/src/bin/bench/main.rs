@@ -11,13 +11,16 @@
 //!   scenario 6 (the consumer rate and the pressure recomputation as the `job` table grows).
 //! - [`pressure`]: scenario 3 (end to end, gateway 200 to stream line, with both services'
 //!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
+//! - [`gce`]: the `gce` backend against the fake Compute Engine API (listing 1,000 VMs, the
+//!   manager's reconcile pass over them, queued webhook to insert call).
 //! - [`measure`]: what they measure with.
 //!
-//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling` runs only the named groups (the
+//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,gce` runs only the named groups (the
 //! table is printed, `BENCHMARKS.md` is left alone).
 
 mod consumer;
 mod gateway;
+mod gce;
 mod measure;
 mod pressure;
 
@@ -28,13 +31,14 @@ const END_TO_END_RATE: u64 = 500;
 const END_TO_END_SECONDS: u64 = 10;
 /// Stream subscribers of the fan-out scenario.
 const FAN_OUT: usize = 10_000;
-const GROUPS: [&str; 6] = [
+const GROUPS: [&str; 7] = [
     "gateway",
     "consumer",
     "e2e",
     "recompute",
     "fanout",
     "scaling",
+    "gce",
 ];
 
 #[tokio::main(flavor = "multi_thread")]
@@ -85,6 +89,10 @@ async fn main() {
     if wanted("scaling") {
         settle();
         consumer::scenario_6(&mut rows).await;
+    }
+    if wanted("gce") {
+        settle();
+        tokio::task::block_in_place(|| gce::scenarios(&mut rows));
     }
 
     let mut table = String::from("| scenario | measured | target |\n|---|---|---|\n");
