@@ -142,8 +142,9 @@ impl Broadcaster {
     fn close(&mut self) {
         if self.sender.take().is_some() {
             log::info!(
-                "event=pressure_broadcaster_closing generation={}",
-                self.current.generation()
+                event = "pressure_broadcaster_closing",
+                generation = self.current.generation();
+                "closing every pressure stream"
             );
         }
     }
@@ -154,9 +155,10 @@ impl Actor for Broadcaster {
 
     fn started(&mut self, _: &mut Self::Context) {
         log::info!(
-            "event=pressure_broadcaster_started generation={} flavors={}",
-            self.current.generation(),
-            self.current.flavors().len()
+            event = "pressure_broadcaster_started",
+            generation = self.current.generation(),
+            flavors = self.current.flavors().len();
+            "pressure broadcaster started"
         );
     }
 
@@ -171,8 +173,9 @@ impl Handler<Publish> for Broadcaster {
     fn handle(&mut self, Publish(flavors): Publish, _: &mut Self::Context) -> u64 {
         if flavors == *self.current.flavors() {
             log::trace!(
-                "event=pressure_unchanged generation={}",
-                self.current.generation()
+                event = "pressure_unchanged",
+                generation = self.current.generation();
+                "pressure unchanged"
             );
             return self.current.generation();
         }
@@ -183,9 +186,11 @@ impl Handler<Publish> for Broadcaster {
             sender.send_replace(Arc::clone(&self.current));
         }
         log::debug!(
-            "event=pressure_changed generation={generation} flavors={} subscribers={}",
-            self.current.flavors().len(),
-            self.subscribers()
+            event = "pressure_changed",
+            generation,
+            flavors = self.current.flavors().len(),
+            subscribers = self.subscribers();
+            "pressure changed"
         );
         generation
     }
@@ -223,8 +228,9 @@ impl Handler<Shutdown> for Broadcaster {
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
         log::info!(
-            "event=pressure_broadcaster_shutdown subscribers={}",
-            self.subscribers()
+            event = "pressure_broadcaster_shutdown",
+            subscribers = self.subscribers();
+            "pressure broadcaster shutting down"
         );
         self.close();
         ctx.stop();

@@ -369,7 +369,11 @@ impl Client {
         if blocked.is_none_or(|current| current < until) {
             *blocked = Some(until);
         }
-        log::warn!("event=github_rate_limited wait_ms={}", wait.as_millis());
+        log::warn!(
+            event = "github_rate_limited",
+            wait_ms = wait.as_millis();
+            "GitHub rate limit reached: waiting"
+        );
     }
 
     async fn request(&self, method: Method, path_or_url: &str) -> Result<Answer, GitHubError> {
@@ -403,8 +407,11 @@ impl Client {
         }
         if let Err(err) = &result {
             log::debug!(
-                "event=github_request_failed method={method} path={} error=\"{err}\"",
-                url.path()
+                event = "github_request_failed",
+                method:% = method,
+                path = url.path(),
+                error:% = err;
+                "GitHub request failed"
             );
         }
         result
@@ -438,9 +445,10 @@ impl Client {
             .tokens_fetched
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         log::info!(
-            "event=github_token_fetched installation_id={} expires_at={}",
-            self.inner.config.installation_id,
-            expires_at.to_rfc3339()
+            event = "github_token_fetched",
+            installation_id = self.inner.config.installation_id,
+            expires_at = expires_at.to_rfc3339();
+            "GitHub installation token fetched"
         );
         let value = SecretString::from(token);
         *cached = Some(Token {

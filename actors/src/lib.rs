@@ -6,7 +6,9 @@
 //!   pipelined publisher confirms).
 //! - [`delivery`]: the message between the gateway and the planner (headers, body, the job id
 //!   rule), one type both ends use.
-//! - [`telemetry`]: logging, the Prometheus listener and HTTP metrics, OpenTelemetry traces and
+//! - [`http`]: what every service's HTTP server shares (the request log).
+//! - [`logging`]: the `log` + `env_logger` set-up and how a record's key-values are written.
+//! - [`telemetry`]: the Prometheus listener and HTTP metrics, OpenTelemetry traces and
 //!   their propagation through AMQP headers.
 //! - [`pressure::Pressure`]: an immutable pressure snapshot with its lines rendered once.
 //! - [`broadcast::Broadcaster`]: the actor that fans pressure changes out to every stream
@@ -20,6 +22,8 @@ pub mod broadcast;
 pub mod config;
 pub mod delivery;
 pub mod github;
+pub mod http;
+pub mod logging;
 pub mod pressure;
 pub mod reconnect;
 pub mod stream;

@@ -112,8 +112,10 @@ pub fn respond(
         if let Some(last) = req.headers().get("last-event-id") {
             // Nothing to replay: the current state (sent first) supersedes what was missed.
             log::debug!(
-                "event=pressure_stream_resumed last_event_id={:?} filter={filter}",
-                last.to_str().unwrap_or("<not text>")
+                event = "pressure_stream_resumed",
+                last_event_id = last.to_str().unwrap_or("<not text>"),
+                filter:% = filter;
+                "pressure stream resumed"
             );
         }
     }
@@ -140,7 +142,12 @@ pub fn body(
     format: Format,
     heartbeat: Duration,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
-    log::debug!("event=pressure_stream_opened format={format:?} filter={filter}");
+    log::debug!(
+        event = "pressure_stream_opened",
+        format:? = format,
+        filter:% = filter;
+        "pressure stream opened"
+    );
     let heartbeat = heartbeat.max(Duration::from_millis(1));
     let feed = Feed {
         subscription,
@@ -217,9 +224,10 @@ impl Feed {
 impl Drop for Feed {
     fn drop(&mut self) {
         log::debug!(
-            "event=pressure_stream_closed format={:?} filter={}",
-            self.format,
-            self.filter
+            event = "pressure_stream_closed",
+            format:? = self.format,
+            filter:% = self.filter;
+            "pressure stream closed"
         );
     }
 }

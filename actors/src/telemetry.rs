@@ -1,4 +1,4 @@
-//! Telemetry both services share: `env_logger` set-up, the Prometheus `/metrics` listener, HTTP
+//! Telemetry both services share: the Prometheus `/metrics` listener, HTTP
 //! request metrics, and OpenTelemetry traces exported over OTLP/HTTP (protobuf) with the W3C
 //! trace context carried in AMQP headers, so one trace spans gateway and planner.
 
@@ -69,14 +69,6 @@ impl TelemetryConfig {
     }
 }
 
-/// `env_logger` with `RUST_LOG`; by default `info`, without lapin's internal span chatter.
-pub fn init_logging() {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,tracing::span=warn,lapin=warn"),
-    )
-    .init();
-}
-
 /// The process's trace pipeline. Dropping it does nothing; call [`Tracing::shutdown`] to flush.
 pub struct Tracing {
     provider: Option<SdkTracerProvider>,
@@ -102,7 +94,12 @@ impl Tracing {
             .with_resource(Resource::builder().with_service_name(service).build())
             .build();
         global::set_tracer_provider(provider.clone());
-        log::info!("event=tracing_enabled service={service} endpoint={endpoint:?}");
+        log::info!(
+            event = "tracing_enabled",
+            service,
+            endpoint;
+            "exporting traces"
+        );
         Ok(Self {
             provider: Some(provider),
         })
@@ -112,7 +109,7 @@ impl Tracing {
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {
             if let Err(err) = provider.shutdown() {
-                log::warn!("event=tracing_shutdown_failed error=\"{err}\"");
+                log::warn!(event = "tracing_shutdown_failed", error:% = err; "cannot flush traces");
             }
         }
     }
@@ -185,7 +182,7 @@ async fn render(registry: web::Data<Registry>) -> HttpResponse {
             .content_type(encoder.format_type())
             .body(buffer),
         Err(err) => {
-            log::error!("event=metrics_encode_failed error=\"{err}\"");
+            log::error!(event = "metrics_encode_failed", error:% = err; "cannot encode metrics");
             HttpResponse::InternalServerError().finish()
         }
     }

@@ -1,15 +1,15 @@
 //! `gateway`: see the crate documentation of [`gateway`].
 
-use actors::telemetry::{init_logging, Tracing};
+use actors::telemetry::Tracing;
 use gateway::{Application, Config};
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    init_logging();
+    actors::logging::init();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
-            log::error!("event=startup_failed {err}");
+            log::error!(event = "startup_failed", error:% = err; "gateway not started");
             eprintln!("gateway: {err}");
             return std::process::ExitCode::from(2);
         }
@@ -25,12 +25,12 @@ async fn main() -> std::process::ExitCode {
         Ok(app) => match app.run_until_stopped().await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(err) => {
-                log::error!("event=server_failed error=\"{err}\"");
+                log::error!(event = "server_failed", error:% = err; "gateway failed");
                 std::process::ExitCode::FAILURE
             }
         },
         Err(err) => {
-            log::error!("event=startup_failed error=\"{err}\"");
+            log::error!(event = "startup_failed", error:% = err; "gateway not started");
             eprintln!("gateway: {err}");
             std::process::ExitCode::FAILURE
         }

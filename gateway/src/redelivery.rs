@@ -309,8 +309,11 @@ impl Redeliverer {
         report.failures += 1;
         self.metrics.failures.inc();
         log::warn!(
-            "event=redelivery_request_failed request={what} hook={} error=\"{err}\"",
-            self.hook_path
+            event = "redelivery_request_failed",
+            request = what,
+            hook = self.hook_path,
+            error:% = err;
+            "redelivery request to GitHub failed"
         );
     }
 
@@ -362,10 +365,11 @@ impl Redeliverer {
                         self.metrics.asked.inc();
                         report.asked += 1;
                         log::info!(
-                            "event=redelivery_asked delivery.id={} delivery.guid={} status_code={}",
-                            delivery.id,
-                            delivery.guid,
-                            delivery.status_code.unwrap_or(0)
+                            event = "redelivery_asked",
+                            "delivery.id" = delivery.guid,
+                            "hook_delivery.id" = delivery.id,
+                            status = delivery.status_code.unwrap_or(0);
+                            "asked GitHub to redeliver a failed delivery"
                         );
                     }
                     Err(err) => {
@@ -397,12 +401,13 @@ impl Redeliverer {
             self.scanned_since = Some(started);
         }
         log::info!(
-            "event=redelivery_round hook={} pages={} asked={} failures={} complete={}",
-            self.hook_path,
-            report.pages,
-            report.asked,
-            report.failures,
-            report.complete
+            event = "redelivery_round",
+            hook = self.hook_path,
+            pages = report.pages,
+            asked = report.asked,
+            failures = report.failures,
+            complete = report.complete;
+            "redelivery round done"
         );
         report
     }
@@ -433,9 +438,10 @@ impl Actor for RedeliveryActor {
         };
         let interval = self.interval;
         log::info!(
-            "event=redelivery_started hook={} interval_ms={}",
-            redeliverer.hook_path,
-            interval.as_millis()
+            event = "redelivery_started",
+            hook = redeliverer.hook_path,
+            interval_ms = interval.as_millis();
+            "redelivery of failed deliveries started"
         );
         ctx.spawn(
             async move {

@@ -119,8 +119,11 @@ impl Application {
         .shutdown_timeout(config.publish_timeout.as_secs() + 2)
         .run();
         log::info!(
-            "event=gateway_listening port={port} metrics_port={metrics_port} exchange={}",
-            config.topology.exchange
+            event = "gateway_listening",
+            port,
+            metrics_port,
+            exchange = config.topology.exchange;
+            "gateway listening"
         );
         Ok(Self {
             port,
@@ -158,9 +161,9 @@ impl Application {
         actix_web::rt::spawn(self.metrics_server);
         let result = self.server.await;
         metrics_handle.stop(true).await;
-        log::info!("event=gateway_draining");
+        log::info!(event = "gateway_draining"; "gateway draining");
         let _ = self.publisher.send(Shutdown).await;
-        log::info!("event=gateway_stopped");
+        log::info!(event = "gateway_stopped"; "gateway stopped");
         result
     }
 }

@@ -49,7 +49,7 @@ impl ResponseError for Error {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         let error = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            log::error!("event=request_failed error=\"{self}\"");
+            log::error!(event = "request_failed", error:% = self; "request failed");
             "internal error".to_owned()
         } else {
             self.to_string()

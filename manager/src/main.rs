@@ -2,19 +2,19 @@
 
 use std::process::ExitCode;
 
-use actors::telemetry::{init_logging, Tracing};
+use actors::telemetry::Tracing;
 use manager::{Application, Config};
 
 const USAGE: &str = "usage: manager serve | manager check-config";
 
 #[actix_web::main]
 async fn main() -> ExitCode {
-    init_logging();
+    actors::logging::init();
     let command = std::env::args().nth(1);
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
-            log::error!("event=startup_failed {err}");
+            log::error!(event = "startup_failed", error:% = err; "manager not started");
             eprintln!("manager: {err}");
             return ExitCode::from(2);
         }
@@ -49,12 +49,12 @@ async fn serve(config: Config) -> ExitCode {
         Ok(app) => match app.run_until_stopped().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                log::error!("event=server_failed error={err}");
+                log::error!(event = "server_failed", error:% = err; "manager failed");
                 ExitCode::FAILURE
             }
         },
         Err(err) => {
-            log::error!("event=startup_failed error={err}");
+            log::error!(event = "startup_failed", error:% = err; "manager not started");
             eprintln!("manager: {err}");
             ExitCode::FAILURE
         }

@@ -15,6 +15,10 @@ pub struct Metrics {
     pub registry: Registry,
     /// Desired runners per flavor.
     pub desired: IntGaugeVec,
+    /// The planner's pressure per flavor, as followed (before clamping).
+    pub pressure: IntGaugeVec,
+    /// `max_runners` per flavor.
+    pub max_runners: IntGaugeVec,
     /// Runners per flavor and state.
     pub runners: IntGaugeVec,
     /// Runners created per flavor.
@@ -54,6 +58,16 @@ impl Metrics {
             desired: gauge(
                 "desired_runners",
                 "Desired runners: the planner's pressure clamped to [min_runners, max_runners].",
+                &["flavor"],
+            )?,
+            pressure: gauge(
+                "pressure",
+                "The planner's pressure for the flavor as last heard (before the clamp to [min_runners, max_runners]).",
+                &["flavor"],
+            )?,
+            max_runners: gauge(
+                "max_runners",
+                "The flavor's max_runners (alert: pressure above it for long).",
                 &["flavor"],
             )?,
             runners: gauge(
@@ -116,6 +130,8 @@ impl Metrics {
         };
         for collector in [
             Box::new(metrics.desired.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.pressure.clone()),
+            Box::new(metrics.max_runners.clone()),
             Box::new(metrics.runners.clone()),
             Box::new(metrics.created.clone()),
             Box::new(metrics.removed.clone()),

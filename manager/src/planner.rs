@@ -65,8 +65,14 @@ pub async fn follow(follow: Follow) {
     let mut announced_lost = false;
     loop {
         match read_stream(&http, &url, &follow, &mut last, &mut lost_at).await {
-            Ok(()) => log::warn!("event=pressure_stream_ended"),
-            Err(reason) => log::warn!("event=pressure_stream_failed error=\"{reason}\""),
+            Ok(()) => {
+                log::warn!(event = "pressure_stream_ended"; "the planner ended the pressure stream")
+            }
+            Err(reason) => log::warn!(
+                event = "pressure_stream_failed",
+                error:% = reason;
+                "lost the planner's pressure stream"
+            ),
         }
         follow.readiness.set_planner(false);
         follow.metrics.planner_connected.set(0);
@@ -81,8 +87,10 @@ pub async fn follow(follow: Follow) {
         if !announced_lost && to_grace <= delay {
             tokio::time::sleep(to_grace).await;
             log::warn!(
-                "event=pressure_unknown grace_ms={} fallback=min_runners",
-                follow.grace.as_millis()
+                event = "pressure_unknown",
+                grace_ms = follow.grace.as_millis(),
+                fallback = "min_runners";
+                "pressure unknown for too long: keeping each flavor's minimum"
             );
             for (flavor, reconciler) in &follow.reconcilers {
                 last.insert(flavor.clone(), None);
@@ -129,7 +137,11 @@ async fn read_stream(
             let map: PressureMap = serde_json::from_slice(&line[..end])
                 .map_err(|err| format!("not a pressure line: {err}"))?;
             if lost_at.take().is_some() {
-                log::info!("event=pressure_stream_connected flavors={}", map.len());
+                log::info!(
+                    event = "pressure_stream_connected",
+                    flavors = map.len();
+                    "following the planner's pressure stream"
+                );
                 follow.readiness.set_planner(true);
                 follow.metrics.planner_connected.set(1);
             }

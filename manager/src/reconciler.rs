@@ -162,7 +162,12 @@ impl Reconciler {
                     .failures
                     .with_label_values(&[flavor.as_str(), err.reason()])
                     .inc();
-                log::warn!("event=backend_list_failed flavor={flavor} error=\"{err}\"");
+                log::warn!(
+                    event = "backend_list_failed",
+                    flavor,
+                    error:% = err;
+                    "cannot list the backend's runners"
+                );
                 return;
             }
         };
@@ -173,7 +178,12 @@ impl Reconciler {
                     .failures
                     .with_label_values(&[flavor.as_str(), "github_list"])
                     .inc();
-                log::warn!("event=github_list_failed flavor={flavor} error=\"{err}\"");
+                log::warn!(
+                    event = "github_list_failed",
+                    flavor,
+                    error:% = err;
+                    "cannot list GitHub's runners"
+                );
                 None
             }
         };
@@ -191,9 +201,11 @@ impl Reconciler {
                         .with_label_values(&[flavor.as_str()])
                         .observe(boot.as_secs_f64());
                     log::info!(
-                        "event=runner_online flavor={flavor} runner.name={} boot_ms={}",
-                        runner.name,
-                        boot.as_millis()
+                        event = "runner_online",
+                        flavor,
+                        "runner.name" = runner.name,
+                        boot_ms = boot.as_millis();
+                        "runner online"
                     );
                 }
             }
@@ -217,6 +229,16 @@ impl Reconciler {
             .desired
             .with_label_values(&[flavor.as_str()])
             .set(i64::from(desired));
+        metrics
+            .max_runners
+            .with_label_values(&[flavor.as_str()])
+            .set(i64::from(self.config.flavor.max_runners));
+        if let Some(pressure) = self.pressure {
+            metrics
+                .pressure
+                .with_label_values(&[flavor.as_str()])
+                .set(i64::try_from(pressure).unwrap_or(i64::MAX));
+        }
         let creating: HashSet<String> = self.creating.keys().cloned().collect();
         let seen_online: HashSet<String> = self.online_at.keys().cloned().collect();
         let plan = decide::decide(&Observed {
@@ -321,9 +343,10 @@ impl Reconciler {
                     });
                 }
                 log::debug!(
-                    "event=create_paused flavor={} wait_ms={}",
-                    self.flavor(),
-                    (until - now).as_millis()
+                    event = "create_paused",
+                    flavor = self.flavor(),
+                    wait_ms = (until - now).as_millis();
+                    "runner creation paused"
                 );
                 return;
             }
@@ -353,8 +376,11 @@ impl Reconciler {
                             .with_label_values(&[flavor.as_str()])
                             .inc();
                         log::info!(
-                            "event=runner_created flavor={flavor} runner.name={name} backend_id={}",
-                            instance.backend_id
+                            event = "runner_created",
+                            flavor,
+                            "runner.name" = name,
+                            backend_id = instance.backend_id;
+                            "runner created"
                         );
                         if !actor.instances.iter().any(|i| i.name == instance.name) {
                             actor.instances.push(instance);
@@ -376,8 +402,13 @@ impl Reconciler {
                             .with_label_values(&[flavor.as_str(), reason])
                             .inc();
                         log::warn!(
-                            "event=runner_create_failed flavor={flavor} runner.name={name} reason={reason} retry_in_ms={} error=\"{error}\"",
-                            wait.as_millis()
+                            event = "runner_create_failed",
+                            flavor,
+                            "runner.name" = name,
+                            reason,
+                            retry_in_ms = wait.as_millis(),
+                            error:% = error;
+                            "cannot create a runner"
                         );
                     }
                 }
@@ -437,8 +468,11 @@ impl Reconciler {
                 self.instances.retain(|i| i.name != name);
                 self.online_at.remove(name);
                 log::info!(
-                    "event=runner_removed flavor={flavor} runner.name={name} reason={}",
-                    reason.as_str()
+                    event = "runner_removed",
+                    flavor,
+                    "runner.name" = name,
+                    reason = reason.as_str();
+                    "runner removed"
                 );
             }
             Removal::KeptBusy => {
@@ -447,8 +481,11 @@ impl Reconciler {
                     .with_label_values(&[flavor.as_str()])
                     .inc();
                 log::info!(
-                    "event=runner_kept_busy flavor={flavor} runner.name={name} reason={}",
-                    reason.as_str()
+                    event = "runner_kept_busy",
+                    flavor,
+                    "runner.name" = name,
+                    reason = reason.as_str();
+                    "runner kept: busy with a job"
                 );
             }
             Removal::Failed(step, error) => {
@@ -457,8 +494,13 @@ impl Reconciler {
                     .with_label_values(&[flavor.as_str(), step])
                     .inc();
                 log::warn!(
-                    "event=runner_remove_failed flavor={flavor} runner.name={name} reason={} step={step} error=\"{error}\"",
-                    reason.as_str()
+                    event = "runner_remove_failed",
+                    flavor,
+                    "runner.name" = name,
+                    reason = reason.as_str(),
+                    step,
+                    error:% = error;
+                    "cannot remove a runner"
                 );
             }
         }
@@ -566,7 +608,12 @@ async fn remove_runner(
             Ok(_) => {}
             // The registration is left for the orphan rule of a later pass.
             Err(err) => {
-                log::warn!("event=runner_deregister_failed runner.name={name} error=\"{err}\"")
+                log::warn!(
+                    event = "runner_deregister_failed",
+                    "runner.name" = name,
+                    error:% = err;
+                    "cannot deregister a runner from GitHub"
+                )
             }
         }
     }
@@ -578,10 +625,11 @@ impl Actor for Reconciler {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         log::info!(
-            "event=reconciler_started flavor={} min={} max={}",
-            self.flavor(),
-            self.config.flavor.min_runners,
-            self.config.flavor.max_runners
+            event = "reconciler_started",
+            flavor = self.flavor(),
+            min = self.config.flavor.min_runners,
+            max = self.config.flavor.max_runners;
+            "reconciler started"
         );
         self.set_capacity(true);
         self.pass(ctx);
@@ -609,9 +657,10 @@ impl Handler<PressureChanged> for Reconciler {
         }
         self.pressure_heard = true;
         log::info!(
-            "event=pressure_changed flavor={} pressure={}",
-            self.flavor(),
-            msg.0.map_or("unknown".to_owned(), |p| p.to_string())
+            event = "pressure_changed",
+            flavor = self.flavor(),
+            pressure = msg.0.map_or("unknown".to_owned(), |p| p.to_string());
+            "pressure changed"
         );
         self.pressure = msg.0;
         self.pass(ctx);

@@ -101,10 +101,13 @@ impl Application {
         .shutdown_timeout(5)
         .run();
         log::info!(
-            "event=manager_listening port={port} metrics_port={metrics_port} manager_id={} flavors={} github_path={}",
-            config.manager_id,
-            config.flavors.len(),
-            config.github_path.api_prefix()
+            event = "manager_listening",
+            port,
+            metrics_port,
+            manager_id = config.manager_id,
+            flavors = config.flavors.len(),
+            github_path = config.github_path.api_prefix();
+            "manager listening"
         );
         Ok(Self {
             port,
@@ -130,7 +133,7 @@ impl Application {
         actix_web::rt::spawn(self.metrics_server);
         let result = self.server.await;
         metrics_handle.stop(true).await;
-        log::info!("event=manager_stopped");
+        log::info!(event = "manager_stopped"; "manager stopped");
         result
     }
 }

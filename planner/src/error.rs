@@ -109,10 +109,10 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         match self {
             ApiError::Unavailable(err) => {
-                log::error!("event=request_failed status=503 error=\"{err}\"")
+                log::error!(event = "request_failed", status = 503, error:% = err; "request failed")
             }
             ApiError::Internal(err) => {
-                log::error!("event=request_failed status=500 error=\"{err}\"")
+                log::error!(event = "request_failed", status = 500, error:% = err; "request failed")
             }
             _ => {}
         }

@@ -1,7 +1,7 @@
 //! `planner serve [--no-migrate]` | `planner migrate` | `planner recount` |
 //! `planner report waiting-p80 ...`.
 
-use actors::telemetry::{init_logging, Tracing};
+use actors::telemetry::Tracing;
 use anyhow::{bail, Context};
 use planner::{config::Config, startup::Application, store};
 
@@ -13,12 +13,12 @@ fn usage() -> &'static str {
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    init_logging();
+    actors::logging::init();
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             // Configuration errors name the variable, never its value.
-            log::error!("event=planner_failed error=\"{err:#}\"");
+            log::error!(event = "planner_failed", error = format!("{err:#}"); "planner failed");
             eprintln!("planner: {err:#}");
             std::process::ExitCode::FAILURE
         }
@@ -51,8 +51,10 @@ async fn run() -> anyhow::Result<()> {
             let pool = one_connection_pool()?;
             let applied = actix_web::web::block(move || planner::startup::migrate(&pool)).await??;
             log::info!(
-                "event=migrations_applied count={} versions={applied:?}",
-                applied.len()
+                event = "migrations_applied",
+                count = applied.len(),
+                versions = applied.join(",");
+                "migrations applied"
             );
         }
         ["recount"] => {
@@ -61,15 +63,17 @@ async fn run() -> anyhow::Result<()> {
                 actix_web::web::block(move || planner::startup::recount(&pool)).await??;
             for fix in &corrections {
                 log::warn!(
-                    "event=open_jobs_recounted flavor={} counted={} actual={}",
-                    fix.flavor,
-                    fix.counted,
-                    fix.actual
+                    event = "open_jobs_recounted",
+                    flavor = fix.flavor,
+                    counted = fix.counted,
+                    actual = fix.actual;
+                    "open-job count corrected"
                 );
             }
             log::info!(
-                "event=open_jobs_recount_done corrected_flavors={}",
-                corrections.len()
+                event = "open_jobs_recount_done",
+                corrected_flavors = corrections.len();
+                "open jobs recounted"
             );
         }
         ["report", "waiting-p80", rest @ ..] => {

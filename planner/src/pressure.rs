@@ -80,7 +80,11 @@ pub fn compute(
         .is_some_and(|row| row.delta_rows > COMPACT_ABOVE)
     {
         let removed = queries::compact_open_job_deltas(conn)?;
-        log::debug!("event=open_job_counts_compacted rows={removed}");
+        log::debug!(
+            event = "open_job_counts_compacted",
+            rows = removed;
+            "open-job count rows compacted"
+        );
     }
     Ok(fold(rows))
 }
@@ -192,8 +196,11 @@ impl Calculator {
                                 i64::try_from(generation).unwrap_or(i64::MAX),
                             ));
                             log::debug!(
-                                "event=pressure_recomputed generation={generation} flavors={flavors} query_ms={:.3}",
-                                query_time.as_secs_f64() * 1000.0
+                                event = "pressure_recomputed",
+                                generation,
+                                flavors,
+                                query_ms = format!("{:.3}", query_time.as_secs_f64() * 1000.0);
+                                "pressure recomputed"
                             );
                             Ok(next)
                         }
@@ -211,13 +218,20 @@ impl Calculator {
             match result {
                 Ok(next) => act.schedule(next.unwrap_or(IDLE_RECOMPUTE), ctx),
                 Err(None) => {
-                    log::info!("event=pressure_calculator_stopped reason=\"broadcaster stopped\"");
+                    log::info!(
+                        event = "pressure_calculator_stopped",
+                        reason = "broadcaster stopped";
+                        "pressure calculator stopped"
+                    );
                     ctx.stop();
                     return;
                 }
                 Err(Some(err)) => {
                     log::warn!(
-                        "event=pressure_recompute_failed error=\"{err}\" retry_in={FAILED_RECOMPUTE_RETRY:?}"
+                        event = "pressure_recompute_failed",
+                        error:% = err,
+                        retry_in_ms = FAILED_RECOMPUTE_RETRY.as_millis();
+                        "cannot recompute the pressure"
                     );
                     act.schedule(FAILED_RECOMPUTE_RETRY, ctx);
                 }
@@ -266,7 +280,12 @@ async fn listen_forever(config: CalculatorConfig, calculator: Addr<Calculator>) 
         |listening| async move { Err::<(), _>(listen(config, calculator, listening).await) },
         |ended, delay| {
             let error = ended.err().unwrap_or_default();
-            log::warn!("event=pressure_listen_failed error=\"{error}\" retry_in={delay:?}");
+            log::warn!(
+                event = "pressure_listen_failed",
+                error,
+                retry_in_ms = delay.as_millis();
+                "cannot listen for changes"
+            );
         },
     )
     .await;
@@ -309,7 +328,7 @@ async fn listen(
         return format!("listen: {err}");
     }
     listening.mark();
-    log::info!("event=pressure_listening channel={CHANNEL}");
+    log::info!(event = "pressure_listening", channel = CHANNEL; "listening for changes");
     // Notifications sent while this process was not listening are lost: recompute once.
     calculator.do_send(Nudge::default());
     let outcome = driver

@@ -393,7 +393,11 @@ impl Reconciler {
         let claimed = match self.db(move |conn| claim_due(conn, after, batch)).await {
             Ok(claimed) => claimed,
             Err(err) => {
-                log::warn!("event=reconcile_claim_failed error=\"{err}\"");
+                log::warn!(
+                    event = "reconcile_claim_failed",
+                    error:% = err;
+                    "cannot claim jobs to check"
+                );
                 return report;
             }
         };
@@ -402,8 +406,10 @@ impl Reconciler {
         while let Some(job) = jobs.next() {
             if !valid_repository(&job.repository) {
                 log::warn!(
-                    "event=reconcile_skipped job.id={} reason=invalid_repository",
-                    job.id
+                    event = "reconcile_skipped",
+                    "job.id" = job.id,
+                    reason = "invalid_repository";
+                    "job not checked"
                 );
                 continue;
             }
@@ -420,7 +426,11 @@ impl Reconciler {
                         }
                     };
                     if api.get("status").and_then(Value::as_str) != Some("completed") {
-                        log::debug!("event=reconcile_still_open job.id={}", job.id);
+                        log::debug!(
+                            event = "reconcile_still_open",
+                            "job.id" = job.id;
+                            "job still open on GitHub"
+                        );
                         continue;
                     }
                     (completed_event(&job, &api), "completed")
@@ -452,23 +462,33 @@ impl Reconciler {
                         _ => report.not_found += 1,
                     }
                     log::info!(
-                        "event=reconcile_completed job.id={id} repository={repository} reason={reason}"
+                        event = "reconcile_completed",
+                        "job.id" = id,
+                        repository,
+                        reason;
+                        "job completed from GitHub's answer"
                     );
                 }
                 Ok(false) => {}
                 Err(err) => {
-                    log::warn!("event=reconcile_complete_failed job.id={id} error=\"{err}\"")
+                    log::warn!(
+                        event = "reconcile_complete_failed",
+                        "job.id" = id,
+                        error:% = err;
+                        "cannot complete a job"
+                    )
                 }
             }
         }
         if report.claimed > 0 {
             log::info!(
-                "event=reconcile_round claimed={} checked={} completed={} not_found={} released={}",
-                report.claimed,
-                report.checked,
-                report.completed,
-                report.not_found,
-                report.released
+                event = "reconcile_round",
+                claimed = report.claimed,
+                checked = report.checked,
+                completed = report.completed,
+                not_found = report.not_found,
+                released = report.released;
+                "reconciliation round done"
             );
         }
         report
@@ -477,9 +497,11 @@ impl Reconciler {
     async fn give_back(&self, report: &mut RoundReport, jobs: Vec<Claimed>, err: &GitHubError) {
         if let Some(job) = jobs.first() {
             log::warn!(
-                "event=reconcile_lookup_failed job.id={} error=\"{err}\" released={}",
-                job.id,
-                jobs.len()
+                event = "reconcile_lookup_failed",
+                "job.id" = job.id,
+                error:% = err,
+                released = jobs.len();
+                "cannot ask GitHub about a job: released the round's jobs"
             );
         }
         self.metrics.errors.inc();
@@ -488,7 +510,11 @@ impl Reconciler {
             .db(move |conn| jobs.iter().try_for_each(|job| release(conn, job)))
             .await;
         if let Err(err) = result {
-            log::warn!("event=reconcile_release_failed error=\"{err}\"");
+            log::warn!(
+                event = "reconcile_release_failed",
+                error:% = err;
+                "cannot release claimed jobs"
+            );
         }
     }
 }
@@ -517,10 +543,11 @@ impl Actor for ReconcileActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let (reconciler, interval) = (self.reconciler.clone(), self.interval);
         log::info!(
-            "event=reconcile_started interval_ms={} after_s={} batch={}",
-            interval.as_millis(),
-            reconciler.config.after.as_secs(),
-            reconciler.config.batch
+            event = "reconcile_started",
+            interval_ms = interval.as_millis(),
+            after_s = reconciler.config.after.as_secs(),
+            batch = reconciler.config.batch;
+            "reconciliation with GitHub started"
         );
         ctx.spawn(
             async move {

@@ -4,11 +4,7 @@
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix::{Actor, Addr, SyncArbiter};
-use actix_web::{
-    dev::Server,
-    middleware::{self, Logger},
-    web, App, HttpServer,
-};
+use actix_web::{dev::Server, middleware, web, App, HttpServer};
 use actors::broadcast::{Broadcaster, Shutdown};
 use actors::telemetry::{metrics_server, HttpMetrics};
 use secrecy::ExposeSecret;
@@ -67,7 +63,11 @@ impl Application {
         if config.migrate_on_start {
             let migrations_pool = pool.clone();
             let applied = web::block(move || migrate(&migrations_pool)).await??;
-            log::info!("event=migrations_applied count={}", applied.len());
+            log::info!(
+                event = "migrations_applied",
+                count = applied.len();
+                "migrations applied"
+            );
         }
 
         let metrics = Metrics::new()?;
@@ -140,10 +140,8 @@ impl Application {
         let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
             App::new()
-                // Request line (path and query, never headers or bodies), status, duration.
-                .wrap(Logger::new(
-                    "event=request request=\"%r\" status=%s duration_ms=%D",
-                ))
+                // Method, path and query (never headers or bodies), status, duration.
+                .wrap(middleware::from_fn(actors::http::log_request))
                 .app_data(state.clone())
                 .app_data(http_metrics.clone())
                 .wrap(middleware::from_fn(HttpMetrics::middleware))
@@ -158,9 +156,12 @@ impl Application {
             server = server.workers(workers);
         }
         log::info!(
-            "event=planner_listening address={} port={port} metrics_port={metrics_port} queue={}",
-            config.bind_address,
-            config.topology.queue
+            event = "planner_listening",
+            address = config.bind_address,
+            port,
+            metrics_port,
+            queue = config.topology.queue;
+            "planner listening"
         );
         Ok(Self {
             port,
@@ -223,7 +224,7 @@ impl Application {
         actix_web::rt::spawn(self.metrics_server);
         let result = self.server.await;
         metrics_handle.stop(true).await;
-        log::info!("event=planner_stopped");
+        log::info!(event = "planner_stopped"; "planner stopped");
         result
     }
 }
@@ -322,7 +323,11 @@ async fn start_pressure(
     .map_err(|err| err.to_string())
     .and_then(|result| result);
     let initial = initial.map(|(map, _)| map).unwrap_or_else(|err| {
-        log::warn!("event=pressure_initial_failed error=\"{err}\"");
+        log::warn!(
+            event = "pressure_initial_failed",
+            error:% = err;
+            "cannot compute the initial pressure: starting from none"
+        );
         Default::default()
     });
     let broadcaster = Broadcaster::new(initial).start();
@@ -350,13 +355,13 @@ async fn shutdown_signal(broadcaster: Addr<Broadcaster>) {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        log::error!("event=signal_handlers_failed");
+        log::error!(event = "signal_handlers_failed"; "cannot install the signal handlers");
         return std::future::pending().await;
     };
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    log::info!("event=shutdown_started signal={name}");
+    log::info!(event = "shutdown_started", signal = name; "shutting down");
     broadcaster.do_send(Shutdown);
 }

@@ -12,14 +12,14 @@ pub fn convert_canonical(conn: &mut PgConnection) -> anyhow::Result<()> {
         return Ok(());
     };
     log::info!(
-        "event=canonical_database_converted canonical_version={} flavors={} tokens={} jobs={} \
-         open_jobs={} payloads={}",
-        converted.version,
-        converted.flavors,
-        converted.tokens,
-        converted.jobs,
-        converted.open_jobs,
-        converted.payloads
+        event = "canonical_database_converted",
+        canonical_version = converted.version,
+        flavors = converted.flavors,
+        tokens = converted.tokens,
+        jobs = converted.jobs,
+        open_jobs = converted.open_jobs,
+        payloads = converted.payloads;
+        "converted the database of Canonical's planner"
     );
     warn_unaddressable_names(conn)
 }
@@ -36,8 +36,11 @@ fn warn_unaddressable_names(conn: &mut PgConnection) -> anyhow::Result<()> {
     for (kind, name) in flavors.chain(tokens) {
         if let Err(problem) = crate::domain::names::validate_name(&name) {
             log::warn!(
-                "event=canonical_name_not_addressable kind={kind} name={name:?} \
-                 problem=\"{problem}\""
+                event = "canonical_name_not_addressable",
+                kind,
+                name,
+                reason:% = problem;
+                "a name the API cannot address"
             );
         }
     }

@@ -8,8 +8,9 @@
 //! Exit codes: [`EXIT_DONE`] job done; [`EXIT_TERMINATED`] SIGTERM or SIGINT;
 //! [`EXIT_REMOVED`] its registration was deleted; [`EXIT_BAD_CONFIG`] the environment or the
 //! configuration is wrong; [`EXIT_UNREACHABLE`] the fake cannot be reached. Each state change
-//! is one line on stderr (`fake-runner name=... state=busy`); the JIT configuration is never
-//! printed.
+//! is one log line on stderr, as the services write theirs (`docs/logging.md`:
+//! `runner state event=fake_runner_state runner.name=... state=busy`); the JIT configuration is
+//! never logged.
 
 use std::time::Duration;
 
@@ -104,8 +105,7 @@ pub async fn run(env: RunnerEnv) -> i32 {
     tokio::select! {
         code = run_until_done(&env) => code,
         () = stop => {
-            let label = env.name.as_deref().unwrap_or("unknown");
-            eprintln!("fake-runner name={label} state=terminated");
+            state(env.name.as_deref().unwrap_or("unknown"), "terminated");
             EXIT_TERMINATED
         }
     }
@@ -115,23 +115,32 @@ pub async fn run(env: RunnerEnv) -> i32 {
 /// stopped by dropping the future); returns the exit code.
 pub async fn run_until_done(env: &RunnerEnv) -> i32 {
     let Some(payload) = JitPayload::decode(env.jit_config.expose_secret()) else {
-        eprintln!("fake-runner: RUNNER_JITCONFIG is not a JIT configuration of the fake GitHub");
+        log::error!(
+            event = "fake_runner_bad_config";
+            "RUNNER_JITCONFIG is not a JIT configuration of the fake GitHub"
+        );
         return EXIT_BAD_CONFIG;
     };
     let label = env
         .name
         .clone()
         .unwrap_or_else(|| payload.runner_id.to_string());
-    eprintln!(
-        "fake-runner name={label} runner_id={} flavor={} labels={} manager_id={} state=starting",
-        payload.runner_id, env.flavor, env.labels, env.manager_id
+    log::info!(
+        event = "fake_runner_state",
+        "runner.name" = label,
+        runner_id = payload.runner_id,
+        flavor = env.flavor,
+        labels = env.labels,
+        manager_id = env.manager_id,
+        state = "starting";
+        "runner state"
     );
     let Ok(http) = reqwest::Client::builder()
         .connect_timeout(CALL_TIMEOUT)
         .timeout(POLL_WAIT + CALL_TIMEOUT)
         .build()
     else {
-        eprintln!("fake-runner: cannot build an HTTP client");
+        log::error!(event = "fake_runner_bad_config"; "cannot build an HTTP client");
         return EXIT_BAD_CONFIG;
     };
     let base = payload.url.trim_end_matches('/').to_owned();
@@ -165,7 +174,13 @@ async fn lifecycle(http: &reqwest::Client, base: &str, env: &RunnerEnv, label: &
     let mut backoff = Duration::from_millis(100);
     let mut failed = |why: String| {
         failures += 1;
-        eprintln!("fake-runner name={label} call failed ({why}), attempt {failures}");
+        log::warn!(
+            event = "fake_runner_call_failed",
+            "runner.name" = label,
+            error = why,
+            attempt = failures;
+            "call to the fake GitHub failed"
+        );
         failures >= GIVE_UP_AFTER
     };
     // Connect.
@@ -177,21 +192,28 @@ async fn lifecycle(http: &reqwest::Client, base: &str, env: &RunnerEnv, label: &
                     .as_ref()
                     .is_some_and(|name| *name != connected.name)
                 {
-                    eprintln!(
-                        "fake-runner: RUNNER_NAME {label} is not the registered name {}",
-                        connected.name
+                    log::error!(
+                        event = "fake_runner_bad_config",
+                        "runner.name" = label,
+                        registered = connected.name;
+                        "RUNNER_NAME is not the registered name"
                     );
                     return EXIT_BAD_CONFIG;
                 }
-                eprintln!("fake-runner name={label} state=idle");
+                state(label, "idle");
                 break;
             }
             Call::Answer(404, _) => {
-                eprintln!("fake-runner name={label} state=removed");
+                state(label, "removed");
                 return EXIT_REMOVED;
             }
             Call::Answer(status @ (401 | 409), _) => {
-                eprintln!("fake-runner name={label} connect refused with {status}");
+                log::error!(
+                    event = "fake_runner_connect_refused",
+                    "runner.name" = label,
+                    status;
+                    "the fake GitHub refused the connection"
+                );
                 return EXIT_BAD_CONFIG;
             }
             Call::Answer(status, _) => {
@@ -220,7 +242,7 @@ async fn lifecycle(http: &reqwest::Client, base: &str, env: &RunnerEnv, label: &
             Call::Answer(200, Some(Polled { state })) => {
                 failures = 0;
                 if state != last {
-                    eprintln!("fake-runner name={label} state={state}");
+                    self::state(label, &state);
                 }
                 if state == "done" {
                     return EXIT_DONE;
@@ -229,17 +251,27 @@ async fn lifecycle(http: &reqwest::Client, base: &str, env: &RunnerEnv, label: &
                 false
             }
             Call::Answer(404, _) => {
-                eprintln!("fake-runner name={label} state=removed");
+                state(label, "removed");
                 return EXIT_REMOVED;
             }
             Call::Answer(status, _) => {
                 failures += 1;
-                eprintln!("fake-runner name={label} poll answered {status}");
+                log::warn!(
+                    event = "fake_runner_poll_failed",
+                    "runner.name" = label,
+                    status;
+                    "poll refused"
+                );
                 true
             }
             Call::Failed(why) => {
                 failures += 1;
-                eprintln!("fake-runner name={label} poll failed ({why})");
+                log::warn!(
+                    event = "fake_runner_poll_failed",
+                    "runner.name" = label,
+                    error = why;
+                    "poll failed"
+                );
                 true
             }
         };
@@ -250,4 +282,14 @@ async fn lifecycle(http: &reqwest::Client, base: &str, env: &RunnerEnv, label: &
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// Logs that the runner `label` is now in `state`.
+fn state(label: &str, state: &str) {
+    log::info!(
+        event = "fake_runner_state",
+        "runner.name" = label,
+        state;
+        "runner state"
+    );
 }

@@ -12,7 +12,7 @@
 //! - Inputs: [`fixtures`] (GitHub's payloads), [`amqp::Broker`] (publishing as the gateway
 //!   does, reading queues back), [`gateway::webhook`] (signed requests), [`raw_http`].
 //! - Faults and outputs: [`proxy::TcpProxy`], [`stream::Lines`], [`telemetry`],
-//!   [`fake_github`].
+//!   [`fake_github`], [`promql`] (the metric names dashboards and alert rules use).
 //! - Waiting and naming: [`within`] (a deadline on one future), [`eventually`] (a condition
 //!   polled until it holds), [`unique`] (a name no other test uses).
 //!
@@ -29,6 +29,7 @@ pub mod gateway;
 pub mod manager;
 pub mod planner;
 pub mod process;
+pub mod promql;
 pub mod proxy;
 pub mod raw_http;
 pub mod stream;

@@ -197,6 +197,15 @@ pub struct Manager {
 
 /// Writes the flavor file and starts `manager serve`; returns once it listens.
 pub async fn start_manager(setup: &ManagerSetup<'_>) -> Manager {
+    start(setup, false).await
+}
+
+/// Like [`start_manager`], with the release build (benchmarks).
+pub async fn start_release_manager(setup: &ManagerSetup<'_>) -> Manager {
+    start(setup, true).await
+}
+
+async fn start(setup: &ManagerSetup<'_>, release: bool) -> Manager {
     let file = setup.dir.path().join(format!("{}-flavors.toml", setup.id));
     let text: String = setup.flavors.iter().map(Flavor::toml).collect();
     std::fs::write(&file, text).expect("write the flavor file");
@@ -222,7 +231,11 @@ pub async fn start_manager(setup: &ManagerSetup<'_>) -> Manager {
         ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
     ];
     vars.extend_from_slice(setup.extra);
-    let mut service = Service::spawn("manager", &["serve"], &vars);
+    let mut service = if release {
+        Service::spawn_release("manager", &["serve"], &vars)
+    } else {
+        Service::spawn("manager", &["serve"], &vars)
+    };
     let port = service
         .logged_value("event=manager_listening", "port", START)
         .await;

@@ -52,7 +52,7 @@ async fn start_runner(config: &JitConfig, state: &str) -> Service {
             ("RUNNER_MANAGER_ID", "m1"),
         ],
     );
-    let line = format!("name={} state={state}", config.runner_name);
+    let line = format!("runner.name={} state={state}", config.runner_name);
     runner.wait_for_log(&line, LIMIT).await;
     runner
 }
@@ -281,7 +281,7 @@ async fn a_stand_in_runner_connects_runs_its_job_and_exits() {
 
     assert!(fake.assign_job("m1-small-job"));
     runner
-        .wait_for_log("name=m1-small-job state=busy", LIMIT)
+        .wait_for_log("runner.name=m1-small-job state=busy", LIMIT)
         .await;
     assert!(client.list_runners(&org()).await.unwrap()[0].busy);
     assert!(fake.finish_job("m1-small-job"));
@@ -428,7 +428,9 @@ fn client_of(url: &str) -> Client {
 #[actix_web::test]
 async fn the_fake_github_binary_stands_in_for_github() {
     let mut fake = Service::spawn("fake-github", &["--runner-group", "gpu"], &[]);
-    let url = fake.logged_value("fake-github url=", "url", LIMIT).await;
+    let url = fake
+        .logged_value("event=fake_github_listening", "url", LIMIT)
+        .await;
     let client = client_of(&url);
     let gpu = client.runner_group_id(&org(), "gpu").await.unwrap();
     assert_eq!(gpu, Some(2));
@@ -466,7 +468,9 @@ async fn the_fake_github_binary_stands_in_for_github() {
 #[actix_web::test]
 async fn the_fake_github_binary_can_run_jobs_by_itself() {
     let mut fake = Service::spawn("fake-github", &["--auto-assign", "--job-seconds", "1"], &[]);
-    let url = fake.logged_value("fake-github url=", "url", LIMIT).await;
+    let url = fake
+        .logged_value("event=fake_github_listening", "url", LIMIT)
+        .await;
     let client = client_of(&url);
     let config = jit(&client, &org(), "demo-small-1").await;
     let runner = start_runner(&config, "busy").await;

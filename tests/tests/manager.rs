@@ -540,3 +540,163 @@ async fn the_status_api_needs_a_token_and_check_config_names_the_fault() {
     );
     assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
 }
+
+#[actix_web::test]
+async fn a_runner_github_calls_busy_is_kept_until_github_lets_it_go() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let mut manager = scene
+        .manager("m1", &[Flavor::new(FLAVOR, 0, 5)], &dir, &[])
+        .await;
+    for id in 1..=2 {
+        scene.job(id, "queued").await;
+    }
+    let online = scene.online("m1-small-", 2).await;
+    // GitHub's listing says idle, its DELETE says busy (the runner took a job in between).
+    for runner in &online {
+        scene.fake.fail(
+            &format!("/orgs/{ORG}/actions/runners/{}", runner.id),
+            1000,
+            422,
+        );
+    }
+    scene.job(2, "completed").await;
+    manager
+        .service
+        .wait_for_log("event=runner_kept_busy flavor=small", WAIT)
+        .await;
+    let passes = manager
+        .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
+        .await;
+    wait_for("three more passes", || async {
+        manager
+            .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
+            .await
+            >= passes + 3.0
+    })
+    .await;
+    // Both still run and stay registered: a 422 never leads to the backend's delete.
+    assert_eq!(manager.runners().await.len(), 2);
+    assert_eq!(scene.registered("m1-small-").len(), 2);
+    let alive = dir
+        .recorded_pids()
+        .into_iter()
+        .filter(|(pid, start)| {
+            i32::try_from(*pid)
+                .is_ok_and(|pid| manager::backend::exec::process_start_time(pid) == Some(*start))
+        })
+        .count();
+    assert_eq!(alive, 2, "a runner GitHub called busy was stopped");
+    assert!(
+        manager
+            .metric("github_runner_manager_kept_busy_total{flavor=\"small\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        !manager.service.log().contains("event=runner_removed"),
+        "{}",
+        manager.service.log()
+    );
+    // GitHub lets go: the scale-down goes through.
+    scene.fake.state().faults.clear();
+    manager
+        .service
+        .wait_for_log("event=runner_removed flavor=small", WAIT)
+        .await;
+    wait_for("one runner left", || async {
+        manager.runners().await.len() == 1
+    })
+    .await;
+    assert_eq!(scene.registered("m1-small-").len(), 1);
+}
+
+#[actix_web::test]
+async fn the_dashboard_and_alert_rules_use_only_exported_metrics() {
+    let scene = Scene::start().await;
+    let dir = ManagerDir::new();
+    let mut manager = scene
+        .manager("m1", &[Flavor::new(FLAVOR, 0, 5)], &dir, &[])
+        .await;
+    // Traffic that makes every labelled series exist: a runner created, online (boot time),
+    // busy and refused once by GitHub (kept), a JIT failure, and removed.
+    scene.job(1, "queued").await;
+    scene.online("m1-small-", 1).await;
+    scene.fake.fail(
+        &format!("/orgs/{ORG}/actions/runners/generate-jitconfig"),
+        1,
+        500,
+    );
+    scene.job(2, "queued").await;
+    for runner in scene.online("m1-small-", 2).await {
+        scene.fake.fail(
+            &format!("/orgs/{ORG}/actions/runners/{}", runner.id),
+            1,
+            422,
+        );
+    }
+    scene.job(2, "completed").await;
+    manager
+        .service
+        .wait_for_log("event=runner_kept_busy", WAIT)
+        .await;
+    manager
+        .service
+        .wait_for_log("event=runner_removed", WAIT)
+        .await;
+    let text = scene
+        .http
+        .get(&manager.metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported: BTreeSet<String> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .chain(
+            tests::promql::PROMETHEUS_SERIES
+                .iter()
+                .map(|s| s.to_string()),
+        )
+        .collect();
+    let cos = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manager/cos");
+    let found = tests::promql::Expressions::under(&[cos]);
+    assert_eq!((found.dashboards, found.rule_files), (1, 1));
+    let mut used = BTreeSet::new();
+    let missing: Vec<String> = found
+        .expressions
+        .iter()
+        .flat_map(|(from, expr)| {
+            tests::promql::metric_names(expr)
+                .into_iter()
+                .inspect(|name| {
+                    used.insert(name.clone());
+                })
+                .filter(|name| !exported.contains(name))
+                .map(move |name| format!("{name} (in {from}: {expr})"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the manager's dashboard or alert rules use metrics it does not export:\n{}",
+        missing.join("\n")
+    );
+    // The checks saw the metrics the alerts are about.
+    for name in [
+        "github_runner_manager_removed_total",
+        "github_runner_manager_failures_total",
+        "github_runner_manager_pressure",
+        "github_runner_manager_max_runners",
+        "github_runner_manager_planner_connected",
+        "github_runner_manager_boot_duration_seconds_bucket",
+        "github_runner_manager_kept_busy_total",
+    ] {
+        assert!(used.contains(name), "{name} is used by no panel or rule");
+    }
+}

@@ -15,6 +15,7 @@ use tests::{
     fixtures::job_payload,
     gateway::{webhook, SECRET},
     planner::{spawn_planner, test_config, TestPlanner, ADMIN_TOKEN},
+    promql,
     proxy::{Mode, TcpProxy},
     system::System,
     telemetry::{attribute, OtlpReceiver, Scrape},
@@ -420,7 +421,8 @@ async fn one_trace_from_webhook_to_pressure_broadcast() {
 }
 
 /// Fails on a log line that shows any of `forbidden`, or on a line of the services' own code
-/// (targets `gateway`, `planner`, `actors`) that is not `event=... key=value`.
+/// (targets `gateway`, `planner`, `actors`) that is not `<message> event=<snake_case> key=value
+/// ...`: a message with no field formatted into it, then the fields, `event` first.
 fn check_log_lines(service: &str, log: &str, forbidden: &[&str]) {
     for line in log.lines() {
         for word in forbidden {
@@ -435,256 +437,96 @@ fn check_log_lines(service: &str, log: &str, forbidden: &[&str]) {
             target == *crate_name || target.starts_with(&format!("{crate_name}::"))
         });
         if ours {
+            let (text, fields) = message
+                .split_once(" event=")
+                .unwrap_or_else(|| panic!("{service}: no event field: {line}"));
             assert!(
-                message.starts_with("event="),
-                "{service}: not an event=... line: {line}"
+                !text.is_empty() && !text.contains('='),
+                "{service}: a field formatted into the message: {line}"
+            );
+            let fields = format!("event={fields}");
+            let fields = parse_fields(&fields)
+                .unwrap_or_else(|| panic!("{service}: fields not key=value: {line}"));
+            let event = fields[0].1;
+            assert!(
+                !event.is_empty()
+                    && event
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{service}: event is not a snake_case name: {line}"
             );
         }
     }
 }
 
-/// Prometheus functions, aggregations and keywords: words of a PromQL expression that are not
-/// metric names.
-const PROMQL_WORDS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "offset",
-    "bool",
-    "inf",
-    "nan",
-    "atan2",
-    // Aggregations, which may be followed by `by (...)` rather than `(`.
-    "sum",
-    "avg",
-    "min",
-    "max",
-    "count",
-    "group",
-    "stddev",
-    "stdvar",
-    "topk",
-    "bottomk",
-    "quantile",
-    "count_values",
-    "limitk",
-    "limit_ratio",
-];
+/// `key=value key="quoted \"value\"" ...` as pairs (quoted values still quoted); `None`
+/// unless the whole text is such pairs, one space apart.
+fn parse_fields(text: &str) -> Option<Vec<(&str, &str)>> {
+    let mut fields = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        if key.is_empty() || key.contains([' ', '"']) {
+            return None;
+        }
+        let end = if let Some(quoted) = after.strip_prefix('"') {
+            let mut escaped = false;
+            let close = quoted.find(|c| {
+                let end = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                end
+            })?;
+            close + 2
+        } else {
+            after.find(' ').unwrap_or(after.len())
+        };
+        fields.push((key, &after[..end]));
+        rest = match &after[end..] {
+            "" => "",
+            more => more.strip_prefix(' ')?,
+        };
+    }
+    Some(fields)
+}
 
-/// Series Prometheus makes itself for every target; dashboards may use them.
-const PROMETHEUS_SERIES: &[&str] = &["up", "scrape_duration_seconds", "ALERTS"];
+#[test]
+fn log_fields_are_parsed_as_the_services_write_them() {
+    assert_eq!(
+        parse_fields(r#"event=x error="a \"b\" c" n=1"#),
+        Some(vec![
+            ("event", "x"),
+            ("error", r#""a \"b\" c""#),
+            ("n", "1")
+        ])
+    );
+    assert_eq!(parse_fields("event=x stray"), None);
+    assert_eq!(parse_fields(r#"event=x error="open"#), None);
+    assert_eq!(parse_fields("event=x  n=1"), None);
+}
 
 /// Metrics a service declares but does not set yet, so no series exists for them (none
 /// today; a dashboard may name one only while it is listed here).
 const AWAITING_WIRING: &[&str] = &[];
 
-/// The metric names a PromQL expression uses: identifiers that are not inside a label
-/// matcher `{...}`, a range `[...]` or a string, not followed by `(` (functions and
-/// aggregations), not after `by`/`without`/`on`/`ignoring`/`group_left`/`group_right` (label
-/// lists), not keywords, and not Grafana variables (`$name`).
-fn metric_names(expr: &str) -> BTreeSet<String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut names = BTreeSet::new();
-    let mut i = 0;
-    let mut label_list = false;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '{' | '[' => {
-                let close = if c == '{' { '}' } else { ']' };
-                while i < chars.len() && chars[i] != close {
-                    if chars[i] == '"' || chars[i] == '\'' || chars[i] == '`' {
-                        let quote = chars[i];
-                        i += 1;
-                        while i < chars.len() && chars[i] != quote {
-                            i += if chars[i] == '\\' { 2 } else { 1 };
-                        }
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            '"' | '\'' | '`' => {
-                i += 1;
-                while i < chars.len() && chars[i] != c {
-                    i += if chars[i] == '\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            '$' => {
-                // A Grafana variable: `$name`, `${name}`, `$__rate_interval`.
-                i += 1;
-                while i < chars.len()
-                    && (chars[i].is_ascii_alphanumeric() || "_{}:".contains(chars[i]))
-                {
-                    i += 1;
-                }
-            }
-            '(' => {
-                i += 1;
-                if label_list {
-                    while i < chars.len() && chars[i] != ')' {
-                        i += 1;
-                    }
-                    i += 1;
-                    label_list = false;
-                }
-            }
-            c if c.is_ascii_digit() || c == '.' => {
-                // Numbers and durations (`0.95`, `1e3`, `5m`).
-                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                    i += 1;
-                }
-            }
-            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
-                let start = i;
-                while i < chars.len()
-                    && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i]))
-                {
-                    i += 1;
-                }
-                let word: String = chars[start..i].iter().collect();
-                let mut next = i;
-                while next < chars.len() && chars[next].is_whitespace() {
-                    next += 1;
-                }
-                let called = next < chars.len() && chars[next] == '(';
-                let lower = word.to_ascii_lowercase();
-                if [
-                    "by",
-                    "without",
-                    "on",
-                    "ignoring",
-                    "group_left",
-                    "group_right",
-                ]
-                .contains(&lower.as_str())
-                {
-                    label_list = true;
-                } else if !called && !PROMQL_WORDS.contains(&lower.as_str()) {
-                    names.insert(word);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    names
-}
-
-#[test]
-fn promql_metric_names_leave_out_functions_labels_and_variables() {
-    let names = metric_names(
-        r#"histogram_quantile(0.95, sum by (le, flavor) (rate(a_bucket{flavor=~"x|y", b="}"}[$__rate_interval])))
-           / on() group_left(reason) sum without (instance) (b_total offset 5m) > bool 3
-           or absent(c) and sum(d{x="1"}) by (job) unless up"#,
-    );
-    let expected: BTreeSet<String> = ["a_bucket", "b_total", "c", "d", "up"]
-        .into_iter()
-        .map(String::from)
-        .collect();
-    assert_eq!(names, expected);
-}
-
-/// Every PromQL expression of the charms' dashboards (panel targets, rows' panels, templating
-/// queries) and alert rules, with where it comes from.
+/// Every PromQL expression of the charms' dashboards and alert rules, with where it comes from.
 fn charm_expressions() -> Vec<(String, String)> {
     let charms = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charms");
-    let mut out = Vec::new();
-    let mut dashboards = 0;
-    let mut rule_files = 0;
-    for charm in std::fs::read_dir(&charms).expect("charms/") {
-        let src = charm.expect("entry").path().join("src");
-        for entry in std::fs::read_dir(src.join("grafana_dashboards"))
-            .into_iter()
-            .flatten()
-        {
-            let path = entry.expect("entry").path();
-            let dashboard: Value =
-                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            dashboards += 1;
-            fn walk(value: &Value, from: &str, out: &mut Vec<(String, String)>) {
-                match value {
-                    Value::Object(map) => {
-                        for (key, value) in map {
-                            match (key.as_str(), value) {
-                                ("expr", Value::String(expr)) => {
-                                    out.push((from.to_owned(), expr.clone()))
-                                }
-                                ("query", Value::String(query)) => {
-                                    // Templating: `label_values(metric, label)` or PromQL.
-                                    out.push((from.to_owned(), query.clone()))
-                                }
-                                _ => walk(value, from, out),
-                            }
-                        }
-                    }
-                    Value::Array(items) => items.iter().for_each(|v| walk(v, from, out)),
-                    _ => {}
-                }
-            }
-            walk(&dashboard, &path.display().to_string(), &mut out);
-        }
-        for entry in std::fs::read_dir(src.join("prometheus_alert_rules"))
-            .into_iter()
-            .flatten()
-        {
-            let path = entry.expect("entry").path();
-            rule_files += 1;
-            let text = std::fs::read_to_string(&path).unwrap();
-            let rules = rule_expressions(&text);
-            let alerts = text.matches("- alert:").count() + text.matches("- record:").count();
-            assert_eq!(
-                rules.len(),
-                alerts,
-                "{}: an expr was not read",
-                path.display()
-            );
-            out.extend(rules.into_iter().map(|e| (path.display().to_string(), e)));
-        }
-    }
+    let sources: Vec<_> = std::fs::read_dir(&charms)
+        .expect("charms/")
+        .map(|charm| charm.expect("entry").path().join("src"))
+        .collect();
+    let found = promql::Expressions::under(&sources);
     assert!(
-        dashboards >= 2,
+        found.dashboards >= 2,
         "dashboards not found under {}",
         charms.display()
     );
     assert!(
-        rule_files >= 2,
+        found.rule_files >= 2,
         "alert rules not found under {}",
         charms.display()
     );
-    out
-}
-
-/// The `expr:` values of a Prometheus rule file: inline, or a `>`/`|` block of the lines
-/// indented deeper than the key.
-fn rule_expressions(text: &str) -> Vec<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = Vec::new();
-    for (index, line) in lines.iter().enumerate() {
-        let trimmed = line.trim_start();
-        let Some(value) = trimmed.strip_prefix("expr:") else {
-            continue;
-        };
-        let value = value.trim();
-        if !value.starts_with('>') && !value.starts_with('|') {
-            out.push(value.trim_matches(|c| c == '"' || c == '\'').to_owned());
-            continue;
-        }
-        let indent = line.len() - trimmed.len();
-        let block: Vec<&str> = lines[index + 1..]
-            .iter()
-            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-            .map(|l| l.trim())
-            .collect();
-        out.push(block.join(" "));
-    }
-    out
+    found.expressions
 }
 
 /// The test the observability issue asks for: run the system, make traffic so that labelled
@@ -725,14 +567,14 @@ async fn dashboards_and_alerts_only_use_exported_metrics() {
 
     let mut exported = Scrape::get(&system.gateway_metrics).await.names();
     exported.extend(Scrape::get(&system.planner_metrics).await.names());
-    exported.extend(PROMETHEUS_SERIES.iter().map(|s| s.to_string()));
+    exported.extend(promql::PROMETHEUS_SERIES.iter().map(|s| s.to_string()));
     exported.extend(AWAITING_WIRING.iter().map(|s| s.to_string()));
 
     let expressions = charm_expressions();
     let mut used = BTreeSet::new();
     let mut missing = Vec::new();
     for (from, expr) in &expressions {
-        for name in metric_names(expr) {
+        for name in promql::metric_names(expr) {
             if !exported.contains(&name) {
                 missing.push(format!("{name} (in {from}: {expr})"));
             }
@@ -744,7 +586,8 @@ async fn dashboards_and_alerts_only_use_exported_metrics() {
         "dashboards or alert rules use metrics neither service exports:\n{}",
         missing.join("\n")
     );
-    // The services' own log lines are `event=... key=value`, with no secret and no payload.
+    // The services' own log lines are `<message> event=... key=value`, with no secret and no
+    // payload.
     let payload = [
         "16c5286e8d9a0629956a28938386b36608707a71",
         "elastic-machines-testing",

@@ -207,9 +207,10 @@ impl Publisher {
         }
         let delay = self.backoff.next_delay();
         log::info!(
-            "event=amqp_reconnect_scheduled connection={} delay_ms={}",
-            self.config.connection_name,
-            delay.as_millis()
+            event = "amqp_reconnect_scheduled",
+            connection = self.config.connection_name,
+            delay_ms = delay.as_millis();
+            "reconnecting to the broker later"
         );
         ctx.notify_later(Connect, delay);
     }
@@ -261,8 +262,9 @@ impl Supervised for Publisher {
             return;
         }
         log::warn!(
-            "event=amqp_publisher_restarting connection={}",
-            self.config.connection_name
+            event = "amqp_publisher_restarting",
+            connection = self.config.connection_name;
+            "publisher restarting"
         );
         self.link = None;
         self.connecting = false;
@@ -311,17 +313,19 @@ impl Handler<Connect> for Publisher {
                     act.backoff.reset();
                     act.status.set(Status::Connected);
                     log::info!(
-                        "event=amqp_connected connection={} exchange={} generation={}",
-                        act.config.connection_name,
-                        act.config.topology.exchange,
-                        generation
+                        event = "amqp_connected",
+                        connection = act.config.connection_name,
+                        exchange = act.config.topology.exchange,
+                        generation;
+                        "connected to the broker"
                     );
                 }
                 Err(reason) => {
                     log::warn!(
-                        "event=amqp_connect_failed connection={} reason={:?}",
-                        act.config.connection_name,
-                        reason
+                        event = "amqp_connect_failed",
+                        connection = act.config.connection_name,
+                        error:% = reason;
+                        "cannot connect to the broker"
                     );
                     act.schedule_reconnect(ctx);
                 }
@@ -338,10 +342,11 @@ impl Handler<ConnectionLost> for Publisher {
             return;
         }
         log::warn!(
-            "event=amqp_connection_lost connection={} generation={} reason={:?}",
-            self.config.connection_name,
-            msg.generation,
-            msg.reason
+            event = "amqp_connection_lost",
+            connection = self.config.connection_name,
+            generation = msg.generation,
+            error = msg.reason;
+            "lost the broker connection"
         );
         if let Some((connection, _)) = self.link.take() {
             // Make sure the old socket is gone even if only the channel failed.
@@ -436,8 +441,9 @@ impl Handler<Shutdown> for Publisher {
             .map(|_, act, ctx| {
                 act.status.set(Status::Stopped);
                 log::info!(
-                    "event=amqp_publisher_stopped connection={}",
-                    act.config.connection_name
+                    event = "amqp_publisher_stopped",
+                    connection = act.config.connection_name;
+                    "publisher stopped"
                 );
                 ctx.stop();
             }),

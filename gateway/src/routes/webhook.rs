@@ -63,9 +63,11 @@ pub async fn receive(
             .span()
             .set_status(Status::error(err.reason().to_owned()));
         log::warn!(
-            "event=webhook_rejected delivery.id={delivery:?} reason={} status={}",
-            err.reason(),
-            status.as_u16()
+            event = "webhook_rejected",
+            "delivery.id" = delivery,
+            reason = err.reason(),
+            status = status.as_u16();
+            "webhook rejected"
         );
     }
     context.span().end();
@@ -105,19 +107,24 @@ async fn handle(
         })
         .await
         .map_err(|err| {
-            log::error!("event=validator_unavailable error=\"{err}\"");
+            log::error!(event = "validator_unavailable", error:% = err; "validator unavailable");
             GatewayError::Internal
         })??;
 
     let (action, job_id) = match verdict {
         Verdict::Ping => {
             state.metrics.ignored.inc();
-            log::info!("event=webhook_ping delivery.id={delivery:?}");
+            log::info!(event = "webhook_ping", "delivery.id" = delivery; "ping answered");
             return Ok(HttpResponse::Ok().json(json!({ "status": "pong" })));
         }
         Verdict::Ignored { event } => {
             state.metrics.ignored.inc();
-            log::info!("event=webhook_ignored delivery.id={delivery:?} github_event={event:?}");
+            log::info!(
+                event = "webhook_ignored",
+                "delivery.id" = delivery,
+                github_event = event;
+                "event not forwarded"
+            );
             return Ok(HttpResponse::Accepted().json(json!({
                 "status": "ignored",
                 "reason": format!("event {event:?} is not forwarded; only workflow_job is"),
@@ -183,13 +190,21 @@ async fn handle(
                 .observe(started.elapsed().as_secs_f64());
             state.metrics.outbound.inc();
             log::info!(
-                "event=webhook_published delivery.id={delivery:?} action={action:?} job.id={job_id}"
+                event = "webhook_published",
+                "delivery.id" = delivery,
+                action,
+                "job.id" = job_id.0;
+                "webhook published"
             );
             Ok(HttpResponse::Ok().json(json!({ "status": "published" })))
         }
         Err(err) => {
             log::warn!(
-                "event=webhook_publish_failed delivery.id={delivery:?} job.id={job_id} error=\"{err}\""
+                event = "webhook_publish_failed",
+                "delivery.id" = delivery,
+                "job.id" = job_id.0,
+                error:% = err;
+                "webhook not published"
             );
             Err(GatewayError::Unavailable {
                 retry_after_secs: state.publish_timeout.as_secs().max(1),

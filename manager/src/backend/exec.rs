@@ -180,8 +180,10 @@ impl Exec {
                 }
                 Ok(_) => {}
                 Err(err) => log::warn!(
-                    "event=exec_record_unreadable path={} error=\"{err}\"",
-                    path.display()
+                    event = "exec_record_unreadable",
+                    path:% = path.display(),
+                    error:% = err;
+                    "cannot read a runner's record"
                 ),
             }
         }
@@ -232,8 +234,10 @@ impl Exec {
                 let _ = killpg(group, Signal::SIGTERM);
                 if !self.wait_gone(name, &record, self.stop_grace).await {
                     log::warn!(
-                        "event=exec_runner_killed runner.name={name} grace_ms={}",
-                        self.stop_grace.as_millis()
+                        event = "exec_runner_killed",
+                        "runner.name" = name,
+                        grace_ms = self.stop_grace.as_millis();
+                        "runner killed: still running after its grace"
                     );
                     let _ = killpg(group, Signal::SIGKILL);
                     if !self.wait_gone(name, &record, KILL_WAIT).await {

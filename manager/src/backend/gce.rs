@@ -250,8 +250,12 @@ impl Client {
                 Err(err) if attempt < ATTEMPTS && transient(err) => {
                     let wait = RETRY_BASE * 2u32.pow(attempt - 1);
                     log::debug!(
-                        "event=gce_retry method={method} path={} attempt={attempt} error=\"{err}\"",
-                        url.path()
+                        event = "gce_retry",
+                        method:% = method,
+                        path = url.path(),
+                        attempt,
+                        error:% = err;
+                        "retrying a Compute Engine request"
                     );
                     tokio::time::sleep(wait).await;
                 }
@@ -485,8 +489,11 @@ impl Gce {
                     })?;
                     self.remember(&vm.name, &zone);
                     log::info!(
-                        "event=gce_instance_created name={} zone={zone} template={template}",
-                        spec.name
+                        event = "gce_instance_created",
+                        "runner.name" = spec.name,
+                        zone,
+                        template;
+                        "instance created"
                     );
                     return Ok(vm);
                 }
@@ -497,16 +504,23 @@ impl Gce {
                             .inc();
                     }
                     log::warn!(
-                        "event=gce_no_capacity name={} zone={zone} template={template} error=\"{err}\"",
-                        spec.name
+                        event = "gce_no_capacity",
+                        "runner.name" = spec.name,
+                        zone,
+                        template,
+                        error:% = err;
+                        "no capacity in the zone"
                     );
                     last = Some(err);
                 }
                 Err(err) if err.is_timeout() => {
                     // It may still be created: look it up here, never insert elsewhere.
                     log::warn!(
-                        "event=gce_insert_timed_out name={} zone={zone} template={template}",
-                        spec.name
+                        event = "gce_insert_timed_out",
+                        "runner.name" = spec.name,
+                        zone,
+                        template;
+                        "instance insert timed out: looking it up"
                     );
                     return match self.get(&zone, &spec.name).await.map_err(start)? {
                         Some(vm) => {
@@ -601,7 +615,12 @@ impl Gce {
             Ok(operation) => match self.wait(&zone, operation).await {
                 // Still deleting: the next listing shows whether it went.
                 Err(err) if err.is_timeout() => {
-                    log::warn!("event=gce_delete_pending name={name} zone={zone}");
+                    log::warn!(
+                        event = "gce_delete_pending",
+                        "runner.name" = name,
+                        zone;
+                        "instance deletion still pending"
+                    );
                     return Ok(());
                 }
                 Err(err) if err.status() == Some(404) => {}
@@ -610,7 +629,12 @@ impl Gce {
             },
         }
         self.zones.lock().expect("zones").remove(name);
-        log::info!("event=gce_instance_deleted name={name} zone={zone}");
+        log::info!(
+            event = "gce_instance_deleted",
+            "runner.name" = name,
+            zone;
+            "instance deleted"
+        );
         Ok(())
     }
 }

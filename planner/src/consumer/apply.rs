@@ -75,8 +75,11 @@ pub(super) async fn apply_events(
                     None => {
                         end_commit_spans(spans, Some("refused by the database"));
                         log::error!(
-                            "event=delivery_dead_lettered delivery.id={id} job.id={} reason=\"refused by the database\"",
-                            event.id
+                            event = "delivery_dead_lettered",
+                            "delivery.id" = id,
+                            "job.id":% = event.id,
+                            reason = "refused by the database";
+                            "delivery dead-lettered"
                         );
                         dead_letter(&received.delivery).await?;
                         stats.settled(&received);
@@ -104,9 +107,11 @@ pub(super) async fn settle_applied(
     match outcome {
         Outcome::Applied => {
             log::debug!(
-                "event=delivery_applied delivery.id={id} job.id={} action={}",
-                event.id,
-                event.action
+                event = "delivery_applied",
+                "delivery.id" = id,
+                "job.id":% = event.id,
+                action:% = event.action;
+                "delivery applied"
             );
             stats.settled(received);
             stats.applied(event);
@@ -114,8 +119,10 @@ pub(super) async fn settle_applied(
         }
         Outcome::Duplicate => {
             log::info!(
-                "event=delivery_duplicate delivery.id={id} job.id={}",
-                event.id
+                event = "delivery_duplicate",
+                "delivery.id" = id,
+                "job.id":% = event.id;
+                "duplicate delivery: already applied"
             );
             stats.settled(received);
             stats.duplicate();

@@ -94,8 +94,10 @@ pub(super) async fn classify_batch(
             }
             Ok(Classified::Discard(reason)) => {
                 log::debug!(
-                    "event=delivery_discarded delivery.id={} reason=\"{reason}\"",
-                    headers.delivery.as_deref().unwrap_or("-")
+                    event = "delivery_discarded",
+                    "delivery.id" = headers.delivery.as_deref().unwrap_or("-"),
+                    reason:% = reason;
+                    "delivery discarded"
                 );
                 ack(&received.delivery).await?;
                 stats.settled(&received);
@@ -104,8 +106,10 @@ pub(super) async fn classify_batch(
             }
             Err(poison) => {
                 log::warn!(
-                    "event=delivery_dead_lettered delivery.id={} reason=\"{poison}\"",
-                    headers.delivery.as_deref().unwrap_or("-")
+                    event = "delivery_dead_lettered",
+                    "delivery.id" = headers.delivery.as_deref().unwrap_or("-"),
+                    reason:% = poison;
+                    "delivery dead-lettered"
                 );
                 dead_letter(&received.delivery).await?;
                 stats.settled(&received);

@@ -161,12 +161,17 @@ async fn run(config: ConsumerConfig, store: Recipient<ApplyBatch>, stats: Record
         stats.consuming(false);
         match result {
             Ok(()) => log::warn!(
-                "event=consumer_stream_ended queue={} retry_in={delay:?}",
-                config.topology.queue
+                event = "consumer_stream_ended",
+                queue = config.topology.queue,
+                retry_in_ms = delay.as_millis();
+                "the broker ended the delivery stream"
             ),
             Err(err) => log::warn!(
-                "event=consumer_failed queue={} error=\"{err}\" retry_in={delay:?}",
-                config.topology.queue
+                event = "consumer_failed",
+                queue = config.topology.queue,
+                error:% = err,
+                retry_in_ms = delay.as_millis();
+                "consumer failed"
             ),
         }
     })

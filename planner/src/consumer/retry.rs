@@ -48,8 +48,11 @@ pub(super) async fn apply(
         }
         let delay = delays.next_delay();
         log::warn!(
-            "event=store_failed deliveries={} error=\"{error}\" retry_in={delay:?}",
-            batch.len()
+            event = "store_failed",
+            deliveries = batch.len(),
+            error:% = error,
+            retry_in_ms = delay.as_millis();
+            "cannot store a batch"
         );
         tokio::time::sleep(delay).await;
     }

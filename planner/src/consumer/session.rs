@@ -75,9 +75,10 @@ pub(super) async fn consume(
     connected.mark();
     stats.consuming(true);
     log::info!(
-        "event=consumer_started queue={} prefetch={}",
-        config.topology.queue,
-        config.prefetch
+        event = "consumer_started",
+        queue = config.topology.queue,
+        prefetch = config.prefetch;
+        "consumer started"
     );
     let _depths = match &stats.metrics {
         Some(metrics) => Some(DepthPoller::start(connection, config, metrics.clone()).await?),
@@ -171,7 +172,12 @@ impl DepthPoller {
                             .set(i64::from(declared.message_count())),
                         Err(err) => {
                             // The session's own channel notices too and reconnects.
-                            log::debug!("event=queue_depth_failed queue={queue} error=\"{err}\"");
+                            log::debug!(
+                                event = "queue_depth_failed",
+                                queue,
+                                error:% = err;
+                                "cannot read the queue depth"
+                            );
                             return;
                         }
                     }

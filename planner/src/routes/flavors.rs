@@ -159,7 +159,7 @@ pub async fn create(
     if !inserted {
         return Err(ApiError::Conflict(format!("flavor {name}")));
     }
-    log::info!("event=flavor_created flavor={name}");
+    log::info!(event = "flavor_created", flavor = name; "flavor created");
     Ok(HttpResponse::Created().json(FlavorBody {
         platform: created.platform,
         name: created.name,
@@ -256,7 +256,7 @@ pub async fn update(
     })
     .await?;
     updated.ok_or_else(|| ApiError::NotFound(format!("flavor {name}")))?;
-    log::info!("event=flavor_updated flavor={name}");
+    log::info!(event = "flavor_updated", flavor = name; "flavor updated");
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -290,6 +290,6 @@ pub async fn delete(
     })
     .await?;
     deleted.ok_or_else(|| ApiError::NotFound(format!("flavor {name}")))?;
-    log::info!("event=flavor_deleted flavor={name}");
+    log::info!(event = "flavor_deleted", flavor = name; "flavor deleted");
     Ok(HttpResponse::NoContent().finish())
 }

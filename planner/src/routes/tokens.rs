@@ -58,7 +58,7 @@ pub async fn create(
     if !inserted {
         return Err(ApiError::Conflict(format!("token {name}")));
     }
-    log::info!("event=token_created token.name={name}");
+    log::info!(event = "token_created", "token.name" = name; "token created");
     Ok(HttpResponse::Created().json(CreatedToken { name, token }))
 }
 
@@ -104,6 +104,6 @@ pub async fn delete(
     if !deleted {
         return Err(ApiError::NotFound(format!("token {name}")));
     }
-    log::info!("event=token_deleted token.name={name}");
+    log::info!(event = "token_deleted", "token.name" = name; "token deleted");
     Ok(HttpResponse::NoContent().finish())
 }

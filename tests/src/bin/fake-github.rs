@@ -4,8 +4,8 @@
 //! `fake-github [--listen ADDR] [--runner-group NAME]... [--public-key PEM_FILE]
 //! [--auto-assign] [--job-seconds N]`
 //!
-//! - `--listen` (default `127.0.0.1:0`): where it listens; it prints `fake-github url=...` on stderr,
-//!   as its other lines.
+//! - `--listen` (default `127.0.0.1:0`): where it listens; it logs
+//!   `event=fake_github_listening url=...` on stderr, as the services log (`docs/logging.md`).
 //! - `--runner-group`: adds an organization runner group besides `Default`.
 //! - `--public-key`: the App public key JWTs are checked with; default: the test-only key
 //!   pair in `tests/fixtures/github-app/` (its private key is what the demo's services sign
@@ -29,6 +29,7 @@ fn fail(message: &str) -> ! {
 
 #[actix_web::main]
 async fn main() {
+    actors::logging::init();
     let mut listen = "127.0.0.1:0".to_owned();
     let mut groups = Vec::new();
     let mut public_key = None;
@@ -73,12 +74,19 @@ async fn main() {
     }
     for group in &groups {
         let id = fake.add_runner_group(group);
-        eprintln!("fake-github runner_group={group} id={id}");
+        log::info!(
+            event = "fake_github_runner_group",
+            runner_group = group,
+            id;
+            "runner group added"
+        );
     }
-    eprintln!(
-        "fake-github url={} app_id={APP_ID} installation_id={INSTALLATION_ID} \
-         (a stand-in for GitHub's API, not GitHub)",
-        fake.url
+    log::info!(
+        event = "fake_github_listening",
+        url = fake.url,
+        app_id = APP_ID,
+        installation_id = INSTALLATION_ID;
+        "a stand-in for GitHub's API (not GitHub) listening"
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .unwrap_or_else(|err| fail(&format!("cannot wait for SIGTERM: {err}")));

@@ -6,10 +6,11 @@ use tests::fake_runner::{self, RunnerEnv, EXIT_BAD_CONFIG};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    actors::logging::init();
     let code = match RunnerEnv::from_env() {
         Ok(env) => fake_runner::run(env).await,
         Err(err) => {
-            eprintln!("fake-runner: {err}");
+            log::error!(event = "fake_runner_bad_config", error:% = err; "fake runner not started");
             EXIT_BAD_CONFIG
         }
     };

@@ -150,9 +150,10 @@ impl Auth {
             renew_at: Instant::now() + lifetime.saturating_sub(REFRESH_MARGIN),
         });
         log::info!(
-            "event=gce_token_fetched source={} expires_in_s={}",
-            self.kind(),
-            answer.expires_in
+            event = "gce_token_fetched",
+            source = self.kind(),
+            expires_in_s = answer.expires_in;
+            "Google access token fetched"
         );
         Ok(value)
     }

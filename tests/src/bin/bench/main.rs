@@ -11,16 +11,19 @@
 //!   scenario 6 (the consumer rate and the pressure recomputation as the `job` table grows).
 //! - [`pressure`]: scenario 3 (end to end, gateway 200 to stream line, with both services'
 //!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
+//! - [`manager`]: scenario 7 (the runner manager: queued webhook to runner start, a reconcile
+//!   pass at 100 flavors and 1,000 runners, memory).
 //! - [`gce`]: the `gce` backend against the fake Compute Engine API (listing 1,000 VMs, the
 //!   manager's reconcile pass over them, queued webhook to insert call).
 //! - [`measure`]: what they measure with.
 //!
-//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,gce` runs only the named groups (the
-//! table is printed, `BENCHMARKS.md` is left alone).
+//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager,gce` runs only the named
+//! groups (the table is printed, `BENCHMARKS.md` is left alone).
 
 mod consumer;
 mod gateway;
 mod gce;
+mod manager;
 mod measure;
 mod pressure;
 
@@ -31,13 +34,14 @@ const END_TO_END_RATE: u64 = 500;
 const END_TO_END_SECONDS: u64 = 10;
 /// Stream subscribers of the fan-out scenario.
 const FAN_OUT: usize = 10_000;
-const GROUPS: [&str; 7] = [
+const GROUPS: [&str; 8] = [
     "gateway",
     "consumer",
     "e2e",
     "recompute",
     "fanout",
     "scaling",
+    "manager",
     "gce",
 ];
 
@@ -89,6 +93,11 @@ async fn main() {
     if wanted("scaling") {
         settle();
         consumer::scenario_6(&mut rows).await;
+    }
+    if wanted("manager") {
+        settle();
+        eprintln!("bench: runner manager ...");
+        manager::scenarios(&mut rows).await;
     }
     if wanted("gce") {
         settle();

@@ -96,14 +96,14 @@ pub fn recompute(rows: &mut Vec<Row>) {
 
 /// A release planner and gateway on a database and topology of their own, with the flavor
 /// `bench` (label `bench`).
-struct Stack {
+pub(crate) struct Stack {
     _db: TestDb,
     _queues: TopologyGuard,
-    gateway: Running,
-    planner: Running,
+    pub(crate) gateway: Running,
+    pub(crate) planner: Running,
 }
 
-async fn stack(extra: &[(&str, &str)]) -> Stack {
+pub(crate) async fn stack(extra: &[(&str, &str)]) -> Stack {
     let db = TestDb::new();
     let topology = actors::amqp::Topology::with_prefix(&tests::unique("bench-pressure"));
     let queues = TopologyGuard(topology.clone());
@@ -151,7 +151,7 @@ pub fn job_body(id: i64, action: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap()
 }
 
-async fn stop(stack: Stack) {
+pub(crate) async fn stop(stack: Stack) {
     stack.gateway.service.terminate();
     stack.planner.service.terminate();
     let _ = stack.gateway.service.wait(Duration::from_secs(20)).await;
