@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use reqwest::Url;
 use secrecy::SecretString;
 
-use crate::backend::{Backend, Instance, RunnerSpec};
+use crate::backend::{Backend, Instance, RunnerSpec, NO_CAPACITY};
 use crate::config::{FlavorConfig, DEFAULT_LABELS};
 use crate::decide::{self, Action, Observed, Reason, RunnerState};
 use crate::github::{DeleteOutcome, GitHub, GitHubError, Runner};
@@ -269,6 +269,17 @@ impl Reconciler {
         self.count_states();
     }
 
+    /// Whether the last create found capacity: `/ready` and the gauge say when none was found.
+    fn set_capacity(&self, found: bool) {
+        let flavor = self.flavor();
+        self.config.readiness.set_capacity(flavor, found);
+        self.config
+            .metrics
+            .capacity_exhausted
+            .with_label_values(&[flavor])
+            .set(i64::from(!found));
+    }
+
     fn count_states(&self) {
         let flavor = self.flavor();
         let mut counts: HashMap<RunnerState, i64> = HashMap::new();
@@ -357,6 +368,7 @@ impl Reconciler {
                         actor.created_here.insert(name.clone());
                         actor.create_failures = 0;
                         actor.create_paused_until = None;
+                        actor.set_capacity(true);
                         actor
                             .config
                             .metrics
@@ -380,6 +392,9 @@ impl Reconciler {
                             .saturating_mul(1 << actor.create_failures.min(16))
                             .min(CREATE_BACKOFF_MAX);
                         actor.create_paused_until = Some(Instant::now() + wait);
+                        if reason == NO_CAPACITY {
+                            actor.set_capacity(false);
+                        }
                         actor
                             .config
                             .metrics
@@ -627,6 +642,7 @@ impl Actor for Reconciler {
             max = self.config.flavor.max_runners;
             "reconciler started"
         );
+        self.set_capacity(true);
         self.pass(ctx);
         ctx.run_interval(self.config.interval, |actor, ctx| actor.pass(ctx));
     }

@@ -53,7 +53,7 @@ impl Application {
         let mut followers: HashMap<String, Recipient<PressureChanged>> = HashMap::new();
         let mut listers: Vec<Recipient<GetRunners>> = Vec::new();
         for flavor in &config.flavors {
-            let backend = crate::backend::build(flavor, &config)?;
+            let backend = crate::backend::build(flavor, &config, &metrics)?;
             let reconciler_config = ReconcilerConfig {
                 flavor: flavor.clone(),
                 manager_id: config.manager_id.clone(),

@@ -6,6 +6,7 @@ mod console;
 mod faults;
 mod gateway_api;
 mod gce_backend;
+mod gce_manager;
 mod github_runners;
 mod manager;
 mod migrations;
