@@ -2,7 +2,7 @@
 # Makes PostgreSQL and RabbitMQ reachable on loopback (127.0.0.1:5432 and :5672), idempotently:
 # nothing to do when they answer; start them when installed but stopped; install the Debian
 # packages when missing and running as root; otherwise say what to run. Also installs the
-# build dependency libpq-dev (diesel links libpq).
+# build dependency libpq-dev (diesel links libpq), and PgBouncer (scripts/pgbouncer.sh).
 set -euo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -85,3 +85,6 @@ build_deps() {
 build_deps
 postgres
 rabbitmq
+# PgBouncer for the tests that run the planner through a transaction pooler (installed only;
+# each test starts its own).
+bash "$(dirname "$0")/pgbouncer.sh" >/dev/null

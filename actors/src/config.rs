@@ -15,12 +15,89 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// An error about `variable`.
-    pub fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(variable: &'static str, reason: impl std::fmt::Display) -> Self {
         Self {
             variable,
-            reason: reason.into(),
+            reason: reason.to_string(),
         }
     }
+}
+
+/// Why a value is refused, as the parsers here and the services' own rules say it; a
+/// [`ConfigError`] adds the variable. A message repeats the value only where it cannot be a
+/// secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not a whole number above zero.
+    #[error("{0:?} is not a positive whole number")]
+    NotPositiveInteger(String),
+    /// Not a whole number in `min..=max`.
+    #[error("must be a whole number between {min} and {max}")]
+    OutOfRange {
+        /// Smallest value allowed.
+        min: u64,
+        /// Largest value allowed.
+        max: u64,
+    },
+    /// Not 0-65535.
+    #[error("{0:?} is not a port number (0-65535)")]
+    NotPort(String),
+    /// Neither seconds nor a duration with units.
+    #[error("{0:?} is not a duration such as 5s, 500ms or 2m")]
+    NotDuration(String),
+    /// A duration of zero.
+    #[error("must be greater than zero")]
+    Zero,
+    /// Not an IPv4 or IPv6 address.
+    #[error("{0:?} is not an IP address")]
+    NotIpAddress(String),
+    /// Not a URL at all; the text names an example.
+    #[error("is not a URL such as {0}")]
+    NotUrl(&'static str),
+    /// A URL or URI of another scheme; the text names the schemes allowed.
+    #[error("must be an {0}")]
+    Scheme(&'static str),
+    /// An `amqp://` URI that does not parse (the value is not repeated: it may hold a password).
+    #[error("is not a valid AMQP URI")]
+    AmqpUri,
+    /// A name too long, empty or with other characters than those allowed.
+    #[error("must be 1-{max} characters of {allowed}")]
+    Characters {
+        /// Longest length allowed.
+        max: usize,
+        /// The characters allowed, as people read them (`a-z 0-9 -`).
+        allowed: &'static str,
+    },
+    /// Not a whole number of milliseconds above zero.
+    #[error("{0:?} is not a positive whole number of milliseconds")]
+    NotMillis(String),
+    /// Neither an IP address nor a host name.
+    #[error("{0:?} is not an IP address or a host name")]
+    NotHost(String),
+    /// Not an absolute URL path other than `/`.
+    #[error("{0:?} is not an absolute URL path such as /metrics")]
+    NotPath(String),
+    /// A name outside a fixed list; the text names the list.
+    #[error("{value:?} is not supported (supported: {supported})")]
+    Unsupported {
+        /// The value given.
+        value: String,
+        /// The values allowed, comma-separated.
+        supported: &'static str,
+    },
+    /// Another rule, stated in full.
+    #[error("{0}")]
+    Rule(&'static str),
+    /// One of several comma-separated values is wrong.
+    #[error("{error} (URI {index} of {count})")]
+    InList {
+        /// Which one (from 1).
+        index: usize,
+        /// How many there are.
+        count: usize,
+        /// What is wrong with it.
+        error: Box<ValueError>,
+    },
 }
 
 /// Where variables come from: the process environment in production, a map in tests.
@@ -66,7 +143,7 @@ pub fn parsed<T>(
     source: &dyn Source,
     name: &'static str,
     default: T,
-    parse: impl FnOnce(&str) -> Result<T, String>,
+    parse: impl FnOnce(&str) -> Result<T, ValueError>,
 ) -> Result<T, ConfigError> {
     match source.get(name) {
         None => Ok(default),
@@ -75,32 +152,46 @@ pub fn parsed<T>(
 }
 
 /// A positive whole number.
-pub fn positive_integer<T>(value: &str) -> Result<T, String>
+pub fn positive_integer<T>(value: &str) -> Result<T, ValueError>
 where
     T: std::str::FromStr + PartialOrd + Default,
 {
     match value.parse::<T>() {
         Ok(n) if n > T::default() => Ok(n),
-        _ => Err(format!("{value:?} is not a positive whole number")),
+        _ => Err(ValueError::NotPositiveInteger(value.to_owned())),
+    }
+}
+
+/// A whole number in `min..=max`.
+pub fn integer_between<T>(value: &str, min: T, max: T) -> Result<T, ValueError>
+where
+    T: std::str::FromStr + PartialOrd + Into<u64> + Copy,
+{
+    match value.parse::<T>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ValueError::OutOfRange {
+            min: min.into(),
+            max: max.into(),
+        }),
     }
 }
 
 /// A TCP port (0-65535; 0 lets the system pick a free one, which the service logs).
-pub fn port(value: &str) -> Result<u16, String> {
+pub fn port(value: &str) -> Result<u16, ValueError> {
     value
         .parse::<u16>()
-        .map_err(|_| format!("{value:?} is not a port number (0-65535)"))
+        .map_err(|_| ValueError::NotPort(value.to_owned()))
 }
 
 /// A positive duration: plain seconds (`5`) or with units (`500ms`, `5s`, `2m`, `120h`).
-pub fn duration(value: &str) -> Result<Duration, String> {
+pub fn duration(value: &str) -> Result<Duration, ValueError> {
     let parsed = match value.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => humantime::parse_duration(value)
-            .map_err(|_| format!("{value:?} is not a duration such as 5s, 500ms or 2m"))?,
+            .map_err(|_| ValueError::NotDuration(value.to_owned()))?,
     };
     if parsed.is_zero() {
-        return Err("must be greater than zero".to_owned());
+        return Err(ValueError::Zero);
     }
     Ok(parsed)
 }
@@ -165,24 +256,41 @@ pub fn request_timeout(source: &dyn Source) -> Result<Duration, ConfigError> {
     )
 }
 
+/// `true` or `false` (also `1`/`0`, `yes`/`no`, any case).
+pub fn boolean(value: &str) -> Result<bool, ValueError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ValueError::Rule("must be true or false")),
+    }
+}
+
 /// One AMQP URI (`amqp://` or `amqps://`) or several separated by commas (the nodes of a
 /// cluster); the error never repeats the value (it may hold a password).
-pub fn amqp_uri(value: &str) -> Result<String, String> {
+pub fn amqp_uri(value: &str) -> Result<String, ValueError> {
     let uris: Vec<&str> = crate::amqp::split_uris(value).collect();
     if uris.is_empty() {
-        return Err("must be an amqp:// or amqps:// URI".to_owned());
+        return Err(ValueError::Scheme("amqp:// or amqps:// URI"));
     }
     for (index, uri) in uris.iter().enumerate() {
-        let which = if uris.len() == 1 {
-            String::new()
+        let checked = if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
+            Err(ValueError::Scheme("amqp:// or amqps:// URI"))
         } else {
-            format!(" (URI {} of {})", index + 1, uris.len())
+            uri.parse::<lapin::uri::AMQPUri>()
+                .map(|_| ())
+                .map_err(|_| ValueError::AmqpUri)
         };
-        if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
-            return Err(format!("must be an amqp:// or amqps:// URI{which}"));
+        match checked {
+            Err(error) if uris.len() > 1 => {
+                return Err(ValueError::InList {
+                    index: index + 1,
+                    count: uris.len(),
+                    error: Box::new(error),
+                })
+            }
+            Err(error) => return Err(error),
+            Ok(()) => {}
         }
-        uri.parse::<lapin::uri::AMQPUri>()
-            .map_err(|_| format!("is not a valid AMQP URI{which}"))?;
     }
     Ok(value.to_owned())
 }
@@ -215,7 +323,10 @@ fn topology_names(source: &dyn Source) -> Result<crate::amqp::Topology, ConfigEr
             if valid {
                 Ok(crate::amqp::Topology::named(value))
             } else {
-                Err("must be 1-200 characters of A-Z a-z 0-9 - _ . :".to_owned())
+                Err(ValueError::Characters {
+                    max: 200,
+                    allowed: "A-Z a-z 0-9 - _ . :",
+                })
             }
         },
     )
@@ -264,6 +375,15 @@ mod tests {
     }
 
     #[test]
+    fn ranges_are_checked_and_named() {
+        assert_eq!(integer_between("10", 1u32, 100), Ok(10));
+        let err = integer_between("0", 1u32, 100).unwrap_err();
+        assert_eq!(err.to_string(), "must be a whole number between 1 and 100");
+        assert!(integer_between("101", 1u32, 100).is_err());
+        assert!(integer_between("many", 1u32, 100).is_err());
+    }
+
+    #[test]
     fn ports_are_checked() {
         assert_eq!(port("8080"), Ok(8080));
         assert_eq!(port("0"), Ok(0));
@@ -295,14 +415,19 @@ mod tests {
     #[test]
     fn amqp_uri_errors_do_not_echo_the_value() {
         let err = amqp_uri("http://user:hunter2@host").unwrap_err();
-        assert!(!err.contains("hunter2"));
+        assert!(!err.to_string().contains("hunter2"));
+        let err = amqp_uri("amqp://user:hunter2@host:port").unwrap_err();
+        assert_eq!(err, ValueError::AmqpUri);
+        assert!(!err.to_string().contains("hunter2"));
         assert!(amqp_uri("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
     }
 
     #[test]
     fn amqp_uri_lists_are_checked_node_by_node() {
         assert!(amqp_uri("amqp://a:5701/%2f, amqp://b:5702/%2f").is_ok());
-        let err = amqp_uri("amqp://a:5701/%2f,http://u:hunter2@b").unwrap_err();
+        let err = amqp_uri("amqp://a:5701/%2f,http://u:hunter2@b")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("URI 2 of 2"), "{err}");
         assert!(!err.contains("hunter2"));
         assert!(amqp_uri(" , ").is_err());

@@ -24,7 +24,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{self, ConfigError, Source};
+use crate::config::{self, ConfigError, Source, ValueError};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::{
@@ -123,11 +123,11 @@ fn default_api_url() -> Url {
 }
 
 /// An `http(s)://` URL, kept without a trailing slash.
-pub fn parse_api_url(value: &str) -> Result<Url, String> {
+pub fn parse_api_url(value: &str) -> Result<Url, ValueError> {
     let url = Url::parse(value.trim_end_matches('/'))
-        .map_err(|_| "is not a URL such as https://api.github.com".to_owned())?;
+        .map_err(|_| ValueError::NotUrl("https://api.github.com"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err("must be an http:// or https:// URL".to_owned());
+        return Err(ValueError::Scheme("http:// or https:// URL"));
     }
     Ok(url)
 }

@@ -15,6 +15,8 @@
 //!   subscriber (one `watch` slot: latest state wins, nothing queues per client).
 //! - [`reconnect`]: capped, jittered exponential backoff and the reconnect loop every
 //!   long-lived connection uses.
+//! - [`task`]: plain supervised tasks with a shutdown signal, for the loops that take no
+//!   messages.
 //! - [`stream::respond`]: the NDJSON / Server-Sent Events streaming response on a subscription.
 
 pub mod amqp;
@@ -27,4 +29,5 @@ pub mod logging;
 pub mod pressure;
 pub mod reconnect;
 pub mod stream;
+pub mod task;
 pub mod telemetry;

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use actors::amqp::Topology;
-use actors::config::{self, ConfigError, Environment, Source};
+use actors::config::{self, ConfigError, Environment, Source, ValueError};
 use actors::telemetry::TelemetryConfig;
 use secrecy::SecretString;
 
@@ -39,7 +39,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// `APP_GITHUB_PATH`, `APP_WEBHOOK_ID`, `APP_REDELIVERY_INTERVAL` and the GitHub
     /// App (`APP_GITHUB_*`); `None` (no redelivery) when none of them is set.
-    pub redelivery: Option<crate::redelivery::RedeliveryConfig>,
+    pub redelivery: Option<RedeliveryConfig>,
 }
 
 /// Default of `APP_PORT`.
@@ -94,8 +94,102 @@ impl Config {
             request_timeout: config::request_timeout(source)?,
             topology: config::topology(source)?,
             telemetry: TelemetryConfig::from_source(source)?,
-            redelivery: crate::redelivery::RedeliveryConfig::from_source(source)?,
+            redelivery: RedeliveryConfig::from_source(source)?,
         })
+    }
+}
+
+/// Default of `APP_REDELIVERY_INTERVAL`.
+pub const DEFAULT_REDELIVERY_INTERVAL: Duration = Duration::from_secs(600);
+/// Where the webhook lives: `APP_GITHUB_PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOwner {
+    /// An organization's hook.
+    Org(String),
+    /// A repository's hook (`owner/repo`).
+    Repo(String, String),
+}
+
+/// Settings of redelivery.
+#[derive(Debug, Clone)]
+pub struct RedeliveryConfig {
+    /// `APP_GITHUB_PATH`: `org` or `owner/repo`.
+    pub owner: HookOwner,
+    /// `APP_WEBHOOK_ID`: the hook's id.
+    pub hook_id: u64,
+    /// `APP_REDELIVERY_INTERVAL` (default 600 s): time between rounds.
+    pub interval: Duration,
+    /// The GitHub App (`APP_GITHUB_APP_*`, `APP_GITHUB_API_URL`).
+    pub app: actors::github::AppConfig,
+}
+
+fn name_part(value: &str) -> bool {
+    !value.is_empty()
+        && value != "."
+        && value != ".."
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Parses `APP_GITHUB_PATH`.
+pub fn parse_owner(value: &str) -> Result<HookOwner, ValueError> {
+    let invalid = || ValueError::Rule("must be an organization (org) or a repository (owner/repo)");
+    match value.split_once('/') {
+        None if name_part(value) => Ok(HookOwner::Org(value.to_owned())),
+        Some((owner, repo)) if name_part(owner) && name_part(repo) => {
+            Ok(HookOwner::Repo(owner.to_owned(), repo.to_owned()))
+        }
+        _ => Err(invalid()),
+    }
+}
+
+impl RedeliveryConfig {
+    /// Reads the redelivery variables: `Ok(None)` when neither the hook (`APP_GITHUB_PATH`,
+    /// `APP_WEBHOOK_ID`) nor a GitHub App is configured; otherwise all of them are required.
+    pub fn from_source(source: &dyn Source) -> Result<Option<Self>, ConfigError> {
+        let app = actors::github::AppConfig::from_source(source)?;
+        let hook_set = ["APP_GITHUB_PATH", "APP_WEBHOOK_ID"]
+            .iter()
+            .any(|name| source.get(name).is_some());
+        if app.is_none() && !hook_set {
+            return Ok(None);
+        }
+        let owner = config::required(source, "APP_GITHUB_PATH").and_then(|value| {
+            parse_owner(value.trim()).map_err(|reason| ConfigError::new("APP_GITHUB_PATH", reason))
+        })?;
+        let hook_id = config::required(source, "APP_WEBHOOK_ID").and_then(|value| {
+            config::positive_integer::<u64>(value.trim())
+                .map_err(|reason| ConfigError::new("APP_WEBHOOK_ID", reason))
+        })?;
+        let interval = config::parsed(
+            source,
+            "APP_REDELIVERY_INTERVAL",
+            DEFAULT_REDELIVERY_INTERVAL,
+            config::duration,
+        )?;
+        let app = app.ok_or_else(|| {
+            ConfigError::new(
+                "APP_GITHUB_APP_ID",
+                "is required for redelivery (APP_GITHUB_PATH/APP_WEBHOOK_ID are set)",
+            )
+        })?;
+        Ok(Some(Self {
+            owner,
+            hook_id,
+            interval,
+            app,
+        }))
+    }
+
+    /// `/orgs/{org}/hooks/{id}` or `/repos/{owner}/{repo}/hooks/{id}`.
+    pub fn hook_path(&self) -> String {
+        match &self.owner {
+            HookOwner::Org(org) => format!("/orgs/{org}/hooks/{}", self.hook_id),
+            HookOwner::Repo(owner, repo) => {
+                format!("/repos/{owner}/{repo}/hooks/{}", self.hook_id)
+            }
+        }
     }
 }
 
@@ -202,5 +296,52 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains("topsecret"));
+    }
+
+    const KEY: &str = include_str!("../../tests/fixtures/github-app/test-only-private-key.pem");
+
+    #[test]
+    fn hook_paths_follow_the_owner() {
+        assert_eq!(
+            parse_owner("canonical"),
+            Ok(HookOwner::Org("canonical".into()))
+        );
+        assert_eq!(
+            parse_owner("canonical/repo.x"),
+            Ok(HookOwner::Repo("canonical".into(), "repo.x".into()))
+        );
+        for bad in ["", "a/b/c", "a/", "../x", "a b"] {
+            assert!(parse_owner(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn configuration_is_all_or_nothing() {
+        assert!(RedeliveryConfig::from_source(&[("OTHER", "x")])
+            .unwrap()
+            .is_none());
+        let full = [
+            ("APP_GITHUB_APP_ID", "1"),
+            ("APP_GITHUB_APP_INSTALLATION_ID", "2"),
+            ("APP_GITHUB_APP_PRIVATE_KEY_VALUE", KEY),
+            ("APP_GITHUB_PATH", "octo/repo"),
+            ("APP_WEBHOOK_ID", "77"),
+        ];
+        let config = RedeliveryConfig::from_source(&full).unwrap().unwrap();
+        assert_eq!(config.hook_path(), "/repos/octo/repo/hooks/77");
+        assert_eq!(config.interval, DEFAULT_REDELIVERY_INTERVAL);
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (&[("APP_GITHUB_PATH", "octo")], "APP_WEBHOOK_ID"),
+            (&[("APP_WEBHOOK_ID", "1")], "APP_GITHUB_PATH"),
+            (
+                &[("APP_GITHUB_PATH", "octo"), ("APP_WEBHOOK_ID", "1")],
+                "APP_GITHUB_APP_ID",
+            ),
+            (&full[..3], "APP_GITHUB_PATH"),
+        ];
+        for (vars, variable) in cases {
+            let err = RedeliveryConfig::from_source(&vars).expect_err("an error");
+            assert_eq!(err.variable, variable, "{err}");
+        }
     }
 }

@@ -1,11 +1,14 @@
 //! The webhook gateway: takes GitHub `workflow_job` webhooks, checks their signature, and hands
 //! them to RabbitMQ, answering GitHub with 200 only once the broker has confirmed the message.
 //!
-//! - [`config`]: the typed configuration, read once from the environment.
+//! - [`config`]: the typed configuration, read once from the environment (redelivery's
+//!   included).
 //! - [`webhook`]: the pure checks (signature, event, payload shape) and the validator actor.
 //! - [`routes`]: `POST /webhook`, `GET /health`, `GET /ready`.
-//! - [`metrics`]: the Prometheus metrics, served on their own listener.
-//! - [`redelivery`]: the periodic task asking GitHub to redeliver failed deliveries.
+//! - [`metrics`]: every Prometheus metric of the gateway (redelivery's included), served on
+//!   their own listener.
+//! - [`redelivery`]: the periodic task (a plain task until shutdown) asking GitHub to redeliver
+//!   failed deliveries.
 //! - [`error`]: every refusal and its HTTP status.
 //! - [`startup`]: [`Application`], which binds the listener and starts the actors.
 //!

@@ -14,120 +14,29 @@
 //! did not finish does not move the scan mark, so the next one covers its ground again.
 //! `{hook}` is `/orgs/{org}/hooks/{id}` for `APP_GITHUB_PATH=org`, or
 //! `/repos/{owner}/{repo}/hooks/{id}` for `APP_GITHUB_PATH=owner/repo`.
+//!
+//! Here are the selection and the loop; the settings are [`crate::config::RedeliveryConfig`],
+//! the counters [`crate::metrics::RedeliveryMetrics`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, AsyncContext, Context, WrapFuture};
-use actors::config::{self, ConfigError, Source};
 use actors::github::GitHubError;
+use actors::task::{spawn_every, ShutdownSignal};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use crate::config::RedeliveryConfig;
+use crate::metrics::RedeliveryMetrics;
+
 /// GitHub keeps deliveries, and redelivers them, for 3 days.
 pub const REDELIVERY_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
-/// Default of `APP_REDELIVERY_INTERVAL`.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
 /// Most GUIDs remembered as asked for.
 pub const MAX_REMEMBERED: usize = 100_000;
 /// Most pages read in one round (10 000 deliveries).
 pub const MAX_PAGES: usize = 100;
 /// Overlap with the previous round, for clocks that disagree.
 const SKEW_MARGIN: Duration = Duration::from_secs(5 * 60);
-
-/// Where the webhook lives: `APP_GITHUB_PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookOwner {
-    /// An organization's hook.
-    Org(String),
-    /// A repository's hook (`owner/repo`).
-    Repo(String, String),
-}
-
-/// Settings of redelivery.
-#[derive(Debug, Clone)]
-pub struct RedeliveryConfig {
-    /// `APP_GITHUB_PATH`: `org` or `owner/repo`.
-    pub owner: HookOwner,
-    /// `APP_WEBHOOK_ID`: the hook's id.
-    pub hook_id: u64,
-    /// `APP_REDELIVERY_INTERVAL` (default 600 s): time between rounds.
-    pub interval: Duration,
-    /// The GitHub App (`APP_GITHUB_APP_*`, `APP_GITHUB_API_URL`).
-    pub app: actors::github::AppConfig,
-}
-
-fn name_part(value: &str) -> bool {
-    !value.is_empty()
-        && value != "."
-        && value != ".."
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
-/// Parses `APP_GITHUB_PATH`.
-pub fn parse_owner(value: &str) -> Result<HookOwner, String> {
-    let invalid = || "must be an organization (org) or a repository (owner/repo)".to_owned();
-    match value.split_once('/') {
-        None if name_part(value) => Ok(HookOwner::Org(value.to_owned())),
-        Some((owner, repo)) if name_part(owner) && name_part(repo) => {
-            Ok(HookOwner::Repo(owner.to_owned(), repo.to_owned()))
-        }
-        _ => Err(invalid()),
-    }
-}
-
-impl RedeliveryConfig {
-    /// Reads the redelivery variables: `Ok(None)` when neither the hook (`APP_GITHUB_PATH`,
-    /// `APP_WEBHOOK_ID`) nor a GitHub App is configured; otherwise all of them are required.
-    pub fn from_source(source: &dyn Source) -> Result<Option<Self>, ConfigError> {
-        let app = actors::github::AppConfig::from_source(source)?;
-        let hook_set = ["APP_GITHUB_PATH", "APP_WEBHOOK_ID"]
-            .iter()
-            .any(|name| source.get(name).is_some());
-        if app.is_none() && !hook_set {
-            return Ok(None);
-        }
-        let owner = config::required(source, "APP_GITHUB_PATH").and_then(|value| {
-            parse_owner(value.trim()).map_err(|reason| ConfigError::new("APP_GITHUB_PATH", reason))
-        })?;
-        let hook_id = config::required(source, "APP_WEBHOOK_ID").and_then(|value| {
-            config::positive_integer::<u64>(value.trim())
-                .map_err(|reason| ConfigError::new("APP_WEBHOOK_ID", reason))
-        })?;
-        let interval = config::parsed(
-            source,
-            "APP_REDELIVERY_INTERVAL",
-            DEFAULT_INTERVAL,
-            config::duration,
-        )?;
-        let app = app.ok_or_else(|| {
-            ConfigError::new(
-                "APP_GITHUB_APP_ID",
-                "is required for redelivery (APP_GITHUB_PATH/APP_WEBHOOK_ID are set)",
-            )
-        })?;
-        Ok(Some(Self {
-            owner,
-            hook_id,
-            interval,
-            app,
-        }))
-    }
-
-    /// `/orgs/{org}/hooks/{id}` or `/repos/{owner}/{repo}/hooks/{id}`.
-    pub fn hook_path(&self) -> String {
-        match &self.owner {
-            HookOwner::Org(org) => format!("/orgs/{org}/hooks/{}", self.hook_id),
-            HookOwner::Repo(owner, repo) => {
-                format!("/repos/{owner}/{repo}/hooks/{}", self.hook_id)
-            }
-        }
-    }
-}
-
-use crate::metrics::RedeliveryMetrics;
 
 /// One entry of `GET .../deliveries` (the fields used).
 #[derive(Debug, Clone, Deserialize)]
@@ -387,46 +296,26 @@ impl Redeliverer {
     }
 }
 
-/// The actor running a [`Redeliverer`] round at start and then every interval, one at a time.
-pub struct RedeliveryActor {
-    redeliverer: Option<Redeliverer>,
-    interval: Duration,
-}
-
-impl RedeliveryActor {
-    /// An actor for `redeliverer`.
-    pub fn new(redeliverer: Redeliverer, interval: Duration) -> Self {
-        Self {
-            redeliverer: Some(redeliverer),
-            interval,
-        }
-    }
-}
-
-impl Actor for RedeliveryActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(mut redeliverer) = self.redeliverer.take() else {
-            return;
-        };
-        let interval = self.interval;
-        log::info!(
-            event = "redelivery_started",
-            hook = redeliverer.hook_path,
-            interval_ms = interval.as_millis();
-            "redelivery of failed deliveries started"
-        );
-        ctx.spawn(
-            async move {
-                loop {
-                    redeliverer.round().await;
-                    tokio::time::sleep(interval).await;
-                }
-            }
-            .into_actor(self),
-        );
-    }
+/// Runs a [`Redeliverer`] round at start and then every `interval`, one at a time, as a task
+/// until `shutdown`.
+pub fn spawn(redeliverer: Redeliverer, interval: Duration, shutdown: ShutdownSignal) {
+    log::info!(
+        event = "redelivery_started",
+        hook = redeliverer.hook_path,
+        interval_ms = interval.as_millis();
+        "redelivery of failed deliveries started"
+    );
+    spawn_every(
+        "redelivery",
+        interval,
+        shutdown,
+        redeliverer,
+        |redeliverer| {
+            Box::pin(async move {
+                redeliverer.round().await;
+            })
+        },
+    );
 }
 
 #[cfg(test)]
@@ -440,21 +329,6 @@ mod tests {
             delivered_at: Utc::now() - chrono::Duration::minutes(minutes_ago),
             status_code: Some(code),
             event: event.into(),
-        }
-    }
-
-    #[test]
-    fn hook_paths_follow_the_owner() {
-        assert_eq!(
-            parse_owner("canonical"),
-            Ok(HookOwner::Org("canonical".into()))
-        );
-        assert_eq!(
-            parse_owner("canonical/repo.x"),
-            Ok(HookOwner::Repo("canonical".into(), "repo.x".into()))
-        );
-        for bad in ["", "a/b/c", "a/", "../x", "a b"] {
-            assert!(parse_owner(bad).is_err(), "{bad}");
         }
     }
 
@@ -497,37 +371,5 @@ mod tests {
         let later = now + REDELIVERY_WINDOW + Duration::from_secs(1);
         assert!(!remembered.contains("c", later));
         assert!(remembered.is_empty());
-    }
-
-    const KEY: &str = include_str!("../../tests/fixtures/github-app/test-only-private-key.pem");
-
-    #[test]
-    fn configuration_is_all_or_nothing() {
-        assert!(RedeliveryConfig::from_source(&[("OTHER", "x")])
-            .unwrap()
-            .is_none());
-        let full = [
-            ("APP_GITHUB_APP_ID", "1"),
-            ("APP_GITHUB_APP_INSTALLATION_ID", "2"),
-            ("APP_GITHUB_APP_PRIVATE_KEY_VALUE", KEY),
-            ("APP_GITHUB_PATH", "octo/repo"),
-            ("APP_WEBHOOK_ID", "77"),
-        ];
-        let config = RedeliveryConfig::from_source(&full).unwrap().unwrap();
-        assert_eq!(config.hook_path(), "/repos/octo/repo/hooks/77");
-        assert_eq!(config.interval, DEFAULT_INTERVAL);
-        let cases: [(&[(&str, &str)], &str); 4] = [
-            (&[("APP_GITHUB_PATH", "octo")], "APP_WEBHOOK_ID"),
-            (&[("APP_WEBHOOK_ID", "1")], "APP_GITHUB_PATH"),
-            (
-                &[("APP_GITHUB_PATH", "octo"), ("APP_WEBHOOK_ID", "1")],
-                "APP_GITHUB_APP_ID",
-            ),
-            (&full[..3], "APP_GITHUB_PATH"),
-        ];
-        for (vars, variable) in cases {
-            let err = RedeliveryConfig::from_source(&vars).expect_err("an error");
-            assert_eq!(err.variable, variable, "{err}");
-        }
     }
 }

@@ -6,10 +6,12 @@
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::{dev::Server, middleware, web, App, HttpServer};
+use actix_web::{dev::Server, web};
 use actors::amqp::{Publisher, PublisherConfig, PublisherStatus, Shutdown, Status};
 use actors::config::bind;
-use actors::telemetry::{HttpMetrics, MetricsExport};
+use actors::http::ServerOptions;
+use actors::task;
+use actors::telemetry::MetricsExport;
 use secrecy::ExposeSecret;
 
 use crate::config::Config;
@@ -43,6 +45,8 @@ pub struct Application {
     metrics_export: MetricsExport,
     publisher: Addr<Publisher>,
     publisher_status: PublisherStatus,
+    /// Stops the redelivery task.
+    tasks: task::Shutdown,
 }
 
 impl Application {
@@ -85,16 +89,14 @@ impl Application {
                 }
             }
         });
-        let http_metrics = web::Data::new(metrics.http.clone());
+        let http_metrics = metrics.http.clone();
         // Redelivery of failed deliveries, only when configured.
+        let tasks = task::Shutdown::default();
         if let Some(redelivery) = &config.redelivery {
             let redeliverer =
                 crate::redelivery::Redeliverer::new(redelivery, metrics.redelivery.clone())
                     .map_err(std::io::Error::other)?;
-            actix::Actor::start(crate::redelivery::RedeliveryActor::new(
-                redeliverer,
-                redelivery.interval,
-            ));
+            crate::redelivery::spawn(redeliverer, redelivery.interval, tasks.signal());
         }
 
         let state = web::Data::new(AppState {
@@ -107,20 +109,18 @@ impl Application {
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
             request_timeout: config.request_timeout,
         });
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(http_metrics.clone())
-                .wrap(middleware::from_fn(HttpMetrics::middleware))
-                .configure(crate::routes::configure)
-        })
-        .listen(listener)?
-        // Slow clients: headers must arrive within 5 s, as actix's default, and the whole
-        // body within the publish timeout's order of magnitude.
-        .client_request_timeout(Duration::from_secs(5))
-        // On SIGTERM: stop accepting, give in-flight publishes their full timeout to finish.
-        .shutdown_timeout(config.publish_timeout.as_secs() + 2)
-        .run();
+        let options = ServerOptions {
+            // Slow clients: headers must arrive within 5 s, as actix's default, and the whole
+            // body within the publish timeout's order of magnitude.
+            client_request_timeout: Some(Duration::from_secs(5)),
+            // On SIGTERM: stop accepting, give in-flight publishes their full timeout to finish.
+            shutdown_timeout: Some(config.publish_timeout.as_secs() + 2),
+            ..ServerOptions::default()
+        };
+        let server = actors::http::server(listener, http_metrics, options, move |app| {
+            app.app_data(state.clone());
+            crate::routes::configure(app);
+        })?;
         log::info!(
             event = "gateway_listening",
             port,
@@ -134,6 +134,7 @@ impl Application {
             metrics_export,
             publisher,
             publisher_status,
+            tasks,
         })
     }
 
@@ -157,10 +158,10 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until stopped, then closes the broker connection.
+    /// Serves until stopped, then stops the redelivery task and closes the broker connection.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        self.metrics_export.stop().await;
+        let result = actors::http::run_with_metrics(self.server, self.metrics_export).await;
+        self.tasks.stop();
         log::info!(event = "gateway_draining"; "gateway draining");
         let _ = self.publisher.send(Shutdown).await;
         log::info!(event = "gateway_stopped"; "gateway stopped");

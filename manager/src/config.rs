@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use actors::config::{self, ConfigError, Environment, Source};
+use actors::config::{self, ConfigError, Environment, Source, ValueError};
 use actors::github::AppConfig;
 use actors::telemetry::TelemetryConfig;
 use reqwest::Url;
@@ -266,10 +266,7 @@ impl Config {
             source,
             "APP_CREATE_PARALLELISM",
             DEFAULT_CREATE_PARALLELISM,
-            |v| match v.parse::<usize>() {
-                Ok(n) if (1..=64).contains(&n) => Ok(n),
-                _ => Err("must be a whole number between 1 and 64".to_owned()),
-            },
+            |v| config::integer_between(v, 1u8, 64).map(usize::from),
         )?;
         let flavors = read_flavors(&config_path)?;
         Ok(Self {
@@ -332,7 +329,7 @@ fn host_name() -> Result<String, ConfigError> {
 }
 
 /// A manager id: 1-20 of `a-z 0-9 -`, starting with a letter or digit.
-pub fn validate_id(id: &str) -> Result<(), String> {
+pub fn validate_id(id: &str) -> Result<(), ValueError> {
     let valid = !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && !id.starts_with('-')
@@ -342,9 +339,10 @@ pub fn validate_id(id: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
-            "must be 1-{MAX_ID_LEN} characters of a-z 0-9 - (not starting with -)"
-        ))
+        Err(ValueError::Characters {
+            max: MAX_ID_LEN,
+            allowed: "a-z 0-9 - (not starting with -)",
+        })
     }
 }
 
@@ -413,7 +411,8 @@ pub fn parse_flavors(path: &Path, text: &str) -> Result<Vec<FlavorConfig>, FileE
     for (index, flavor) in shape.flavor.into_iter().enumerate() {
         let key = |name: &str| format!("flavor[{index}].{name}");
         let name = flavor.name.get_ref().clone();
-        validate_flavor_name(&name).map_err(|r| fault(flavor.name.span().start, key("name"), r))?;
+        validate_flavor_name(&name)
+            .map_err(|r| fault(flavor.name.span().start, key("name"), r.to_string()))?;
         if flavors.iter().any(|other| other.name == name) {
             return Err(fault(
                 flavor.name.span().start,
@@ -465,7 +464,7 @@ pub fn parse_flavors(path: &Path, text: &str) -> Result<Vec<FlavorConfig>, FileE
         let duration = |value: &Option<Spanned<String>>, name: &str, default: Duration| {
             value.as_ref().map_or(Ok(default), |v| {
                 config::duration(v.get_ref().trim())
-                    .map_err(|reason| fault(v.span().start, key(name), reason))
+                    .map_err(|reason| fault(v.span().start, key(name), reason.to_string()))
             })
         };
         let boot_timeout = duration(&flavor.boot_timeout, "boot_timeout", DEFAULT_BOOT_TIMEOUT)?;
@@ -667,7 +666,7 @@ fn parse_gce(shape: &BackendShape, at: usize) -> Result<GceBackendConfig, Backen
 }
 
 /// A flavor name as the planner allows it, short enough for runner names.
-fn validate_flavor_name(name: &str) -> Result<(), String> {
+fn validate_flavor_name(name: &str) -> Result<(), ValueError> {
     let valid = !name.is_empty()
         && name.len() <= MAX_FLAVOR_LEN
         && name.bytes().all(|b| {
@@ -676,9 +675,10 @@ fn validate_flavor_name(name: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
-            "must be 1-{MAX_FLAVOR_LEN} characters of a-z 0-9 - _ ."
-        ))
+        Err(ValueError::Characters {
+            max: MAX_FLAVOR_LEN,
+            allowed: "a-z 0-9 - _ .",
+        })
     }
 }
 

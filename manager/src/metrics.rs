@@ -33,6 +33,10 @@ pub struct Metrics {
     pub boot_seconds: HistogramVec,
     /// Seconds of one reconcile pass.
     pub reconcile_seconds: HistogramVec,
+    /// Create attempts that found no capacity, per flavor, zone and template.
+    pub capacity_misses: IntCounterVec,
+    /// 1 while a flavor's last create found no capacity anywhere (its creates back off).
+    pub capacity_exhausted: IntGaugeVec,
     /// 1 while the pressure stream is connected.
     pub planner_connected: IntGauge,
     /// HTTP request metrics of the status API.
@@ -79,7 +83,7 @@ impl Metrics {
             )?,
             failures: counter(
                 "failures_total",
-                "Failed steps, by reason (jit_config, backend_start, backend_state, backend_stop, github_list, deregister, planner_labels).",
+                "Failed steps, by reason (jit_config, backend_start, backend_state, backend_stop, no_capacity, github_list, deregister, planner_labels).",
                 &["flavor", "reason"],
             )?,
             kept_busy: counter(
@@ -107,6 +111,16 @@ impl Metrics {
                 ]),
                 &["flavor"],
             )?,
+            capacity_misses: counter(
+                "capacity_misses_total",
+                "Create attempts that found no capacity in a zone for a template (a gce backend then tries the next zone, then the next template).",
+                &["flavor", "zone", "template"],
+            )?,
+            capacity_exhausted: gauge(
+                "capacity_exhausted",
+                "1 while the flavor's last create found no capacity in any zone or template; its creates back off until one succeeds.",
+                &["flavor"],
+            )?,
             planner_connected: IntGauge::new(
                 name("planner_connected"),
                 "1 while the planner's pressure stream is connected.",
@@ -125,6 +139,8 @@ impl Metrics {
             Box::new(metrics.kept_busy.clone()),
             Box::new(metrics.boot_seconds.clone()),
             Box::new(metrics.reconcile_seconds.clone()),
+            Box::new(metrics.capacity_misses.clone()),
+            Box::new(metrics.capacity_exhausted.clone()),
             Box::new(metrics.planner_connected.clone()),
         ] {
             metrics.registry.register(collector)?;

@@ -104,6 +104,35 @@ pub async fn follow(follow: Follow) {
     }
 }
 
+/// Why a call to the planner failed: its pressure stream, or a flavor's labels.
+#[derive(Debug, thiserror::Error)]
+pub enum PlannerError {
+    /// No answer (connection refused, timeout, TLS).
+    #[error("planner: {0}")]
+    Connect(reqwest::Error),
+    /// An answer other than 2xx.
+    #[error("planner answered {0}")]
+    Status(u16),
+    /// The stream sent nothing, not even a heartbeat, for this long.
+    #[error("silent for {0:?}")]
+    Silent(Duration),
+    /// The answer broke off.
+    #[error("read: {0}")]
+    Read(reqwest::Error),
+    /// A stream line that is not a pressure map.
+    #[error("not a pressure line: {0}")]
+    Line(serde_json::Error),
+    /// A stream line longer than any pressure map.
+    #[error("line too long")]
+    LineTooLong,
+    /// A flavor answer that is not a flavor.
+    #[error("planner flavor: {0}")]
+    Flavor(reqwest::Error),
+    /// `APP_PLANNER_URL` cannot take a path (a URL such as `mailto:`).
+    #[error("planner URL cannot have a path")]
+    NotABase,
+}
+
 /// One connection: reads lines until the stream ends or fails.
 async fn read_stream(
     http: &reqwest::Client,
@@ -111,31 +140,31 @@ async fn read_stream(
     follow: &Follow,
     last: &mut HashMap<String, Option<u64>>,
     lost_at: &mut Option<Instant>,
-) -> Result<(), String> {
+) -> Result<(), PlannerError> {
     let response = http
         .get(url.clone())
         .bearer_auth(follow.token.expose_secret())
         .header("Accept", actors::stream::NDJSON)
         .send()
         .await
-        .map_err(|err| format!("connect: {err}"))?;
+        .map_err(PlannerError::Connect)?;
     if !response.status().is_success() {
-        return Err(format!("planner answered {}", response.status().as_u16()));
+        return Err(PlannerError::Status(response.status().as_u16()));
     }
     let mut body = response.bytes_stream();
     let mut buffer: Vec<u8> = Vec::new();
     loop {
         let chunk = match tokio::time::timeout(STREAM_IDLE, body.next()).await {
-            Err(_) => return Err(format!("silent for {STREAM_IDLE:?}")),
+            Err(_) => return Err(PlannerError::Silent(STREAM_IDLE)),
             Ok(None) => return Ok(()),
-            Ok(Some(Err(err))) => return Err(format!("read: {err}")),
+            Ok(Some(Err(err))) => return Err(PlannerError::Read(err)),
             Ok(Some(Ok(chunk))) => chunk,
         };
         buffer.extend_from_slice(&chunk);
         while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buffer.drain(..=end).collect();
-            let map: PressureMap = serde_json::from_slice(&line[..end])
-                .map_err(|err| format!("not a pressure line: {err}"))?;
+            let map: PressureMap =
+                serde_json::from_slice(&line[..end]).map_err(PlannerError::Line)?;
             if lost_at.take().is_some() {
                 log::info!(
                     event = "pressure_stream_connected",
@@ -155,7 +184,7 @@ async fn read_stream(
             }
         }
         if buffer.len() > MAX_LINE {
-            return Err("line too long".to_owned());
+            return Err(PlannerError::LineTooLong);
         }
     }
 }
@@ -165,14 +194,14 @@ pub async fn flavor_labels(
     planner_url: &Url,
     token: &SecretString,
     flavor: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, PlannerError> {
     #[derive(serde::Deserialize)]
     struct Flavor {
         labels: Vec<String>,
     }
     let mut url = planner_url.clone();
     url.path_segments_mut()
-        .map_err(|_| "planner URL cannot have a path".to_owned())?
+        .map_err(|_| PlannerError::NotABase)?
         .pop_if_empty()
         .extend(["api", "v1", "flavors", flavor]);
     let response = reqwest::Client::new()
@@ -181,16 +210,10 @@ pub async fn flavor_labels(
         .timeout(Duration::from_secs(10))
         .send()
         .await
-        .map_err(|err| format!("planner: {err}"))?;
+        .map_err(PlannerError::Connect)?;
     if !response.status().is_success() {
-        return Err(format!(
-            "planner answered {} for flavor {flavor}",
-            response.status().as_u16()
-        ));
+        return Err(PlannerError::Status(response.status().as_u16()));
     }
-    let flavor: Flavor = response
-        .json()
-        .await
-        .map_err(|err| format!("planner flavor: {err}"))?;
+    let flavor: Flavor = response.json().await.map_err(PlannerError::Flavor)?;
     Ok(flavor.labels)
 }

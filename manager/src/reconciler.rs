@@ -13,10 +13,10 @@ use chrono::{DateTime, Utc};
 use reqwest::Url;
 use secrecy::SecretString;
 
-use crate::backend::{Backend, Instance, RunnerSpec};
+use crate::backend::{Backend, Instance, RunnerSpec, NO_CAPACITY};
 use crate::config::{FlavorConfig, DEFAULT_LABELS};
 use crate::decide::{self, Action, Observed, Reason, RunnerState};
-use crate::github::{DeleteOutcome, GitHub, Runner};
+use crate::github::{DeleteOutcome, GitHub, GitHubError, Runner};
 use crate::messages::{
     DeleteRunner, GenerateJitConfig, GetRunners, ListRunners, PressureChanged, RunnerView,
 };
@@ -119,8 +119,8 @@ impl Reconciler {
             let instances = backend.list().await;
             let runners = match github.send(ListRunners { prefix }).await {
                 Ok(Ok(runners)) => Ok(runners),
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(_) => Err("GitHub actor stopped".to_owned()),
+                Ok(Err(err)) => Err(ListError::GitHub(err)),
+                Err(_) => Err(ListError::Stopped),
             };
             (instances, runners)
         };
@@ -146,7 +146,7 @@ impl Reconciler {
     fn apply(
         &mut self,
         instances: Result<Vec<Instance>, crate::backend::BackendError>,
-        runners: Result<Vec<Runner>, String>,
+        runners: Result<Vec<Runner>, ListError>,
         ctx: &mut Context<Self>,
     ) {
         let flavor = self.flavor().to_owned();
@@ -269,6 +269,17 @@ impl Reconciler {
         self.count_states();
     }
 
+    /// Whether the last create found capacity: `/ready` and the gauge say when none was found.
+    fn set_capacity(&self, found: bool) {
+        let flavor = self.flavor();
+        self.config.readiness.set_capacity(flavor, found);
+        self.config
+            .metrics
+            .capacity_exhausted
+            .with_label_values(&[flavor])
+            .set(i64::from(!found));
+    }
+
     fn count_states(&self) {
         let flavor = self.flavor();
         let mut counts: HashMap<RunnerState, i64> = HashMap::new();
@@ -357,6 +368,7 @@ impl Reconciler {
                         actor.created_here.insert(name.clone());
                         actor.create_failures = 0;
                         actor.create_paused_until = None;
+                        actor.set_capacity(true);
                         actor
                             .config
                             .metrics
@@ -380,6 +392,9 @@ impl Reconciler {
                             .saturating_mul(1 << actor.create_failures.min(16))
                             .min(CREATE_BACKOFF_MAX);
                         actor.create_paused_until = Some(Instant::now() + wait);
+                        if reason == NO_CAPACITY {
+                            actor.set_capacity(false);
+                        }
                         actor
                             .config
                             .metrics
@@ -493,6 +508,17 @@ impl Reconciler {
     }
 }
 
+/// Why this pass does not know the runners GitHub lists.
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    /// GitHub's answer.
+    #[error(transparent)]
+    GitHub(#[from] GitHubError),
+    /// The GitHub actor has stopped (shutdown).
+    #[error("GitHub actor stopped")]
+    Stopped,
+}
+
 /// How a removal ended.
 enum Removal {
     Done,
@@ -515,7 +541,7 @@ async fn create_runner(
                 &config.flavor.name,
             )
             .await
-            .map_err(|err| ("planner_labels", err))?;
+            .map_err(|err| ("planner_labels", err.to_string()))?;
             for label in DEFAULT_LABELS {
                 if !labels.iter().any(|l| l.eq_ignore_ascii_case(label)) {
                     labels.push(label.to_owned());
@@ -616,6 +642,7 @@ impl Actor for Reconciler {
             max = self.config.flavor.max_runners;
             "reconciler started"
         );
+        self.set_capacity(true);
         self.pass(ctx);
         ctx.run_interval(self.config.interval, |actor, ctx| actor.pass(ctx));
     }

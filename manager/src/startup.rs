@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::{Recipient, Supervisor};
-use actix_web::{dev::Server, middleware, web, App, HttpServer};
+use actix_web::{dev::Server, web};
 use actors::config::bind;
-use actors::telemetry::{HttpMetrics, MetricsExport};
+use actors::telemetry::MetricsExport;
 use secrecy::ExposeSecret;
 
 use crate::config::Config;
@@ -58,7 +58,7 @@ impl Application {
         let mut followers: HashMap<String, Recipient<PressureChanged>> = HashMap::new();
         let mut listers: Vec<Recipient<GetRunners>> = Vec::new();
         for flavor in &config.flavors {
-            let backend = crate::backend::build(flavor, &config)?;
+            let backend = crate::backend::build(flavor, &config, &metrics)?;
             let reconciler_config = ReconcilerConfig {
                 flavor: flavor.clone(),
                 manager_id: config.manager_id.clone(),
@@ -93,18 +93,15 @@ impl Application {
             reconcilers: listers,
             readiness,
         });
-        let http_metrics = web::Data::new(metrics.http.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(http_metrics.clone())
-                .wrap(middleware::from_fn(HttpMetrics::middleware))
-                .configure(crate::status::configure)
-        })
-        .listen(listener)?
-        .workers(1)
-        .shutdown_timeout(5)
-        .run();
+        let options = actors::http::ServerOptions {
+            workers: Some(1),
+            shutdown_timeout: Some(5),
+            ..Default::default()
+        };
+        let server = actors::http::server(listener, metrics.http.clone(), options, move |app| {
+            app.app_data(state.clone());
+            crate::status::configure(app);
+        })?;
         log::info!(
             event = "manager_listening",
             port,
@@ -133,8 +130,7 @@ impl Application {
 
     /// Serves until SIGTERM or SIGINT.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        self.metrics_export.stop().await;
+        let result = actors::http::run_with_metrics(self.server, self.metrics_export).await;
         log::info!(event = "manager_stopped"; "manager stopped");
         result
     }

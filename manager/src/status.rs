@@ -1,7 +1,9 @@
 //! The status API: `GET /api/v1/runners` (bearer token: the planner token or
 //! `APP_MANAGER_ADMIN_TOKEN_VALUE`), `GET /health` and `GET /ready`.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use actix::Recipient;
 use actix_web::{get, http::header, web, HttpRequest, HttpResponse};
@@ -18,6 +20,8 @@ pub struct Readiness {
     planner: AtomicBool,
     github: AtomicBool,
     backend: AtomicBool,
+    /// Flavors whose last create found no capacity anywhere.
+    out_of_capacity: Mutex<BTreeSet<String>>,
 }
 
 impl Readiness {
@@ -28,6 +32,7 @@ impl Readiness {
             planner: AtomicBool::new(false),
             github: AtomicBool::new(true),
             backend: AtomicBool::new(false),
+            out_of_capacity: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -46,18 +51,32 @@ impl Readiness {
         self.backend.store(up, Ordering::SeqCst);
     }
 
-    /// The names of what fails.
-    pub fn failing(&self) -> Vec<&'static str> {
+    /// Whether the last create of `flavor` found capacity (`false`: none in any zone or
+    /// template; its creates back off).
+    pub fn set_capacity(&self, flavor: &str, found: bool) {
+        let mut out = self.out_of_capacity.lock().expect("readiness");
+        if found {
+            out.remove(flavor);
+        } else {
+            out.insert(flavor.to_owned());
+        }
+    }
+
+    /// The names of what fails: `planner stream`, `github`, `backend`, and `capacity:<flavor>`
+    /// for each flavor out of capacity.
+    pub fn failing(&self) -> Vec<String> {
         let mut failing = Vec::new();
         if !self.planner.load(Ordering::SeqCst) {
-            failing.push("planner stream");
+            failing.push("planner stream".to_owned());
         }
         if !self.github.load(Ordering::SeqCst) {
-            failing.push("github");
+            failing.push("github".to_owned());
         }
         if !self.backend.load(Ordering::SeqCst) {
-            failing.push("backend");
+            failing.push("backend".to_owned());
         }
+        let out = self.out_of_capacity.lock().expect("readiness");
+        failing.extend(out.iter().map(|flavor| format!("capacity:{flavor}")));
         failing
     }
 }
@@ -109,7 +128,7 @@ struct Status {
 #[derive(Serialize)]
 struct NotReady {
     error: String,
-    failing: Vec<&'static str>,
+    failing: Vec<String>,
 }
 
 /// 200 while the process serves HTTP.
@@ -118,8 +137,8 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(Status { status: "ok" })
 }
 
-/// 200 when the pressure stream is connected, GitHub answers and the backends list; else 503
-/// naming each that fails.
+/// 200 when the pressure stream is connected, GitHub answers, the backends list and every
+/// flavor's last create found capacity; else 503 naming each that fails.
 #[get("/ready")]
 pub async fn ready(state: web::Data<StatusState>) -> HttpResponse {
     let failing = state.readiness.failing();
@@ -209,6 +228,18 @@ mod tests {
             test::read_body_json(test::call_service(&app, get("/ready", None)).await).await;
         assert_eq!(body["failing"], serde_json::json!(["github"]));
         readiness.set_github(true);
+        let response = test::call_service(&app, get("/ready", None)).await;
+        assert_eq!(response.status().as_u16(), 200);
+        // A flavor out of capacity is named until a create finds some.
+        readiness.set_capacity("large", false);
+        readiness.set_capacity("small", false);
+        readiness.set_capacity("small", true);
+        let response = test::call_service(&app, get("/ready", None)).await;
+        assert_eq!(response.status().as_u16(), 503);
+        let body: serde_json::Value = test::read_body_json(response).await;
+        assert_eq!(body["failing"], serde_json::json!(["capacity:large"]));
+        assert_eq!(body["error"], "not ready: capacity:large failing", "{body}");
+        readiness.set_capacity("large", true);
         let response = test::call_service(&app, get("/ready", None)).await;
         assert_eq!(response.status().as_u16(), 200);
     }

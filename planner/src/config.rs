@@ -23,6 +23,13 @@ pub struct Config {
     /// libpq's `key=value` pairs; several hosts (`host=a,b`, `postgresql://a,b/db`) with
     /// `target_session_attrs=read-write` find the primary after a failover.
     pub database_url: SecretString,
+    /// `POSTGRESQL_DB_LISTEN_CONNECT_STRING` (default: `POSTGRESQL_DB_CONNECT_STRING`): the
+    /// connection the pressure calculator holds `LISTEN` on. Behind a transaction pooler
+    /// (PgBouncer), a direct connection to PostgreSQL: a pooler cannot hold a `LISTEN`.
+    pub listen_database_url: SecretString,
+    /// `APP_DB_PGBOUNCER` (default `false`): the pool goes through PgBouncer (transaction
+    /// pooling), so it prepares no named statements (diesel's statement cache is off).
+    pub db_pgbouncer: bool,
     /// `RABBITMQ_CONNECT_STRING` (required): `amqp://` or `amqps://` URL.
     pub rabbitmq_url: SecretString,
     /// Address the HTTP server binds: `0.0.0.0` in production, `127.0.0.1` in tests.
@@ -68,12 +75,14 @@ pub struct Config {
     /// `APP_GITHUB_*` (optional): the GitHub App; reconciliation runs only when it is set.
     pub github: Option<actors::github::AppConfig>,
     /// `APP_RECONCILE_*`: when and how much to reconcile.
-    pub reconcile: crate::reconcile::ReconcileConfig,
+    pub reconcile: ReconcileConfig,
     /// `APP_CONSOLE_*`: the web console's managers and GitHub.
     pub console: crate::console::ConsoleConfig,
 }
 
 const ADMIN_TOKEN_PREFIX: &str = "planner_v0_";
+
+const LISTEN_VARIABLE: &str = "POSTGRESQL_DB_LISTEN_CONNECT_STRING";
 
 impl Config {
     /// The retry delays (first and cap) of the consumer and the pressure calculator.
@@ -89,7 +98,25 @@ impl Config {
     /// Reads any [`Source`] of variables (the environment, or a fixed list in tests).
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let database_url = config::required(source, "POSTGRESQL_DB_CONNECT_STRING")?;
-        check_database_url(&database_url)?;
+        check_database_url("POSTGRESQL_DB_CONNECT_STRING", &database_url)?;
+        let listen_database_url = match source.get(LISTEN_VARIABLE) {
+            Some(url) => {
+                check_database_url(LISTEN_VARIABLE, &url)?;
+                url
+            }
+            None => database_url.clone(),
+        };
+        // The LISTEN connection reads the string itself (tokio-postgres, TLS as libpq): refuse
+        // what it cannot honour now, naming the variable it came from.
+        crate::pgtls::ListenTarget::parse(&listen_database_url).map_err(|err| {
+            let variable = if source.get(LISTEN_VARIABLE).is_some() {
+                LISTEN_VARIABLE
+            } else {
+                "POSTGRESQL_DB_CONNECT_STRING"
+            };
+            ConfigError::new(variable, format!("for the LISTEN connection: {err}"))
+        })?;
+        let db_pgbouncer = config::parsed(source, "APP_DB_PGBOUNCER", false, config::boolean)?;
         let rabbitmq_url = config::required(source, "RABBITMQ_CONNECT_STRING").and_then(|v| {
             config::amqp_uri(&v).map_err(|r| ConfigError::new("RABBITMQ_CONNECT_STRING", r))
         })?;
@@ -107,10 +134,7 @@ impl Config {
             config::positive_integer,
         )?;
         let db_pool_size = config::parsed(source, "APP_DB_POOL_SIZE", 10u32, |v| {
-            match v.parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => Ok(n),
-                _ => Err("must be a whole number between 1 and 100".to_owned()),
-            }
+            config::integer_between(v, 1, 100)
         })?;
         let ignored_labels = match source.get("APP_IGNORED_LABELS") {
             Some(list) => IgnoredLabels::new(crate::domain::labels::parse_list(&list)),
@@ -119,6 +143,8 @@ impl Config {
 
         Ok(Self {
             database_url: database_url.into(),
+            listen_database_url: listen_database_url.into(),
+            db_pgbouncer,
             rabbitmq_url: rabbitmq_url.into(),
             bind_address: IpAddr::from([0, 0, 0, 0]),
             port: config::parsed(source, "APP_PORT", 8080, config::port)?,
@@ -149,7 +175,7 @@ impl Config {
                 config::positive_integer,
             )?,
             github: actors::github::AppConfig::from_source(source)?,
-            reconcile: crate::reconcile::ReconcileConfig::from_source(source)?,
+            reconcile: ReconcileConfig::from_source(source)?,
             console: crate::console::ConsoleConfig::from_source(source)?,
         })
     }
@@ -164,6 +190,8 @@ impl Config {
     ) -> Self {
         Self {
             database_url: database_url.into(),
+            listen_database_url: database_url.into(),
+            db_pgbouncer: false,
             rabbitmq_url: rabbitmq_url.into(),
             bind_address: IpAddr::from([127, 0, 0, 1]),
             port: 0,
@@ -184,7 +212,7 @@ impl Config {
             telemetry: TelemetryConfig::loopback(),
             metrics_max_repos: crate::metrics::DEFAULT_MAX_REPOS,
             github: None,
-            reconcile: crate::reconcile::ReconcileConfig::default(),
+            reconcile: ReconcileConfig::default(),
             console: crate::console::ConsoleConfig::default(),
         }
     }
@@ -192,12 +220,14 @@ impl Config {
 
 /// `POSTGRESQL_DB_CONNECT_STRING` must be a URL or `key=value` pairs that both libpq (the pool)
 /// and tokio-postgres (the `LISTEN` connection) read; the error never quotes it (a password).
-fn check_database_url(value: &str) -> Result<(), ConfigError> {
+fn check_database_url(variable: &'static str, value: &str) -> Result<(), ConfigError> {
     let url = value.starts_with("postgres://") || value.starts_with("postgresql://");
     let pairs = !value.contains("://") && value.contains('=');
-    if !(url || pairs) || value.parse::<tokio_postgres::Config>().is_err() {
+    // The rest is read where it is used: libpq for the pool, planner::pgtls for the LISTEN
+    // connection (which parses it at start-up, naming the variable).
+    if !(url || pairs) {
         return Err(ConfigError::new(
-            "POSTGRESQL_DB_CONNECT_STRING",
+            variable,
             "must be a postgres:// or postgresql:// URL or key=value pairs (host=... dbname=...)",
         ));
     }
@@ -212,6 +242,62 @@ pub fn is_valid_admin_token(token: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     })
+}
+
+/// Default of `APP_RECONCILE_AFTER`.
+pub const DEFAULT_RECONCILE_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Default of `APP_RECONCILE_INTERVAL`.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+/// Default of `APP_RECONCILE_BATCH`.
+pub const DEFAULT_RECONCILE_BATCH: u32 = 50;
+
+/// Settings of reconciliation (used only when a GitHub App is configured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileConfig {
+    /// `APP_RECONCILE_AFTER` (default 15 min): how long a job goes without news before it is
+    /// checked, and between two checks of a job that stays open.
+    pub after: Duration,
+    /// `APP_RECONCILE_INTERVAL` (default 1 min): time between rounds.
+    pub interval: Duration,
+    /// `APP_RECONCILE_BATCH` (default 50, at most 1000): jobs checked per round at most.
+    pub batch: u32,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            after: DEFAULT_RECONCILE_AFTER,
+            interval: DEFAULT_RECONCILE_INTERVAL,
+            batch: DEFAULT_RECONCILE_BATCH,
+        }
+    }
+}
+
+impl ReconcileConfig {
+    /// Reads `APP_RECONCILE_AFTER`, `APP_RECONCILE_INTERVAL` and `APP_RECONCILE_BATCH`.
+    pub fn from_source(source: &dyn Source) -> Result<Self, config::ConfigError> {
+        use actors::config::{duration, parsed};
+        Ok(Self {
+            after: parsed(
+                source,
+                "APP_RECONCILE_AFTER",
+                DEFAULT_RECONCILE_AFTER,
+                duration,
+            )?,
+            interval: parsed(
+                source,
+                "APP_RECONCILE_INTERVAL",
+                DEFAULT_RECONCILE_INTERVAL,
+                duration,
+            )?,
+            batch: parsed(
+                source,
+                "APP_RECONCILE_BATCH",
+                DEFAULT_RECONCILE_BATCH,
+                |v| config::integer_between(v, 1, 1000),
+            )?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +350,42 @@ mod tests {
             Some(9464)
         );
         assert_eq!(config.metrics_max_repos, 200);
+        assert!(!config.db_pgbouncer);
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            config.listen_database_url.expose_secret(),
+            config.database_url.expose_secret(),
+            "LISTEN on the main connection string by default"
+        );
+    }
+
+    #[test]
+    fn pgbouncer_and_a_direct_listen_connection() {
+        use secrecy::ExposeSecret;
+        let mut vars = valid();
+        vars.insert("APP_DB_PGBOUNCER", "true".to_owned());
+        vars.insert(
+            "POSTGRESQL_DB_LISTEN_CONNECT_STRING",
+            "postgresql://u:pw@db-direct/planner?sslmode=require".to_owned(),
+        );
+        let config = load(&vars).unwrap();
+        assert!(config.db_pgbouncer);
+        assert_eq!(
+            config.listen_database_url.expose_secret(),
+            "postgresql://u:pw@db-direct/planner?sslmode=require"
+        );
+        // A main string the LISTEN connection cannot honour is named as the main one.
+        let mut vars = valid();
+        vars.insert(
+            "POSTGRESQL_DB_CONNECT_STRING",
+            "postgresql://u:pw@db/planner?sslmode=verify-everything".to_owned(),
+        );
+        let err = load(&vars).unwrap_err();
+        assert_eq!(err.variable, "POSTGRESQL_DB_CONNECT_STRING");
+        assert!(
+            err.to_string().contains("LISTEN connection: sslmode"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -285,6 +407,12 @@ mod tests {
     fn bad_values_are_named() {
         for (name, value) in [
             ("POSTGRESQL_DB_CONNECT_STRING", "mysql://x"),
+            ("POSTGRESQL_DB_LISTEN_CONNECT_STRING", "mysql://x"),
+            (
+                "POSTGRESQL_DB_LISTEN_CONNECT_STRING",
+                "postgres://u:pw@db/p?sslcert=/c.pem",
+            ),
+            ("APP_DB_PGBOUNCER", "maybe"),
             ("RABBITMQ_CONNECT_STRING", "http://x"),
             ("APP_ADMIN_TOKEN_VALUE", "planner_v0_short"),
             ("APP_ADMIN_TOKEN_VALUE", "planner_v1_abcdefghij0123456789"),
@@ -364,5 +492,30 @@ mod tests {
         assert!(!printed.contains(ADMIN));
         assert!(!printed.contains("pw@db"));
         assert!(printed.contains("REDACTED"));
+    }
+
+    #[test]
+    fn configuration_defaults_and_errors() {
+        let config = ReconcileConfig::from_source(&[("OTHER", "x")]).unwrap();
+        assert_eq!(config, ReconcileConfig::default());
+        assert_eq!(config.after, std::time::Duration::from_secs(900));
+        let config = ReconcileConfig::from_source(&[
+            ("APP_RECONCILE_AFTER", "2m"),
+            ("APP_RECONCILE_INTERVAL", "10s"),
+            ("APP_RECONCILE_BATCH", "7"),
+        ])
+        .unwrap();
+        assert_eq!(config.after, std::time::Duration::from_secs(120));
+        assert_eq!(config.interval, std::time::Duration::from_secs(10));
+        assert_eq!(config.batch, 7);
+        for (name, value) in [
+            ("APP_RECONCILE_AFTER", "soon"),
+            ("APP_RECONCILE_INTERVAL", "0"),
+            ("APP_RECONCILE_BATCH", "0"),
+            ("APP_RECONCILE_BATCH", "5000"),
+        ] {
+            let err = ReconcileConfig::from_source(&[(name, value)]).unwrap_err();
+            assert_eq!(err.variable, name);
+        }
     }
 }

@@ -7,7 +7,12 @@
 //! a valid token would get a 400 or 415 instead of the 401, and would have its body read. With
 //! these, credentials come first, always, and an unauthenticated body is never read.
 
-use std::{marker::PhantomData, time::Duration};
+use std::{
+    collections::HashSet,
+    marker::PhantomData,
+    sync::{LazyLock, Mutex},
+    time::Duration,
+};
 
 use actix_web::{body, dev::Payload, http::header, web, FromRequest, HttpRequest};
 use futures::future::{ready, Ready};
@@ -89,19 +94,91 @@ impl<T: DeserializeOwned> JsonBody<T> {
 }
 
 /// Deserialises a JSON body; an error names the field at fault, without the client's input.
+/// Fields the body's type does not have are ignored, as Canonical's planner (Go's JSON decoder)
+/// ignores them, and each such field name is logged the first time it is seen
+/// ([`IGNORED_FIELDS`]). A type with `#[serde(deny_unknown_fields)]` refuses them instead.
 pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    // Every body of this API is an object; serde would also read an array into a struct, field
+    // by field, which Canonical's planner (Go's decoder) refuses.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let message = match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(err) => without_input(&err.to_string()),
+            Ok(_) => "invalid type, expected a JSON object".to_owned(),
+        };
+        return Err(ApiError::field("body", message));
+    }
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let mut ignored: Vec<String> = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| ignored.push(path.to_string());
+    let deserializer = serde_ignored::Deserializer::new(&mut json, &mut note);
+    let value = serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let message = without_input(&err.inner().to_string());
         ApiError::field(
             &field_name(err.path(), message.starts_with("unknown field")),
             message,
         )
     })?;
-    deserializer
-        .end()
-        .map_err(|err| ApiError::field("body", err))?;
+    json.end().map_err(|err| ApiError::field("body", err))?;
+    for field in ignored {
+        let field = IgnoredFields::printable(&field);
+        if IGNORED_FIELDS.first_time(field) {
+            let body = std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("body");
+            log::warn!(
+                event = "body_field_ignored",
+                field,
+                body;
+                "a request body field the route does not have is ignored"
+            );
+        }
+    }
     Ok(value)
+}
+
+/// The names of ignored body fields logged so far in this process: each is logged once, not per
+/// request.
+pub static IGNORED_FIELDS: LazyLock<IgnoredFields> = LazyLock::new(IgnoredFields::default);
+
+/// A bounded set of ignored field names: a client sending a new name with every request makes
+/// at most [`IgnoredFields::CAPACITY`] log lines, then none.
+#[derive(Debug, Default)]
+pub struct IgnoredFields(Mutex<HashSet<String>>);
+
+impl IgnoredFields {
+    /// Most names remembered (and logged).
+    pub const CAPACITY: usize = 64;
+
+    /// What to log for a field name the client chose: the name when it reads as the names of
+    /// this API do (1 to 32 of `[a-z0-9_.]`, `.` between the keys of nested objects), else a
+    /// placeholder. A log line never carries a body (`docs/logging.md`): a name of another
+    /// shape is the client's data (a token pasted as a key, a marker), not a misspelt field,
+    /// and so is one that starts like an admin token.
+    pub fn printable(field: &str) -> &str {
+        let plain = (1..=32).contains(&field.len())
+            && !field.starts_with("planner_v")
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+        if plain {
+            field
+        } else {
+            "(not a plain name)"
+        }
+    }
+
+    /// Whether `field` is seen for the first time (and there is room to remember it).
+    pub fn first_time(&self, field: &str) -> bool {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.contains(field) || seen.len() >= Self::CAPACITY {
+            return false;
+        }
+        seen.insert(field.to_owned())
+    }
 }
 
 /// The field a deserialisation error is about, as `labels[2]`; `body` for the whole body or an
@@ -218,12 +295,58 @@ mod tests {
                 format!(r#"{{"name": "x", "labels": []}} "{secret}""#),
                 "body:",
             ),
-            (format!(r#"[{{"{secret}": 1}}]"#), "[0]:"),
+            (
+                format!(r#"[{{"{secret}": 1}}]"#),
+                "body: invalid type, expected a JSON object",
+            ),
+            (format!(r#"["{secret}"#), "body: EOF"),
             (format!(r#"{{"name": "{secret}""#), "body:"),
         ] {
             let message = error(&json);
             assert!(message.starts_with(field), "{json}: {message}");
             assert!(!message.contains("SECRET"), "{json}: {message}");
+        }
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Lenient {
+        name: String,
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_unless_the_type_refuses_them() {
+        let body: Lenient =
+            from_json(br#"{"colour": "red", "name": "x", "size": {"a": 1}}"#).unwrap();
+        assert_eq!(body, Lenient { name: "x".into() });
+        // Values of the known fields are checked as before.
+        let err = from_json::<Lenient>(br#"{"colour": "red", "name": 1}"#).unwrap_err();
+        assert!(err.to_string().starts_with("name:"), "{err}");
+        assert!(error(r#"{"name": "x", "labels": [], "colour": 1}"#).contains("unknown field"));
+    }
+
+    #[test]
+    fn ignored_fields_are_remembered_once_and_boundedly() {
+        let fields = IgnoredFields::default();
+        assert!(fields.first_time("colour"));
+        assert!(!fields.first_time("colour"), "logged once, not per request");
+        for n in 1..IgnoredFields::CAPACITY {
+            assert!(fields.first_time(&format!("f{n}")));
+        }
+        assert!(!fields.first_time("one-too-many"));
+        assert_eq!(IgnoredFields::printable("colour"), "colour");
+        assert_eq!(IgnoredFields::printable("size.max_1"), "size.max_1");
+        for odd in [
+            "",
+            "a b",
+            "x\nlevel=error",
+            &"a".repeat(33),
+            "é",
+            "Colour",
+            "BODYMARKER-0123",
+            "labels[2]",
+            "planner_v0_abcdefghij0123456789",
+        ] {
+            assert_eq!(IgnoredFields::printable(odd), "(not a plain name)", "{odd}");
         }
     }
 

@@ -2,17 +2,19 @@
 //! job in PostgreSQL, matches jobs to runner flavors, computes and streams each flavor's
 //! pressure, reconciles forgotten jobs with GitHub and serves the admin REST API.
 //!
-//! - [`config`]: the environment, read once.
+//! - [`config`]: the environment, read once (reconciliation's settings included).
 //! - [`startup::Application`]: builds and runs everything; tests build it on port 0.
-//! - [`consumer`]: the AMQP consumer (sessions, batches, settling); [`store`]: the job-store
-//!   actor and its transactions; [`messages`]: what is sent to the store.
+//! - [`consumer`]: the AMQP consumer (sessions, batches, settling), a plain task until shutdown;
+//!   [`store`]: the job-store actor and its transactions; [`messages`]: what is sent to the
+//!   store.
 //! - [`domain`]: pure logic (state machine, labels, matching, webhook classification).
 //! - [`pressure`]: the pressure formula ([`pressure::formula`]) and the calculator actor that
 //!   feeds the broadcaster; [`routes::pressure`] serves it once or as a stream.
-//! - [`reconcile`]: the periodic check of quiet open jobs against GitHub's API.
+//! - [`reconcile`]: the periodic task checking quiet open jobs against GitHub's API.
 //! - [`console`]: the web console under `/console` (server-rendered pages, a login session).
 //! - [`routes`]: the REST API; [`auth`]: bearer tokens; [`error`]: the one error type.
-//! - [`metrics`]: the Prometheus metrics, served on their own listener.
+//! - [`metrics`]: every Prometheus metric of the planner (reconciliation's included), served on
+//!   their own listener.
 //! - [`takeover`]: converting a database of Canonical's planner before the migrations;
 //!   [`report`]: `planner report waiting-p80`.
 
@@ -25,6 +27,7 @@ pub mod error;
 pub mod extract;
 pub mod messages;
 pub mod metrics;
+pub mod pgtls;
 pub mod pressure;
 pub mod reconcile;
 pub mod report;

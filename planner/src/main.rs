@@ -37,8 +37,7 @@ async fn run() -> anyhow::Result<()> {
             };
             let mut config = Config::from_env()?;
             config.migrate_on_start = migrate;
-            let tracing = Tracing::init("github-runner-planner", &config.telemetry)
-                .map_err(anyhow::Error::msg)?;
+            let tracing = Tracing::init("github-runner-planner", &config.telemetry)?;
             let result = match Application::build(config).await {
                 Ok(app) => app.run_until_stopped().await.map_err(anyhow::Error::from),
                 Err(err) => Err(err),
@@ -87,9 +86,20 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A pool of one connection to `POSTGRESQL_DB_CONNECT_STRING`, for the one-off commands.
+/// A pool of one connection to `POSTGRESQL_DB_CONNECT_STRING`, for the one-off commands
+/// (through PgBouncer with `APP_DB_PGBOUNCER=true`, as `serve`).
 fn one_connection_pool() -> anyhow::Result<store::PgPool> {
     let url = std::env::var("POSTGRESQL_DB_CONNECT_STRING")
         .context("environment variable POSTGRESQL_DB_CONNECT_STRING is required")?;
-    Ok(store::build_pool(&url, 1, store::CHECKOUT_TIMEOUT))
+    let pgbouncer = match std::env::var("APP_DB_PGBOUNCER") {
+        Err(_) => false,
+        Ok(value) => actors::config::boolean(&value)
+            .map_err(|reason| anyhow::anyhow!("environment variable APP_DB_PGBOUNCER {reason}"))?,
+    };
+    Ok(store::build_pool_via(
+        &url,
+        1,
+        store::CHECKOUT_TIMEOUT,
+        pgbouncer,
+    ))
 }

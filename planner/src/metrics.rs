@@ -555,4 +555,20 @@ mod tests {
             .contains("github_runner_planner_reconcile_corrected_total{reason=\"not_found\"} 0"));
         assert!(metrics.reconcile.register(&metrics.registry).is_err());
     }
+
+    #[test]
+    fn metrics_register_once() {
+        let metrics = ReconcileMetrics::new().unwrap();
+        let registry = Registry::new();
+        metrics.register(&registry).unwrap();
+        metrics.checked.inc();
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|family| family.name().to_owned())
+            .collect();
+        assert!(names.contains(&"github_runner_planner_reconcile_checked_total".to_owned()));
+        assert!(names.contains(&"github_runner_planner_reconcile_corrected_total".to_owned()));
+        assert!(metrics.register(&registry).is_err(), "registered twice");
+    }
 }

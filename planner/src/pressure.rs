@@ -115,8 +115,9 @@ pub struct Nudge {
 /// Settings of the calculator.
 #[derive(Debug, Clone)]
 pub struct CalculatorConfig {
-    /// The database, for the `LISTEN` connection.
-    pub database_url: SecretString,
+    /// `POSTGRESQL_DB_LISTEN_CONNECT_STRING`: the database, for the `LISTEN` connection
+    /// (TLS as its `sslmode` says: [`crate::pgtls`]).
+    pub listen_database_url: SecretString,
     /// `APP_JOB_MAX_AGE`.
     pub job_max_age: Duration,
     /// Connect timeout of the `LISTEN` connection.
@@ -279,16 +280,40 @@ async fn listen_forever(config: CalculatorConfig, calculator: Addr<Calculator>) 
         config.retry,
         |listening| async move { Err::<(), _>(listen(config, calculator, listening).await) },
         |ended, delay| {
-            let error = ended.err().unwrap_or_default();
-            log::warn!(
-                event = "pressure_listen_failed",
-                error,
-                retry_in_ms = delay.as_millis();
-                "cannot listen for changes"
-            );
+            if let Err(error) = ended {
+                log::warn!(
+                    event = "pressure_listen_failed",
+                    error:% = error,
+                    retry_in_ms = delay.as_millis();
+                    "cannot listen for changes"
+                );
+            }
         },
     )
     .await;
+}
+
+/// Why a `LISTEN` connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    /// The connection string or its TLS settings cannot be used (never quoting the string).
+    #[error("{0}")]
+    Target(crate::pgtls::TlsError),
+    /// No connection.
+    #[error("connect: {}", crate::pgtls::with_causes(.0))]
+    Connect(tokio_postgres::Error),
+    /// `LISTEN` refused.
+    #[error("listen: {}", crate::pgtls::with_causes(.0))]
+    Listen(tokio_postgres::Error),
+    /// The connection failed while listening.
+    #[error("connection: {}", crate::pgtls::with_causes(.0))]
+    Connection(tokio_postgres::Error),
+    /// The server closed the connection.
+    #[error("connection closed")]
+    Closed,
+    /// The task reading the connection ended abnormally.
+    #[error("listener task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// One `LISTEN` connection's life; returns why it ended.
@@ -296,17 +321,16 @@ async fn listen(
     config: &CalculatorConfig,
     calculator: &Addr<Calculator>,
     listening: Connected,
-) -> String {
-    let mut pg: tokio_postgres::Config = match config.database_url.expose_secret().parse() {
-        Ok(pg) => pg,
-        // The message of a URL parse error may quote the URL: do not log it.
-        Err(_) => return "the database URL is not understood by tokio-postgres".to_owned(),
-    };
-    pg.connect_timeout(config.connect_timeout)
-        .application_name("planner-pressure");
-    let (client, mut connection) = match pg.connect(tokio_postgres::NoTls).await {
+) -> ListenError {
+    let mut target =
+        match crate::pgtls::ListenTarget::parse(config.listen_database_url.expose_secret()) {
+            Ok(target) => target,
+            Err(err) => return ListenError::Target(err),
+        };
+    target.config.application_name("planner-pressure");
+    let (client, mut connection) = match target.connect(config.connect_timeout).await {
         Ok(pair) => pair,
-        Err(err) => return format!("connect: {err}"),
+        Err(err) => return ListenError::Connect(err),
     };
     // The connection object does the I/O; it hands over notifications as they arrive.
     let forward = calculator.clone();
@@ -318,22 +342,20 @@ async fn listen(
                     forward.do_send(Nudge::default());
                 }
                 Ok(_) => {}
-                Err(err) => return format!("connection: {err}"),
+                Err(err) => return ListenError::Connection(err),
             }
         }
-        "connection closed".to_owned()
+        ListenError::Closed
     });
     if let Err(err) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         driver.abort();
-        return format!("listen: {err}");
+        return ListenError::Listen(err);
     }
     listening.mark();
     log::info!(event = "pressure_listening", channel = CHANNEL; "listening for changes");
     // Notifications sent while this process was not listening are lost: recompute once.
     calculator.do_send(Nudge::default());
-    let outcome = driver
-        .await
-        .unwrap_or_else(|err| format!("listener task: {err}"));
+    let outcome = driver.await.unwrap_or_else(ListenError::from);
     drop(client);
     outcome
 }

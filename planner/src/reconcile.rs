@@ -24,164 +24,32 @@
 //! that stamps `reconciled_at`, so concurrent rounds take disjoint jobs and a job claimed by one
 //! planner is not due for the others. Completing takes the same locks as a webhook (flavor lock
 //! shared, then the job row) and skips a job that completed meanwhile.
+//!
+//! Here is the loop; its settings are [`crate::config::ReconcileConfig`], its counters
+//! [`crate::metrics::ReconcileMetrics`], the claim and release SQL
+//! [`schema::queries::claim_due_jobs`] and [`schema::queries::release_claimed_job`], the
+//! completing transaction [`crate::store::complete_reconciled`].
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use actix::{Actor, AsyncContext, Context, WrapFuture};
 use actors::github::GitHubError;
+use actors::task::{spawn_every, ShutdownSignal};
 use chrono::{DateTime, Utc};
-use diesel::{
-    sql_types::{BigInt, Double, Nullable, Text, Timestamptz},
-    Connection, PgConnection, QueryResult, QueryableByName, RunQueryDsl,
-};
-use schema::queries;
+use diesel::{PgConnection, QueryResult};
+use schema::queries::{self, Claimed};
 use serde_json::{json, Value};
 
 use crate::{
+    config::ReconcileConfig,
     domain::{
         job::{JobEvent, Status},
         labels::IgnoredLabels,
         webhook::GITHUB,
     },
-    messages::Outcome,
     metrics::ReconcileMetrics,
-    store::{apply_batch, PgPool},
+    store::{complete_reconciled, BlockingError, PgPool},
 };
 
 /// Conclusion given to a job GitHub answers 404 for.
 pub const NOT_FOUND_CONCLUSION: &str = "not_found_on_github";
-/// Default of `APP_RECONCILE_AFTER`.
-pub const DEFAULT_AFTER: Duration = Duration::from_secs(15 * 60);
-/// Default of `APP_RECONCILE_INTERVAL`.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
-/// Default of `APP_RECONCILE_BATCH`.
-pub const DEFAULT_BATCH: u32 = 50;
-
-/// Settings of reconciliation (used only when a GitHub App is configured).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReconcileConfig {
-    /// `APP_RECONCILE_AFTER` (default 15 min): how long a job goes without news before it is
-    /// checked, and between two checks of a job that stays open.
-    pub after: Duration,
-    /// `APP_RECONCILE_INTERVAL` (default 1 min): time between rounds.
-    pub interval: Duration,
-    /// `APP_RECONCILE_BATCH` (default 50, at most 1000): jobs checked per round at most.
-    pub batch: u32,
-}
-
-impl Default for ReconcileConfig {
-    fn default() -> Self {
-        Self {
-            after: DEFAULT_AFTER,
-            interval: DEFAULT_INTERVAL,
-            batch: DEFAULT_BATCH,
-        }
-    }
-}
-
-impl ReconcileConfig {
-    /// Reads `APP_RECONCILE_AFTER`, `APP_RECONCILE_INTERVAL` and `APP_RECONCILE_BATCH`.
-    pub fn from_source(
-        source: &dyn actors::config::Source,
-    ) -> Result<Self, actors::config::ConfigError> {
-        use actors::config::{duration, parsed};
-        Ok(Self {
-            after: parsed(source, "APP_RECONCILE_AFTER", DEFAULT_AFTER, duration)?,
-            interval: parsed(source, "APP_RECONCILE_INTERVAL", DEFAULT_INTERVAL, duration)?,
-            batch: parsed(
-                source,
-                "APP_RECONCILE_BATCH",
-                DEFAULT_BATCH,
-                |v| match v.parse::<u32>() {
-                    Ok(n) if (1..=1000).contains(&n) => Ok(n),
-                    _ => Err("must be a whole number between 1 and 1000".to_owned()),
-                },
-            )?,
-        })
-    }
-}
-
-/// One job claimed for a check.
-#[derive(Debug, Clone, QueryableByName)]
-pub struct Claimed {
-    #[diesel(sql_type = Text)]
-    pub platform: String,
-    #[diesel(sql_type = BigInt)]
-    pub id: i64,
-    #[diesel(sql_type = Text)]
-    pub repository: String,
-    #[diesel(sql_type = Timestamptz)]
-    pub created_at: DateTime<Utc>,
-    /// `reconciled_at` before the claim, restored when the check fails.
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    pub previous: Option<DateTime<Utc>>,
-}
-
-/// Claims up to `batch` due jobs, most overdue first, stamping `reconciled_at = now()`.
-pub fn claim_due(
-    conn: &mut PgConnection,
-    after: Duration,
-    batch: u32,
-) -> QueryResult<Vec<Claimed>> {
-    let mut claimed: Vec<Claimed> = diesel::sql_query(
-        "WITH due AS ( \
-             SELECT platform, id, reconciled_at AS previous FROM job \
-             WHERE platform = $1 AND status <> 'completed' \
-               AND COALESCE(reconciled_at, created_at) < now() - make_interval(secs => $2) \
-             ORDER BY COALESCE(reconciled_at, created_at), id \
-             LIMIT $3 \
-             FOR UPDATE SKIP LOCKED) \
-         UPDATE job SET reconciled_at = now() FROM due \
-         WHERE job.platform = due.platform AND job.id = due.id \
-         RETURNING job.platform, job.id, job.repository, job.created_at, due.previous",
-    )
-    .bind::<Text, _>(GITHUB)
-    .bind::<Double, _>(after.as_secs_f64())
-    .bind::<BigInt, _>(i64::from(batch))
-    .load(conn)?;
-    claimed.sort_by_key(|job| (job.previous.unwrap_or(job.created_at), job.id));
-    Ok(claimed)
-}
-
-/// Gives a claimed job back (its check failed): due again at once.
-pub fn release(conn: &mut PgConnection, job: &Claimed) -> QueryResult<()> {
-    diesel::sql_query("UPDATE job SET reconciled_at = $3 WHERE platform = $1 AND id = $2")
-        .bind::<Text, _>(&job.platform)
-        .bind::<BigInt, _>(job.id)
-        .bind::<Nullable<Timestamptz>, _>(job.previous)
-        .execute(conn)
-        .map(drop)
-}
-
-/// Completes a job with `event` unless it completed meanwhile; `true` when applied.
-pub fn complete(
-    conn: &mut PgConnection,
-    ignored: &IgnoredLabels,
-    event: JobEvent,
-) -> QueryResult<bool> {
-    conn.transaction(|conn| {
-        // The same lock order as a webhook: flavor lock shared, then the job's turn, which
-        // every writer of the job takes: the row read here stays as it is until the commit.
-        queries::lock_flavors_shared(conn)?;
-        queries::lock_job_keys(conn, &[(&event.platform, event.id)])?;
-        let Some(row) = queries::get_job(conn, &event.platform, event.id)? else {
-            return Ok(false);
-        };
-        if row.status == Status::Completed.as_str() {
-            return Ok(false);
-        }
-        let delivery = format!("planner-reconcile:{}:{}", event.platform, event.id);
-        let mut event = event;
-        // The job keeps the labels, repository and creation time it was matched with.
-        event.labels = row.labels;
-        event.repository = row.repository;
-        event.created_at = row.created_at;
-        let outcomes = apply_batch(conn, ignored, &[(delivery, event)])?;
-        Ok(outcomes.first() == Some(&Outcome::Applied))
-    })
-}
-
 /// The `completed` event for a job GitHub reports as completed (`api` is its answer).
 pub fn completed_event(job: &Claimed, api: &Value) -> JobEvent {
     let text = |field: &str| api.get(field).and_then(Value::as_str).map(str::to_owned);
@@ -328,21 +196,18 @@ impl Reconciler {
     async fn db<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut PgConnection) -> QueryResult<T> + Send + 'static,
-    ) -> Result<T, String> {
-        let pool = self.pool.clone();
-        actix_web::web::block(move || {
-            let mut conn = pool.get().map_err(|err| err.to_string())?;
-            work(&mut conn).map_err(|err| err.to_string())
-        })
-        .await
-        .map_err(|err| err.to_string())?
+    ) -> Result<T, BlockingError> {
+        crate::store::blocking(&self.pool, work).await
     }
 
     /// One round: claim, look up, complete or release.
     pub async fn round(&self) -> RoundReport {
         let mut report = RoundReport::default();
         let (after, batch) = (self.config.after, self.config.batch);
-        let claimed = match self.db(move |conn| claim_due(conn, after, batch)).await {
+        let claimed = match self
+            .db(move |conn| queries::claim_due_jobs(conn, GITHUB, after, batch))
+            .await
+        {
             Ok(claimed) => claimed,
             Err(err) => {
                 log::warn!(
@@ -406,7 +271,10 @@ impl Reconciler {
             let (event, reason) = event;
             let (id, repository) = (job.id, job.repository.clone());
             let ignored = self.ignored.clone();
-            match self.db(move |conn| complete(conn, &ignored, event)).await {
+            match self
+                .db(move |conn| complete_reconciled(conn, &ignored, event))
+                .await
+            {
                 Ok(true) => {
                     self.metrics.corrected.with_label_values(&[reason]).inc();
                     match reason {
@@ -459,7 +327,10 @@ impl Reconciler {
         self.metrics.errors.inc();
         report.released += jobs.len();
         let result = self
-            .db(move |conn| jobs.iter().try_for_each(|job| release(conn, job)))
+            .db(move |conn| {
+                jobs.iter()
+                    .try_for_each(|job| queries::release_claimed_job(conn, job))
+            })
             .await;
         if let Err(err) = result {
             log::warn!(
@@ -471,76 +342,27 @@ impl Reconciler {
     }
 }
 
-/// The actor running a [`Reconciler`] round every `APP_RECONCILE_INTERVAL` (the first at once),
-/// one round at a time. Stopping it stops the rounds.
-pub struct ReconcileActor {
-    reconciler: Arc<Reconciler>,
-    interval: Duration,
-}
-
-impl ReconcileActor {
-    /// An actor for `reconciler`.
-    pub fn new(reconciler: Reconciler) -> Self {
-        let interval = reconciler.config.interval;
-        Self {
-            reconciler: Arc::new(reconciler),
-            interval,
-        }
-    }
-}
-
-impl Actor for ReconcileActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let (reconciler, interval) = (self.reconciler.clone(), self.interval);
-        log::info!(
-            event = "reconcile_started",
-            interval_ms = interval.as_millis(),
-            after_s = reconciler.config.after.as_secs(),
-            batch = reconciler.config.batch;
-            "reconciliation with GitHub started"
-        );
-        ctx.spawn(
-            async move {
-                loop {
-                    reconciler.round().await;
-                    tokio::time::sleep(interval).await;
-                }
-            }
-            .into_actor(self),
-        );
-    }
+/// Runs a [`Reconciler`] round every `APP_RECONCILE_INTERVAL` (the first at once), one round at
+/// a time, as a task until `shutdown`.
+pub fn spawn(reconciler: Reconciler, shutdown: ShutdownSignal) {
+    let interval = reconciler.config.interval;
+    log::info!(
+        event = "reconcile_started",
+        interval_ms = interval.as_millis(),
+        after_s = reconciler.config.after.as_secs(),
+        batch = reconciler.config.batch;
+        "reconciliation with GitHub started"
+    );
+    spawn_every("reconcile", interval, shutdown, reconciler, |reconciler| {
+        Box::pin(async move {
+            reconciler.round().await;
+        })
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn configuration_defaults_and_errors() {
-        let config = ReconcileConfig::from_source(&[("OTHER", "x")]).unwrap();
-        assert_eq!(config, ReconcileConfig::default());
-        assert_eq!(config.after, Duration::from_secs(900));
-        let config = ReconcileConfig::from_source(&[
-            ("APP_RECONCILE_AFTER", "2m"),
-            ("APP_RECONCILE_INTERVAL", "10s"),
-            ("APP_RECONCILE_BATCH", "7"),
-        ])
-        .unwrap();
-        assert_eq!(config.after, Duration::from_secs(120));
-        assert_eq!(config.interval, Duration::from_secs(10));
-        assert_eq!(config.batch, 7);
-        for (name, value) in [
-            ("APP_RECONCILE_AFTER", "soon"),
-            ("APP_RECONCILE_INTERVAL", "0"),
-            ("APP_RECONCILE_BATCH", "0"),
-            ("APP_RECONCILE_BATCH", "5000"),
-        ] {
-            let err = ReconcileConfig::from_source(&[(name, value)]).unwrap_err();
-            assert_eq!(err.variable, name);
-        }
-    }
 
     #[test]
     fn repository_names_are_checked_before_going_into_a_path() {

@@ -4,21 +4,23 @@
 use std::time::Duration;
 
 use actix::{Actor, Addr, SyncArbiter};
-use actix_web::{dev::Server, middleware, web, App, HttpServer};
+use actix_web::{dev::Server, web};
 use actors::broadcast::{Broadcaster, Shutdown};
 use actors::config::bind;
-use actors::telemetry::{HttpMetrics, MetricsExport};
+use actors::http::ServerOptions;
+use actors::task;
+use actors::telemetry::MetricsExport;
 use secrecy::ExposeSecret;
 
 use crate::{
     auth::text_sha256,
     config::Config,
-    consumer::{Consumer, ConsumerConfig},
+    consumer::ConsumerConfig,
     metrics::Metrics,
     pressure::{Calculator, CalculatorConfig},
     routes::{self, health, pressure::PressureService},
     state::AppState,
-    store::{build_pool, JobStore, PgPool},
+    store::{build_pool_via, JobStore, PgPool},
 };
 
 /// A planner ready to run: its port is bound and its actors are started.
@@ -28,7 +30,8 @@ pub struct Application {
     metrics_export: MetricsExport,
     metrics: Metrics,
     pool: PgPool,
-    consumer: Addr<Consumer>,
+    /// Stops the consumer and reconciliation tasks.
+    tasks: task::Shutdown,
     broadcaster: Addr<Broadcaster>,
 }
 
@@ -52,10 +55,11 @@ impl Application {
     /// Builds the planner. Must run inside an actix system (`#[actix_web::main]`, tests'
     /// `#[actix_web::test]`).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pool = build_pool(
+        let pool = build_pool_via(
             config.database_url.expose_secret(),
             config.db_pool_size,
             config.db_checkout_timeout,
+            config.db_pgbouncer,
         );
         if config.migrate_on_start {
             let migrations_pool = pool.clone();
@@ -87,7 +91,8 @@ impl Application {
         };
         let (broadcaster, calculator) = start_pressure(&config, &pool).await;
         spawn_pressure_metrics(broadcaster.clone(), pool.clone(), metrics.clone());
-        let consumer = Consumer::new(
+        let shutdown = task::Shutdown::default();
+        crate::consumer::spawn(
             ConsumerConfig {
                 rabbitmq_url: config.rabbitmq_url.clone(),
                 topology: config.topology.clone(),
@@ -98,21 +103,21 @@ impl Application {
             },
             store.recipient(),
             metrics.clone(),
-        )
-        .start();
+            shutdown.signal(),
+        );
         spawn_database_probe(pool.clone(), metrics.clone());
 
         // Reconciliation with GitHub's API, only with a GitHub App.
         if let Some(app) = config.github.clone() {
             let client = actors::github::Client::new(app, "github-runner-planner")?;
-            crate::reconcile::ReconcileActor::new(crate::reconcile::Reconciler::new(
+            let reconciler = crate::reconcile::Reconciler::new(
                 client,
                 pool.clone(),
                 config.ignored_labels.clone(),
                 config.reconcile.clone(),
                 metrics.reconcile.clone(),
-            ))
-            .start();
+            );
+            crate::reconcile::spawn(reconciler, shutdown.signal());
         }
 
         let state = web::Data::new(AppState {
@@ -130,7 +135,6 @@ impl Application {
             config.admin_token.expose_secret(),
             metrics.clone(),
         )?);
-        let http_metrics = web::Data::new(metrics.http.clone());
         let pressure = web::Data::new(PressureService {
             broadcaster: broadcaster.clone(),
             calculator,
@@ -138,24 +142,20 @@ impl Application {
         });
         let listener = bind(&config.bind_address.to_string(), config.port, "APP_PORT")?;
         let port = listener.local_addr()?.port();
-        let mut server = HttpServer::new(move || {
-            App::new()
-                // Method, path and query (never headers or bodies), status, duration.
-                .wrap(middleware::from_fn(actors::http::log_request))
-                .app_data(state.clone())
-                .app_data(http_metrics.clone())
-                .wrap(middleware::from_fn(HttpMetrics::middleware))
-                .app_data(pressure.clone())
-                .service(crate::console::service(console.clone()))
-                .configure(routes::configure)
-        })
-        // Notice a client that went away at once, so its stream (and subscription) ends.
-        .h1_allow_half_closed(false)
-        .shutdown_signal(shutdown_signal(broadcaster.clone()))
-        .listen(listener)?;
-        if let Some(workers) = config.http_workers {
-            server = server.workers(workers);
-        }
+        let options = ServerOptions {
+            workers: config.http_workers,
+            // Notice a client that went away at once, so its stream (and subscription) ends.
+            close_half_closed: true,
+            // Method, path and query (never headers or bodies), status, duration.
+            log_requests: true,
+            shutdown_signal: Some(Box::pin(shutdown_signal(broadcaster.clone()))),
+            ..ServerOptions::default()
+        };
+        let server = actors::http::server(listener, metrics.http.clone(), options, move |app| {
+            app.app_data(state.clone()).app_data(pressure.clone());
+            app.service(crate::console::service(console.clone()));
+            routes::configure(app);
+        })?;
         log::info!(
             event = "planner_listening",
             address = config.bind_address,
@@ -166,11 +166,11 @@ impl Application {
         );
         Ok(Self {
             port,
-            server: server.run(),
+            server,
             metrics_export,
             metrics,
             pool,
-            consumer,
+            tasks: shutdown,
             broadcaster,
         })
     }
@@ -195,21 +195,17 @@ impl Application {
         self.pool.clone()
     }
 
-    /// The consumer actor.
-    pub fn consumer(&self) -> Addr<Consumer> {
-        self.consumer.clone()
-    }
-
     /// The pressure broadcaster (tests watch its subscribers).
     pub fn broadcaster(&self) -> Addr<Broadcaster> {
         self.broadcaster.clone()
     }
 
     /// Serves until the server stops (a signal, or its handle), then stops the metrics
-    /// exporter (a last push, when metrics are pushed).
+    /// exporter (a last push, when metrics are pushed) and the consumer and reconciliation
+    /// tasks.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        self.metrics_export.stop().await;
+        let result = actors::http::run_with_metrics(self.server, self.metrics_export).await;
+        self.tasks.stop();
         log::info!(event = "planner_stopped"; "planner stopped");
         result
     }
@@ -301,13 +297,10 @@ async fn start_pressure(
     pool: &PgPool,
 ) -> (Addr<Broadcaster>, actix::Recipient<crate::pressure::Nudge>) {
     let (initial_pool, max_age) = (pool.clone(), config.job_max_age);
-    let initial = web::block(move || -> Result<_, String> {
-        let mut conn = initial_pool.get().map_err(|err| err.to_string())?;
-        crate::pressure::compute(&mut conn, max_age).map_err(|err| err.to_string())
+    let initial = crate::store::blocking(&initial_pool, move |conn| {
+        crate::pressure::compute(conn, max_age)
     })
-    .await
-    .map_err(|err| err.to_string())
-    .and_then(|result| result);
+    .await;
     let initial = initial.map(|(map, _)| map).unwrap_or_else(|err| {
         log::warn!(
             event = "pressure_initial_failed",
@@ -319,7 +312,7 @@ async fn start_pressure(
     let broadcaster = Broadcaster::new(initial).start();
     let calculator = Calculator::new(
         CalculatorConfig {
-            database_url: config.database_url.clone(),
+            listen_database_url: config.listen_database_url.clone(),
             job_max_age: config.job_max_age,
             connect_timeout: config
                 .db_checkout_timeout

@@ -15,7 +15,7 @@ use std::collections::{hash_map::Entry, BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use actix::{Actor, Handler, SyncContext};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::{
     pg::PgConnection,
     r2d2::{ConnectionManager, Pool},
@@ -29,7 +29,7 @@ use schema::{
 
 use crate::{
     domain::{
-        job::{JobEvent, JobState},
+        job::{JobEvent, JobState, Status},
         labels::IgnoredLabels,
         matching::{self, FlavorSpec},
     },
@@ -48,11 +48,68 @@ pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// down at start-up delays work rather than preventing it.
 /// `checkout_timeout` bounds how long a request or the consumer waits for a connection.
 pub fn build_pool(database_url: &str, size: u32, checkout_timeout: Duration) -> PgPool {
-    Pool::builder()
+    build_pool_via(database_url, size, checkout_timeout, false)
+}
+
+/// [`build_pool`]; with `pgbouncer` (`APP_DB_PGBOUNCER`), each connection has diesel's
+/// statement cache off: no named prepared statement, which a transaction pooler would hand to
+/// another client's server connection. Every statement is then sent with its parameters in one
+/// message (libpq's `PQsendQueryParams`), as a pooler in transaction mode can take it. (The rest
+/// of the planner already suits such a pooler: its locks are transaction-level, its settings
+/// `SET LOCAL`, and its `LISTEN` is on a connection of its own.)
+pub fn build_pool_via(
+    database_url: &str,
+    size: u32,
+    checkout_timeout: Duration,
+    pgbouncer: bool,
+) -> PgPool {
+    let mut builder = Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
-        .connection_timeout(checkout_timeout)
-        .build_unchecked(ConnectionManager::new(database_url))
+        .connection_timeout(checkout_timeout);
+    if pgbouncer {
+        builder = builder.connection_customizer(Box::new(NoStatementCache));
+    }
+    builder.build_unchecked(ConnectionManager::new(database_url))
+}
+
+/// Turns diesel's prepared-statement cache off on each new pooled connection.
+#[derive(Debug)]
+struct NoStatementCache;
+
+impl r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for NoStatementCache {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+        Ok(())
+    }
+}
+
+/// Why database work run off the async workers by [`blocking`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockingError {
+    /// No pooled connection within the checkout timeout.
+    #[error("no database connection: {0}")]
+    Checkout(#[from] diesel::r2d2::PoolError),
+    /// The work's statements failed.
+    #[error("database: {0}")]
+    Query(#[from] DieselError),
+    /// actix's blocking pool did not run it (shutting down).
+    #[error("blocking pool: {0}")]
+    Pool(#[from] actix_web::error::BlockingError),
+}
+
+/// Runs `work` on a pooled connection in actix's blocking pool, off the async workers (the
+/// tasks beside the request path; the routes have their own, answering with their error).
+pub async fn blocking<T: Send + 'static>(
+    pool: &PgPool,
+    work: impl FnOnce(&mut PgConnection) -> QueryResult<T> + Send + 'static,
+) -> Result<T, BlockingError> {
+    let pool = pool.clone();
+    actix_web::web::block(move || {
+        let mut conn = pool.get()?;
+        Ok(work(&mut conn)?)
+    })
+    .await?
 }
 
 /// The job-store actor. Start it with `SyncArbiter::start(n, ...)`.
@@ -435,6 +492,67 @@ pub fn delete_flavor(
     })
 }
 
+/// The times `PATCH /api/v1/jobs/{platform}/{id}` sets; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobTimesChange {
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Why [`set_job_times`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SetTimesError {
+    /// No such job.
+    #[error("no such job")]
+    NotFound,
+    /// The named time is set already: each is set once.
+    #[error("{0} is already set")]
+    AlreadySet(&'static str),
+    #[error(transparent)]
+    Database(#[from] DieselError),
+}
+
+/// Sets a job's start and completion times, each only when it is not set yet (all or nothing:
+/// when one is set already, neither changes). The status follows the times, as after the
+/// deliveries that carry them: a start makes a job that had not started `in_progress`, a
+/// completion makes it `completed` (it stops counting towards pressure). The payloads are left
+/// as they are. Takes the same locks, in the same order, as a delivery of the job.
+pub fn set_job_times(
+    conn: &mut PgConnection,
+    platform: &str,
+    id: i64,
+    change: JobTimesChange,
+) -> Result<(), SetTimesError> {
+    conn.transaction(|conn| {
+        queries::lock_flavors_shared(conn)?;
+        queries::lock_job_keys(conn, &[(platform, id)])?;
+        let row = queries::get_job(conn, platform, id)?.ok_or(SetTimesError::NotFound)?;
+        if change.started_at.is_some() && row.started_at.is_some() {
+            return Err(SetTimesError::AlreadySet("started_at"));
+        }
+        if change.completed_at.is_some() && row.completed_at.is_some() {
+            return Err(SetTimesError::AlreadySet("completed_at"));
+        }
+        if change == JobTimesChange::default() {
+            return Ok(());
+        }
+        let assigned = row.assigned_flavor.clone();
+        let mut state = from_row(row)?;
+        if let Some(started_at) = change.started_at {
+            state.started_at = Some(started_at);
+            if state.status.is_not_started() {
+                state.status = Status::InProgress;
+            }
+        }
+        if let Some(completed_at) = change.completed_at {
+            state.completed_at = Some(completed_at);
+            state.status = Status::Completed;
+        }
+        queries::upsert_jobs(conn, &[to_row(&state, assigned)])?;
+        Ok(())
+    })
+}
+
 /// What matching needs of each flavor.
 pub fn flavor_specs(flavors: Vec<Flavor>) -> Vec<FlavorSpec> {
     flavors
@@ -490,5 +608,34 @@ fn from_row(row: Job) -> QueryResult<JobState> {
         created_at: row.created_at,
         started_at: row.started_at,
         completed_at: row.completed_at,
+    })
+}
+
+/// Reconciliation: completes a job with `event` (built from GitHub's answer) unless it
+/// completed meanwhile, taking the locks a webhook takes; `true` when applied.
+pub fn complete_reconciled(
+    conn: &mut PgConnection,
+    ignored: &IgnoredLabels,
+    event: JobEvent,
+) -> QueryResult<bool> {
+    conn.transaction(|conn| {
+        // The same lock order as a webhook: flavor lock shared, then the job's turn, which
+        // every writer of the job takes: the row read here stays as it is until the commit.
+        queries::lock_flavors_shared(conn)?;
+        queries::lock_job_keys(conn, &[(&event.platform, event.id)])?;
+        let Some(row) = queries::get_job(conn, &event.platform, event.id)? else {
+            return Ok(false);
+        };
+        if row.status == Status::Completed.as_str() {
+            return Ok(false);
+        }
+        let delivery = format!("planner-reconcile:{}:{}", event.platform, event.id);
+        let mut event = event;
+        // The job keeps the labels, repository and creation time it was matched with.
+        event.labels = row.labels;
+        event.repository = row.repository;
+        event.created_at = row.created_at;
+        let outcomes = apply_batch(conn, ignored, &[(delivery, event)])?;
+        Ok(outcomes.first() == Some(&Outcome::Applied))
     })
 }

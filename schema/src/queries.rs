@@ -403,11 +403,28 @@ pub fn job_payloads(
     platform: &str,
     id: i64,
 ) -> QueryResult<Vec<(String, serde_json::Value)>> {
+    Ok(jobs_payloads(conn, platform, &[id])?
+        .into_iter()
+        .map(|(_, action, payload)| (action, payload))
+        .collect())
+}
+
+/// Every payload kept for the jobs `ids` of `platform` (one statement): job id, action and
+/// payload, by job id, then action.
+pub fn jobs_payloads(
+    conn: &mut PgConnection,
+    platform: &str,
+    ids: &[i64],
+) -> QueryResult<Vec<(i64, String, serde_json::Value)>> {
     job_payload::table
         .filter(job_payload::platform.eq(platform))
-        .filter(job_payload::job_id.eq(id))
-        .order(job_payload::action.asc())
-        .select((job_payload::action, job_payload::payload))
+        .filter(job_payload::job_id.eq_any(ids))
+        .order((job_payload::job_id.asc(), job_payload::action.asc()))
+        .select((
+            job_payload::job_id,
+            job_payload::action,
+            job_payload::payload,
+        ))
         .load(conn)
 }
 
@@ -426,11 +443,12 @@ pub struct JobFilter {
     pub status: Option<String>,
     pub flavor: Option<String>,
     pub repository: Option<String>,
-    /// Only jobs strictly older than this `(created_at, id)` (the keyset cursor).
-    pub before: Option<(DateTime<Utc>, i64)>,
+    /// Only jobs strictly newer than this `(created_at, id)` (the keyset cursor).
+    pub after: Option<(DateTime<Utc>, i64)>,
 }
 
-/// Jobs of a platform, newest first (`created_at`, then `id`, descending).
+/// Jobs of a platform, oldest first (`created_at`, then `id`, ascending), as Canonical's planner
+/// lists them.
 pub fn list_jobs(
     conn: &mut PgConnection,
     platform: &str,
@@ -440,7 +458,7 @@ pub fn list_jobs(
     let mut query = job::table
         .filter(job::platform.eq(platform))
         .select(Job::as_select())
-        .order((job::created_at.desc(), job::id.desc()))
+        .order((job::created_at.asc(), job::id.asc()))
         .limit(limit)
         .into_boxed();
     if let Some(status) = &filter.status {
@@ -452,11 +470,11 @@ pub fn list_jobs(
     if let Some(repository) = &filter.repository {
         query = query.filter(job::repository.eq(repository.clone()));
     }
-    if let Some((created_at, id)) = filter.before {
+    if let Some((created_at, id)) = filter.after {
         query = query.filter(
             job::created_at
-                .lt(created_at)
-                .or(job::created_at.eq(created_at).and(job::id.lt(id))),
+                .gt(created_at)
+                .or(job::created_at.eq(created_at).and(job::id.gt(id))),
         );
     }
     query.load(conn)
@@ -626,4 +644,63 @@ pub fn token_name_by_any_hash(
         .select(auth::name)
         .first(conn)
         .optional()
+}
+
+/// One job claimed by [`claim_due_jobs`] for a check with GitHub.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Claimed {
+    /// `job.platform`.
+    #[diesel(sql_type = Text)]
+    pub platform: String,
+    /// `job.id`.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// `job.repository`.
+    #[diesel(sql_type = Text)]
+    pub repository: String,
+    /// `job.created_at`.
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    /// `reconciled_at` before the claim, restored when the check fails.
+    #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>)]
+    pub previous: Option<DateTime<Utc>>,
+}
+
+/// Reconciliation: claims up to `batch` open jobs of `platform` without news for `after`,
+/// most overdue first, stamping `reconciled_at = now()` (`FOR UPDATE SKIP LOCKED`: concurrent
+/// claims take disjoint jobs).
+pub fn claim_due_jobs(
+    conn: &mut PgConnection,
+    platform: &str,
+    after: std::time::Duration,
+    batch: u32,
+) -> QueryResult<Vec<Claimed>> {
+    let mut claimed: Vec<Claimed> = diesel::sql_query(
+        "WITH due AS ( \
+             SELECT platform, id, reconciled_at AS previous FROM job \
+             WHERE platform = $1 AND status <> 'completed' \
+               AND COALESCE(reconciled_at, created_at) < now() - make_interval(secs => $2) \
+             ORDER BY COALESCE(reconciled_at, created_at), id \
+             LIMIT $3 \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE job SET reconciled_at = now() FROM due \
+         WHERE job.platform = due.platform AND job.id = due.id \
+         RETURNING job.platform, job.id, job.repository, job.created_at, due.previous",
+    )
+    .bind::<Text, _>(platform)
+    .bind::<diesel::sql_types::Double, _>(after.as_secs_f64())
+    .bind::<BigInt, _>(i64::from(batch))
+    .load(conn)?;
+    claimed.sort_by_key(|job| (job.previous.unwrap_or(job.created_at), job.id));
+    Ok(claimed)
+}
+
+/// Gives a job claimed by [`claim_due_jobs`] back (its check failed): due again at once.
+pub fn release_claimed_job(conn: &mut PgConnection, job: &Claimed) -> QueryResult<()> {
+    diesel::sql_query("UPDATE job SET reconciled_at = $3 WHERE platform = $1 AND id = $2")
+        .bind::<Text, _>(&job.platform)
+        .bind::<BigInt, _>(job.id)
+        .bind::<Nullable<diesel::sql_types::Timestamptz>, _>(job.previous)
+        .execute(conn)
+        .map(drop)
 }

@@ -16,15 +16,26 @@
 //!   zones whose operations never finish ([`FakeGce::slow_zone`]), Spot preemption or a
 //!   powered-off runner ([`FakeGce::terminate`]), answers of 5xx or 429 ([`FakeGce::fail_next`]),
 //!   token revocation ([`FakeGce::revoke_tokens`]).
+//! - Guests ([`FakeGce::run_runners`]): a VM created from then on does what the startup script
+//!   does on a real one: it runs a runner ([`crate::fake_runner`], in this process) with the
+//!   JIT configuration from its metadata, which registers with the fake GitHub the
+//!   configuration names, and the VM powers off (`TERMINATED`) when the runner exits. A VM from
+//!   a template marked [`FakeGce::never_boot`] runs nothing (a broken image). Deleting or
+//!   terminating a VM stops its runner.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 
 use crate::fake_github::{PRIVATE_KEY, PUBLIC_KEY};
+use crate::fake_runner::{self, RunnerEnv};
+
+/// The metadata key the startup script reads the JIT configuration from.
+const JIT_CONFIG_KEY: &str = "github-runner-jitconfig";
 
 /// The service account of the test key file.
 pub const SERVICE_ACCOUNT: &str = "runner-manager@test-project.iam.gserviceaccount.com";
@@ -50,7 +61,22 @@ pub struct State {
     pub requests: Vec<String>,
     /// The bodies of every insert.
     pub inserts: Vec<Value>,
+    /// When each insert arrived, in order.
+    pub insert_times: Vec<Instant>,
+    /// `(VM name, exit code)` of every guest runner that has exited.
+    pub guest_exits: Vec<(String, i32)>,
+    run_runners: bool,
+    never_boot: HashSet<String>,
+    guests: HashMap<(String, String), tokio::task::JoinHandle<()>>,
     next_id: u64,
+}
+
+impl State {
+    fn stop_guest(&mut self, zone: &str, name: &str) {
+        if let Some(guest) = self.guests.remove(&(zone.to_owned(), name.to_owned())) {
+            guest.abort();
+        }
+    }
 }
 
 /// A running fake.
@@ -145,9 +171,37 @@ impl FakeGce {
         self.with(|s| s.tokens.clear());
     }
 
-    /// The VM stops (Spot preemption, or its runner powered it off).
+    /// VMs created from now on run a runner with their JIT configuration and power off when
+    /// it exits.
+    pub fn run_runners(&self) {
+        self.with(|s| s.run_runners = true);
+    }
+
+    /// VMs from `template` boot into nothing: their runner never registers.
+    pub fn never_boot(&self, template: &str) {
+        self.with(|s| s.never_boot.insert(template.into()));
+    }
+
+    /// Inserts in `zone` from `template` find capacity again.
+    pub fn restore_capacity(&self, zone: &str, template: &str) {
+        self.with(|s| s.no_capacity.remove(&(zone.into(), template.into())));
+    }
+
+    /// The zone of the VM `name`, if there is one.
+    pub fn zone_of(&self, name: &str) -> Option<String> {
+        self.with(|s| {
+            s.instances
+                .iter()
+                .find(|(_, vms)| vms.contains_key(name))
+                .map(|(zone, _)| zone.clone())
+        })
+    }
+
+    /// The VM stops (Spot preemption, or its runner powered it off); its runner, if any, is
+    /// stopped with it.
     pub fn terminate(&self, zone: &str, name: &str) {
         self.with(|s| {
+            s.stop_guest(zone, name);
             let vm = s
                 .instances
                 .get_mut(zone)
@@ -299,6 +353,7 @@ async fn compute(
     body: web::Bytes,
 ) -> HttpResponse {
     let mut state = shared.state.lock().expect("state");
+    let state = &mut *state;
     let path = request.path().to_owned();
     state.requests.push(format!(
         "{} {path}?{}",
@@ -325,7 +380,7 @@ async fn compute(
     let method = request.method().as_str().to_owned();
     match (method.as_str(), parts.as_slice()) {
         ("GET", ["compute", "v1", "projects", _, "aggregated", "instances"]) => {
-            aggregated(&state, &query(&request))
+            aggregated(state, &query(&request))
         }
         ("POST", ["compute", "v1", "projects", _, "zones", zone, "instances"]) => {
             let Ok(body) = serde_json::from_slice::<Value>(&body) else {
@@ -337,7 +392,11 @@ async fn compute(
                 return error(400, "required", "sourceInstanceTemplate and requestId");
             };
             let template = template.rsplit('/').next().unwrap_or_default().to_owned();
-            insert(&mut state, zone, &template, body)
+            let (answer, created) = insert(state, zone, &template, body);
+            if let Some(name) = created {
+                boot(&shared.state, state, zone, &name);
+            }
+            answer
         }
         ("GET", ["compute", "v1", "projects", _, "zones", zone, "instances", name]) => {
             match state.instances.get(*zone).and_then(|z| z.get(*name)) {
@@ -347,6 +406,7 @@ async fn compute(
         }
         ("DELETE", ["compute", "v1", "projects", _, "zones", zone, "instances", name]) => {
             let zone = (*zone).to_owned();
+            state.stop_guest(&zone, name);
             if state
                 .instances
                 .get_mut(&zone)
@@ -355,7 +415,7 @@ async fn compute(
             {
                 return error(404, "notFound", "The resource was not found");
             }
-            let operation = operation(&mut state, &zone, "delete", None);
+            let operation = operation(state, &zone, "delete", None);
             HttpResponse::Ok().json(operation)
         }
         ("GET", ["compute", "v1", "projects", _, "zones", _, "operations", name]) => {
@@ -387,17 +447,27 @@ fn operation(state: &mut State, zone: &str, kind: &str, error: Option<Value>) ->
     done
 }
 
-fn insert(state: &mut State, zone: &str, template: &str, body: Value) -> HttpResponse {
+/// The answer, and the name of the VM created.
+fn insert(
+    state: &mut State,
+    zone: &str,
+    template: &str,
+    body: Value,
+) -> (HttpResponse, Option<String>) {
     let Some(name) = body["name"].as_str().map(str::to_owned) else {
-        return error(400, "required", "name");
+        return (error(400, "required", "name"), None);
     };
     state.inserts.push(body.clone());
+    state.insert_times.push(Instant::now());
     if state
         .instances
         .get(zone)
         .is_some_and(|z| z.contains_key(&name))
     {
-        return error(409, "alreadyExists", "The resource already exists");
+        return (
+            error(409, "alreadyExists", "The resource already exists"),
+            None,
+        );
     }
     let key = (zone.to_owned(), template.to_owned());
     let failure = if state.no_capacity.contains(&key) {
@@ -411,6 +481,7 @@ fn insert(state: &mut State, zone: &str, template: &str, body: Value) -> HttpRes
             .get(&key)
             .map(|code| json!({"errors": [{"code": code, "message": "scripted operation error"}]}))
     };
+    let created = failure.is_none().then(|| name.clone());
     if failure.is_none() {
         let mut vm = new_vm(state, zone, &name, body["labels"].clone());
         vm["metadata"] = body["metadata"].clone();
@@ -422,7 +493,10 @@ fn insert(state: &mut State, zone: &str, template: &str, body: Value) -> HttpRes
             .or_default()
             .insert(name, vm);
     }
-    HttpResponse::Ok().json(operation(state, zone, "insert", failure))
+    (
+        HttpResponse::Ok().json(operation(state, zone, "insert", failure)),
+        created,
+    )
 }
 
 fn aggregated(state: &State, query: &HashMap<String, String>) -> HttpResponse {
@@ -466,4 +540,61 @@ fn aggregated(state: &State, query: &HashMap<String, String>) -> HttpResponse {
         answer["nextPageToken"] = json!(format!("page-{}", start + size));
     }
     HttpResponse::Ok().json(answer)
+}
+
+/// Starts the guest of the new VM `name` in `zone`, if guests run.
+fn boot(shared: &Arc<Mutex<State>>, state: &mut State, zone: &str, name: &str) {
+    if !state.run_runners {
+        return;
+    }
+    let key = (zone.to_owned(), name.to_owned());
+    let Some(vm) = state.instances.get(zone).and_then(|z| z.get(name)) else {
+        return;
+    };
+    let template = vm["sourceInstanceTemplate"].as_str().unwrap_or_default();
+    if state.guests.contains_key(&key) || state.never_boot.contains(template) {
+        return;
+    }
+    let item = |key: &str| {
+        vm["metadata"]["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|item| item["key"] == key)
+            .and_then(|item| item["value"].as_str())
+            .map(str::to_owned)
+    };
+    let (Some(jit), true) = (item(JIT_CONFIG_KEY), item("startup-script").is_some()) else {
+        return;
+    };
+    let env = RunnerEnv {
+        jit_config: jit.into(),
+        name: Some(name.to_owned()),
+        flavor: vm["labels"]["flavor"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        labels: String::new(),
+        manager_id: vm["labels"]["manager-id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let shared = shared.clone();
+    let (zone, name) = key.clone();
+    let guest = actix_web::rt::spawn(async move {
+        let code = fake_runner::run_until_done(&env).await;
+        // The startup script powers the VM off once the runner has exited.
+        let mut state = shared.lock().expect("state");
+        if let Some(vm) = state
+            .instances
+            .get_mut(&zone)
+            .and_then(|z| z.get_mut(&name))
+        {
+            vm["status"] = json!("TERMINATED");
+        }
+        state.guests.remove(&(zone, name.clone()));
+        state.guest_exits.push((name, code));
+    });
+    state.guests.insert(key, guest);
 }

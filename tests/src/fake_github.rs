@@ -298,9 +298,8 @@ impl FakeGitHub {
     }
 
     /// Checks App JWTs with `pem` (a PEM RSA public key) instead of the test-only key.
-    pub fn set_public_key(&self, pem: &str) -> Result<(), String> {
-        let key = DecodingKey::from_rsa_pem(pem.as_bytes())
-            .map_err(|_| "is not a PEM RSA public key".to_owned())?;
+    pub fn set_public_key(&self, pem: &str) -> Result<(), jsonwebtoken::errors::Error> {
+        let key = DecodingKey::from_rsa_pem(pem.as_bytes())?;
         self.state().decoding = key;
         Ok(())
     }

@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use actors::config::{self, ConfigError, Environment, Source};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -53,12 +54,10 @@ pub struct RunnerEnv {
 
 impl RunnerEnv {
     /// Reads the process environment; the error names the variable.
-    pub fn from_env() -> Result<Self, String> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let var = |name: &str| Environment.get(name);
         Ok(Self {
-            jit_config: var("RUNNER_JITCONFIG")
-                .ok_or("RUNNER_JITCONFIG is not set")?
-                .into(),
+            jit_config: config::required(&Environment, "RUNNER_JITCONFIG")?.into(),
             name: var("RUNNER_NAME"),
             flavor: var("RUNNER_FLAVOR").unwrap_or_default(),
             labels: var("RUNNER_LABELS").unwrap_or_default(),
@@ -93,6 +92,27 @@ pub async fn run(env: RunnerEnv) -> i32 {
         (Ok(term), Ok(int)) => Some((term, int)),
         _ => None,
     };
+    let stop = async move {
+        match signals {
+            Some((mut term, mut int)) => tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        code = run_until_done(&env) => code,
+        () = stop => {
+            state(env.name.as_deref().unwrap_or("unknown"), "terminated");
+            EXIT_TERMINATED
+        }
+    }
+}
+
+/// Runs the runner to its end without handling signals (a runner inside a fake VM, which is
+/// stopped by dropping the future); returns the exit code.
+pub async fn run_until_done(env: &RunnerEnv) -> i32 {
     let Some(payload) = JitPayload::decode(env.jit_config.expose_secret()) else {
         log::error!(
             event = "fake_runner_bad_config";
@@ -123,22 +143,7 @@ pub async fn run(env: RunnerEnv) -> i32 {
         return EXIT_BAD_CONFIG;
     };
     let base = payload.url.trim_end_matches('/').to_owned();
-    let stop = async move {
-        match signals {
-            Some((mut term, mut int)) => tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            },
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        code = lifecycle(&http, &base, &env, &label) => code,
-        () = stop => {
-            state(&label, "terminated");
-            EXIT_TERMINATED
-        }
-    }
+    lifecycle(&http, &base, env, &label).await
 }
 
 async fn call<T: serde::de::DeserializeOwned>(

@@ -33,6 +33,7 @@ pub mod fake_runner;
 pub mod fixtures;
 pub mod gateway;
 pub mod manager;
+pub mod pgbouncer;
 pub mod planner;
 pub mod process;
 pub mod promql;

@@ -1,13 +1,21 @@
 //! The runner manager as a real process for the end-to-end tests: its flavor file and exec
 //! state directory in a directory of the test's own, the fake runner (`fake-runner`) as its
-//! runner command, the fake GitHub as its API, the port 0 for its status API and metrics.
+//! runner command, the fake GitHub as its API, the port 0 for its status API and metrics; and
+//! [`Scene`], the system those tests run a manager against.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use crate::fake_github::{FakeGitHub, FakeRunner};
+use crate::fixtures::job_payload;
+use crate::gateway::{webhook, SECRET};
+use crate::planner::ADMIN_TOKEN;
 use crate::process::Service;
+use crate::system::System;
+use crate::unique;
 
 /// How long the manager may take to start listening.
 const START: Duration = Duration::from_secs(30);
@@ -29,6 +37,8 @@ pub struct Flavor {
     pub labels: Option<Vec<String>>,
     /// The command (`None`: the fake runner).
     pub command: Option<Vec<String>>,
+    /// The lines of `[flavor.backend]` (`None`: `kind = "exec"` with `command`).
+    pub backend: Option<String>,
 }
 
 impl Flavor {
@@ -42,6 +52,7 @@ impl Flavor {
             max_lifetime: "1h".to_owned(),
             labels: None,
             command: None,
+            backend: None,
         }
     }
 
@@ -63,16 +74,16 @@ impl Flavor {
             .as_ref()
             .map(|labels| format!("labels = [{}]\n", quoted(labels)))
             .unwrap_or_default();
+        let backend = self.backend.clone().unwrap_or_else(|| {
+            format!(
+                "kind = \"exec\"\ncommand = [{}]\nstop_grace = \"2s\"\n",
+                quoted(&command)
+            )
+        });
         format!(
             "[[flavor]]\nname = {:?}\nmin_runners = {}\nmax_runners = {}\n{labels}\
-             boot_timeout = {:?}\nmax_lifetime = {:?}\n[flavor.backend]\nkind = \"exec\"\n\
-             command = [{}]\nstop_grace = \"2s\"\n\n",
-            self.name,
-            self.min,
-            self.max,
-            self.boot_timeout,
-            self.max_lifetime,
-            quoted(&command)
+             boot_timeout = {:?}\nmax_lifetime = {:?}\n[flavor.backend]\n{backend}\n",
+            self.name, self.min, self.max, self.boot_timeout, self.max_lifetime,
         )
     }
 }
@@ -294,4 +305,144 @@ impl Manager {
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0.0)
     }
+}
+
+/// How long a change may take to show (creation, boot, removal).
+pub const WAIT: Duration = Duration::from_secs(60);
+/// The organization runners register in.
+pub const ORG: &str = "acme";
+/// The planner flavor of the scenes.
+pub const FLAVOR: &str = "small";
+/// Its job label.
+pub const LABEL: &str = "x64-manager";
+
+/// A running system, a fake GitHub and a general planner token.
+pub struct Scene {
+    /// The gateway and planner.
+    pub system: System,
+    /// The fake GitHub.
+    pub fake: FakeGitHub,
+    /// A planner token for the managers.
+    pub token: String,
+    /// A client.
+    pub http: reqwest::Client,
+}
+
+impl Scene {
+    /// The system, the fake GitHub, the planner flavor [`FLAVOR`] and a token.
+    pub async fn start() -> Self {
+        let system = System::start(None).await;
+        let fake = FakeGitHub::start().await;
+        let http = reqwest::Client::new();
+        let created = http
+            .post(format!("{}/api/v1/flavors/{FLAVOR}", system.planner_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"platform": "github", "labels": [LABEL], "priority": 1}))
+            .send()
+            .await
+            .expect("create flavor");
+        assert_eq!(created.status(), 201);
+        let token: Value = http
+            .post(format!(
+                "{}/api/v1/auth/token/{}",
+                system.planner_url,
+                unique("manager")
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("create token")
+            .json()
+            .await
+            .expect("token JSON");
+        Self {
+            system,
+            fake,
+            token: token["token"].as_str().expect("token").to_owned(),
+            http,
+        }
+    }
+
+    /// Starts manager `id` with `flavors`, `dir` and `extra` variables.
+    pub async fn manager(
+        &self,
+        id: &str,
+        flavors: &[Flavor],
+        dir: &ManagerDir,
+        extra: &[(&str, &str)],
+    ) -> Manager {
+        start_manager(&ManagerSetup {
+            id,
+            planner_url: &self.system.planner_url,
+            planner_token: &self.token,
+            github_url: &self.fake.url,
+            github_path: ORG,
+            flavors,
+            dir,
+            extra,
+        })
+        .await
+    }
+
+    /// Sends job `id` with `action` through the gateway.
+    pub async fn job(&self, id: i64, action: &str) {
+        let mut body = job_payload("queued.1", id, action, &["self-hosted", LABEL]);
+        let now = chrono::Utc::now().to_rfc3339();
+        body["workflow_job"]["created_at"] = now.clone().into();
+        body["workflow_job"]["started_at"] = now.into();
+        if action == "completed" {
+            body["workflow_job"]["conclusion"] = "success".into();
+        }
+        let response = webhook(
+            &self.http,
+            &self.system.gateway_url,
+            "workflow_job",
+            &unique("delivery"),
+            serde_json::to_vec(&body).expect("body"),
+            SECRET,
+        )
+        .send()
+        .await
+        .expect("send webhook");
+        assert_eq!(response.status(), 200, "webhook {id} {action}");
+    }
+
+    /// The fake's runners whose names start with `prefix`.
+    pub fn registered(&self, prefix: &str) -> Vec<FakeRunner> {
+        self.fake
+            .runners()
+            .into_iter()
+            .filter(|runner| runner.name.starts_with(prefix))
+            .collect()
+    }
+
+    /// Waits until `count` runners named `prefix...` are online in the fake; returns them.
+    pub async fn online(&self, prefix: &str, count: usize) -> Vec<FakeRunner> {
+        self.fake
+            .wait_until(
+                &format!("{count} runners {prefix}* online"),
+                WAIT,
+                |state| {
+                    state
+                        .runners
+                        .iter()
+                        .filter(|r| r.name.starts_with(prefix) && r.online)
+                        .count()
+                        == count
+                },
+            )
+            .await;
+        self.registered(prefix)
+            .into_iter()
+            .filter(|runner| runner.online)
+            .collect()
+    }
+}
+
+/// The `name`s of the status API's runners.
+pub fn names(runners: &[Value]) -> BTreeSet<String> {
+    runners
+        .iter()
+        .map(|runner| runner["name"].as_str().expect("name").to_owned())
+        .collect()
 }

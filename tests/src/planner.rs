@@ -356,11 +356,11 @@ const ROUTES: &[RouteLine] = &[
     ("GET",    "/health",                         "/health",                                    Access::Public, None,                                          200),
     ("GET",    "/ready",                          "/ready",                                     Access::Public, None,                                          200),
     ("GET",    "/api/v1/openapi.json",            "/api/v1/openapi.json",                       Access::Public, None,                                          200),
-    ("GET",    "/api/v1/flavors",                 "/api/v1/flavors",                            Access::Token,  None,                                          200),
+    ("GET",    "/api/v1/flavors",                 "/api/v1/flavors",                            Access::Admin,  None,                                          200),
     ("POST",   "/api/v1/flavors/{name}",          "/api/v1/flavors/new-{who}",                  Access::Token,  Some(r#"{"platform":"github","labels":["x64"]}"#), 201),
     ("GET",    "/api/v1/flavors/{name}",          "/api/v1/flavors/small",                      Access::Token,  None,                                          200),
     ("PATCH",  "/api/v1/flavors/{name}",          "/api/v1/flavors/small",                      Access::Token,  Some(r#"{"minimum_pressure":1}"#),             204),
-    ("DELETE", "/api/v1/flavors/{name}",          "/api/v1/flavors/old-{who}",                  Access::Token,  None,                                          204),
+    ("DELETE", "/api/v1/flavors/{name}",          "/api/v1/flavors/old-{who}",                  Access::Token,  None,                                          200),
     ("GET",    "/api/v1/flavors/{name}/pressure", "/api/v1/flavors/small/pressure",             Access::Token,  None,                                          200),
     ("GET",    "/api/v1/flavors/{name}/pressure", "/api/v1/flavors/_/pressure?stream=true",     Access::Token,  None,                                          200),
     ("POST",   "/api/v1/auth/token/{name}",       "/api/v1/auth/token/new-{who}",               Access::Admin,  None,                                          201),
@@ -368,6 +368,7 @@ const ROUTES: &[RouteLine] = &[
     ("DELETE", "/api/v1/auth/token/{name}",       "/api/v1/auth/token/old-{who}",               Access::Admin,  None,                                          204),
     ("GET",    "/api/v1/jobs/{platform}",         "/api/v1/jobs/github?status=queued&limit=10", Access::Token,  None,                                          200),
     ("GET",    "/api/v1/jobs/{platform}/{id}",    "/api/v1/jobs/github/4242",                   Access::Token,  None,                                          200),
+    ("PATCH",  "/api/v1/jobs/{platform}/{id}",    "/api/v1/jobs/github/4242",                   Access::Token,  Some("{}"),                                    204),
     ("GET",    "/api/v1/match",                   "/api/v1/match?labels=self-hosted,x64",       Access::Token,  None,                                          200),
 ];
 

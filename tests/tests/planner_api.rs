@@ -261,7 +261,14 @@ async fn tokens_lifecycle() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"names": ["another", "ci-runner"]}));
 
-    let (status, _) = call(&planner, Method::GET, "/api/v1/flavors", Some(&token), None).await;
+    let (status, _) = call(
+        &planner,
+        Method::GET,
+        "/api/v1/jobs/github",
+        Some(&token),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = call(
         &planner,
@@ -272,21 +279,44 @@ async fn tokens_lifecycle() {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = call(&planner, Method::GET, "/api/v1/flavors", Some(&token), None).await;
+    let (status, _) = call(
+        &planner,
+        Method::GET,
+        "/api/v1/jobs/github",
+        Some(&token),
+        None,
+    )
+    .await;
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
         "a deleted token stops working"
     );
-    let (status, _) = call(
+    // Deleting a token that does not exist is no error (Canonical's planner answers 204 too).
+    for name in ["ci-runner", "never-made"] {
+        let (status, body) = call(
+            &planner,
+            Method::DELETE,
+            &format!("/api/v1/auth/token/{name}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::NO_CONTENT, Value::Null),
+            "{name}"
+        );
+    }
+    let (_, body) = call(
         &planner,
-        Method::DELETE,
-        "/api/v1/auth/token/ci-runner",
+        Method::GET,
+        "/api/v1/auth/token",
         Some(ADMIN_TOKEN),
         None,
     )
     .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"names": ["another"]}));
 
     for bad in ["_", "UPPER", "a%20b", &"a".repeat(64)] {
         let (status, body) = call(
@@ -391,10 +421,44 @@ async fn flavors_crud_and_validation() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let (status, _) = call(&planner, Method::DELETE, "/api/v1/flavors/large", t, None).await;
+    // 200 with an empty body, and the same for a flavor that does not exist (as Canonical's
+    // planner answers).
+    let (status, body) = call(&planner, Method::DELETE, "/api/v1/flavors/large", t, None).await;
+    assert_eq!((status, body), (StatusCode::OK, Value::Null));
+    let (status, _) = call(&planner, Method::GET, "/api/v1/flavors/large", t, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "deleted");
+    let (status, body) = call(&planner, Method::DELETE, "/api/v1/flavors/large", t, None).await;
+    assert_eq!((status, body), (StatusCode::OK, Value::Null));
+
+    // Fields the body does not have are ignored, as Canonical's planner ignores them; `null` is
+    // the default of an optional field, as there.
+    let (status, created) = call(
+        &planner,
+        Method::POST,
+        "/api/v1/flavors/lenient",
+        t,
+        Some(
+            json!({"platform": "github", "labels": ["x64"], "colour": "red", "size": {"cpu": 4},
+            "priority": null, "is_disabled": null, "minimum_pressure": null}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        created,
+        json!({"platform": "github", "name": "lenient", "labels": ["x64"], "priority": 0, "is_disabled": false, "minimum_pressure": 0})
+    );
+    let (status, _) = call(
+        &planner,
+        Method::PATCH,
+        "/api/v1/flavors/lenient",
+        t,
+        Some(json!({"is_disabled": true, "colour": "blue"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = call(&planner, Method::DELETE, "/api/v1/flavors/large", t, None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, got) = call(&planner, Method::GET, "/api/v1/flavors/lenient", t, None).await;
+    assert_eq!(got["is_disabled"], true);
 
     // 400s name the field at fault.
     let cases = [
@@ -422,11 +486,6 @@ async fn flavors_crud_and_validation() {
             "/api/v1/flavors/x",
             json!({"platform": "github", "labels": [], "priority": 1e20}),
             "priority",
-        ),
-        (
-            "/api/v1/flavors/x",
-            json!({"platform": "github", "labels": [], "colour": "red"}),
-            "body: unknown field",
         ),
         ("/api/v1/flavors/x", json!({"labels": []}), "platform"),
         (
@@ -468,7 +527,15 @@ async fn flavors_crud_and_validation() {
         (json!({}), "body"),
         (json!({"is_disabled": "no"}), "is_disabled"),
         (json!({"priority": -1}), "priority"),
-        (json!({"platform": "other"}), "body: unknown field"),
+        // Only fields it does not have: there is nothing to change.
+        (
+            json!({"platform": "other"}),
+            "body: expected at least one of",
+        ),
+        (
+            json!({"is_disabled": null}),
+            "body: expected at least one of",
+        ),
     ] {
         let (status, error) = call(
             &planner,
@@ -581,13 +648,33 @@ async fn flavor_changes_rematch_jobs_that_have_not_started() {
         None,
     )
     .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(
         flavor_of(4).await,
         "small",
         "deleting a flavor keeps the history of its jobs"
     );
     assert_eq!(flavor_of(3).await, "small");
+}
+
+/// A page of `GET /api/v1/jobs/...`: status, body, and the address of the next page from the
+/// `Link` header (`<...>; rel="next"`), if any.
+async fn jobs_page(planner: &TestPlanner, path: &str) -> (StatusCode, Value, Option<String>) {
+    let response = planner
+        .request(Method::GET, path, Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    let next = response.headers().get(header::LINK).map(|link| {
+        let link = link.to_str().expect("ASCII Link header");
+        let address = link
+            .strip_prefix('<')
+            .and_then(|rest| rest.strip_suffix(">; rel=\"next\""))
+            .unwrap_or_else(|| panic!("Link of one next page: {link}"));
+        address.to_owned()
+    });
+    (status, response.json().await.expect("JSON"), next)
 }
 
 #[actix_web::test]
@@ -608,55 +695,74 @@ async fn jobs_listing_filters_and_pages() {
         planner.seed(&body, &format!("d{id}"));
     }
     let t = Some(ADMIN_TOKEN);
-    let (status, page) = call(&planner, Method::GET, "/api/v1/jobs/github", t, None).await;
+    // Canonical's shape: a bare array, oldest first, `id` a string, `raw` every payload.
+    let (status, jobs, next) = jobs_page(&planner, "/api/v1/jobs/github").await;
     assert_eq!(status, StatusCode::OK);
-    let jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(next, None, "one page");
+    let jobs = jobs.as_array().expect("a bare array");
     assert_eq!(jobs.len(), 25);
-    assert_eq!(page["next_cursor"], Value::Null);
     let keys: Vec<(String, i64)> = jobs
         .iter()
         .map(|j| {
+            let id = j["id"].as_str().expect("id as a string");
             (
                 j["created_at"].as_str().unwrap().to_owned(),
-                j["id"].as_i64().unwrap(),
+                id.parse().unwrap(),
             )
         })
         .collect();
     let mut sorted = keys.clone();
-    sorted.sort_by(|a, b| b.cmp(a));
-    assert_eq!(keys, sorted, "newest first, then by id");
-    assert!(jobs[0].get("payloads").is_none());
-
-    // Pages of 7 visit every job exactly once.
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(cursor) => format!("/api/v1/jobs/github?limit=7&cursor={cursor}"),
-            None => "/api/v1/jobs/github?limit=7".to_owned(),
-        };
-        let (status, page) = call(&planner, Method::GET, &path, t, None).await;
-        assert_eq!(status, StatusCode::OK);
-        seen.extend(
-            page["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["id"].as_i64().unwrap()),
+    sorted.sort();
+    assert_eq!(keys, sorted, "oldest first, then by id");
+    let queued = jobs.iter().find(|j| j["id"] == "2").unwrap();
+    assert_eq!(queued["raw"]["queued"]["workflow_job"]["id"], 2);
+    assert_eq!(queued["raw"].as_object().unwrap().len(), 1);
+    for absent in ["started_at", "completed_at"] {
+        assert!(
+            queued.get(absent).is_none(),
+            "{absent} absent when unset: {queued}"
         );
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
     }
+    let completed = jobs.iter().find(|j| j["id"] == "1").unwrap();
+    assert_eq!(completed["status"], "completed");
+    assert!(completed["started_at"].is_string(), "{completed}");
+    assert!(completed["raw"]["completed"].is_object(), "{completed}");
+
+    // Pages of 7 visit every job exactly once, in order; the next page is in the Link header,
+    // with the query kept.
+    let mut seen = Vec::new();
+    let mut path = Some("/api/v1/jobs/github?limit=7&raw=false".to_owned());
+    let mut pages = 0;
+    while let Some(current) = path.take() {
+        let (status, page, next) = jobs_page(&planner, &current).await;
+        assert_eq!(status, StatusCode::OK, "{current}");
+        let page = page.as_array().unwrap();
+        assert!(page.iter().all(|j| j.get("raw").is_none()), "raw=false");
+        seen.extend(
+            page.iter()
+                .map(|j| j["id"].as_str().unwrap().parse::<i64>().unwrap()),
+        );
+        if let Some(next) = &next {
+            assert!(
+                next.starts_with("/api/v1/jobs/github?limit=7&raw=false&cursor="),
+                "{next}"
+            );
+        }
+        path = next;
+        pages += 1;
+    }
+    assert_eq!(pages, 4);
     assert_eq!(seen, keys.iter().map(|(_, id)| *id).collect::<Vec<_>>());
+    // The last page that is exactly full has no next.
+    let (_, page, next) = jobs_page(&planner, "/api/v1/jobs/github?limit=25").await;
+    assert_eq!((page.as_array().unwrap().len(), next), (25, None));
 
     let count = |path: &'static str| {
         let planner = &planner;
         async move {
             let (status, page) = call(planner, Method::GET, path, t, None).await;
             assert_eq!(status, StatusCode::OK, "{path}");
-            page["jobs"].as_array().unwrap().len()
+            page.as_array().unwrap().len()
         }
     };
     assert_eq!(count("/api/v1/jobs/github?status=queued").await, 12);
@@ -667,6 +773,21 @@ async fn jobs_listing_filters_and_pages() {
     assert_eq!(count("/api/v1/jobs/github?flavor=small").await, 25);
     assert_eq!(count("/api/v1/jobs/github?flavor=none").await, 0);
     assert_eq!(count("/api/v1/jobs/gitlab").await, 0);
+    // Filters stay across pages.
+    let (_, page, next) = jobs_page(&planner, "/api/v1/jobs/github?status=queued&limit=10").await;
+    assert_eq!(page.as_array().unwrap().len(), 10);
+    let next = next.expect("a second page");
+    assert!(
+        next.starts_with("/api/v1/jobs/github?status=queued&limit=10&cursor="),
+        "{next}"
+    );
+    let (_, page, last) = jobs_page(&planner, &next).await;
+    assert_eq!((page.as_array().unwrap().len(), last), (2, None));
+    assert!(page
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|j| j["status"] == "queued"));
 
     for (path, field) in [
         ("/api/v1/jobs/github?status=running", "status"),
@@ -674,6 +795,7 @@ async fn jobs_listing_filters_and_pages() {
         ("/api/v1/jobs/github?limit=1001", "limit"),
         ("/api/v1/jobs/github?limit=ten", "limit"),
         ("/api/v1/jobs/github?cursor=garbage", "cursor"),
+        ("/api/v1/jobs/github?raw=no", "raw"),
         ("/api/v1/jobs/github?colour=red", "query: unknown field"),
         ("/api/v1/jobs/github/abc", "id"),
         ("/api/v1/jobs/GitHub", "platform"),
@@ -684,12 +806,156 @@ async fn jobs_listing_filters_and_pages() {
     }
     let (status, job) = call(&planner, Method::GET, "/api/v1/jobs/github/2", t, None).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["id"], "2");
     assert_eq!(job["status"], "queued");
     assert_eq!(job["assigned_flavor"], "small");
     assert_eq!(job["repository"], "lineville/elastic-machines-testing");
-    assert_eq!(job["payloads"]["queued"]["workflow_job"]["id"], 2);
+    assert_eq!(job["raw"]["queued"]["workflow_job"]["id"], 2);
+    assert_eq!(&job, queued, "the same job as in the list");
     let (status, _) = call(&planner, Method::GET, "/api/v1/jobs/github/999", t, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// `PATCH /api/v1/jobs/{platform}/{id}`: each time is set once (400 after), 204, the status
+/// follows, the pressure follows at once, the payloads stay as they were.
+#[actix_web::test]
+async fn job_times_are_set_once_and_pressure_follows() {
+    let planner = spawn_planner().await;
+    planner.create_flavor("small", &["x64"], 1).await;
+    for id in 1..=2 {
+        let mut body = job_payload("queued.1", id, "queued", &["self-hosted", "x64"]);
+        // Recent enough to count towards pressure.
+        body["workflow_job"]["created_at"] = chrono::Utc::now().to_rfc3339().into();
+        planner.seed(&body, &format!("p{id}"));
+    }
+    let t = Some(ADMIN_TOKEN);
+    let pressure = || async {
+        let (status, body) = call(
+            &planner,
+            Method::GET,
+            "/api/v1/flavors/small/pressure",
+            t,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        body["small"].as_i64().unwrap()
+    };
+    tests::eventually(
+        "both jobs count",
+        std::time::Duration::from_secs(10),
+        || async { pressure().await == 2 },
+    )
+    .await;
+    let patch = |id: &str, body: Value| {
+        let planner = &planner;
+        let path = format!("/api/v1/jobs/github/{id}");
+        async move { call(planner, Method::PATCH, &path, t, Some(body)).await }
+    };
+
+    let started = "2025-01-15T10:31:00Z";
+    assert_eq!(
+        patch("1", json!({"started_at": started})).await,
+        (StatusCode::NO_CONTENT, Value::Null)
+    );
+    let job = planner.job(1).await.unwrap();
+    assert_eq!(job["started_at"], started);
+    assert_eq!(job["status"], "in_progress");
+    assert!(job.get("completed_at").is_none());
+    assert_eq!(
+        job["assigned_flavor"], "small",
+        "a started job keeps its flavor"
+    );
+    assert_eq!(
+        job["raw"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["queued"]
+    );
+    let (status, body) = patch("1", json!({"started_at": "2025-01-15T10:32:00Z"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error_of(&body).starts_with("started_at: is already set"),
+        "{body}"
+    );
+    // All or nothing: with started_at set, neither time of this request is written.
+    let (status, body) = patch(
+        "1",
+        json!({"started_at": started, "completed_at": "2025-01-15T10:45:00Z"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(planner.job(1).await.unwrap().get("completed_at").is_none());
+
+    // A completion completes the job, and the pressure drops at once.
+    let completed = "2025-01-15T10:45:00.250+02:00";
+    assert_eq!(
+        patch("1", json!({"completed_at": completed, "colour": "ignored"}))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let job = planner.job(1).await.unwrap();
+    assert_eq!(job["completed_at"], "2025-01-15T08:45:00.250Z");
+    assert_eq!(job["status"], "completed");
+    tests::eventually(
+        "the completed job stops counting",
+        std::time::Duration::from_secs(5),
+        || async { pressure().await == 1 },
+    )
+    .await;
+    let (status, body) = patch("1", json!({"completed_at": completed})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error_of(&body).starts_with("completed_at: is already set"),
+        "{body}"
+    );
+    // Both at once on a job that has neither.
+    assert_eq!(
+        patch(
+            "2",
+            json!({"started_at": started, "completed_at": completed})
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(planner.job(2).await.unwrap()["status"], "completed");
+    tests::eventually(
+        "no job counts",
+        std::time::Duration::from_secs(5),
+        || async { pressure().await == 0 },
+    )
+    .await;
+
+    // Nothing to set is no error (as Canonical's planner answers); no such job is a 404, bad
+    // times, ids and bodies are 400s naming the field.
+    assert_eq!(patch("2", json!({})).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        patch("2", json!({"started_at": null})).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(patch("3", json!({})).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        patch("3", json!({"started_at": started})).await.0,
+        StatusCode::NOT_FOUND
+    );
+    for (id, body, field) in [
+        (
+            "2",
+            json!({"started_at": "2025-01-15 10:31:00Z"}),
+            "started_at: must be an RFC 3339",
+        ),
+        (
+            "2",
+            json!({"completed_at": 1736937900}),
+            "completed_at: invalid type",
+        ),
+        ("2", json!([]), "body: invalid type, expected a JSON object"),
+        ("abc", json!({}), "id: must be an integer"),
+    ] {
+        let (status, error) = patch(id, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(error_of(&error).starts_with(field), "{body}: {error}");
+    }
 }
 
 #[actix_web::test]
@@ -751,6 +1017,7 @@ async fn openapi_document_lists_every_route() {
         ("/api/v1/auth/token/{name}", "delete"),
         ("/api/v1/jobs/{platform}", "get"),
         ("/api/v1/jobs/{platform}/{id}", "get"),
+        ("/api/v1/jobs/{platform}/{id}", "patch"),
         ("/api/v1/match", "get"),
         ("/api/v1/flavors/{name}/pressure", "get"),
     ];

@@ -123,7 +123,7 @@ async fn fixtures_flow_from_the_queue_into_the_database() {
     );
     assert_eq!(job["started_at"], "2021-08-05T10:34:58Z");
     assert_eq!(job["completed_at"], "2021-08-05T10:38:16Z");
-    let payloads = job["payloads"].as_object().unwrap();
+    let payloads = job["raw"].as_object().unwrap();
     assert_eq!(payloads.len(), 4, "every action's raw payload is kept");
     assert_eq!(payloads["waiting"], workflow_job("waiting.0"));
     assert_eq!(planner.job(7).await.unwrap()["assigned_flavor"], "x64");
@@ -379,7 +379,7 @@ async fn numbers_jsonb_cannot_hold_are_stored_as_read() {
     assert_eq!(planner.metrics.applied(), 2);
     assert_eq!(planner.metrics.dead_letters(), 0);
     let job = planner.job(1).await.expect("job stored");
-    assert_eq!(job["payloads"]["queued"]["extra"], json!([0.0, 0.0]));
+    assert_eq!(job["raw"]["queued"]["extra"], json!([0.0, 0.0]));
     assert!(planner.job(2).await.is_some());
     assert!(publisher.drain_dead_letters().await.is_empty());
 }

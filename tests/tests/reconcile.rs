@@ -7,9 +7,10 @@ use actors::github::{Client, GitHubError};
 use chrono::Utc;
 use diesel::RunQueryDsl;
 use planner::{
+    config::ReconcileConfig,
     domain::labels::IgnoredLabels,
     metrics::ReconcileMetrics,
-    reconcile::{ReconcileConfig, Reconciler, NOT_FOUND_CONCLUSION},
+    reconcile::{Reconciler, NOT_FOUND_CONCLUSION},
     store::{build_pool, PgPool},
 };
 use schema::queries;

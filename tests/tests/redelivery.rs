@@ -242,8 +242,9 @@ async fn the_fake_refuses_jwts_not_signed_by_the_app_key() {
 
 #[actix_web::test]
 async fn later_rounds_stop_at_the_previous_scan_and_ask_only_for_new_failures() {
+    use gateway::config::{HookOwner, RedeliveryConfig};
     use gateway::metrics::RedeliveryMetrics;
-    use gateway::redelivery::{HookOwner, Redeliverer, RedeliveryConfig};
+    use gateway::redelivery::Redeliverer;
     let fake = FakeGitHub::start().await;
     let payload = job_payload("queued.1", 92_001, "queued", &["self-hosted"]);
     let first = {

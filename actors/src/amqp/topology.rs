@@ -59,13 +59,13 @@ impl std::fmt::Display for QueueType {
 }
 
 impl std::str::FromStr for QueueType {
-    type Err = String;
+    type Err = crate::config::ValueError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         match value {
             "classic" => Ok(Self::Classic),
             "quorum" => Ok(Self::Quorum),
-            _ => Err(format!("{value:?} is neither classic nor quorum")),
+            _ => Err(crate::config::ValueError::Rule("must be classic or quorum")),
         }
     }
 }

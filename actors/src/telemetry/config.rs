@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::config::{self, ConfigError, Source};
+use crate::config::{self, ConfigError, Source, ValueError};
 
 /// Where the metrics go: `OTEL_METRICS_EXPORTER`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,9 +226,10 @@ fn target(source: &dyn Source, signal: Signal) -> Result<OtlpTarget, ConfigError
         |value| match value.to_ascii_lowercase().as_str() {
             "grpc" => Ok(OtlpProtocol::Grpc),
             "http/protobuf" | "http" => Ok(OtlpProtocol::HttpProtobuf),
-            other => Err(format!(
-                "{other:?} is not supported (supported: grpc, http/protobuf)"
-            )),
+            other => Err(ValueError::Unsupported {
+                value: other.to_owned(),
+                supported: "grpc, http/protobuf",
+            }),
         },
     )?;
     let endpoint = if source.get(signal.endpoint_variable()).is_some() {
@@ -270,25 +271,23 @@ fn target(source: &dyn Source, signal: Signal) -> Result<OtlpTarget, ConfigError
 }
 
 /// A positive number of milliseconds (the specification's unit for these variables).
-fn millis(value: &str) -> Result<Duration, String> {
+fn millis(value: &str) -> Result<Duration, ValueError> {
     match value.parse::<u64>() {
         Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
-        _ => Err(format!(
-            "{value:?} is not a positive whole number of milliseconds"
-        )),
+        _ => Err(ValueError::NotMillis(value.to_owned())),
     }
 }
 
-fn url(value: &str) -> Result<String, String> {
+fn url(value: &str) -> Result<String, ValueError> {
     if value.starts_with("http://") || value.starts_with("https://") {
         Ok(value.to_owned())
     } else {
-        Err("must be an http:// or https:// URL".to_owned())
+        Err(ValueError::Scheme("http:// or https:// URL"))
     }
 }
 
 /// An IP address or a host name (resolved when the listener binds).
-fn host(value: &str) -> Result<String, String> {
+fn host(value: &str) -> Result<String, ValueError> {
     let valid = value.parse::<std::net::IpAddr>().is_ok()
         || (value.len() <= 253
             && value.split('.').all(|part| {
@@ -297,12 +296,12 @@ fn host(value: &str) -> Result<String, String> {
     if valid {
         Ok(value.to_owned())
     } else {
-        Err(format!("{value:?} is not an IP address or a host name"))
+        Err(ValueError::NotHost(value.to_owned()))
     }
 }
 
 /// An absolute URL path other than `/`, such as `/metrics`.
-fn path(value: &str) -> Result<String, String> {
+fn path(value: &str) -> Result<String, ValueError> {
     let valid = value.starts_with('/')
         && value.len() > 1
         && value
@@ -311,9 +310,7 @@ fn path(value: &str) -> Result<String, String> {
     if valid {
         Ok(value.to_owned())
     } else {
-        Err(format!(
-            "{value:?} is not an absolute URL path such as /metrics"
-        ))
+        Err(ValueError::NotPath(value.to_owned()))
     }
 }
 

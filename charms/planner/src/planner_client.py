@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 import urllib.parse
@@ -105,7 +106,7 @@ class PlannerClient:
     # --- flavors ----------------------------------------------------------------------
 
     def list_flavors(self) -> list[Flavor]:
-        """All flavors.
+        """All flavors (needs the admin token).
 
         Returns:
             the flavors.
@@ -165,20 +166,15 @@ class PlannerClient:
         """
         self._call("PATCH", f"/flavors/{self._quote(name)}", fields, expect=(200, 204))
 
-    def delete_flavor(self, name: str) -> bool:
-        """Delete a flavor.
+    def delete_flavor(self, name: str) -> None:
+        """Delete a flavor; one that does not exist is no error (the planner answers 200).
 
         Args:
             name: flavor name.
-
-        Returns:
-            False when it did not exist.
         """
-        try:
+        # Earlier planners answered 404 for a flavor that did not exist.
+        with contextlib.suppress(NotFoundError):
             self._call("DELETE", f"/flavors/{self._quote(name)}", expect=(200, 204))
-        except NotFoundError:
-            return False
-        return True
 
     # --- auth tokens (admin only) -----------------------------------------------------
 
@@ -203,17 +199,12 @@ class PlannerClient:
         data = self._call("POST", f"/auth/token/{self._quote(name)}", expect=(200, 201)).json()
         return str(data["token"])
 
-    def delete_token(self, name: str) -> bool:
-        """Delete a token.
+    def delete_token(self, name: str) -> None:
+        """Delete a token; one that does not exist is no error (the planner answers 204).
 
         Args:
             name: token name.
-
-        Returns:
-            False when it did not exist.
         """
-        try:
+        # Earlier planners answered 404 for a token that did not exist.
+        with contextlib.suppress(NotFoundError):
             self._call("DELETE", f"/auth/token/{self._quote(name)}", expect=(200, 204))
-        except NotFoundError:
-            return False
-        return True

@@ -320,6 +320,8 @@ pub struct Gce {
     operation_timeout: Duration,
     /// Zone of each VM seen, so a delete needs no listing.
     zones: Mutex<HashMap<String, String>>,
+    /// Capacity misses by flavor, zone and template, when counted.
+    capacity_misses: Option<prometheus::IntCounterVec>,
 }
 
 impl Gce {
@@ -348,7 +350,15 @@ impl Gce {
             scope_labels,
             operation_timeout: env.operation_timeout,
             zones: Mutex::new(HashMap::new()),
+            capacity_misses: None,
         })
+    }
+
+    /// Counts each insert that finds no capacity in `counter` (labels: flavor, zone,
+    /// template).
+    pub fn count_capacity_misses(mut self, counter: prometheus::IntCounterVec) -> Self {
+        self.capacity_misses = Some(counter);
+        self
     }
 
     fn project_path(&self) -> String {
@@ -488,6 +498,11 @@ impl Gce {
                     return Ok(vm);
                 }
                 Err(err) if err.is_capacity() => {
+                    if let Some(misses) = &self.capacity_misses {
+                        misses
+                            .with_label_values(&[self.flavor.as_str(), &zone, &template])
+                            .inc();
+                    }
                     log::warn!(
                         event = "gce_no_capacity",
                         "runner.name" = spec.name,
@@ -520,8 +535,8 @@ impl Gce {
                 Err(err) => return Err(start(err)),
             }
         }
-        Err(BackendError::Start(format!(
-            "no capacity in any zone or template: {}",
+        Err(BackendError::NoCapacity(format!(
+            "in no zone for any template; last: {}",
             last.map_or_else(String::new, |e| e.to_string())
         )))
     }

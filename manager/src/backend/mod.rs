@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use secrecy::SecretString;
 
 use crate::config::{BackendConfig, Config, FlavorConfig};
+use crate::metrics::Metrics;
 
 /// What a backend needs to start one runner.
 #[derive(Debug, Clone)]
@@ -57,6 +58,10 @@ pub enum BackendError {
     /// The runner could not be stopped.
     #[error("cannot stop the runner: {0}")]
     Stop(String),
+    /// No capacity for the runner anywhere the backend may start it (every zone and template
+    /// of a `gce` flavor): worth trying again later, not a fault of the settings.
+    #[error("no capacity: {0}")]
+    NoCapacity(String),
 }
 
 impl BackendError {
@@ -66,9 +71,13 @@ impl BackendError {
             Self::Start(_) => "backend_start",
             Self::State(_) => "backend_state",
             Self::Stop(_) => "backend_stop",
+            Self::NoCapacity(_) => NO_CAPACITY,
         }
     }
 }
+
+/// The metrics reason of [`BackendError::NoCapacity`].
+pub const NO_CAPACITY: &str = "no_capacity";
 
 /// Runners of one flavor on one kind of infrastructure.
 pub trait Backend: Send + Sync + 'static {
@@ -85,8 +94,13 @@ pub trait Backend: Send + Sync + 'static {
     fn list(&self) -> BoxFuture<'_, Result<Vec<Instance>, BackendError>>;
 }
 
-/// The backend of `flavor`, for the manager `manager_id`.
-pub fn build(flavor: &FlavorConfig, config: &Config) -> Result<Arc<dyn Backend>, BackendError> {
+/// The backend of `flavor`, for the manager `manager_id`; it counts what is its own (a `gce`
+/// backend's capacity misses) in `metrics`.
+pub fn build(
+    flavor: &FlavorConfig,
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Backend>, BackendError> {
     let manager_id = config.manager_id.as_str();
     let exec_state_dir = config.exec_state_dir.as_path();
     match &flavor.backend {
@@ -98,7 +112,8 @@ pub fn build(flavor: &FlavorConfig, config: &Config) -> Result<Arc<dyn Backend>,
                 &flavor.name,
                 Some(&config.github_path),
             )
-            .map_err(|err| BackendError::State(err.to_string()))?,
+            .map_err(|err| BackendError::State(err.to_string()))?
+            .count_capacity_misses(metrics.capacity_misses.clone()),
         )),
         BackendConfig::Exec {
             command,

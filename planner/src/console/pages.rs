@@ -356,7 +356,7 @@ pub struct Choice {
 /// A job in a list.
 pub struct JobRow {
     pub href: String,
-    pub id: i64,
+    pub id: String,
     pub name: String,
     pub repository: String,
     pub status: String,
@@ -405,7 +405,7 @@ impl JobsForm {
     }
 }
 
-fn job_href(platform: &str, id: i64) -> String {
+fn job_href(platform: &str, id: impl std::fmt::Display) -> String {
     format!("/console/jobs/{}/{id}", encode(platform))
 }
 
@@ -427,6 +427,8 @@ pub async fn jobs_page(
         repository: some(&form.repository),
         limit: some(&form.limit),
         cursor: some(&form.cursor),
+        // The list shows no payloads.
+        raw: Some("false".to_owned()),
     };
     let page = crate::routes::jobs::page(&state, form.platform.trim().to_owned(), query).await;
     let statuses = ["", "queued", "waiting", "in_progress", "completed"]
@@ -463,7 +465,7 @@ pub async fn jobs_page(
 
 fn job_row(job: JobBody) -> JobRow {
     JobRow {
-        href: job_href(&job.platform, job.id),
+        href: job_href(&job.platform, &job.id),
         id: job.id,
         name: job.job_name.unwrap_or_default(),
         repository: job.repository,

@@ -12,8 +12,9 @@
 //! Where each part lives: the session (connect, declare, consume, queue-depth polling) in
 //! `session`; batch sizes, per-job ordering and sorting deliveries in `batching`; applying and
 //! settling in `apply`; retries and the bisection of a refused batch in `retry` and `apply`;
-//! spans in `spans`; what it records in the planner's metrics in `record`. This module holds the configuration, the
-//! actor and its reconnect loop ([`actors::reconnect::forever`]).
+//! spans in `spans`; what it records in the planner's metrics in `record`. This module holds
+//! the configuration and the reconnect loop ([`actors::reconnect::forever`]), run by [`spawn`]
+//! as a plain task until the planner's shutdown.
 //!
 //! Tracing: each delivery continues the trace whose W3C context the gateway put in its AMQP
 //! headers (`traceparent`) with a `consume` span (kind consumer; `github.delivery_id`,
@@ -26,9 +27,10 @@
 
 use std::time::Duration;
 
-use actix::{Actor, AsyncContext, Context, Recipient, WrapFuture};
+use actix::Recipient;
 use actors::amqp::{Brokers, Topology};
 use actors::reconnect::{self, Backoff};
+use actors::task::{spawn_until_stopped, ShutdownSignal};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{messages::ApplyBatch, metrics::Metrics, pressure::Nudge};
@@ -81,35 +83,17 @@ pub struct ConsumerConfig {
     pub pressure: Option<Recipient<Nudge>>,
 }
 
-/// The consumer actor. It owns the AMQP connection and its reconnects; stopping the actor stops
-/// consuming (unacknowledged deliveries go back to the queue).
-pub struct Consumer {
+/// Starts consuming as a task: one AMQP session at a time and its reconnects, handing job
+/// events to `store`, recording what it does in `metrics`, until `shutdown`; then
+/// the connection closes and unacknowledged deliveries go back to the queue.
+pub fn spawn(
     config: ConsumerConfig,
     store: Recipient<ApplyBatch>,
     metrics: Metrics,
-}
-
-impl Consumer {
-    /// A consumer handing job events to `store` and recording what it does in `metrics`.
-    pub fn new(config: ConsumerConfig, store: Recipient<ApplyBatch>, metrics: Metrics) -> Self {
-        Self {
-            config,
-            store,
-            metrics,
-        }
-    }
-}
-
-impl Actor for Consumer {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let recorder = Recorder {
-            metrics: self.metrics.clone(),
-        };
-        let run = run(self.config.clone(), self.store.clone(), recorder);
-        ctx.spawn(run.into_actor(self));
-    }
+    shutdown: ShutdownSignal,
+) {
+    let recorder = Recorder { metrics };
+    spawn_until_stopped("consumer", shutdown, run(config, store, recorder));
 }
 
 async fn run(config: ConsumerConfig, store: Recipient<ApplyBatch>, stats: Recorder) {

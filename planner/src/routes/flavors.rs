@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::{path_name, with_conn};
 use crate::{
-    auth::Authenticated,
+    auth::{Admin, Authenticated},
     domain::{labels::normalize, names::validate_name},
     error::{ApiError, ErrorBody},
     extract::JsonBody,
@@ -42,9 +42,9 @@ impl From<Flavor> for FlavorBody {
     }
 }
 
-/// Body of `POST /api/v1/flavors/{name}`.
+/// Body of `POST /api/v1/flavors/{name}`. Other fields are ignored (and logged), as
+/// Canonical's planner ignores them; `null` for an optional field is its default, as there.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CreateFlavor {
     /// Platform of the jobs this flavor serves, e.g. `github`.
     pub platform: String,
@@ -53,18 +53,19 @@ pub struct CreateFlavor {
     /// Higher wins. Default 0.
     #[serde(default)]
     #[schema(minimum = 0, maximum = 2147483647)]
-    pub priority: i64,
+    pub priority: Option<i64>,
+    /// Default `false`.
     #[serde(default)]
-    pub is_disabled: bool,
+    pub is_disabled: Option<bool>,
     /// Runners to keep however few jobs there are. Default 0.
     #[serde(default)]
     #[schema(minimum = 0, maximum = 2147483647)]
-    pub minimum_pressure: i64,
+    pub minimum_pressure: Option<i64>,
 }
 
-/// Body of `PATCH /api/v1/flavors/{name}`: at least one field.
+/// Body of `PATCH /api/v1/flavors/{name}`: at least one field (Canonical's planner has only
+/// `is_disabled`). Other fields are ignored (and logged).
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct UpdateFlavor {
     pub is_disabled: Option<bool>,
     pub labels: Option<Vec<String>>,
@@ -96,16 +97,18 @@ fn labels(labels: &[String]) -> Result<Vec<String>, ApiError> {
     Ok(normalize(labels))
 }
 
-/// Every flavor, by name.
+/// Every flavor, by name. Admin only, as in Canonical's planner: flavors are the whole
+/// configuration of every runner pool.
 #[utoipa::path(
     responses(
         (status = 200, description = "Every flavor, by name", body = [FlavorBody]),
         (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 #[get("/api/v1/flavors")]
-pub async fn list(_: Authenticated, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let pool = state.pool.clone();
     let flavors = with_conn(pool, move |conn| Ok(queries::list_flavors(conn)?)).await?;
     let body: Vec<FlavorBody> = flavors.into_iter().map(FlavorBody::from).collect();
@@ -142,9 +145,9 @@ pub async fn create(
         name: name.clone(),
         platform: body.platform,
         labels: labels(&body.labels)?,
-        priority: non_negative("priority", body.priority)?,
-        is_disabled: body.is_disabled,
-        minimum_pressure: non_negative("minimum_pressure", body.minimum_pressure)?,
+        priority: non_negative("priority", body.priority.unwrap_or(0))?,
+        is_disabled: body.is_disabled.unwrap_or(false),
+        minimum_pressure: non_negative("minimum_pressure", body.minimum_pressure.unwrap_or(0))?,
     };
     let pool = state.pool.clone();
     let created = new.clone();
@@ -261,13 +264,14 @@ pub async fn update(
 }
 
 /// Deletes a flavor; its started and completed jobs keep its name, waiting work is re-matched.
+/// Deleting a flavor that does not exist is not an error (200 with an empty body, as
+/// Canonical's planner answers either way).
 #[utoipa::path(
     params(("name" = String, Path)),
     responses(
-        (status = 204, description = "Deleted"),
+        (status = 200, description = "Deleted, or there was no such flavor (empty body)"),
         (status = 400, description = "Invalid name", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
-        (status = 404, description = "No such flavor", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -289,7 +293,8 @@ pub async fn delete(
         )?)
     })
     .await?;
-    deleted.ok_or_else(|| ApiError::NotFound(format!("flavor {name}")))?;
-    log::info!(event = "flavor_deleted", flavor = name; "flavor deleted");
-    Ok(HttpResponse::NoContent().finish())
+    if deleted.is_some() {
+        log::info!(event = "flavor_deleted", flavor = name; "flavor deleted");
+    }
+    Ok(HttpResponse::Ok().finish())
 }

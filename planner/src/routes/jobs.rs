@@ -1,43 +1,67 @@
-//! `/api/v1/jobs`: the jobs the planner knows, newest first.
+//! `/api/v1/jobs`: the jobs the planner knows, in Canonical's shapes.
+//!
+//! `GET /api/v1/jobs/{platform}` answers a bare JSON array, oldest first, as Canonical's planner
+//! does. What ours adds is opt-in and leaves that body as it is: filters and paging are query
+//! parameters, and the next page's address is in a `Link` header (`rel="next"`, as GitHub's API
+//! pages). `PATCH /api/v1/jobs/{platform}/{id}` sets a start or completion time once.
 
-use actix_web::{get, web, HttpResponse};
+use std::collections::BTreeMap;
+
+use actix_web::{get, http::header, patch, web, HttpResponse};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use schema::{
     models::Job,
     queries::{self, JobFilter},
 };
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::with_conn;
+use super::{pressure::PressureService, with_conn};
 use crate::{
     auth::Authenticated,
     domain::{job::Status, names::validate_name},
     error::{ApiError, ErrorBody},
-    extract::QueryParams,
+    extract::{JsonBody, QueryParams},
+    pressure::Nudge,
     state::AppState,
+    store::{self, JobTimesChange, SetTimesError},
 };
 
-/// Default page size.
+/// Default page size (Canonical's planner lists this many, and no more).
 pub const DEFAULT_LIMIT: i64 = 100;
 /// Largest page size.
 pub const MAX_LIMIT: i64 = 1000;
 
-/// A job, as the API shows it.
+/// A job, as the API shows it: Canonical's fields (`platform`, `id` as a string, `labels`,
+/// `created_at`, `started_at`, `completed_at`, `raw`, `assigned_flavor`, the optional ones absent
+/// when unset, as there) and ours beside them.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct JobBody {
     pub platform: String,
-    pub id: i64,
+    /// GitHub's workflow job id, as a string (as Canonical's planner shows it).
+    pub id: String,
     /// Lowercased `runs-on` labels.
     pub labels: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    /// Absent until the job starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Absent until the job completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The raw webhook payload of each action received, by action (`queued`, `in_progress`,
+    /// ...). Absent only when asked for with `raw=false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub raw: Option<serde_json::Value>,
+    /// Absent while no flavor matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_flavor: Option<String>,
     /// `queued`, `waiting`, `in_progress` or `completed`.
     pub status: String,
     pub conclusion: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub completed_at: Option<DateTime<Utc>>,
-    pub assigned_flavor: Option<String>,
     /// `owner/name`.
     pub repository: String,
     pub run_id: Option<i64>,
@@ -46,24 +70,22 @@ pub struct JobBody {
     pub job_name: Option<String>,
     pub runner_name: Option<String>,
     pub updated_at: DateTime<Utc>,
-    /// Raw webhook payload of each action received (only on `GET /api/v1/jobs/{platform}/{id}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payloads: Option<serde_json::Value>,
 }
 
 impl JobBody {
-    /// The job as the API shows it; `payloads` (action -> raw payload) only for a single job.
-    pub(crate) fn new(job: Job, payloads: Option<serde_json::Value>) -> Self {
+    /// The job as the API shows it, with `raw` (action -> raw payload) when given.
+    pub(crate) fn new(job: Job, raw: Option<serde_json::Value>) -> Self {
         Self {
             platform: job.platform,
-            id: job.id,
+            id: job.id.to_string(),
             labels: job.labels,
-            status: job.status,
-            conclusion: job.conclusion,
             created_at: job.created_at,
             started_at: job.started_at,
             completed_at: job.completed_at,
+            raw,
             assigned_flavor: job.assigned_flavor,
+            status: job.status,
+            conclusion: job.conclusion,
             repository: job.repository,
             run_id: job.run_id,
             run_attempt: job.run_attempt,
@@ -71,22 +93,13 @@ impl JobBody {
             job_name: job.job_name,
             runner_name: job.runner_name,
             updated_at: job.updated_at,
-            payloads,
         }
     }
 }
 
-/// A page of jobs.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct JobPage {
-    /// Newest first.
-    pub jobs: Vec<JobBody>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// Query of `GET /api/v1/jobs/{platform}`.
-#[derive(Debug, Deserialize, IntoParams)]
+/// Query of `GET /api/v1/jobs/{platform}`: every parameter is optional, and without any the
+/// answer is Canonical's (the 100 oldest jobs).
+#[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct JobQuery {
@@ -100,11 +113,14 @@ pub struct JobQuery {
     /// 1 to 1000, default 100.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
-    /// `next_cursor` of the previous page.
+    /// Where a page starts: taken from the `Link` header of the previous page.
     pub cursor: Option<String>,
+    /// `false` leaves each job's `raw` out (default `true`).
+    #[param(value_type = Option<bool>)]
+    pub raw: Option<String>,
 }
 
-fn encode_cursor(job: &JobBody) -> String {
+fn encode_cursor(job: &Job) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{}", job.created_at.timestamp_micros(), job.id))
 }
 
@@ -134,11 +150,47 @@ fn platform(platform: &str) -> Result<(), ApiError> {
     validate_name(platform).map_err(|problem| ApiError::field("platform", problem))
 }
 
-/// Jobs of a platform, newest first, a page at a time.
+fn job_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::field("id", "must be an integer"))
+}
+
+/// What a query value may hold unescaped in the `Link` header's address: RFC 3986's unreserved
+/// characters.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The `Link` header of a page followed by another: the same query with the next `cursor`, as
+/// an address relative to the server (`</api/v1/jobs/github?limit=10&cursor=...>;
+/// rel="next"`), so that it holds behind any proxy.
+fn next_link(platform: &str, query: &[(&str, Option<&str>)], cursor: &str) -> String {
+    let mut link = format!("</api/v1/jobs/{platform}?");
+    let parameters = query
+        .iter()
+        .filter_map(|(name, value)| value.map(|value| (*name, value)))
+        .chain([("cursor", cursor)]);
+    for (index, (name, value)) in parameters.enumerate() {
+        if index > 0 {
+            link.push('&');
+        }
+        link.push_str(name);
+        link.push('=');
+        link.extend(utf8_percent_encode(value, QUERY_VALUE));
+    }
+    link.push_str(">; rel=\"next\"");
+    link
+}
+
+/// Jobs of a platform, oldest first, as a bare JSON array (Canonical's shape). A page at a
+/// time: when there are more, the `Link` header gives the next page's address.
 #[utoipa::path(
     params(("platform" = String, Path, description = "e.g. `github`"), JobQuery),
     responses(
-        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 200, description = "Jobs, oldest first (at most `limit`)", body = [JobBody],
+            headers(("Link" = String, description = "`<address of the next page>; rel=\"next\"` when there are more jobs; absent on the last page"))),
         (status = 400, description = "Invalid parameter; the error names it", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
     ),
@@ -151,8 +203,29 @@ pub async fn list(
     path: web::Path<String>,
     query: QueryParams<JobQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = page(&state, path.into_inner(), query.get()?).await?;
-    Ok(HttpResponse::Ok().json(page))
+    let path = path.into_inner();
+    let query = query.get()?;
+    let page = page(&state, path.clone(), query.clone()).await?;
+    let mut response = HttpResponse::Ok();
+    if let Some(cursor) = &page.next_cursor {
+        let query = [
+            ("status", query.status.as_deref()),
+            ("flavor", query.flavor.as_deref()),
+            ("repository", query.repository.as_deref()),
+            ("limit", query.limit.as_deref()),
+            ("raw", query.raw.as_deref()),
+        ];
+        response.insert_header((header::LINK, next_link(&path, &query, cursor)));
+    }
+    Ok(response.json(page.jobs))
+}
+
+/// A page of a platform's jobs, oldest first.
+pub(crate) struct JobPage {
+    /// The jobs, as the API shows them.
+    pub(crate) jobs: Vec<JobBody>,
+    /// The cursor of the next page, when there are more jobs.
+    pub(crate) next_cursor: Option<String>,
 }
 
 /// A page of a platform's jobs as `GET /api/v1/jobs/{platform}` answers it (the console lists
@@ -182,28 +255,46 @@ pub(crate) async fn page(
             .filter(|limit| (1..=MAX_LIMIT).contains(limit))
             .ok_or_else(|| ApiError::field("limit", "must be an integer from 1 to 1000"))?,
     };
+    let with_raw = match query.raw.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(ApiError::field("raw", "must be true or false")),
+    };
     let filter = JobFilter {
         status: query.status,
         flavor: query.flavor,
         repository: query.repository,
-        before: query.cursor.as_deref().map(decode_cursor).transpose()?,
+        after: query.cursor.as_deref().map(decode_cursor).transpose()?,
     };
     let pool = state.pool.clone();
-    // One more than asked tells whether there is a next page.
-    let mut jobs = with_conn(pool, move |conn| {
-        Ok(queries::list_jobs(conn, &path, &filter, limit + 1)?)
+    let (jobs, more, mut raw) = with_conn(pool, move |conn| {
+        // One more than asked tells whether there is a next page.
+        let mut jobs = queries::list_jobs(conn, &path, &filter, limit + 1)?;
+        let more = jobs.len() as i64 > limit;
+        jobs.truncate(limit as usize);
+        let mut raw: BTreeMap<i64, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+        if with_raw {
+            let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
+            for (id, action, payload) in queries::jobs_payloads(conn, &path, &ids)? {
+                raw.entry(id).or_default().insert(action, payload);
+            }
+        }
+        Ok((jobs, more, raw))
     })
-    .await?
-    .into_iter()
-    .map(|job| JobBody::new(job, None))
-    .collect::<Vec<_>>();
-    let more = jobs.len() as i64 > limit;
-    jobs.truncate(limit as usize);
+    .await?;
     let next_cursor = if more {
         jobs.last().map(encode_cursor)
     } else {
         None
     };
+    let jobs = jobs
+        .into_iter()
+        .map(|job| {
+            let payloads = with_raw
+                .then(|| serde_json::Value::Object(raw.remove(&job.id).unwrap_or_default()));
+            JobBody::new(job, payloads)
+        })
+        .collect();
     Ok(JobPage { jobs, next_cursor })
 }
 
@@ -226,9 +317,7 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let (path_platform, id) = path.into_inner();
     platform(&path_platform)?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::field("id", "must be an integer"))?;
+    let id = job_id(&id)?;
     let pool = state.pool.clone();
     let lookup = path_platform.clone();
     let found = with_conn(pool, move |conn| {
@@ -241,8 +330,94 @@ pub async fn get(
     .await?;
     let (job, payloads) =
         found.ok_or_else(|| ApiError::NotFound(format!("job {path_platform}/{id}")))?;
-    let payloads = serde_json::Value::Object(payloads.into_iter().collect());
-    Ok(HttpResponse::Ok().json(JobBody::new(job, Some(payloads))))
+    let raw = serde_json::Value::Object(payloads.into_iter().collect());
+    Ok(HttpResponse::Ok().json(JobBody::new(job, Some(raw))))
+}
+
+/// Body of `PATCH /api/v1/jobs/{platform}/{id}`: either time, or both, or neither (nothing
+/// changes). Other fields are ignored (and logged), as Canonical's planner ignores them.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateJob {
+    /// RFC 3339 (`2025-01-15T10:31:00Z`); only when the job has none yet.
+    #[serde(default, deserialize_with = "rfc3339")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// RFC 3339; only when the job has none yet. The job is then completed.
+    #[serde(default, deserialize_with = "rfc3339")]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// An RFC 3339 time as Go's `time.Time` (Canonical's planner) reads it: `T` between date and
+/// time, `Z` or a numeric offset, no leap second; `null` is no time.
+fn rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let invalid =
+        || serde::de::Error::custom("must be an RFC 3339 time, e.g. 2025-01-15T10:31:00Z");
+    if text.as_bytes().get(10) != Some(&b'T') || text.ends_with('z') {
+        return Err(invalid());
+    }
+    let at = DateTime::parse_from_rfc3339(&text).map_err(|_| invalid())?;
+    if at.nanosecond() >= 1_000_000_000 {
+        return Err(invalid());
+    }
+    Ok(Some(at.with_timezone(&Utc)))
+}
+
+/// Sets a job's start or completion time, each only once (Canonical's debugging aid). A
+/// completion completes the job: its pressure drops at once.
+#[utoipa::path(
+    params(("platform" = String, Path), ("id" = i64, Path, description = "GitHub's workflow job id")),
+    request_body = UpdateJob,
+    responses(
+        (status = 204, description = "Set (or nothing to set)"),
+        (status = 400, description = "Invalid platform, id or body, or a time that is set already; the error names the field", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 408, description = "Body not received within APP_REQUEST_TIMEOUT", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[patch("/api/v1/jobs/{platform}/{id}")]
+pub async fn update(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    pressure: web::Data<PressureService>,
+    path: web::Path<(String, String)>,
+    body: JsonBody<UpdateJob>,
+) -> Result<HttpResponse, ApiError> {
+    let (path_platform, id) = path.into_inner();
+    platform(&path_platform)?;
+    let id = job_id(&id)?;
+    let body = body.read().await?;
+    let change = JobTimesChange {
+        started_at: body.started_at,
+        completed_at: body.completed_at,
+    };
+    let pool = state.pool.clone();
+    let lookup = path_platform.clone();
+    let outcome = with_conn(pool, move |conn| {
+        Ok(store::set_job_times(conn, &lookup, id, change))
+    })
+    .await?;
+    match outcome {
+        Ok(()) => {}
+        Err(SetTimesError::NotFound) => {
+            return Err(ApiError::NotFound(format!("job {path_platform}/{id}")))
+        }
+        Err(SetTimesError::AlreadySet(field)) => {
+            return Err(ApiError::field(field, "is already set; it can be set once"))
+        }
+        Err(SetTimesError::Database(err)) => return Err(err.into()),
+    }
+    if change != JobTimesChange::default() {
+        log::info!(event = "job_times_set", platform = path_platform, "job.id" = id; "job times set");
+        // The trigger's NOTIFY would do too; this spares the round trip.
+        pressure.calculator.do_send(Nudge::default());
+    }
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[cfg(test)]
@@ -262,5 +437,54 @@ mod tests {
         ] {
             assert!(decode_cursor(garbage).is_err(), "{garbage}");
         }
+    }
+
+    #[test]
+    fn the_next_link_keeps_the_query_and_escapes_it() {
+        let link = next_link(
+            "github",
+            &[
+                ("status", Some("queued")),
+                ("flavor", None),
+                ("repository", Some("octo/a b&c=d\r\n")),
+                ("limit", Some("7")),
+            ],
+            "MTox",
+        );
+        assert_eq!(
+            link,
+            "</api/v1/jobs/github?status=queued&repository=octo%2Fa%20b%26c%3Dd%0D%0A&limit=7&cursor=MTox>; rel=\"next\""
+        );
+    }
+
+    #[test]
+    fn times_are_read_as_go_reads_rfc_3339() {
+        let read = |json: &str| crate::extract::from_json::<UpdateJob>(json.as_bytes());
+        let body =
+            read(r#"{"started_at": "2025-01-15T10:31:00.5+02:00", "completed_at": null}"#).unwrap();
+        assert_eq!(
+            body.started_at,
+            Some("2025-01-15T08:31:00.5Z".parse::<DateTime<Utc>>().unwrap())
+        );
+        assert_eq!(body.completed_at, None);
+        for bad in [
+            "2025-01-15 10:31:00Z",
+            "2025-01-15T10:31:00z",
+            "2025-01-15T10:31:00",
+            "2025-01-15",
+            "2016-12-31T23:59:60Z",
+            "yesterday",
+        ] {
+            let err = read(&format!(r#"{{"started_at": "{bad}"}}"#)).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.starts_with("started_at: must be an RFC 3339"),
+                "{bad}: {message}"
+            );
+        }
+        assert!(read(r#"{"completed_at": 17}"#)
+            .unwrap_err()
+            .to_string()
+            .starts_with("completed_at:"));
     }
 }

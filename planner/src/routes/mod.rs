@@ -38,6 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(tokens::delete)
         .service(jobs::list)
         .service(jobs::get)
+        .service(jobs::update)
         .service(matching::explain)
         .service(pressure::pressure);
     for (path, allow) in ALLOWED_METHODS.iter() {
@@ -110,6 +111,7 @@ mod tests {
             "GET, POST, PATCH, DELETE"
         );
         assert_eq!(allowed["/api/v1/auth/token/{name}"], "POST, DELETE");
+        assert_eq!(allowed["/api/v1/jobs/{platform}/{id}"], "GET, PATCH");
         assert_eq!(allowed["/health"], "GET");
         assert!(allowed.values().all(|allow| !allow.is_empty()));
     }

@@ -31,6 +31,7 @@ use crate::error::ErrorBody;
         tokens::delete,
         jobs::list,
         jobs::get,
+        jobs::update,
         matching::explain,
         pressure::pressure,
     ),

@@ -78,15 +78,15 @@ pub async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, 
     Ok(HttpResponse::Ok().json(TokenNames { names }))
 }
 
-/// Deletes a general token; it stops working at once.
+/// Deletes a general token; it stops working at once. Deleting a token that does not exist is
+/// not an error (204, as Canonical's planner answers either way).
 #[utoipa::path(
     params(("name" = String, Path)),
     responses(
-        (status = 204, description = "Deleted"),
+        (status = 204, description = "Deleted, or there was no such token"),
         (status = 400, description = "Invalid name", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
-        (status = 404, description = "No such token", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -101,9 +101,8 @@ pub async fn delete(
     let pool = state.pool.clone();
     let lookup = name.clone();
     let deleted = with_conn(pool, move |conn| Ok(queries::delete_token(conn, &lookup)?)).await?;
-    if !deleted {
-        return Err(ApiError::NotFound(format!("token {name}")));
+    if deleted {
+        log::info!(event = "token_deleted", "token.name" = name; "token deleted");
     }
-    log::info!(event = "token_deleted", "token.name" = name; "token deleted");
     Ok(HttpResponse::NoContent().finish())
 }

@@ -107,19 +107,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parts = path.removeprefix("/api/v1/").split("/")
         with srv.lock:
             if parts[0] == "flavors":
-                return self._flavors(method, parts[1:])
+                return self._flavors(method, parts[1:], is_admin)
             if parts[:2] == ["auth", "token"]:
                 if not is_admin:
                     return self._reply(403)
                 return self._tokens(method, parts[2:])
         return self._reply(404)
 
-    def _flavors(self, method, rest):
+    def _flavors(self, method, rest, is_admin):
         flavors = self.server.flavors
         if not rest:
-            return (
-                self._reply(200, list(flavors.values())) if method == "GET" else self._reply(405)
-            )
+            if method != "GET":
+                return self._reply(405)
+            # Listing flavors is admin only, as on the planner.
+            return self._reply(200, list(flavors.values())) if is_admin else self._reply(403)
         name = rest[0]
         if method == "GET":
             return self._reply(200, flavors[name]) if name in flavors else self._reply(404)
@@ -144,7 +145,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             flavors[name].update(body)
             return self._reply(204)
         if method == "DELETE":
-            return self._reply(204) if flavors.pop(name, None) else self._reply(404)
+            # 200 whether it existed or not, as the planner (and Canonical's) answers.
+            flavors.pop(name, None)
+            return self._reply(200)
         return self._reply(405)
 
     def _tokens(self, method, rest):
@@ -162,7 +165,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             tokens[name] = "planner_v0_" + secrets.token_urlsafe(15)[:20]
             return self._reply(201, {"name": name, "token": tokens[name]})
         if method == "DELETE":
-            return self._reply(204) if tokens.pop(name, None) else self._reply(404)
+            # 204 whether it existed or not, as the planner (and Canonical's) answers.
+            tokens.pop(name, None)
+            return self._reply(204)
         return self._reply(405)
 
     def do_GET(self):

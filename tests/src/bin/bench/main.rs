@@ -16,15 +16,18 @@
 //! - [`manager`]: scenario 7 (the runner manager: queued webhook to runner start, a reconcile
 //!   pass at 100 flavors and 1,000 runners, memory).
 //! - [`console`]: the web console's page loads with 100 flavors and 100k jobs.
+//! - [`gce`]: the `gce` backend against the fake Compute Engine API (listing 1,000 VMs, the
+//!   manager's reconcile pass over them, queued webhook to insert call).
 //! - [`measure`]: what they measure with.
 //!
-//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager,console,cluster` runs only
-//! the named groups (the table is printed, `BENCHMARKS.md` is left alone).
+//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager,console,cluster,gce` runs
+//! only the named groups (the table is printed, `BENCHMARKS.md` is left alone).
 
 mod cluster;
 mod console;
 mod consumer;
 mod gateway;
+mod gce;
 mod manager;
 mod measure;
 mod pressure;
@@ -36,7 +39,7 @@ const END_TO_END_RATE: u64 = 500;
 const END_TO_END_SECONDS: u64 = 10;
 /// Stream subscribers of the fan-out scenario.
 const FAN_OUT: usize = 10_000;
-const GROUPS: [&str; 9] = [
+const GROUPS: [&str; 10] = [
     "gateway",
     "consumer",
     "e2e",
@@ -46,6 +49,7 @@ const GROUPS: [&str; 9] = [
     "manager",
     "console",
     "cluster",
+    "gce",
 ];
 
 #[tokio::main(flavor = "multi_thread")]
@@ -109,6 +113,10 @@ async fn main() {
     }
     if wanted("cluster") {
         cluster::scenarios(&mut rows).await;
+    }
+    if wanted("gce") {
+        settle();
+        tokio::task::block_in_place(|| gce::scenarios(&mut rows));
     }
 
     let mut table = String::from("| scenario | measured | target |\n|---|---|---|\n");
