@@ -196,12 +196,16 @@ async fn queued_jobs_get_vms_in_the_first_zone_with_capacity_and_ended_vms_are_d
     .await;
     // Removed once its registration is deleted too (after the VM).
     ended_removal(&manager).await;
-    // Pressure 1: the other VM stays and none is added.
+    // Pressure 1: one VM is left. Which one depends on timing: when the completed webhook
+    // lowers the pressure before the ended VM is seen, the idle one is the excess and goes, and
+    // a new one replaces the ended one.
     passes(&manager, 3.0).await;
-    assert_eq!(s.vm_names(), vms[1..].to_vec());
+    let left = s.vm_names();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!left.contains(&done), "{left:?}");
     assert_eq!(
         names(&manager.runners().await),
-        vms[1..].iter().cloned().collect()
+        left.iter().cloned().collect()
     );
     manager.service.terminate();
     let status = manager.service.wait(WAIT).await;
