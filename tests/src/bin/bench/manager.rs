@@ -49,7 +49,11 @@ fn sleeper(flavor: &str, min: u32, max: u32) -> Flavor {
 async fn fake_github() -> (Service, String) {
     let mut fake = Service::spawn_release("fake-github", &[], &[]);
     let url = fake
-        .logged_value("fake-github url=", "url", Duration::from_secs(30))
+        .logged_value(
+            "event=fake_github_listening",
+            "url",
+            Duration::from_secs(30),
+        )
         .await;
     (fake, url)
 }
