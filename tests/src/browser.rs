@@ -170,6 +170,31 @@ impl Browser {
             .expect("click");
     }
 
+    /// Clicks the element `css`, which loads a new page (a link or a form's button), and
+    /// waits until that page has loaded: a click returns before the browser navigates.
+    pub async fn click_to_load(&self, css: &str) {
+        let client = &self.client;
+        client
+            .execute("window.consolePageLeft = true;", vec![])
+            .await
+            .expect("the page marked");
+        self.click(css).await;
+        eventually(
+            &format!("a new page after clicking {css}"),
+            Duration::from_secs(10),
+            || async move {
+                client
+                    .execute(
+                        "return window.consolePageLeft === undefined && document.readyState === 'complete';",
+                        vec![],
+                    )
+                    .await
+                    .is_ok_and(|loaded| loaded == serde_json::Value::Bool(true))
+            },
+        )
+        .await;
+    }
+
     /// The path of the page shown.
     pub async fn path(&self) -> String {
         self.client

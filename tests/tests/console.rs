@@ -72,7 +72,7 @@ async fn a_person_uses_the_console_in_a_browser() {
     assert_eq!(browser.path().await, "/console/login");
     browser.screenshot("login").await;
     browser.fill("#token", ADMIN_TOKEN).await;
-    browser.click("button[type=submit]").await;
+    browser.click_to_load("button[type=submit]").await;
     assert_eq!(browser.path().await, "/console");
 
     // The overview follows the pressure stream: a webhook through the gateway moves it, with
@@ -127,7 +127,7 @@ async fn a_person_uses_the_console_in_a_browser() {
         .await
         .expect("select");
     browser.fill("#flavor", "console-large").await;
-    browser.click("#filter").await;
+    browser.click_to_load("#filter").await;
     let url = browser.client.current_url().await.expect("url");
     let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
     assert!(query.contains(&("status".into(), "queued".into())), "{url}");
@@ -143,7 +143,7 @@ async fn a_person_uses_the_console_in_a_browser() {
         .expect("script");
     assert_eq!(pwned, json!("undefined"));
     browser.screenshot("jobs").await;
-    browser.click("#jobs tbody th a").await;
+    browser.click_to_load("#jobs tbody th a").await;
     assert_eq!(browser.path().await, format!("/console/jobs/github/{id}"));
     assert_eq!(browser.text("#given-flavor").await, "console-large");
     assert_eq!(browser.text("#chosen-flavor").await, "console-large");
@@ -164,7 +164,7 @@ async fn a_person_uses_the_console_in_a_browser() {
         .await
         .expect("match");
     browser.fill("#labels", "self-hosted, linux, small").await;
-    browser.click("#match").await;
+    browser.click_to_load("#match").await;
     assert_eq!(browser.text("#chosen-flavor").await, "console-small");
     browser.screenshot("match").await;
 
@@ -191,7 +191,7 @@ async fn a_person_uses_the_console_in_a_browser() {
         .expect("setup");
     browser.screenshot("setup").await;
     browser.fill("#name", "console-test-app").await;
-    browser.click("#prepare").await;
+    browser.click_to_load("#prepare").await;
     browser.screenshot("setup-confirm").await;
     browser.click("#create-app").await;
     browser
