@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::DeclareError;
 
-use super::{Brokers, Topology};
+use super::{Brokers, ConnectError, Topology};
 use crate::reconnect::{Backoff, Delays};
 
 /// Settings of a [`Publisher`].
@@ -219,12 +219,11 @@ impl Publisher {
         ctx.notify_later(Connect, delay);
     }
 
-    async fn open(config: PublisherConfig) -> Result<(Connection, Channel), String> {
+    async fn open(config: PublisherConfig) -> Result<(Connection, Channel), OpenError> {
         let connection = config
             .brokers
             .connect(&config.connection_name, config.connect_timeout)
-            .await
-            .map_err(|err| err.to_string())?;
+            .await?;
         let setup = async {
             let channel = connection.create_channel().await?;
             channel
@@ -237,14 +236,25 @@ impl Publisher {
             Ok(Ok(channel)) => Ok((connection, channel)),
             Ok(Err(err)) => {
                 err.log_mismatch(&config.connection_name);
-                Err(err.to_string())
+                Err(err.into())
             }
-            Err(_) => Err(format!(
-                "channel setup took longer than {:?}",
-                config.connect_timeout
-            )),
+            Err(_) => Err(OpenError::SetupTimedOut(config.connect_timeout)),
         }
     }
+}
+
+/// Why the publisher has no confirming channel yet (it tries again after a back-off).
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// No broker node gave a connection.
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    /// The channel, confirm mode or the topology could not be set up.
+    #[error("{0}")]
+    Declare(#[from] DeclareError),
+    /// The channel set-up did not finish in time.
+    #[error("channel setup took longer than {0:?}")]
+    SetupTimedOut(Duration),
 }
 
 impl Actor for Publisher {
