@@ -195,62 +195,53 @@ impl Topology {
     /// Declares exchanges, queues and bindings. Idempotent; fails (and the broker closes the
     /// channel) if a queue of the same name exists with another type or other arguments.
     pub async fn declare(&self, channel: &Channel) -> Result<(), DeclareError> {
-        let durable_exchange = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let durable_queue = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-
         // Dead letters first, so the main queue's DLX exists the moment anything is rejected.
-        channel
-            .exchange_declare(
-                self.dead_letter_exchange.as_str().into(),
-                ExchangeKind::Direct,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_declare(
-                self.dead_letter_queue.as_str().into(),
-                durable_queue,
-                self.dead_letter_queue_arguments(),
-            )
+        self.declare_bound(
+            channel,
+            &self.dead_letter_exchange,
+            &self.dead_letter_queue,
+            self.dead_letter_queue_arguments(),
+        )
+        .await?;
+        self.declare_bound(channel, &self.exchange, &self.queue, self.queue_arguments())
             .await
-            .map_err(|err| DeclareError::of_queue(err, &self.dead_letter_queue, self.queue_type))?;
-        channel
-            .queue_bind(
-                self.dead_letter_queue.as_str().into(),
-                self.dead_letter_exchange.as_str().into(),
-                self.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+    }
 
+    /// Declares the durable direct exchange `exchange`, the durable queue `queue` with
+    /// `arguments`, and binds them with the routing key.
+    async fn declare_bound(
+        &self,
+        channel: &Channel,
+        exchange: &str,
+        queue: &str,
+        arguments: FieldTable,
+    ) -> Result<(), DeclareError> {
         channel
             .exchange_declare(
-                self.exchange.as_str().into(),
+                exchange.into(),
                 ExchangeKind::Direct,
-                durable_exchange,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await?;
         channel
             .queue_declare(
-                self.queue.as_str().into(),
-                durable_queue,
-                self.queue_arguments(),
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
             )
             .await
-            .map_err(|err| DeclareError::of_queue(err, &self.queue, self.queue_type))?;
+            .map_err(|err| DeclareError::of_queue(err, queue, self.queue_type))?;
         channel
             .queue_bind(
-                self.queue.as_str().into(),
-                self.exchange.as_str().into(),
+                queue.into(),
+                exchange.into(),
                 self.routing_key.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
