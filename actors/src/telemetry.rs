@@ -213,6 +213,12 @@ impl MetricsExport {
         }
     }
 
+    /// The port for a log line: `none` when metrics are pushed or off.
+    pub fn port_text(&self) -> String {
+        self.port()
+            .map_or("none".to_owned(), |port| port.to_string())
+    }
+
     /// Stops the listener, or pushes once more and stops pushing.
     pub async fn stop(self) {
         match self.kind {

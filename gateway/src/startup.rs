@@ -75,10 +75,6 @@ impl Application {
             &config.telemetry,
         )
         .map_err(std::io::Error::other)?;
-        // `none` when metrics are pushed or off.
-        let metrics_port = metrics_export
-            .port()
-            .map_or("none".to_owned(), |port| port.to_string());
         let gauge = metrics.broker_connected.clone();
         let mut changes = publisher_status.subscribe();
         actix_web::rt::spawn(async move {
@@ -124,7 +120,7 @@ impl Application {
         log::info!(
             event = "gateway_listening",
             port,
-            metrics_port = metrics_port.as_str(),
+            metrics_port = metrics_export.port_text(),
             exchange = config.topology.exchange;
             "gateway listening"
         );

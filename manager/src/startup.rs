@@ -44,10 +44,6 @@ impl Application {
             &config.telemetry,
         )
         .map_err(std::io::Error::other)?;
-        // `none` when metrics are pushed or off.
-        let metrics_port = metrics_export
-            .port()
-            .map_or("none".to_owned(), |port| port.to_string());
         let readiness = Arc::new(Readiness::new());
 
         let github = {
@@ -105,7 +101,7 @@ impl Application {
         log::info!(
             event = "manager_listening",
             port,
-            metrics_port = metrics_port.as_str(),
+            metrics_port = metrics_export.port_text(),
             manager_id = config.manager_id,
             flavors = config.flavors.len(),
             github_path = config.github_path.api_prefix();

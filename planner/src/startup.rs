@@ -77,10 +77,6 @@ impl Application {
             metrics.registry.clone(),
             &config.telemetry,
         )?;
-        // `none` when metrics are pushed or off.
-        let metrics_port = metrics_export
-            .port()
-            .map_or("none".to_owned(), |port| port.to_string());
         let store = {
             let (pool, ignored) = (pool.clone(), config.ignored_labels.clone());
             let metrics = metrics.clone();
@@ -160,7 +156,7 @@ impl Application {
             event = "planner_listening",
             address = config.bind_address,
             port,
-            metrics_port = metrics_port.as_str(),
+            metrics_port = metrics_export.port_text(),
             queue = config.topology.queue;
             "planner listening"
         );
