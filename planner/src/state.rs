@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use crate::{domain::labels::IgnoredLabels, routes::health::Readiness, store::PgPool};
+use diesel::PgConnection;
+
+use crate::{
+    domain::labels::IgnoredLabels, error::ApiError, routes::health::Readiness, store::PgPool,
+};
 
 /// What every handler may use.
 pub struct AppState {
@@ -16,4 +20,15 @@ pub struct AppState {
     pub readiness: Readiness,
     /// `APP_REQUEST_TIMEOUT`: longest time to receive a request body (then 408).
     pub request_timeout: Duration,
+}
+
+impl AppState {
+    /// Runs blocking database work on one of the pool's connections, off the async workers.
+    pub async fn db<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        crate::routes::with_conn(self.pool.clone(), work).await
+    }
 }

@@ -114,23 +114,20 @@ impl ConsoleConfig {
                 format!("is required with {MANAGER_URLS}"),
             ));
         }
-        if source.get(GITHUB_URL).is_some() {
-            console.github_url = config::parsed(
-                source,
-                GITHUB_URL,
-                console.github_url,
-                actors::github::parse_api_url,
-            )?;
-            console.github_api_url = api_url_of(&console.github_url);
+        // The API's address follows the site's unless it is set itself.
+        let site = config::parsed(source, GITHUB_URL, None, |url| {
+            actors::github::parse_api_url(url).map(Some)
+        })?;
+        if let Some(site) = site {
+            console.github_api_url = api_url_of(&site);
+            console.github_url = site;
         }
-        if source.get(GITHUB_API_URL).is_some() {
-            console.github_api_url = config::parsed(
-                source,
-                GITHUB_API_URL,
-                console.github_api_url,
-                actors::github::parse_api_url,
-            )?;
-        }
+        console.github_api_url = config::parsed(
+            source,
+            GITHUB_API_URL,
+            console.github_api_url,
+            actors::github::parse_api_url,
+        )?;
         if let Some(url) = source.get(WEBHOOK_URL) {
             actors::github::parse_api_url(&url)
                 .map_err(|reason| ConfigError::new(WEBHOOK_URL, reason))?;
@@ -399,10 +396,9 @@ impl Viewer {
                 .ok_or(ConsoleError::SignedOut)?;
             if let Some(hash) = session.token_sha256 {
                 // A general token's session lasts as long as the token does.
-                let name = crate::routes::with_conn(state.pool.clone(), move |conn| {
-                    Ok(schema::queries::token_name_by_any_hash(conn, &[&hash])?)
-                })
-                .await?;
+                let name = state
+                    .db(move |conn| Ok(schema::queries::token_name_by_any_hash(conn, &[&hash])?))
+                    .await?;
                 if name.is_none() {
                     return Err(ConsoleError::SignedOut);
                 }

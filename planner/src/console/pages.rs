@@ -23,10 +23,10 @@ use crate::{
     domain::webhook::GITHUB,
     metrics::DEAD_LETTER_REASONS,
     routes::{
+        job_path,
         jobs::{JobBody, JobQuery},
         matching::{verdict, MatchResult},
         pressure::PressureService,
-        with_conn,
     },
     state::AppState,
 };
@@ -144,15 +144,16 @@ async fn verify_token(
         return Ok(Some((Role::Admin, None)));
     }
     let stored = token_sha256(&token);
-    let found = with_conn(state.pool.clone(), move |conn| {
-        for hash in [stored, text] {
-            if queries::token_name_by_any_hash(conn, &[&hash])?.is_some() {
-                return Ok(Some(hash));
+    let found = state
+        .db(move |conn| {
+            for hash in [stored, text] {
+                if queries::token_name_by_any_hash(conn, &[&hash])?.is_some() {
+                    return Ok(Some(hash));
+                }
             }
-        }
-        Ok(None)
-    })
-    .await?;
+            Ok(None)
+        })
+        .await?;
     Ok(found.map(|hash| (Role::Read, Some(hash))))
 }
 
@@ -227,13 +228,14 @@ pub async fn overview_page(
     console: web::Data<Console>,
     pressure: web::Data<PressureService>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let (flavors, open) = with_conn(state.pool.clone(), |conn| {
-        Ok((
-            queries::list_flavors(conn)?,
-            console_queries::open_jobs_by_flavor(conn)?,
-        ))
-    })
-    .await?;
+    let (flavors, open) = state
+        .db(|conn| {
+            Ok((
+                queries::list_flavors(conn)?,
+                console_queries::open_jobs_by_flavor(conn)?,
+            ))
+        })
+        .await?;
     let mut by_flavor: HashMap<Option<String>, Open> = HashMap::new();
     for row in open {
         let entry = by_flavor.entry(row.flavor).or_default();
@@ -569,21 +571,17 @@ pub async fn job_page(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let (platform, id) = path.into_inner();
-    crate::domain::names::validate_name(&platform)
-        .map_err(|problem| crate::error::ApiError::field("platform", problem))?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| crate::error::ApiError::field("id", "must be an integer"))?;
+    let (platform, id) = job_path(path)?;
     let lookup = platform.clone();
-    let found = with_conn(state.pool.clone(), move |conn| {
-        let Some(job) = queries::get_job(conn, &lookup, id)? else {
-            return Ok(None);
-        };
-        let deliveries = console_queries::job_deliveries(conn, &lookup, id)?;
-        Ok(Some((job, deliveries)))
-    })
-    .await?;
+    let found = state
+        .db(move |conn| {
+            let Some(job) = queries::get_job(conn, &lookup, id)? else {
+                return Ok(None);
+            };
+            let deliveries = console_queries::job_deliveries(conn, &lookup, id)?;
+            Ok(Some((job, deliveries)))
+        })
+        .await?;
     let (job, deliveries) =
         found.ok_or_else(|| ConsoleError::NotFound(format!("job {platform}/{id}")))?;
     let job = JobBody::new(job, None);
@@ -703,13 +701,14 @@ pub async fn deliveries_page(
     state: web::Data<AppState>,
     console: web::Data<Console>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let (totals, recent) = with_conn(state.pool.clone(), |conn| {
-        Ok((
-            console_queries::delivery_totals(conn)?,
-            console_queries::recent_deliveries(conn, RECENT_DELIVERIES)?,
-        ))
-    })
-    .await?;
+    let (totals, recent) = state
+        .db(|conn| {
+            Ok((
+                console_queries::delivery_totals(conn)?,
+                console_queries::recent_deliveries(conn, RECENT_DELIVERIES)?,
+            ))
+        })
+        .await?;
     let metrics = &console.metrics;
     html(&DeliveriesPage {
         nav: viewer.nav("deliveries"),

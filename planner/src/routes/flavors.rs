@@ -109,8 +109,7 @@ fn labels(labels: &[String]) -> Result<Vec<String>, ApiError> {
 )]
 #[get("/api/v1/flavors")]
 pub async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let pool = state.pool.clone();
-    let flavors = with_conn(pool, move |conn| Ok(queries::list_flavors(conn)?)).await?;
+    let flavors = state.db(|conn| Ok(queries::list_flavors(conn)?)).await?;
     let body: Vec<FlavorBody> = flavors.into_iter().map(FlavorBody::from).collect();
     Ok(HttpResponse::Ok().json(body))
 }
@@ -137,8 +136,7 @@ pub async fn create(
     name: web::Path<String>,
     body: JsonBody<CreateFlavor>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
-    path_name(&name)?;
+    let name = path_name(name)?;
     let body = body.read().await?;
     validate_name(&body.platform).map_err(|problem| ApiError::field("platform", problem))?;
     let new = NewFlavor {
@@ -149,9 +147,8 @@ pub async fn create(
         is_disabled: body.is_disabled.unwrap_or(false),
         minimum_pressure: non_negative("minimum_pressure", body.minimum_pressure.unwrap_or(0))?,
     };
-    let pool = state.pool.clone();
     let created = new.clone();
-    let inserted = with_conn(pool, move |conn| {
+    let inserted = with_conn(state.pool.clone(), move |conn| {
         Ok(crate::store::create_flavor(
             conn,
             &state.ignored_labels,
@@ -190,11 +187,11 @@ pub async fn get(
     state: web::Data<AppState>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
-    path_name(&name)?;
-    let pool = state.pool.clone();
+    let name = path_name(name)?;
     let lookup = name.clone();
-    let flavor = with_conn(pool, move |conn| Ok(queries::get_flavor(conn, &lookup)?)).await?;
+    let flavor = state
+        .db(move |conn| Ok(queries::get_flavor(conn, &lookup)?))
+        .await?;
     let flavor = flavor.ok_or_else(|| ApiError::NotFound(format!("flavor {name}")))?;
     Ok(HttpResponse::Ok().json(FlavorBody::from(flavor)))
 }
@@ -222,8 +219,7 @@ pub async fn update(
     name: web::Path<String>,
     body: JsonBody<UpdateFlavor>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
-    path_name(&name)?;
+    let name = path_name(name)?;
     let body = body.read().await?;
     let changes = FlavorChanges {
         labels: body.labels.as_deref().map(labels).transpose()?,
@@ -247,9 +243,8 @@ pub async fn update(
             "expected at least one of is_disabled, labels, priority, minimum_pressure",
         ));
     }
-    let pool = state.pool.clone();
     let lookup = name.clone();
-    let updated = with_conn(pool, move |conn| {
+    let updated = with_conn(state.pool.clone(), move |conn| {
         Ok(crate::store::update_flavor(
             conn,
             &state.ignored_labels,
@@ -281,11 +276,9 @@ pub async fn delete(
     state: web::Data<AppState>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
-    path_name(&name)?;
-    let pool = state.pool.clone();
+    let name = path_name(name)?;
     let lookup = name.clone();
-    let deleted = with_conn(pool, move |conn| {
+    let deleted = with_conn(state.pool.clone(), move |conn| {
         Ok(crate::store::delete_flavor(
             conn,
             &state.ignored_labels,

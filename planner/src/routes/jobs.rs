@@ -18,7 +18,7 @@ use schema::{
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{pressure::PressureService, with_conn};
+use super::{job_path, pressure::PressureService};
 use crate::{
     auth::Authenticated,
     domain::{job::Status, names::validate_name},
@@ -150,11 +150,6 @@ fn platform(platform: &str) -> Result<(), ApiError> {
     validate_name(platform).map_err(|problem| ApiError::field("platform", problem))
 }
 
-fn job_id(id: &str) -> Result<i64, ApiError> {
-    id.parse()
-        .map_err(|_| ApiError::field("id", "must be an integer"))
-}
-
 /// What a query value may hold unescaped in the `Link` header's address: RFC 3986's unreserved
 /// characters.
 const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
@@ -266,22 +261,23 @@ pub(crate) async fn page(
         repository: query.repository,
         after: query.cursor.as_deref().map(decode_cursor).transpose()?,
     };
-    let pool = state.pool.clone();
-    let (jobs, more, mut raw) = with_conn(pool, move |conn| {
-        // One more than asked tells whether there is a next page.
-        let mut jobs = queries::list_jobs(conn, &path, &filter, limit + 1)?;
-        let more = jobs.len() as i64 > limit;
-        jobs.truncate(limit as usize);
-        let mut raw: BTreeMap<i64, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
-        if with_raw {
-            let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
-            for (id, action, payload) in queries::jobs_payloads(conn, &path, &ids)? {
-                raw.entry(id).or_default().insert(action, payload);
+    let (jobs, more, mut raw) = state
+        .db(move |conn| {
+            // One more than asked tells whether there is a next page.
+            let mut jobs = queries::list_jobs(conn, &path, &filter, limit + 1)?;
+            let more = jobs.len() as i64 > limit;
+            jobs.truncate(limit as usize);
+            let mut raw: BTreeMap<i64, serde_json::Map<String, serde_json::Value>> =
+                BTreeMap::new();
+            if with_raw {
+                let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
+                for (id, action, payload) in queries::jobs_payloads(conn, &path, &ids)? {
+                    raw.entry(id).or_default().insert(action, payload);
+                }
             }
-        }
-        Ok((jobs, more, raw))
-    })
-    .await?;
+            Ok((jobs, more, raw))
+        })
+        .await?;
     let next_cursor = if more {
         jobs.last().map(encode_cursor)
     } else {
@@ -315,19 +311,17 @@ pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (path_platform, id) = path.into_inner();
-    platform(&path_platform)?;
-    let id = job_id(&id)?;
-    let pool = state.pool.clone();
+    let (path_platform, id) = job_path(path)?;
     let lookup = path_platform.clone();
-    let found = with_conn(pool, move |conn| {
-        let Some(job) = queries::get_job(conn, &lookup, id)? else {
-            return Ok(None);
-        };
-        let payloads = queries::job_payloads(conn, &lookup, id)?;
-        Ok(Some((job, payloads)))
-    })
-    .await?;
+    let found = state
+        .db(move |conn| {
+            let Some(job) = queries::get_job(conn, &lookup, id)? else {
+                return Ok(None);
+            };
+            let payloads = queries::job_payloads(conn, &lookup, id)?;
+            Ok(Some((job, payloads)))
+        })
+        .await?;
     let (job, payloads) =
         found.ok_or_else(|| ApiError::NotFound(format!("job {path_platform}/{id}")))?;
     let raw = serde_json::Value::Object(payloads.into_iter().collect());
@@ -388,20 +382,16 @@ pub async fn update(
     path: web::Path<(String, String)>,
     body: JsonBody<UpdateJob>,
 ) -> Result<HttpResponse, ApiError> {
-    let (path_platform, id) = path.into_inner();
-    platform(&path_platform)?;
-    let id = job_id(&id)?;
+    let (path_platform, id) = job_path(path)?;
     let body = body.read().await?;
     let change = JobTimesChange {
         started_at: body.started_at,
         completed_at: body.completed_at,
     };
-    let pool = state.pool.clone();
     let lookup = path_platform.clone();
-    let outcome = with_conn(pool, move |conn| {
-        Ok(store::set_job_times(conn, &lookup, id, change))
-    })
-    .await?;
+    let outcome = state
+        .db(move |conn| Ok(store::set_job_times(conn, &lookup, id, change)))
+        .await?;
     match outcome {
         Ok(()) => {}
         Err(SetTimesError::NotFound) => {

@@ -5,7 +5,6 @@ use schema::queries;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::with_conn;
 use crate::{
     auth::Authenticated,
     domain::{labels::parse_list, matching::missing_labels, names::validate_name, webhook::GITHUB},
@@ -84,14 +83,14 @@ pub async fn verdict(
     validate_name(&platform).map_err(|problem| ApiError::field("platform", problem))?;
     let labels = parse_list(labels);
     let matching_labels = state.ignored_labels.matching_labels(&labels);
-    let pool = state.pool.clone();
     let (lookup, wanted) = (platform.clone(), matching_labels.clone());
-    let (specs, flavor) = with_conn(pool, move |conn| {
-        let specs = store::flavor_specs(queries::list_platform_flavors(conn, &lookup)?);
-        let flavor = store::match_flavor(conn, &specs, &wanted)?;
-        Ok((specs, flavor))
-    })
-    .await?;
+    let (specs, flavor) = state
+        .db(move |conn| {
+            let specs = store::flavor_specs(queries::list_platform_flavors(conn, &lookup)?);
+            let flavor = store::match_flavor(conn, &specs, &wanted)?;
+            Ok((specs, flavor))
+        })
+        .await?;
     let flavors = specs
         .into_iter()
         .map(|spec| {

@@ -81,8 +81,25 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
 }
 
 /// Validates a name taken from the path; a 400 names the path parameter.
-fn path_name(name: &str) -> Result<(), ApiError> {
+fn valid_name(name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|problem| ApiError::field("name", problem))
+}
+
+/// The `{name}` of a route's path, validated.
+fn path_name(name: web::Path<String>) -> Result<String, ApiError> {
+    let name = name.into_inner();
+    valid_name(&name)?;
+    Ok(name)
+}
+
+/// The `{platform}/{id}` of a job's path, validated; a 400 names the part at fault.
+pub(crate) fn job_path(path: web::Path<(String, String)>) -> Result<(String, i64), ApiError> {
+    let (platform, id) = path.into_inner();
+    validate_name(&platform).map_err(|problem| ApiError::field("platform", problem))?;
+    let id = id
+        .parse()
+        .map_err(|_| ApiError::field("id", "must be an integer"))?;
+    Ok((platform, id))
 }
 
 /// Runs blocking database work on a pooled connection, off the async workers.

@@ -15,7 +15,7 @@ use actors::{
 };
 use schema::queries;
 
-use super::{path_name, with_conn};
+use super::valid_name;
 use crate::{
     auth::Authenticated,
     error::{ApiError, ErrorBody},
@@ -69,14 +69,14 @@ pub async fn pressure(
 ) -> Result<HttpResponse, ApiError> {
     let filter = Filter::from_path(&name);
     if let Filter::Flavor(flavor) = &filter {
-        path_name(flavor)?;
+        valid_name(flavor)?;
     }
     let mut subscription = subscribe(&service.broadcaster).await?;
     if let Filter::Flavor(flavor) = &filter {
         if subscription.current().get(flavor).is_none() {
-            let pool = state.pool.clone();
             let lookup = flavor.clone();
-            let exists = with_conn(pool, move |conn| Ok(queries::get_flavor(conn, &lookup)?))
+            let exists = state
+                .db(move |conn| Ok(queries::get_flavor(conn, &lookup)?))
                 .await?
                 .is_some();
             if !exists {

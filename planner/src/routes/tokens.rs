@@ -6,7 +6,7 @@ use schema::queries;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{path_name, with_conn};
+use super::path_name;
 use crate::{
     auth::{token_sha256, Admin},
     error::{ApiError, ErrorBody},
@@ -45,16 +45,13 @@ pub async fn create(
     state: web::Data<AppState>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
-    path_name(&name)?;
+    let name = path_name(name)?;
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let digest = token_sha256(&token);
-    let pool = state.pool.clone();
     let lookup = name.clone();
-    let inserted = with_conn(pool, move |conn| {
-        Ok(queries::insert_token(conn, &lookup, &digest)?)
-    })
-    .await?;
+    let inserted = state
+        .db(move |conn| Ok(queries::insert_token(conn, &lookup, &digest)?))
+        .await?;
     if !inserted {
         return Err(ApiError::Conflict(format!("token {name}")));
     }
@@ -73,8 +70,9 @@ pub async fn create(
 )]
 #[get("/api/v1/auth/token")]
 pub async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let pool = state.pool.clone();
-    let names = with_conn(pool, move |conn| Ok(queries::list_token_names(conn)?)).await?;
+    let names = state
+        .db(|conn| Ok(queries::list_token_names(conn)?))
+        .await?;
     Ok(HttpResponse::Ok().json(TokenNames { names }))
 }
 
@@ -96,11 +94,11 @@ pub async fn delete(
     state: web::Data<AppState>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
-    path_name(&name)?;
-    let pool = state.pool.clone();
+    let name = path_name(name)?;
     let lookup = name.clone();
-    let deleted = with_conn(pool, move |conn| Ok(queries::delete_token(conn, &lookup)?)).await?;
+    let deleted = state
+        .db(move |conn| Ok(queries::delete_token(conn, &lookup)?))
+        .await?;
     if deleted {
         log::info!(event = "token_deleted", "token.name" = name; "token deleted");
     }
