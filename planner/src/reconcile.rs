@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 use crate::{
     config::ReconcileConfig,
     domain::{
-        job::{JobEvent, Status},
+        job::{JobEvent, JobState, Status},
         labels::IgnoredLabels,
         webhook::GITHUB,
     },
@@ -59,71 +59,60 @@ pub fn completed_event(job: &Claimed, api: &Value) -> JobEvent {
             .and_then(|value| DateTime::parse_from_rfc3339(value).ok())
             .map(|at| at.with_timezone(&Utc))
     };
-    event(
-        job,
-        JobFields {
-            conclusion: text("conclusion"),
-            completed_at: time("completed_at").or_else(|| Some(Utc::now())),
-            started_at: time("started_at"),
-            runner_name: text("runner_name"),
-            run_id: api.get("run_id").and_then(Value::as_i64),
-            run_attempt: api.get("run_attempt").and_then(Value::as_i64),
-            workflow_name: text("workflow_name"),
-            job_name: text("name"),
-        },
-        api.clone(),
-        "github_api",
-    )
+    let state = JobState {
+        conclusion: text("conclusion"),
+        completed_at: time("completed_at").or_else(|| Some(Utc::now())),
+        started_at: time("started_at"),
+        runner_name: text("runner_name"),
+        run_id: api.get("run_id").and_then(Value::as_i64),
+        run_attempt: api.get("run_attempt").and_then(Value::as_i64),
+        workflow_name: text("workflow_name"),
+        job_name: text("name"),
+        ..completed(job)
+    };
+    event(job, state, api.clone(), "github_api")
 }
 
 /// The `completed` event for a job GitHub answers 404 for.
 pub fn not_found_event(job: &Claimed) -> JobEvent {
     let now = Utc::now();
-    event(
-        job,
-        JobFields {
-            conclusion: Some(NOT_FOUND_CONCLUSION.to_owned()),
-            completed_at: Some(now),
-            ..JobFields::default()
-        },
-        json!({
-            "id": job.id,
-            "status": "completed",
-            "conclusion": NOT_FOUND_CONCLUSION,
-            "completed_at": now.to_rfc3339(),
-        }),
-        "not_found",
-    )
+    let state = JobState {
+        conclusion: Some(NOT_FOUND_CONCLUSION.to_owned()),
+        completed_at: Some(now),
+        ..completed(job)
+    };
+    let workflow_job = json!({
+        "id": job.id,
+        "status": "completed",
+        "conclusion": NOT_FOUND_CONCLUSION,
+        "completed_at": now.to_rfc3339(),
+    });
+    event(job, state, workflow_job, "not_found")
 }
 
-#[derive(Default)]
-struct JobFields {
-    conclusion: Option<String>,
-    completed_at: Option<DateTime<Utc>>,
-    started_at: Option<DateTime<Utc>>,
-    runner_name: Option<String>,
-    run_id: Option<i64>,
-    run_attempt: Option<i64>,
-    workflow_name: Option<String>,
-    job_name: Option<String>,
-}
-
-fn event(job: &Claimed, fields: JobFields, workflow_job: Value, marker: &str) -> JobEvent {
-    JobEvent {
+/// A completed `job` of which nothing more is known (no labels: the stored ones stay).
+fn completed(job: &Claimed) -> JobState {
+    JobState {
         platform: job.platform.clone(),
         id: job.id,
-        action: Status::Completed,
         labels: Vec::new(),
+        status: Status::Completed,
+        conclusion: None,
         repository: job.repository.clone(),
-        run_id: fields.run_id,
-        run_attempt: fields.run_attempt,
-        workflow_name: fields.workflow_name,
-        job_name: fields.job_name,
-        runner_name: fields.runner_name,
-        conclusion: fields.conclusion,
+        run_id: None,
+        run_attempt: None,
+        workflow_name: None,
+        job_name: None,
+        runner_name: None,
         created_at: job.created_at,
-        started_at: fields.started_at,
-        completed_at: fields.completed_at,
+        started_at: None,
+        completed_at: None,
+    }
+}
+
+fn event(job: &Claimed, state: JobState, workflow_job: Value, marker: &str) -> JobEvent {
+    JobEvent {
+        job: state,
         // Shaped like a webhook body, marked as coming from reconciliation.
         payload: json!({
             "action": "completed",
@@ -390,18 +379,18 @@ mod tests {
             "runner_name": "r-1", "name": "build", "workflow_name": "CI", "run_id": 9
         });
         let event = completed_event(&claimed(), &api);
-        assert_eq!(event.action, Status::Completed);
-        assert_eq!(event.conclusion.as_deref(), Some("cancelled"));
+        assert_eq!(event.action(), Status::Completed);
+        assert_eq!(event.job.conclusion.as_deref(), Some("cancelled"));
         assert_eq!(
-            event.completed_at.unwrap().to_rfc3339(),
+            event.job.completed_at.unwrap().to_rfc3339(),
             "2023-01-01T00:01:00+00:00"
         );
         let payload: Value = serde_json::from_str(&event.payload).unwrap();
         assert_eq!(payload["planner_reconciled"], "github_api");
         assert_eq!(payload["workflow_job"]["runner_name"], "r-1");
         let gone = not_found_event(&claimed());
-        assert_eq!(gone.conclusion.as_deref(), Some(NOT_FOUND_CONCLUSION));
-        assert!(gone.completed_at.is_some());
+        assert_eq!(gone.job.conclusion.as_deref(), Some(NOT_FOUND_CONCLUSION));
+        assert!(gone.job.completed_at.is_some());
         let payload: Value = serde_json::from_str(&gone.payload).unwrap();
         assert_eq!(payload["planner_reconciled"], "not_found");
     }

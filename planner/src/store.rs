@@ -214,7 +214,7 @@ pub fn apply_batch_timed(
         queries::lock_flavors_shared(conn)?;
         let keys: BTreeSet<(&str, i64)> = batch
             .iter()
-            .map(|(_, event)| (event.platform.as_str(), event.id))
+            .map(|(_, event)| (event.job.platform.as_str(), event.job.id))
             .collect();
         queries::lock_job_keys(conn, &keys.iter().copied().collect::<Vec<_>>())?;
         let outcomes = record_deliveries(conn, batch)?;
@@ -223,7 +223,7 @@ pub fn apply_batch_timed(
         let mut jobs: BTreeMap<(&str, i64), Vec<&JobEvent>> = BTreeMap::new();
         for ((_, event), outcome) in batch.iter().zip(&outcomes) {
             if *outcome == Outcome::Applied {
-                jobs.entry((event.platform.as_str(), event.id))
+                jobs.entry((event.job.platform.as_str(), event.job.id))
                     .or_default()
                     .push(event);
             }
@@ -288,7 +288,11 @@ pub fn apply_batch_timed(
         let mut payloads: BTreeMap<(&str, i64, &str), &str> = BTreeMap::new();
         for event in jobs.values().flatten() {
             payloads.insert(
-                (event.platform.as_str(), event.id, event.action.as_str()),
+                (
+                    event.job.platform.as_str(),
+                    event.job.id,
+                    event.action().as_str(),
+                ),
                 &event.payload,
             );
         }
@@ -334,9 +338,9 @@ fn record_deliveries(
             let event = &batch[index].1;
             NewDelivery {
                 id,
-                platform: &event.platform,
-                job_id: event.id,
-                action: event.action.as_str(),
+                platform: &event.job.platform,
+                job_id: event.job.id,
+                action: event.action().as_str(),
             }
         })
         .collect();
@@ -353,9 +357,9 @@ fn record_deliveries(
         queries::record_delivery(
             conn,
             delivery,
-            &event.platform,
-            event.id,
-            event.action.as_str(),
+            &event.job.platform,
+            event.job.id,
+            event.action().as_str(),
         )?;
     }
     Ok(outcomes)
@@ -622,19 +626,19 @@ pub fn complete_reconciled(
         // The same lock order as a webhook: flavor lock shared, then the job's turn, which
         // every writer of the job takes: the row read here stays as it is until the commit.
         queries::lock_flavors_shared(conn)?;
-        queries::lock_job_keys(conn, &[(&event.platform, event.id)])?;
-        let Some(row) = queries::get_job(conn, &event.platform, event.id)? else {
+        queries::lock_job_keys(conn, &[(&event.job.platform, event.job.id)])?;
+        let Some(row) = queries::get_job(conn, &event.job.platform, event.job.id)? else {
             return Ok(false);
         };
         if row.status == Status::Completed.as_str() {
             return Ok(false);
         }
-        let delivery = format!("planner-reconcile:{}:{}", event.platform, event.id);
+        let delivery = format!("planner-reconcile:{}:{}", event.job.platform, event.job.id);
         let mut event = event;
         // The job keeps the labels, repository and creation time it was matched with.
-        event.labels = row.labels;
-        event.repository = row.repository;
-        event.created_at = row.created_at;
+        event.job.labels = row.labels;
+        event.job.repository = row.repository;
+        event.job.created_at = row.created_at;
         let outcomes = apply_batch(conn, ignored, &[(delivery, event)])?;
         Ok(outcomes.first() == Some(&Outcome::Applied))
     })

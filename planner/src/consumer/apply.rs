@@ -77,7 +77,7 @@ pub(super) async fn apply_events(
                         log::error!(
                             event = "delivery_dead_lettered",
                             "delivery.id" = id,
-                            "job.id":% = event.id,
+                            "job.id":% = event.job.id,
                             reason = "refused by the database";
                             "delivery dead-lettered"
                         );
@@ -109,8 +109,8 @@ pub(super) async fn settle_applied(
             log::debug!(
                 event = "delivery_applied",
                 "delivery.id" = id,
-                "job.id":% = event.id,
-                action:% = event.action;
+                "job.id":% = event.job.id,
+                action:% = event.action();
                 "delivery applied"
             );
             stats.settled(received);
@@ -121,7 +121,7 @@ pub(super) async fn settle_applied(
             log::info!(
                 event = "delivery_duplicate",
                 "delivery.id" = id,
-                "job.id":% = event.id;
+                "job.id":% = event.job.id;
                 "duplicate delivery: already applied"
             );
             stats.settled(received);

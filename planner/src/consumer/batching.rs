@@ -26,7 +26,7 @@ impl BusyJobs {
     pub(super) fn of(events: &Events) -> Vec<(String, i64)> {
         let mut jobs: Vec<(String, i64)> = events
             .iter()
-            .map(|(_, _, event)| (event.platform.clone(), event.id))
+            .map(|(_, _, event)| (event.job.platform.clone(), event.job.id))
             .collect();
         jobs.sort();
         jobs.dedup();

@@ -21,7 +21,7 @@ impl Recorder {
 
     pub(super) fn applied(&self, event: &JobEvent) {
         self.metrics
-            .record_consumed(&event.platform, event.action, &event.repository);
+            .record_consumed(&event.job.platform, event.action(), &event.job.repository);
     }
 
     pub(super) fn duplicate(&self) {

@@ -52,8 +52,8 @@ impl Received {
 
     pub(super) fn describe(&self, event: &JobEvent) {
         let span = self.trace.span();
-        span.set_attribute(KeyValue::new("github.action", event.action.as_str()));
-        span.set_attribute(KeyValue::new("github.job_id", event.id));
+        span.set_attribute(KeyValue::new("github.action", event.action().as_str()));
+        span.set_attribute(KeyValue::new("github.job_id", event.job.id));
     }
 
     /// Ends the `consume` span with what became of the delivery.

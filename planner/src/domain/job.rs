@@ -84,28 +84,20 @@ impl FromStr for Status {
 /// One `workflow_job` delivery, reduced to what the planner keeps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobEvent {
-    pub platform: String,
-    pub id: i64,
-    /// The action, which is the status the job moves to.
-    pub action: Status,
-    /// Normalised (lowercased) labels.
-    pub labels: Vec<String>,
-    pub repository: String,
-    pub run_id: Option<i64>,
-    pub run_attempt: Option<i64>,
-    pub workflow_name: Option<String>,
-    pub job_name: Option<String>,
-    /// Only from `in_progress` and `completed` (GitHub fills it oddly on `queued`).
-    pub runner_name: Option<String>,
-    /// Only from `completed`.
-    pub conclusion: Option<String>,
-    pub created_at: DateTime<Utc>,
-    /// Only from `in_progress` and `completed` (GitHub sets it to `created_at` on `queued`).
-    pub started_at: Option<DateTime<Utc>>,
-    /// Only from `completed`.
-    pub completed_at: Option<DateTime<Utc>>,
+    /// What the delivery says of the job. Its status is the delivery's action; `runner_name`
+    /// and `started_at` only from `in_progress` and `completed` (GitHub fills them oddly on
+    /// `queued`), `conclusion` and `completed_at` only from `completed`; labels normalised
+    /// (lowercased).
+    pub job: JobState,
     /// The raw webhook body (JSON text), kept as it came.
     pub payload: Arc<str>,
+}
+
+impl JobEvent {
+    /// The action, which is the status the job moves to.
+    pub fn action(&self) -> Status {
+        self.job.status
+    }
 }
 
 /// The state of a job, as kept in the `job` table (without bookkeeping columns).
@@ -130,33 +122,19 @@ pub struct JobState {
 impl JobState {
     /// The state of a job first heard of through `event`.
     pub fn new(event: &JobEvent) -> Self {
-        Self {
-            platform: event.platform.clone(),
-            id: event.id,
-            labels: event.labels.clone(),
-            status: event.action,
-            conclusion: event.conclusion.clone(),
-            repository: event.repository.clone(),
-            run_id: event.run_id,
-            run_attempt: event.run_attempt,
-            workflow_name: event.workflow_name.clone(),
-            job_name: event.job_name.clone(),
-            runner_name: event.runner_name.clone(),
-            created_at: event.created_at,
-            started_at: event.started_at,
-            completed_at: event.completed_at,
-        }
+        event.job.clone()
     }
 
     /// Applies a later delivery of the same job.
     pub fn apply(&mut self, event: &JobEvent) {
+        let event = &event.job;
         let current = self.status.rank();
-        let incoming = event.action.rank();
+        let incoming = event.status.rank();
         // An event at least as advanced as the job speaks for it; a less advanced one only
         // fills gaps.
         let dominant = incoming >= current;
         if incoming > current || (incoming == current && incoming == 0) {
-            self.status = event.action;
+            self.status = event.status;
         }
 
         fn pick<T: Clone>(field: &mut Option<T>, incoming: &Option<T>, dominant: bool) {
@@ -193,20 +171,22 @@ mod tests {
         let started = action.rank() >= 1;
         let completed = action == Status::Completed;
         JobEvent {
-            platform: "github".into(),
-            id: 7,
-            action,
-            labels: vec!["self-hosted".into(), "x64".into()],
-            repository: "octo/repo".into(),
-            run_id: Some(70),
-            run_attempt: Some(1),
-            workflow_name: Some("CI".into()),
-            job_name: Some("build".into()),
-            runner_name: started.then(|| "runner-1".into()),
-            conclusion: completed.then(|| "success".into()),
-            created_at: at(0),
-            started_at: started.then(|| at(10)),
-            completed_at: completed.then(|| at(20)),
+            job: JobState {
+                platform: "github".into(),
+                id: 7,
+                status: action,
+                labels: vec!["self-hosted".into(), "x64".into()],
+                repository: "octo/repo".into(),
+                run_id: Some(70),
+                run_attempt: Some(1),
+                workflow_name: Some("CI".into()),
+                job_name: Some("build".into()),
+                runner_name: started.then(|| "runner-1".into()),
+                conclusion: completed.then(|| "success".into()),
+                created_at: at(0),
+                started_at: started.then(|| at(10)),
+                completed_at: completed.then(|| at(20)),
+            },
             payload: format!(r#"{{"action":"{}"}}"#, action.as_str()).into(),
         }
     }

@@ -7,7 +7,7 @@ use schema::jsonb::{escapes_nul, overflows_numeric_scale};
 use serde_json::Value;
 
 use super::{
-    job::{JobEvent, Status},
+    job::{JobEvent, JobState, Status},
     labels::normalize,
 };
 
@@ -136,27 +136,29 @@ fn decide(
     let started = action.rank() >= Status::InProgress.rank();
     let completed = action == Status::Completed;
     let event = JobEvent {
-        platform: GITHUB.to_owned(),
-        id,
-        action,
-        labels,
-        repository,
-        run_id: job.run_id.as_ref().and_then(Value::as_i64),
-        run_attempt: job.run_attempt.as_ref().and_then(Value::as_i64),
-        workflow_name: string(job.workflow_name),
-        job_name: string(job.name),
-        runner_name: string(job.runner_name).filter(|_| started),
-        conclusion: string(job.conclusion).filter(|_| completed),
-        created_at,
-        started_at: if started {
-            timestamp(job.started_at.as_ref(), "started_at")?
-        } else {
-            None
-        },
-        completed_at: if completed {
-            timestamp(job.completed_at.as_ref(), "completed_at")?
-        } else {
-            None
+        job: JobState {
+            platform: GITHUB.to_owned(),
+            id,
+            status: action,
+            labels,
+            repository,
+            run_id: job.run_id.as_ref().and_then(Value::as_i64),
+            run_attempt: job.run_attempt.as_ref().and_then(Value::as_i64),
+            workflow_name: string(job.workflow_name),
+            job_name: string(job.name),
+            runner_name: string(job.runner_name).filter(|_| started),
+            conclusion: string(job.conclusion).filter(|_| completed),
+            created_at,
+            started_at: if started {
+                timestamp(job.started_at.as_ref(), "started_at")?
+            } else {
+                None
+            },
+            completed_at: if completed {
+                timestamp(job.completed_at.as_ref(), "completed_at")?
+            } else {
+                None
+            },
         },
         payload: stored_payload(body)?,
     };
@@ -397,12 +399,12 @@ mod tests {
             panic!("not applied");
         };
         assert_eq!(delivery, "d-1");
-        assert_eq!(event.id, 289_782_451);
-        assert_eq!(event.action, Status::Completed);
-        assert_eq!(event.labels, ["self-hosted", "linux", "x64"]);
-        assert_eq!(event.repository, "Codertocat/Hello-World");
-        assert_eq!(event.conclusion.as_deref(), Some("failure"));
-        assert!(event.completed_at.is_some() && event.started_at.is_some());
+        assert_eq!(event.job.id, 289_782_451);
+        assert_eq!(event.action(), Status::Completed);
+        assert_eq!(event.job.labels, ["self-hosted", "linux", "x64"]);
+        assert_eq!(event.job.repository, "Codertocat/Hello-World");
+        assert_eq!(event.job.conclusion.as_deref(), Some("failure"));
+        assert!(event.job.completed_at.is_some() && event.job.started_at.is_some());
         assert_eq!(serde_json::from_str::<Value>(&event.payload).unwrap(), body);
     }
 
@@ -411,9 +413,9 @@ mod tests {
         let Ok(Classified::Apply { event, .. }) = classify_value(&fixture("waiting.0")) else {
             panic!("not applied");
         };
-        assert_eq!(event.action, Status::Waiting);
-        assert_eq!(event.labels, ["self-hosted", "k8s"]);
-        assert_eq!(event.started_at, None);
+        assert_eq!(event.action(), Status::Waiting);
+        assert_eq!(event.job.labels, ["self-hosted", "k8s"]);
+        assert_eq!(event.job.started_at, None);
     }
 
     #[test]
@@ -503,7 +505,7 @@ mod tests {
         let Ok(Classified::Apply { event, .. }) = classify(&headers(), body.as_bytes()) else {
             panic!("not applied");
         };
-        assert_eq!(event.action, Status::Queued);
+        assert_eq!(event.action(), Status::Queued);
         // A body that is not an object has no action, even when its items would make a job
         // read field by field.
         let array = br#"["queued",{"id":1,"created_at":"2024-01-01T00:00:00Z",
@@ -541,7 +543,7 @@ mod tests {
             job["workflow_job"]["id"] = id.clone();
             let expected = JobId::from_json(&id).unwrap().0;
             match classify_value(&job) {
-                Ok(Classified::Apply { event, .. }) => assert_eq!(event.id, expected),
+                Ok(Classified::Apply { event, .. }) => assert_eq!(event.job.id, expected),
                 other => panic!("{id}: {other:?}"),
             }
         }
@@ -818,24 +820,24 @@ mod properties {
             prop_assert_eq!(Some(&delivery), headers.delivery.as_ref());
             prop_assert!(!delivery.is_empty());
             let job = &value["workflow_job"];
-            prop_assert_eq!(Some(event.id), job["id"].as_i64());
-            prop_assert_eq!(Some(event.action.as_str()), value["action"].as_str());
+            prop_assert_eq!(Some(event.job.id), job["id"].as_i64());
+            prop_assert_eq!(Some(event.action().as_str()), value["action"].as_str());
             prop_assert_eq!(
-                Some(event.repository.as_str()),
+                Some(event.job.repository.as_str()),
                 value["repository"]["full_name"].as_str()
             );
             let sent: Vec<&str> = job["labels"]
                 .as_array()
                 .map(|labels| labels.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
-            prop_assert_eq!(&event.labels, &normalize(&sent));
-            for label in &event.labels {
+            prop_assert_eq!(&event.job.labels, &normalize(&sent));
+            for label in &event.job.labels {
                 prop_assert_eq!(label, &label.trim().to_lowercase());
             }
-            prop_assert!(event.labels.iter().any(|label| label == SELF_HOSTED));
+            prop_assert!(event.job.labels.iter().any(|label| label == SELF_HOSTED));
             let created = DateTime::parse_from_rfc3339(job["created_at"].as_str().unwrap_or(""))
                 .map(|at| at.with_timezone(&Utc));
-            prop_assert_eq!(Ok(event.created_at), created);
+            prop_assert_eq!(Ok(event.job.created_at), created);
             // The body is kept exactly as it came, unless jsonb cannot hold one of its numbers.
             if overflows_numeric_scale(body) {
                 let stored = serde_json::from_str::<Value>(&event.payload).ok();
@@ -843,7 +845,7 @@ mod properties {
             } else {
                 prop_assert_eq!(event.payload.as_bytes(), body);
             }
-            prop_assert_eq!(event.platform.as_str(), GITHUB);
+            prop_assert_eq!(event.job.platform.as_str(), GITHUB);
         }
         Ok(())
     }
