@@ -97,16 +97,17 @@ pub fn plan_for_actual_parameters(conn: &mut PgConnection) -> QueryResult<()> {
 
 /// Takes the flavor-change lock exclusively until the end of the transaction.
 pub fn lock_flavors_exclusive(conn: &mut PgConnection) -> QueryResult<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
-        .bind::<diesel::sql_types::Integer, _>(FLAVOR_LOCK.0)
-        .bind::<diesel::sql_types::Integer, _>(FLAVOR_LOCK.1)
-        .execute(conn)
-        .map(drop)
+    lock_flavors(conn, "SELECT pg_advisory_xact_lock($1, $2)")
 }
 
 /// Takes the flavor-change lock shared until the end of the transaction.
 pub fn lock_flavors_shared(conn: &mut PgConnection) -> QueryResult<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1, $2)")
+    lock_flavors(conn, "SELECT pg_advisory_xact_lock_shared($1, $2)")
+}
+
+/// Runs `sql`, a transaction-level advisory lock function, on the flavor-change lock's keys.
+fn lock_flavors(conn: &mut PgConnection, sql: &str) -> QueryResult<()> {
+    diesel::sql_query(sql)
         .bind::<diesel::sql_types::Integer, _>(FLAVOR_LOCK.0)
         .bind::<diesel::sql_types::Integer, _>(FLAVOR_LOCK.1)
         .execute(conn)

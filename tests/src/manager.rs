@@ -305,7 +305,24 @@ impl Manager {
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0.0)
     }
+
+    /// Waits until the counter `series` has grown by `count` (at most [`WAIT`]).
+    pub async fn wait_for_more(&self, series: &str, count: f64) {
+        let start = self.metric(series).await;
+        crate::eventually(&format!("{count} more of {series}"), WAIT, || async {
+            self.metric(series).await >= start + count
+        })
+        .await;
+    }
+
+    /// Waits for `count` more reconcile passes of [`FLAVOR`].
+    pub async fn wait_for_passes(&self, count: f64) {
+        self.wait_for_more(PASSES, count).await;
+    }
 }
+
+/// The series of [`FLAVOR`]'s reconcile passes.
+pub const PASSES: &str = "github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}";
 
 /// How long a change may take to show (creation, boot, removal).
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -405,6 +422,13 @@ impl Scene {
         .await
         .expect("send webhook");
         assert_eq!(response.status(), 200, "webhook {id} {action}");
+    }
+
+    /// Queues the jobs `ids` through the gateway, one after the other.
+    pub async fn queue(&self, ids: std::ops::RangeInclusive<i64>) {
+        for id in ids {
+            self.job(id, "queued").await;
+        }
     }
 
     /// The fake's runners whose names start with `prefix`.

@@ -219,38 +219,35 @@ fn matchers(inside: &str) -> Vec<Matcher> {
 
 /// The index of the token that closes the group opened at `open`.
 fn closing(tokens: &[Token], open: usize) -> usize {
-    let mut depth = 0;
-    for (index, token) in tokens.iter().enumerate().skip(open) {
-        match token {
-            Token::Open => depth += 1,
-            Token::Close => {
-                depth -= 1;
-                if depth == 0 {
-                    return index;
-                }
-            }
-            _ => {}
-        }
-    }
-    tokens.len()
+    partner(tokens, open..tokens.len(), &Token::Open).unwrap_or(tokens.len())
 }
 
 /// The index of the token that opens the group closed at `close`.
 fn opening(tokens: &[Token], close: usize) -> usize {
+    partner(tokens, (0..=close).rev(), &Token::Close).unwrap_or(0)
+}
+
+/// Walking `indexes` from a parenthesis `deeper` (`Open` forwards, `Close` backwards), the
+/// index of the parenthesis that balances it.
+fn partner(
+    tokens: &[Token],
+    indexes: impl Iterator<Item = usize>,
+    deeper: &Token,
+) -> Option<usize> {
     let mut depth = 0;
-    for index in (0..=close).rev() {
-        match tokens[index] {
-            Token::Close => depth += 1,
-            Token::Open => {
+    for index in indexes {
+        match &tokens[index] {
+            token @ (Token::Open | Token::Close) if token == deeper => depth += 1,
+            Token::Open | Token::Close => {
                 depth -= 1;
                 if depth == 0 {
-                    return index;
+                    return Some(index);
                 }
             }
             _ => {}
         }
     }
-    0
+    None
 }
 
 /// The selectors and `by` groupings of `expr`. Identifiers inside label matchers, ranges and

@@ -13,8 +13,6 @@ use tests::manager::{names, Flavor, Manager, ManagerDir, Scene, FLAVOR, WAIT};
 
 const ZONES: [&str; 2] = ["europe-west1-b", "europe-west1-c"];
 const TEMPLATES: [&str; 2] = ["runner-c4-8", "runner-e2-8"];
-/// The series of the flavor's reconcile passes.
-const PASSES: &str = "github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}";
 
 /// A gce flavor over [`ZONES`] and [`TEMPLATES`].
 fn gce_flavor(min: u32, max: u32, spot: bool) -> Flavor {
@@ -86,15 +84,6 @@ impl GceScene {
     }
 }
 
-/// Waits for `count` more reconcile passes of the flavor.
-async fn passes(manager: &Manager, count: f64) {
-    let start = manager.metric(PASSES).await;
-    eventually(&format!("{count} more passes"), WAIT, || async {
-        manager.metric(PASSES).await >= start + count
-    })
-    .await;
-}
-
 /// Waits until a runner has been removed as ended.
 async fn ended_removal(manager: &Manager) {
     eventually("a removal as ended", WAIT, || async {
@@ -135,9 +124,7 @@ async fn queued_jobs_get_vms_in_the_first_zone_with_capacity_and_ended_vms_are_d
             ],
         )
         .await;
-    for id in 1..=2 {
-        s.scene.job(id, "queued").await;
-    }
+    s.scene.queue(1..=2).await;
     let vms = s.online_vms(2).await;
     for name in &vms {
         let vm = s.gce.vm(ZONES[1], name).expect("in the second zone");
@@ -199,7 +186,7 @@ async fn queued_jobs_get_vms_in_the_first_zone_with_capacity_and_ended_vms_are_d
     // Pressure 1: one VM is left. Which one depends on timing: when the completed webhook
     // lowers the pressure before the ended VM is seen, the idle one is the excess and goes, and
     // a new one replaces the ended one.
-    passes(&manager, 3.0).await;
+    manager.wait_for_passes(3.0).await;
     let left = s.vm_names();
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(!left.contains(&done), "{left:?}");
@@ -266,9 +253,7 @@ async fn a_vm_whose_runner_never_registers_is_deleted_after_the_boot_timeout() {
 async fn scale_down_deletes_idle_vms_only() {
     let s = GceScene::start().await;
     let manager = s.manager(gce_flavor(0, 5, false), &[]).await;
-    for id in 1..=3 {
-        s.scene.job(id, "queued").await;
-    }
+    s.scene.queue(1..=3).await;
     let vms = s.online_vms(3).await;
     let busy = vms[..2].to_vec();
     for name in &busy {
@@ -285,7 +270,7 @@ async fn scale_down_deletes_idle_vms_only() {
         s.vm_names() == busy
     })
     .await;
-    passes(&manager, 3.0).await;
+    manager.wait_for_passes(3.0).await;
     assert_eq!(s.vm_names(), busy, "the busy VMs stay");
     for name in &busy {
         let zone = s.gce.zone_of(name).unwrap();
@@ -314,9 +299,7 @@ async fn a_restarted_manager_adopts_its_vms_and_creates_no_duplicates() {
     s.gce.seed(ZONES[1], "hand-made-vm", json!({}));
     let flavor = gce_flavor(0, 5, false);
     let manager = s.manager(flavor.clone(), &[]).await;
-    for id in 1..=2 {
-        s.scene.job(id, "queued").await;
-    }
+    s.scene.queue(1..=2).await;
     s.scene.online("m1-small-", 2).await;
     eventually("two idle runners in the status API", WAIT, || async {
         manager.runners_in("idle").await.len() == 2
@@ -336,7 +319,7 @@ async fn a_restarted_manager_adopts_its_vms_and_creates_no_duplicates() {
         names(&restarted.runners_in("idle").await) == ours.iter().cloned().collect()
     })
     .await;
-    passes(&restarted, 3.0).await;
+    restarted.wait_for_passes(3.0).await;
     assert_eq!(
         s.gce.state.lock().unwrap().inserts.len(),
         2,

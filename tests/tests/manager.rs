@@ -29,9 +29,7 @@ async fn scales_up_to_pressure_and_stops_at_the_cap() {
     let mut manager = scene
         .manager("m1", &[Flavor::new(FLAVOR, 0, 3)], &dir, &[])
         .await;
-    for id in 1..=2 {
-        scene.job(id, "queued").await;
-    }
+    scene.queue(1..=2).await;
     let online = scene.online("m1-small-", 2).await;
     assert_eq!(online.len(), 2);
     for runner in &online {
@@ -42,9 +40,7 @@ async fn scales_up_to_pressure_and_stops_at_the_cap() {
         );
     }
     // Five jobs, a cap of three.
-    for id in 3..=5 {
-        scene.job(id, "queued").await;
-    }
+    scene.queue(3..=5).await;
     scene.online("m1-small-", 3).await;
     wait_for("three idle runners in the status API", || async {
         manager.runners_in("idle").await.len() == 3
@@ -55,16 +51,7 @@ async fn scales_up_to_pressure_and_stops_at_the_cap() {
         .service
         .wait_for_log("event=pressure_changed flavor=small pressure=5", WAIT)
         .await;
-    let passes = manager
-        .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
-        .await;
-    wait_for("three more passes", || async {
-        manager
-            .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
-            .await
-            >= passes + 3.0
-    })
-    .await;
+    manager.wait_for_passes(3.0).await;
     assert_eq!(scene.registered("m1-small-").len(), 3);
     assert_eq!(manager.runners().await.len(), 3);
     assert_eq!(
@@ -84,9 +71,7 @@ async fn scale_down_removes_idle_runners_only() {
     let mut manager = scene
         .manager("m1", &[Flavor::new(FLAVOR, 0, 5)], &dir, &[])
         .await;
-    for id in 1..=3 {
-        scene.job(id, "queued").await;
-    }
+    scene.queue(1..=3).await;
     let online = scene.online("m1-small-", 3).await;
     let busy: Vec<String> = online[..2].iter().map(|r| r.name.clone()).collect();
     let idle = online[2].name.clone();
@@ -108,16 +93,7 @@ async fn scale_down_removes_idle_runners_only() {
         )
         .await;
     // The busy runners stay, registered and running, several passes later.
-    let passes = manager
-        .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
-        .await;
-    wait_for("three more passes", || async {
-        manager
-            .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
-            .await
-            >= passes + 3.0
-    })
-    .await;
+    manager.wait_for_passes(3.0).await;
     let shown = manager.runners().await;
     assert_eq!(names(&shown), busy.iter().cloned().collect(), "{shown:?}");
     assert!(
@@ -138,16 +114,7 @@ async fn scale_down_removes_idle_runners_only() {
         .service
         .wait_for_log("event=pressure_changed flavor=small pressure=0", WAIT)
         .await;
-    let passes = manager
-        .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
-        .await;
-    wait_for("three more passes", || async {
-        manager
-            .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
-            .await
-            >= passes + 3.0
-    })
-    .await;
+    manager.wait_for_passes(3.0).await;
     assert_eq!(
         names(&manager.runners_in("busy").await),
         busy.iter().cloned().collect()
@@ -330,9 +297,7 @@ async fn a_manager_killed_mid_create_restarts_without_duplicates_or_orphans() {
     let dir = ManagerDir::new();
     let flavors = [Flavor::new(FLAVOR, 0, 6)];
     let mut manager = scene.manager("m1", &flavors, &dir, &[]).await;
-    for id in 1..=4 {
-        scene.job(id, "queued").await;
-    }
+    scene.queue(1..=4).await;
     // Killed as soon as the first runner is created, with the others under way.
     manager
         .service
@@ -343,16 +308,7 @@ async fn a_manager_killed_mid_create_restarts_without_duplicates_or_orphans() {
     let restarted = scene.manager("m1", &flavors, &dir, &[]).await;
     scene.online("m1-small-", 4).await;
     // Settled: exactly the desired four, in the backend and in GitHub, no orphan left.
-    let passes = restarted
-        .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
-        .await;
-    wait_for("three more passes", || async {
-        restarted
-            .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
-            .await
-            >= passes + 3.0
-    })
-    .await;
+    restarted.wait_for_passes(3.0).await;
     let shown = restarted.runners().await;
     let registered: BTreeSet<String> = scene
         .registered("m1-small-")
@@ -376,9 +332,7 @@ async fn planner_down_keeps_the_last_pressure_for_the_grace_then_min_runners() {
             &[("APP_PRESSURE_GRACE", "4s")],
         )
         .await;
-    for id in 1..=3 {
-        scene.job(id, "queued").await;
-    }
+    scene.queue(1..=3).await;
     scene.online("m1-small-", 3).await;
     scene.system.planner.kill();
     manager
@@ -417,9 +371,7 @@ async fn github_down_or_rate_limited_backs_off_and_kills_nothing() {
     let mut manager = scene
         .manager("m1", &[Flavor::new(FLAVOR, 0, 5)], &dir, &[])
         .await;
-    for id in 1..=2 {
-        scene.job(id, "queued").await;
-    }
+    scene.queue(1..=2).await;
     let online = scene.online("m1-small-", 2).await;
     let before: BTreeSet<String> = online.into_iter().map(|r| r.name).collect();
     scene.fake.set_down(true);
@@ -430,16 +382,12 @@ async fn github_down_or_rate_limited_backs_off_and_kills_nothing() {
         .service
         .wait_for_log("event=pressure_changed flavor=small pressure=0", WAIT)
         .await;
-    let failures = manager
-        .metric("github_runner_manager_failures_total{flavor=\"small\",reason=\"github_list\"}")
+    manager
+        .wait_for_more(
+            "github_runner_manager_failures_total{flavor=\"small\",reason=\"github_list\"}",
+            3.0,
+        )
         .await;
-    wait_for("three failed listings", || async {
-        manager
-            .metric("github_runner_manager_failures_total{flavor=\"small\",reason=\"github_list\"}")
-            .await
-            >= failures + 3.0
-    })
-    .await;
     assert_eq!(names(&manager.runners().await), before);
     let ready = scene
         .http
@@ -548,9 +496,7 @@ async fn a_runner_github_calls_busy_is_kept_until_github_lets_it_go() {
     let mut manager = scene
         .manager("m1", &[Flavor::new(FLAVOR, 0, 5)], &dir, &[])
         .await;
-    for id in 1..=2 {
-        scene.job(id, "queued").await;
-    }
+    scene.queue(1..=2).await;
     let online = scene.online("m1-small-", 2).await;
     // GitHub's listing says idle, its DELETE says busy (the runner took a job in between).
     for runner in &online {
@@ -565,16 +511,7 @@ async fn a_runner_github_calls_busy_is_kept_until_github_lets_it_go() {
         .service
         .wait_for_log("event=runner_kept_busy flavor=small", WAIT)
         .await;
-    let passes = manager
-        .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
-        .await;
-    wait_for("three more passes", || async {
-        manager
-            .metric("github_runner_manager_reconcile_duration_seconds_count{flavor=\"small\"}")
-            .await
-            >= passes + 3.0
-    })
-    .await;
+    manager.wait_for_passes(3.0).await;
     // Both still run and stay registered: a 422 never leads to the backend's delete.
     assert_eq!(manager.runners().await.len(), 2);
     assert_eq!(scene.registered("m1-small-").len(), 2);
