@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use reqwest::Url;
-use secrecy::SecretString;
 
 use crate::backend::{Backend, Instance, RunnerSpec, NO_CAPACITY};
 use crate::config::{FlavorConfig, DEFAULT_LABELS};
@@ -21,6 +19,7 @@ use crate::messages::{
     DeleteRunner, GenerateJitConfig, GetRunners, ListRunners, PressureChanged, RunnerView,
 };
 use crate::metrics::Metrics;
+use crate::planner::Planner;
 use crate::status::Readiness;
 
 /// First delay after a failed create; it doubles with each failure in a row.
@@ -38,8 +37,8 @@ pub struct ReconcilerConfig {
     pub backend: Arc<dyn Backend>,
     /// The GitHub actor.
     pub github: Addr<GitHub>,
-    /// The planner (for the flavor's labels when the file lists none) and its token.
-    pub planner: (Url, SecretString),
+    /// The planner (for the flavor's labels when the file lists none).
+    pub planner: Planner,
     /// `APP_RECONCILE_INTERVAL`.
     pub interval: Duration,
     /// `APP_CREATE_PARALLELISM`.
@@ -535,13 +534,11 @@ async fn create_runner(
     let labels = match labels {
         Some(labels) => labels,
         None => {
-            let mut labels = crate::planner::flavor_labels(
-                &config.planner.0,
-                &config.planner.1,
-                &config.flavor.name,
-            )
-            .await
-            .map_err(|err| ("planner_labels", err.to_string()))?;
+            let mut labels = config
+                .planner
+                .flavor_labels(&config.flavor.name)
+                .await
+                .map_err(|err| ("planner_labels", err.to_string()))?;
             for label in DEFAULT_LABELS {
                 if !labels.iter().any(|l| l.eq_ignore_ascii_case(label)) {
                     labels.push(label.to_owned());
