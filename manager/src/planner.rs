@@ -30,6 +30,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest silence on the stream before it counts as broken (the planner sends a line at least
 /// every heartbeat, 30 s by default).
 pub const STREAM_IDLE: Duration = Duration::from_secs(90);
+/// Idle connections kept to the planner: every flavor's first creates ask for its labels at
+/// once (hundreds of connections at 100 flavors), and none of them is needed after.
+const IDLE_CONNECTIONS: usize = 4;
 /// Longest wait for a flavor's labels.
 const LABELS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest line accepted.
@@ -50,6 +53,7 @@ impl Planner {
     pub fn new(url: Url, token: SecretString) -> Result<Self, PlannerError> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .pool_max_idle_per_host(IDLE_CONNECTIONS)
             .build()
             .map_err(PlannerError::Client)?;
         Ok(Self { http, url, token })
