@@ -47,6 +47,11 @@ pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 pub const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// Largest answer body read (a page of 100 deliveries is some 50 KB).
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Idle connections a client keeps to the API. A burst (a manager creating hundreds of
+/// runners at once, each with its own JIT configuration call) opens a connection per request in
+/// flight; past this many they are closed when done instead of held, with their buffers, for
+/// the pool's idle timeout. Steady calls (the paged runner listing, the odd create) need few.
+pub const IDLE_CONNECTIONS: usize = 16;
 
 /// The GitHub App a service authenticates as. `Debug` never prints the key.
 #[derive(Debug, Clone)]
@@ -297,6 +302,7 @@ impl Client {
             .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
             .timeout(config.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(IDLE_CONNECTIONS)
             .build()
             .map_err(|err| GitHubError::Transport(err.to_string()))?;
         let signer = Signer::new(&config)?;

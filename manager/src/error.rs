@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::backend::BackendError;
 use crate::config::Invalid;
+use crate::planner::PlannerError;
 
 /// Everything the manager reports as an error.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,9 @@ pub enum Error {
     /// The GitHub client could not be built.
     #[error("GitHub client: {0}")]
     GitHub(#[from] actors::github::GitHubError),
+    /// The planner client could not be built.
+    #[error(transparent)]
+    Planner(#[from] PlannerError),
     /// No `Authorization: Bearer <token>` header.
     #[error("missing bearer token")]
     MissingToken,

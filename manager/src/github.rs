@@ -56,15 +56,39 @@ pub trait RunnerApi: Send + Sync + 'static {
 /// reconciler at once, and they share one request.
 pub const LIST_CACHE: Duration = Duration::from_secs(2);
 
-type SharedList =
-    futures::future::Shared<BoxFuture<'static, Result<Arc<Vec<Runner>>, GitHubError>>>;
+/// The organisation's (or repository's) runners as one listing found them, sorted by name so
+/// that the runners of one name prefix (one manager's flavor) are one range of it: each
+/// flavor's question costs a binary search, not a walk through every runner.
+#[derive(Debug)]
+struct Listing(Vec<Runner>);
+
+impl Listing {
+    fn new(mut runners: Vec<Runner>) -> Self {
+        runners.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Self(runners)
+    }
+
+    /// The runners whose names start with `prefix`.
+    fn with_prefix(&self, prefix: &str) -> &[Runner] {
+        let start = self
+            .0
+            .partition_point(|runner| runner.name.as_str() < prefix);
+        let len = self.0[start..]
+            .iter()
+            .take_while(|runner| runner.name.starts_with(prefix))
+            .count();
+        &self.0[start..start + len]
+    }
+}
+
+type SharedList = futures::future::Shared<BoxFuture<'static, Result<Arc<Listing>, GitHubError>>>;
 
 /// The GitHub actor: one per process, shared by every reconciler.
 pub struct GitHub {
     api: Arc<dyn RunnerApi>,
     scope: Arc<RunnerScope>,
     groups: HashMap<String, u64>,
-    listed: Option<(Instant, Arc<Vec<Runner>>)>,
+    listed: Option<(Instant, Arc<Listing>)>,
     listing: Option<SharedList>,
     readiness: Arc<Readiness>,
 }
@@ -157,7 +181,7 @@ impl Handler<ListRunners> for GitHub {
                 let listing = async move {
                     let result = api.list_runners(&scope).await;
                     Self::observe(&readiness, &result);
-                    result.map(Arc::new)
+                    result.map(|runners| Arc::new(Listing::new(runners)))
                 }
                 .boxed()
                 .shared();
@@ -175,11 +199,7 @@ impl Handler<ListRunners> for GitHub {
             {
                 actor.listed = Some((Instant::now(), runners.clone()));
             }
-            Ok(runners
-                .iter()
-                .filter(|runner| runner.name.starts_with(&msg.prefix))
-                .cloned()
-                .collect())
+            Ok(runners.with_prefix(&msg.prefix).to_vec())
         }))
     }
 }
@@ -256,5 +276,49 @@ impl Supervised for GitHub {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.listing = None;
         self.listed = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(name: &str) -> Runner {
+        Runner {
+            id: 1,
+            name: name.to_owned(),
+            status: "offline".to_owned(),
+            busy: false,
+            labels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_listing_answers_exactly_the_runners_of_a_prefix() {
+        let listing = Listing::new(
+            [
+                "m1-small-0002",
+                "m2-small-0001",
+                "m1-large-0001",
+                "m1-small-0001",
+                "m1-small",
+                "m1-smallx-0001",
+            ]
+            .map(runner)
+            .to_vec(),
+        );
+        let names = |prefix: &str| -> Vec<&str> {
+            listing
+                .with_prefix(prefix)
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect()
+        };
+        assert_eq!(names("m1-small-"), ["m1-small-0001", "m1-small-0002"]);
+        assert_eq!(names("m1-large-"), ["m1-large-0001"]);
+        assert_eq!(names("m2-small-"), ["m2-small-0001"]);
+        assert!(names("m3-small-").is_empty());
+        assert!(names("z").is_empty());
+        assert_eq!(names("").len(), 6);
     }
 }

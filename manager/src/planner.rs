@@ -1,4 +1,5 @@
-//! Following the planner: its pressure stream, and a flavor's labels.
+//! Following the planner: its pressure stream, and a flavor's labels, both through one
+//! [`Planner`] client (one connection pool and one certificate store for the process).
 //!
 //! [`follow`] reads `GET /api/v1/flavors/_/pressure?stream=true` (NDJSON, one
 //! `{"flavor": pressure, ...}` object per line: at once, on every change, and at every
@@ -29,15 +30,66 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest silence on the stream before it counts as broken (the planner sends a line at least
 /// every heartbeat, 30 s by default).
 pub const STREAM_IDLE: Duration = Duration::from_secs(90);
+/// Idle connections kept to the planner: every flavor's first creates ask for its labels at
+/// once (hundreds of connections at 100 flavors), and none of them is needed after.
+const IDLE_CONNECTIONS: usize = 4;
+/// Longest wait for a flavor's labels.
+const LABELS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest line accepted.
 const MAX_LINE: usize = 1024 * 1024;
 
+/// The planner's API as the manager calls it: its base URL, a general planner token, and the
+/// process's one HTTP client for it. Cheap to clone (the client is shared, not copied): building
+/// a client loads the system's certificate store, so one per call would cost a store each.
+#[derive(Clone)]
+pub struct Planner {
+    http: reqwest::Client,
+    url: Url,
+    token: SecretString,
+}
+
+impl Planner {
+    /// The client of the planner at `url`, calling it with `token`.
+    pub fn new(url: Url, token: SecretString) -> Result<Self, PlannerError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_max_idle_per_host(IDLE_CONNECTIONS)
+            .build()
+            .map_err(PlannerError::Client)?;
+        Ok(Self { http, url, token })
+    }
+
+    /// The labels of a planner flavor (`GET /api/v1/flavors/{name}`).
+    pub async fn flavor_labels(&self, flavor: &str) -> Result<Vec<String>, PlannerError> {
+        #[derive(serde::Deserialize)]
+        struct Flavor {
+            labels: Vec<String>,
+        }
+        let mut url = self.url.clone();
+        url.path_segments_mut()
+            .map_err(|_| PlannerError::NotABase)?
+            .pop_if_empty()
+            .extend(["api", "v1", "flavors", flavor]);
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(self.token.expose_secret())
+            .timeout(LABELS_TIMEOUT)
+            .send()
+            .await
+            .map_err(PlannerError::Connect)?;
+        if !response.status().is_success() {
+            return Err(PlannerError::Status(response.status().as_u16()));
+        }
+        let flavor: Flavor = response.json().await.map_err(PlannerError::Flavor)?;
+        Ok(flavor.labels)
+    }
+}
+
 /// Where and how to follow.
 pub struct Follow {
-    /// The planner's base URL.
-    pub planner_url: Url,
-    /// A general planner token.
-    pub token: SecretString,
+    /// The planner.
+    pub planner: Planner,
     /// Each flavor's reconciler.
     pub reconcilers: HashMap<String, Recipient<PressureChanged>>,
     /// How long the last known pressure holds after the stream breaks.
@@ -52,11 +104,7 @@ pub struct Follow {
 
 /// Follows the pressure stream until the process ends.
 pub async fn follow(follow: Follow) {
-    let http = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()
-        .expect("HTTP client");
-    let mut url = follow.planner_url.clone();
+    let mut url = follow.planner.url.clone();
     url.set_path("/api/v1/flavors/_/pressure");
     url.set_query(Some("stream=true"));
     let mut last: HashMap<String, Option<u64>> = HashMap::new();
@@ -64,7 +112,7 @@ pub async fn follow(follow: Follow) {
     let mut lost_at: Option<Instant> = Some(Instant::now());
     let mut announced_lost = false;
     loop {
-        match read_stream(&http, &url, &follow, &mut last, &mut lost_at).await {
+        match read_stream(&url, &follow, &mut last, &mut lost_at).await {
             Ok(()) => {
                 log::warn!(event = "pressure_stream_ended"; "the planner ended the pressure stream")
             }
@@ -128,6 +176,9 @@ pub enum PlannerError {
     /// A flavor answer that is not a flavor.
     #[error("planner flavor: {0}")]
     Flavor(reqwest::Error),
+    /// The HTTP client could not be built (no TLS backend).
+    #[error("planner client: {0}")]
+    Client(reqwest::Error),
     /// `APP_PLANNER_URL` cannot take a path (a URL such as `mailto:`).
     #[error("planner URL cannot have a path")]
     NotABase,
@@ -135,15 +186,16 @@ pub enum PlannerError {
 
 /// One connection: reads lines until the stream ends or fails.
 async fn read_stream(
-    http: &reqwest::Client,
     url: &Url,
     follow: &Follow,
     last: &mut HashMap<String, Option<u64>>,
     lost_at: &mut Option<Instant>,
 ) -> Result<(), PlannerError> {
-    let response = http
+    let response = follow
+        .planner
+        .http
         .get(url.clone())
-        .bearer_auth(follow.token.expose_secret())
+        .bearer_auth(follow.planner.token.expose_secret())
         .header("Accept", actors::stream::NDJSON)
         .send()
         .await
@@ -187,33 +239,4 @@ async fn read_stream(
             return Err(PlannerError::LineTooLong);
         }
     }
-}
-
-/// The labels of a planner flavor (`GET /api/v1/flavors/{name}`).
-pub async fn flavor_labels(
-    planner_url: &Url,
-    token: &SecretString,
-    flavor: &str,
-) -> Result<Vec<String>, PlannerError> {
-    #[derive(serde::Deserialize)]
-    struct Flavor {
-        labels: Vec<String>,
-    }
-    let mut url = planner_url.clone();
-    url.path_segments_mut()
-        .map_err(|_| PlannerError::NotABase)?
-        .pop_if_empty()
-        .extend(["api", "v1", "flavors", flavor]);
-    let response = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(token.expose_secret())
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(PlannerError::Connect)?;
-    if !response.status().is_success() {
-        return Err(PlannerError::Status(response.status().as_u16()));
-    }
-    let flavor: Flavor = response.json().await.map_err(PlannerError::Flavor)?;
-    Ok(flavor.labels)
 }

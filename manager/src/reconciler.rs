@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use reqwest::Url;
-use secrecy::SecretString;
 
 use crate::backend::{Backend, Instance, RunnerSpec, NO_CAPACITY};
 use crate::config::{FlavorConfig, DEFAULT_LABELS};
@@ -21,6 +19,7 @@ use crate::messages::{
     DeleteRunner, GenerateJitConfig, GetRunners, ListRunners, PressureChanged, RunnerView,
 };
 use crate::metrics::Metrics;
+use crate::planner::Planner;
 use crate::status::Readiness;
 
 /// First delay after a failed create; it doubles with each failure in a row.
@@ -38,8 +37,8 @@ pub struct ReconcilerConfig {
     pub backend: Arc<dyn Backend>,
     /// The GitHub actor.
     pub github: Addr<GitHub>,
-    /// The planner (for the flavor's labels when the file lists none) and its token.
-    pub planner: (Url, SecretString),
+    /// The planner (for the flavor's labels when the file lists none).
+    pub planner: Planner,
     /// `APP_RECONCILE_INTERVAL`.
     pub interval: Duration,
     /// `APP_CREATE_PARALLELISM`.
@@ -64,7 +63,12 @@ pub struct Reconciler {
     created_here: HashSet<String>,
     instances: Vec<Instance>,
     states: HashMap<String, RunnerState>,
+    /// Whether a pass is observing (listing the backend and GitHub) now.
     passing: bool,
+    /// Runners whose create, or removal, finished while the pass was observing: its listings
+    /// may predate them ([`Reconciler::settle`]).
+    created_while_observing: Vec<String>,
+    removed_while_observing: Vec<String>,
     again: bool,
     create_failures: u32,
     create_paused_until: Option<Instant>,
@@ -94,6 +98,8 @@ impl Reconciler {
             instances: Vec::new(),
             states: HashMap::new(),
             passing: false,
+            created_while_observing: Vec::new(),
+            removed_while_observing: Vec::new(),
             again: false,
             create_failures: 0,
             create_paused_until: None,
@@ -154,9 +160,11 @@ impl Reconciler {
         let instances = match instances {
             Ok(instances) => {
                 self.config.readiness.set_backend(true);
-                instances
+                self.settle(instances)
             }
             Err(err) => {
+                self.created_while_observing.clear();
+                self.removed_while_observing.clear();
                 self.config.readiness.set_backend(false);
                 metrics
                     .failures
@@ -267,6 +275,24 @@ impl Reconciler {
             }
         }
         self.count_states();
+    }
+
+    /// The backend's listing with what finished while the pass was observing: a runner created
+    /// since may be missing from it (and GitHub may list its registration already), a runner
+    /// removed since may still be in it. Without this a pass would create again what was just
+    /// created (past `max_runners`) and take the new runner's registration for an orphan.
+    fn settle(&mut self, mut listed: Vec<Instance>) -> Vec<Instance> {
+        let removed = std::mem::take(&mut self.removed_while_observing);
+        listed.retain(|instance| !removed.contains(&instance.name));
+        for name in std::mem::take(&mut self.created_while_observing) {
+            if listed.iter().any(|instance| instance.name == name) {
+                continue;
+            }
+            if let Some(instance) = self.instances.iter().find(|i| i.name == name) {
+                listed.push(instance.clone());
+            }
+        }
+        listed
     }
 
     /// Whether the last create found capacity: `/ready` and the gauge say when none was found.
@@ -382,6 +408,9 @@ impl Reconciler {
                             backend_id = instance.backend_id;
                             "runner created"
                         );
+                        if actor.passing {
+                            actor.created_while_observing.push(name);
+                        }
                         if !actor.instances.iter().any(|i| i.name == instance.name) {
                             actor.instances.push(instance);
                         }
@@ -467,6 +496,9 @@ impl Reconciler {
                     .inc();
                 self.instances.retain(|i| i.name != name);
                 self.online_at.remove(name);
+                if self.passing {
+                    self.removed_while_observing.push(name.to_owned());
+                }
                 log::info!(
                     event = "runner_removed",
                     flavor,
@@ -535,13 +567,11 @@ async fn create_runner(
     let labels = match labels {
         Some(labels) => labels,
         None => {
-            let mut labels = crate::planner::flavor_labels(
-                &config.planner.0,
-                &config.planner.1,
-                &config.flavor.name,
-            )
-            .await
-            .map_err(|err| ("planner_labels", err.to_string()))?;
+            let mut labels = config
+                .planner
+                .flavor_labels(&config.flavor.name)
+                .await
+                .map_err(|err| ("planner_labels", err.to_string()))?;
             for label in DEFAULT_LABELS {
                 if !labels.iter().any(|l| l.eq_ignore_ascii_case(label)) {
                     labels.push(label.to_owned());
@@ -654,6 +684,8 @@ impl Supervised for Reconciler {
         self.creating.clear();
         self.removing.clear();
         self.passing = false;
+        self.created_while_observing.clear();
+        self.removed_while_observing.clear();
         self.again = false;
         self.wake_scheduled = false;
     }
@@ -683,5 +715,232 @@ impl Handler<GetRunners> for Reconciler {
 
     fn handle(&mut self, _: GetRunners, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.views())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use futures::future::{BoxFuture, FutureExt};
+    use secrecy::SecretString;
+    use tokio::sync::{oneshot, watch};
+
+    use super::*;
+    use crate::backend::BackendError;
+    use crate::config::BackendConfig;
+    use crate::github::{JitConfig, RunnerApi, RunnerScope};
+
+    const FLAVOR: &str = "small";
+
+    /// Runners that start only once the gate opens; it counts the creates begun.
+    struct GatedBackend {
+        instances: Mutex<Vec<Instance>>,
+        begun: watch::Sender<usize>,
+        gate: watch::Receiver<bool>,
+    }
+
+    impl Backend for GatedBackend {
+        fn kind(&self) -> &'static str {
+            "gated"
+        }
+
+        fn create(&self, spec: RunnerSpec) -> BoxFuture<'_, Result<Instance, BackendError>> {
+            async move {
+                self.begun.send_modify(|begun| *begun += 1);
+                let mut gate = self.gate.clone();
+                let _ = gate.wait_for(|open| *open).await;
+                let instance = Instance {
+                    name: spec.name,
+                    backend_id: "1".to_owned(),
+                    created_at: Utc::now(),
+                    ended: false,
+                };
+                self.instances.lock().unwrap().push(instance.clone());
+                Ok(instance)
+            }
+            .boxed()
+        }
+
+        fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+            self.instances.lock().unwrap().retain(|i| i.name != name);
+            futures::future::ready(Ok(())).boxed()
+        }
+
+        fn list(&self) -> BoxFuture<'_, Result<Vec<Instance>, BackendError>> {
+            let listed = self.instances.lock().unwrap().clone();
+            futures::future::ready(Ok(listed)).boxed()
+        }
+    }
+
+    /// GitHub whose second listing opens the backend's gate and answers only when told.
+    struct SlowListing {
+        registered: Mutex<Vec<Runner>>,
+        listings: AtomicUsize,
+        deletes: AtomicUsize,
+        open_gate: watch::Sender<bool>,
+        answer: Mutex<Option<oneshot::Receiver<()>>>,
+    }
+
+    impl RunnerApi for SlowListing {
+        fn generate_jit_config<'a>(
+            &'a self,
+            _: &'a RunnerScope,
+            name: &'a str,
+            _: u64,
+            labels: &'a [String],
+        ) -> BoxFuture<'a, Result<JitConfig, GitHubError>> {
+            let mut registered = self.registered.lock().unwrap();
+            let runner_id = registered.len() as u64 + 1;
+            registered.push(Runner {
+                id: runner_id,
+                name: name.to_owned(),
+                status: "offline".to_owned(),
+                busy: false,
+                labels: labels.to_vec(),
+            });
+            futures::future::ready(Ok(JitConfig {
+                runner_id,
+                runner_name: name.to_owned(),
+                encoded_jit_config: SecretString::from("jit"),
+            }))
+            .boxed()
+        }
+
+        fn list_runners<'a>(
+            &'a self,
+            _: &'a RunnerScope,
+        ) -> BoxFuture<'a, Result<Vec<Runner>, GitHubError>> {
+            async move {
+                if self.listings.fetch_add(1, Ordering::SeqCst) == 1 {
+                    self.open_gate.send_replace(true);
+                    let answer = self.answer.lock().unwrap().take();
+                    if let Some(answer) = answer {
+                        let _ = answer.await;
+                    }
+                }
+                Ok(self.registered.lock().unwrap().clone())
+            }
+            .boxed()
+        }
+
+        fn delete_runner<'a>(
+            &'a self,
+            _: &'a RunnerScope,
+            id: u64,
+        ) -> BoxFuture<'a, Result<DeleteOutcome, GitHubError>> {
+            self.deletes.fetch_add(1, Ordering::SeqCst);
+            self.registered.lock().unwrap().retain(|r| r.id != id);
+            futures::future::ready(Ok(DeleteOutcome::Deleted)).boxed()
+        }
+
+        fn runner_group_id<'a>(
+            &'a self,
+            _: &'a RunnerScope,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<u64>, GitHubError>> {
+            futures::future::ready(Ok(Some(crate::github::DEFAULT_RUNNER_GROUP_ID))).boxed()
+        }
+    }
+
+    /// Waits, checking every few milliseconds, until `ready` answers true (at most 10 s).
+    async fn until<F: std::future::Future<Output = bool>>(
+        what: &str,
+        mut ready: impl FnMut() -> F,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn runners_created_while_a_pass_lists_count_and_are_no_orphans() {
+        let (open_gate, gate) = watch::channel(false);
+        let (begun, mut creates_begun) = watch::channel(0);
+        let (release, answer) = oneshot::channel();
+        let backend = Arc::new(GatedBackend {
+            instances: Mutex::new(Vec::new()),
+            begun,
+            gate,
+        });
+        let api = Arc::new(SlowListing {
+            registered: Mutex::new(Vec::new()),
+            listings: AtomicUsize::new(0),
+            deletes: AtomicUsize::new(0),
+            open_gate,
+            answer: Mutex::new(Some(answer)),
+        });
+        let readiness = Arc::new(Readiness::new());
+        let metrics = Metrics::new().unwrap();
+        let github = GitHub::new(
+            api.clone(),
+            RunnerScope::Org("org".to_owned()),
+            readiness.clone(),
+        )
+        .start();
+        let reconciler = Reconciler::new(ReconcilerConfig {
+            flavor: FlavorConfig {
+                name: FLAVOR.to_owned(),
+                max_runners: 3,
+                min_runners: 3,
+                labels: Some(vec!["self-hosted".to_owned()]),
+                runner_group: None,
+                boot_timeout: Duration::from_secs(3600),
+                max_lifetime: Duration::from_secs(5 * 3600),
+                backend: BackendConfig::Exec {
+                    command: vec!["unused".to_owned()],
+                    stop_grace: Duration::from_secs(1),
+                },
+            },
+            manager_id: "m1".to_owned(),
+            backend: backend.clone(),
+            github,
+            planner: Planner::new(
+                "http://127.0.0.1:9".parse().unwrap(),
+                SecretString::from("unused"),
+            )
+            .unwrap(),
+            interval: Duration::from_secs(3600),
+            parallelism: 4,
+            metrics: metrics.clone(),
+            readiness,
+        })
+        .start();
+
+        // The first pass asks for the three runners; their starts wait at the gate.
+        creates_begun.wait_for(|begun| *begun == 3).await.unwrap();
+        // The second pass lists the backend (nothing yet), then GitHub, whose listing opens the
+        // gate and answers only once the three creates have finished.
+        reconciler.send(PressureChanged(Some(3))).await.unwrap();
+        until("the three creates to finish", || async {
+            let views = reconciler.send(GetRunners).await.unwrap();
+            views.len() == 3 && views.iter().all(|v| v.state != RunnerState::Creating)
+        })
+        .await;
+        release.send(()).unwrap();
+        let passes = || {
+            metrics
+                .reconcile_seconds
+                .with_label_values(&[FLAVOR])
+                .get_sample_count()
+        };
+        until("the second pass", || async { passes() >= 2 }).await;
+
+        let views = reconciler.send(GetRunners).await.unwrap();
+        assert_eq!(views.len(), 3, "{views:?}");
+        assert!(
+            views.iter().all(|v| v.state == RunnerState::Booting),
+            "{views:?}"
+        );
+        assert_eq!(*creates_begun.borrow(), 3, "created past max_runners");
+        assert_eq!(
+            api.deletes.load(Ordering::SeqCst),
+            0,
+            "deregistered a new runner"
+        );
+        assert_eq!(api.registered.lock().unwrap().len(), 3);
     }
 }

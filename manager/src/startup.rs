@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::github::{GitHub, RunnerApi};
 use crate::messages::{GetRunners, PressureChanged};
 use crate::metrics::Metrics;
-use crate::planner::{follow, Follow};
+use crate::planner::{follow, Follow, Planner};
 use crate::reconciler::{Reconciler, ReconcilerConfig};
 use crate::status::{token_sha256, Readiness, StatusState};
 
@@ -51,6 +51,7 @@ impl Application {
             let scope = config.github_path.clone();
             Supervisor::start(move |_| GitHub::new(api, scope, readiness))
         };
+        let planner = Planner::new(config.planner_url.clone(), config.planner_token.clone())?;
         let mut followers: HashMap<String, Recipient<PressureChanged>> = HashMap::new();
         let mut listers: Vec<Recipient<GetRunners>> = Vec::new();
         for flavor in &config.flavors {
@@ -60,7 +61,7 @@ impl Application {
                 manager_id: config.manager_id.clone(),
                 backend,
                 github: github.clone(),
-                planner: (config.planner_url.clone(), config.planner_token.clone()),
+                planner: planner.clone(),
                 interval: config.reconcile_interval,
                 parallelism: config.create_parallelism,
                 metrics: metrics.clone(),
@@ -71,8 +72,7 @@ impl Application {
             listers.push(reconciler.recipient());
         }
         actix_web::rt::spawn(follow(Follow {
-            planner_url: config.planner_url.clone(),
-            token: config.planner_token.clone(),
+            planner,
             reconcilers: followers,
             grace: config.pressure_grace,
             reconnect: config.reconnect,

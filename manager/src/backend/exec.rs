@@ -14,10 +14,16 @@
 //!   `<name>.log`. A restarted manager reads the records and adopts the runners still alive; the
 //!   start time tells a runner from an unrelated process that got its pid after it ended.
 //! - A runner whose process has ended is listed as ended until it is deleted.
+//! - A listing reads the directory, but only the records it has not read before (a record is
+//!   renamed into place once and never rewritten), and tells a child this manager started and
+//!   has not reaped is alive without reading `/proc`: at a thousand runners the listings of
+//!   every flavor are the manager's main cost.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -67,6 +73,26 @@ pub struct Exec {
     inherited: Vec<(&'static str, String)>,
     /// Processes this manager started (it reaps them); adopted ones are not its children.
     children: Mutex<HashMap<String, Child>>,
+    /// The records as the last listing read them.
+    records: Mutex<RecordCache>,
+}
+
+/// The record files of a flavor's directory as last read, by file name, with the inode each
+/// was read from (a file renamed over it is read again) and its record if it is this manager's
+/// and flavor's (`None`: another's, skipped). Unreadable files are not kept: each listing tries
+/// them again and says so.
+#[derive(Debug, Default)]
+struct RecordCache(HashMap<OsString, (u64, Option<Record>)>);
+
+/// Why a record file was not read.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    /// Gone since the directory was read (a runner being deleted), or not readable.
+    #[error("cannot read: {0}")]
+    Read(#[from] std::io::Error),
+    /// Not a record.
+    #[error("not a record: {0}")]
+    Parse(#[from] serde_json::Error),
 }
 
 impl Exec {
@@ -96,6 +122,7 @@ impl Exec {
             stop_grace,
             inherited,
             children: Mutex::new(HashMap::new()),
+            records: Mutex::new(RecordCache::default()),
         })
     }
 
@@ -160,34 +187,49 @@ impl Exec {
         fs::rename(&partial, &path).map_err(state)
     }
 
-    /// Every record of this manager and flavor in the directory.
-    fn records(&self) -> Result<Vec<Record>, BackendError> {
+    /// Brings `cache` up to the directory: drops the files gone, reads the new ones.
+    fn refresh(&self, cache: &mut RecordCache) -> Result<(), BackendError> {
         let entries = fs::read_dir(&self.dir).map_err(|err| {
             BackendError::State(format!("cannot read {}: {err}", self.dir.display()))
         })?;
-        let mut records = Vec::new();
+        let mut known = std::mem::take(&mut cache.0);
         for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_none_or(|ext| ext != "json") {
+            let file_name = entry.file_name();
+            if Path::new(&file_name)
+                .extension()
+                .is_none_or(|ext| ext != "json")
+            {
                 continue;
             }
-            let Ok(bytes) = fs::read(&path) else { continue };
-            match serde_json::from_slice::<Record>(&bytes) {
-                Ok(record)
-                    if record.manager_id == self.manager_id && record.flavor == self.flavor =>
-                {
-                    records.push(record)
-                }
-                Ok(_) => {}
-                Err(err) => log::warn!(
-                    event = "exec_record_unreadable",
-                    path:% = path.display(),
-                    error:% = err;
-                    "cannot read a runner's record"
-                ),
-            }
+            let inode = entry.ino();
+            let record = match known.remove(&file_name) {
+                Some((read_from, record)) if read_from == inode => record,
+                _ => match self.read_record(&entry.path()) {
+                    Ok(record) => record,
+                    Err(RecordError::Read(_)) => continue,
+                    Err(err @ RecordError::Parse(_)) => {
+                        log::warn!(
+                            event = "exec_record_unreadable",
+                            path:% = entry.path().display(),
+                            error:% = err;
+                            "cannot read a runner's record"
+                        );
+                        continue;
+                    }
+                },
+            };
+            cache.0.insert(file_name, (inode, record));
         }
-        Ok(records)
+        Ok(())
+    }
+
+    /// The record at `path` if it is this manager's and flavor's (`None`: another's).
+    fn read_record(&self, path: &Path) -> Result<Option<Record>, RecordError> {
+        let record: Record = serde_json::from_slice(&fs::read(path)?)?;
+        Ok(
+            (record.manager_id == self.manager_id && record.flavor == self.flavor)
+                .then_some(record),
+        )
     }
 
     /// Collects the exit status of a child this manager started, if it has ended.
@@ -200,9 +242,25 @@ impl Exec {
         }
     }
 
-    fn reap_all(&self) {
+    /// Every runner of this manager and flavor in the directory. Reaps the children that have
+    /// ended; one still running is alive as recorded (its pid cannot be reused before it is
+    /// reaped), any other runner is looked up in `/proc`.
+    fn instances(&self) -> Result<Vec<Instance>, BackendError> {
         let mut children = self.children.lock().expect("children");
         children.retain(|_, child| matches!(child.try_wait(), Ok(None)));
+        let mut cache = self.records.lock().expect("records");
+        self.refresh(&mut cache)?;
+        let running_child = |record: &Record| {
+            children
+                .get(&record.name)
+                .is_some_and(|child| i32::try_from(child.id()) == Ok(record.pid))
+        };
+        Ok(cache
+            .0
+            .values()
+            .filter_map(|(_, record)| record.as_ref())
+            .map(|record| instance(record, !(running_child(record) || alive(record))))
+            .collect())
     }
 
     async fn stop(&self, name: &str) -> Result<(), BackendError> {
@@ -340,15 +398,7 @@ impl Backend for Exec {
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<Instance>, BackendError>> {
-        async move {
-            self.reap_all();
-            Ok(self
-                .records()?
-                .iter()
-                .map(|record| instance(record, !alive(record)))
-                .collect())
-        }
-        .boxed()
+        async move { self.instances() }.boxed()
     }
 }
 
@@ -542,6 +592,31 @@ mod tests {
         assert!(listed[0].ended, "{listed:?}");
         // Deleting it must not signal this (live) test process.
         backend.delete("m1-small-reused01").await.unwrap();
+        assert!(backend.list().await.unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[actix_rt::test]
+    async fn a_record_renamed_over_is_read_again_and_a_removed_one_forgotten() {
+        let dir = state_dir("cache");
+        let backend = shell(&dir, "exec sleep 30");
+        let mut record = Record {
+            name: "m1-small-cache001".into(),
+            flavor: "small".into(),
+            manager_id: "m2".into(),
+            pid: std::process::id() as i32,
+            start_time: process_start_time(std::process::id() as i32).unwrap(),
+            created_at: Utc::now(),
+        };
+        backend.write_record(&record).unwrap();
+        // Another manager's record: read, kept, not listed.
+        assert!(backend.list().await.unwrap().is_empty());
+        record.manager_id = "m1".into();
+        backend.write_record(&record).unwrap();
+        let listed = backend.list().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(!listed[0].ended, "{listed:?}");
+        fs::remove_file(backend.record_path(&record.name)).unwrap();
         assert!(backend.list().await.unwrap().is_empty());
         let _ = fs::remove_dir_all(&dir);
     }
