@@ -8,20 +8,37 @@
 #   scripts/postgres-pair.sh crash     stop the primary as a crash would (immediate shutdown)
 #   scripts/postgres-pair.sh promote   promote the standby: it becomes the primary, alone
 #   scripts/postgres-pair.sh down      stop both and delete the data
+#   scripts/postgres-pair.sh lock-path the lock file of the pair's one user (below)
 #
 # Node a is 127.0.0.1:$PG_PAIR_BASE_PORT+1 (5441), node b +2 (5442); data under $PG_PAIR_DIR
 # (default /tmp/runner-planner-postgres-pair). Trust authentication on loopback, as the shared
 # test server. The binaries are /usr/lib/postgresql/15/bin (PG_BIN); the servers run as the
 # postgres user when this runs as root.
+#
+# One user at a time, as scripts/rabbitmq-cluster.sh: another test run's `up` rebuilds a pair
+# whose standby a failover just promoted. Every command that starts or stops a server holds
+# $PG_PAIR_DIR.lock while it runs; a caller that holds it for longer says so with
+# RP_CLUSTER_LOCK_HELD=<that path>.
 set -euo pipefail
 
 DIR=${PG_PAIR_DIR:-/tmp/runner-planner-postgres-pair}
+LOCK="$DIR.lock"
 BASE_PORT=${PG_PAIR_BASE_PORT:-5440}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PORT_A=$((BASE_PORT + 1))
 PORT_B=$((BASE_PORT + 2))
 
 log() { printf 'postgres-pair: %s\n' "$*" >&2; }
+
+case "${1:-}" in
+up | crash | promote | down)
+  if [ "${RP_CLUSTER_LOCK_HELD:-}" != "$LOCK" ]; then
+    flock -n "$LOCK" true || log "waiting for another user of the pair (the holder of $LOCK)"
+    # -o: the servers this starts must not inherit the lock and hold it for ever.
+    RP_CLUSTER_LOCK_HELD="$LOCK" exec flock -o "$LOCK" bash "$0" "$@"
+  fi
+  ;;
+esac
 
 as_postgres() {
   if [ "$(id -u)" -eq 0 ]; then
@@ -135,8 +152,9 @@ url) url ;;
 crash) crash ;;
 promote) promote ;;
 down) down ;;
+lock-path) echo "$LOCK" ;;
 *)
-  sed -n '2,12p' "$0" >&2
+  sed -n '2,13p' "$0" >&2
   exit 2
   ;;
 esac

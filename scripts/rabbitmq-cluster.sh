@@ -8,21 +8,40 @@
 #   scripts/rabbitmq-cluster.sh urls         the nodes' AMQP URLs, comma-separated
 #   scripts/rabbitmq-cluster.sh leader Q     the node (1-3) that leads quorum queue Q
 #   scripts/rabbitmq-cluster.sh down         stop every node and delete the data
+#   scripts/rabbitmq-cluster.sh lock-path    the lock file of the cluster's one user (below)
 #
 # Node N is rp-cluster-N@localhost, AMQP on 127.0.0.1:$((BASE_PORT + N)) (5700 + N), Erlang
 # distribution on 25700 + N, data and logs under $RABBITMQ_CLUSTER_DIR (default
 # /tmp/runner-planner-rabbitmq-cluster), one Erlang cookie of its own. No plugins (no
 # management UI). Runs as root (the Debian wrapper switches users; this calls the scripts
 # underneath with its own HOME, so the cookie and data stay in the cluster directory).
+#
+# One user at a time: test runs of several checkouts on one machine share the cluster, and one
+# run's `up` or node stop in the middle of another's node loss takes the majority of its queues
+# away (or restarts the node it stopped). Every command that starts or stops nodes holds the
+# lock file $RABBITMQ_CLUSTER_DIR.lock while it runs, waiting for it if need be; a caller that
+# holds it for longer (tests::cluster, for a whole test) says so with
+# RP_CLUSTER_LOCK_HELD=<that path>.
 set -euo pipefail
 
 DIR=${RABBITMQ_CLUSTER_DIR:-/tmp/runner-planner-rabbitmq-cluster}
+LOCK="$DIR.lock"
 BASE_PORT=${RABBITMQ_CLUSTER_BASE_PORT:-5700}
 DIST_BASE_PORT=${RABBITMQ_CLUSTER_DIST_BASE_PORT:-25700}
 NODES=(1 2 3)
 SBIN=/usr/lib/rabbitmq/bin
 
 log() { printf 'rabbitmq-cluster: %s\n' "$*" >&2; }
+
+case "${1:-}" in
+up | stop | start | down)
+  if [ "${RP_CLUSTER_LOCK_HELD:-}" != "$LOCK" ]; then
+    flock -n "$LOCK" true || log "waiting for another user of the cluster (the holder of $LOCK)"
+    # -o: the nodes this starts must not inherit the lock and hold it for ever.
+    RP_CLUSTER_LOCK_HELD="$LOCK" exec flock -o "$LOCK" bash "$0" "$@"
+  fi
+  ;;
+esac
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -130,12 +149,14 @@ stop_node() {
   log "stopped $(node_name "$n")"
 }
 
-cluster_nodes() { ctl "$1" eval 'rabbit_nodes:all_running().' --timeout 10 2>/dev/null || true; }
+# The members of node $1's cluster, running or not: a member that merely sees another one down
+# is still in the cluster, and resetting it would throw away its copy of every quorum queue.
+cluster_nodes() { ctl "$1" eval 'rabbit_nodes:all().' --timeout 10 2>/dev/null || true; }
 
 join() {
   local n=$1 first
   first=$(node_name 1)
-  if cluster_nodes "$n" | grep -q "$first" && [ "$n" != 1 ]; then
+  if cluster_nodes "$n" | grep -q "$first"; then
     return
   fi
   log "joining $(node_name "$n") to $first"
@@ -188,8 +209,9 @@ start) prepare; start_node "$2" ;;
 urls) urls ;;
 leader) leader "$2" ;;
 down) down ;;
+lock-path) echo "$LOCK" ;;
 *)
-  sed -n '2,10p' "$0" >&2
+  sed -n '2,11p' "$0" >&2
   exit 2
   ;;
 esac

@@ -101,12 +101,19 @@ impl Broker {
     /// Connects, declares `topology` and enables publisher confirms. Panics with a clear
     /// message when RabbitMQ is unreachable: tests never skip.
     pub async fn connect(topology: &Topology) -> Self {
-        let connection = actors::amqp::connect(&rabbitmq_url(), "tests", Duration::from_secs(10))
+        Self::connect_to(&rabbitmq_url(), topology).await
+    }
+
+    /// Like [`Broker::connect`], to the first node of `uris` (one AMQP URI or several
+    /// separated by commas, e.g. [`crate::cluster::RabbitCluster::urls`]) that answers.
+    pub async fn connect_to(uris: &str, topology: &Topology) -> Self {
+        let connection = actors::amqp::Brokers::new(uris)
+            .connect("tests", Duration::from_secs(10))
             .await
             .unwrap_or_else(|err| {
                 panic!(
-                    "RabbitMQ is not reachable at TEST_RABBITMQ_URL (or the default): {err}; \
-                     run `make services`"
+                    "RabbitMQ is not reachable at TEST_RABBITMQ_URL (or the default), or at \
+                     the cluster's nodes: {err}; run `make services` (`make clusters`)"
                 )
             });
         let channel = connection.create_channel().await.expect("channel");

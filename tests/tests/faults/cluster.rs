@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actors::amqp::{QueueType, Topology};
 use tests::amqp::TopologyGuard;
-use tests::cluster::{PostgresPair, RabbitCluster};
+use tests::cluster::{ClusterLock, PostgresPair, RabbitCluster};
 use tests::db::TestDb;
 use tests::gateway::{Options, TestGateway};
 use tests::process::{GatewayProcess, PlannerProcess, Service};
@@ -76,12 +76,7 @@ impl Load {
     }
 }
 
-// Out of the suite for now: in full runs on the 2-core machine its second node loss stalls
-// (no webhook accepted for 60 s once the second leader is stopped, with the first one back),
-// while it passes run alone. Run it with
-// `cargo nextest run -E 'test(rabbitmq_node_loss)' --run-ignored all` until the cause is found.
 #[actix_rt::test]
-#[ignore = "stalls at the second node loss in full runs; cause not found yet"]
 async fn rabbitmq_node_loss_loses_no_accepted_webhook() {
     let cluster = RabbitCluster::up().await;
     let db = TestDb::new();
@@ -205,4 +200,49 @@ async fn postgres_failover_loses_nothing_acknowledged() {
     )
     .await;
     gateway.stop().await;
+}
+
+/// One user of a cluster at a time: while a test holds the cluster's lock, the script's
+/// commands that start or stop nodes, run by anyone else (another checkout's test run, `make
+/// clusters`), wait for it, and go on once it is released.
+#[actix_rt::test]
+async fn a_cluster_has_one_user_at_a_time() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let lock = ClusterLock::acquire("rabbitmq-cluster.sh").await;
+    let probe = std::process::Command::new("flock")
+        .args(["-n", lock.path(), "true"])
+        .status()
+        .expect("run flock");
+    assert!(!probe.success(), "the lock is not held: {probe}");
+
+    // Node 9 does not exist: once it has the lock, `stop 9` finds nothing to stop and ends.
+    let mut other = tokio::process::Command::new("bash")
+        .arg(tests::cluster::script("rabbitmq-cluster.sh"))
+        .args(["stop", "9"])
+        .env_remove("RP_CLUSTER_LOCK_HELD")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the cluster script");
+    let mut lines = BufReader::new(other.stderr.take().expect("stderr is piped")).lines();
+    let line = tests::within(
+        Duration::from_secs(30),
+        "the script's first line",
+        lines.next_line(),
+    )
+    .await
+    .expect("read the script's stderr")
+    .expect("the script said nothing");
+    assert!(line.contains("waiting for another user"), "{line}");
+    assert!(
+        other.try_wait().expect("the script's status").is_none(),
+        "the script ended while the lock was held"
+    );
+
+    drop(lock);
+    let status = tests::within(Duration::from_secs(30), "the script's end", other.wait())
+        .await
+        .expect("the script's status");
+    assert!(status.success(), "{status}");
 }

@@ -1,9 +1,17 @@
 //! `BENCH_ONLY=cluster`: the system on the 3-node RabbitMQ cluster of
-//! `scripts/rabbitmq-cluster.sh` with a quorum queue. Two release gateways take the lives of
-//! [`JOBS`] jobs (GitHub's payloads, distinct deliveries) from [`CONNECTIONS`] connections,
-//! alternating between them, each answered only after the quorum queue's confirm (a majority of
-//! the nodes wrote it); then two release planners consume that queue together, and the run
-//! reports their combined rate and how the deliveries divided between them.
+//! `scripts/rabbitmq-cluster.sh` with quorum queues, GitHub's payloads (8 to 13 KB) throughout.
+//! [`ROUNDS`] rounds of each measurement, alternating, so that a slow minute of the shared
+//! machine hits both sides of a ratio; the rows give the median and every round.
+//!
+//! - Gateway: two release gateways on the cluster (200 only after the quorum queue's confirm: a
+//!   majority of the nodes wrote it) against two minimal handlers (`minimal-webhook`:
+//!   actix-web, the gateway's HMAC check, 200, nothing else), the same [`GATEWAY_JOBS`] job
+//!   lives of signed webhooks from the same [`CONNECTIONS`] connections, alternating between
+//!   the two servers: CPU seconds of the two server processes per webhook.
+//! - Consumer: the database's ceiling measured as scenario 2 measures it, then one release
+//!   planner draining [`CONSUMER_JOBS`] job lives from a pre-filled quorum queue, then two
+//!   planners draining as many from another: the rate, against the ceiling, and how the two
+//!   planners divided the deliveries.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,17 +20,31 @@ use std::time::{Duration, Instant};
 use actors::amqp::{QueueType, Topology};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 
-use crate::consumer::{applied, lives, Payload};
+use crate::consumer::{applied, database_ceiling, lives, Payload};
 use crate::gateway::{client, post, Signed};
 use crate::measure::{Row, Usage};
+use tests::amqp::Broker;
 use tests::cluster::RabbitCluster;
 use tests::db::TestDb;
-use tests::process::{GatewayProcess, PlannerProcess, Running};
+use tests::process::{GatewayProcess, PlannerProcess, Running, Service};
+use tests::telemetry::Scrape;
 
-/// Jobs whose three deliveries go through the gateways (9,000 webhooks).
-const JOBS: usize = 3_000;
-/// Requests in flight across both gateways.
+/// Rounds of each measurement.
+const ROUNDS: usize = 3;
+/// Jobs whose three deliveries each gateway round sends (9,000 webhooks).
+const GATEWAY_JOBS: usize = 3_000;
+/// Requests in flight across both servers.
 const CONNECTIONS: usize = 64;
+/// Jobs whose three deliveries each consumer run drains (24,000, as scenario 2).
+const CONSUMER_JOBS: usize = 8_000;
+/// Publisher confirms awaited at once while filling a queue.
+const FILL_IN_FLIGHT: usize = 256;
+/// How often the planners' counters are read while they drain.
+const POLL: Duration = Duration::from_millis(50);
+
+fn quorum_topology(what: &str) -> Topology {
+    Topology::with_prefix(&tests::unique(what)).with_queue_type(QueueType::Quorum)
+}
 
 async fn gateway(cluster: &RabbitCluster, name: &str) -> Running {
     GatewayProcess::new(name)
@@ -32,6 +54,19 @@ async fn gateway(cluster: &RabbitCluster, name: &str) -> Running {
         .env("RUST_LOG", "info,gateway::routes=warn")
         .start()
         .await
+}
+
+/// A minimal handler process and its `/webhook` URL.
+async fn minimal() -> (Service, String) {
+    let mut service = Service::spawn_release("minimal-webhook", &[], &[]);
+    let port = service
+        .logged_value(
+            "event=minimal_webhook_listening",
+            "port",
+            Duration::from_secs(30),
+        )
+        .await;
+    (service, format!("http://127.0.0.1:{port}/webhook"))
 }
 
 async fn planner(cluster: &RabbitCluster, db: &TestDb, name: &str) -> Running {
@@ -48,41 +83,26 @@ async fn planner(cluster: &RabbitCluster, db: &TestDb, name: &str) -> Running {
         .await
 }
 
-/// The gateways' rate into the quorum queue, then two planners draining it.
-pub async fn scenarios(rows: &mut Vec<Row>) {
-    eprintln!("bench: cluster: starting the 3 RabbitMQ nodes ...");
-    let cluster = RabbitCluster::up().await;
-    let topology =
-        Topology::with_prefix(&tests::unique("bench-cluster")).with_queue_type(QueueType::Quorum);
-    let _queues = cluster.guard(topology.clone());
-    let gateways = [
-        gateway(&cluster, &topology.queue).await,
-        gateway(&cluster, &topology.queue).await,
-    ];
-    let webhooks: Arc<Vec<(Signed, String)>> = Arc::new(
-        lives(Payload::GitHub, 1, JOBS)
-            .into_iter()
-            .map(|(body, delivery)| (Signed::new(body), delivery))
-            .collect(),
-    );
-    let count = webhooks.len();
-    let urls: Arc<Vec<String>> = Arc::new(
-        gateways
-            .iter()
-            .map(|g| format!("{}/webhook", g.url))
-            .collect(),
-    );
-    let cpu = |gateways: &[Running]| -> f64 {
-        gateways
-            .iter()
-            .map(|g| Usage::of(g.service.pid()).cpu_seconds)
-            .sum()
-    };
+/// CPU seconds used so far by the processes `pids`.
+fn cpu(pids: &[u32]) -> f64 {
+    pids.iter().map(|pid| Usage::of(*pid).cpu_seconds).sum()
+}
 
-    eprintln!("bench: cluster: {count} webhooks through 2 gateways ...");
+/// What one round of webhooks through a pair of servers measured.
+struct Served {
+    /// Webhooks answered per second.
+    rate: f64,
+    /// CPU seconds of both servers per 1,000 webhooks.
+    cpu_per_1000: f64,
+}
+
+/// Sends every webhook from [`CONNECTIONS`] connections, alternating between `urls`, each
+/// answered 200; what the servers `pids` spent on them.
+async fn serve(webhooks: &Arc<Vec<(Signed, String)>>, urls: Vec<String>, pids: &[u32]) -> Served {
     tokio::task::block_in_place(crate::measure::settle);
     let http = client(CONNECTIONS);
-    let cpu_before = cpu(&gateways);
+    let urls = Arc::new(urls);
+    let cpu_before = cpu(pids);
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..CONNECTIONS)
@@ -103,14 +123,72 @@ pub async fn scenarios(rows: &mut Vec<Row>) {
     for worker in workers {
         worker.await.expect("load worker");
     }
-    let gateway_rate = count as f64 / started.elapsed().as_secs_f64();
-    let gateway_cpu = (cpu(&gateways) - cpu_before) / (count as f64 / 1000.0);
+    let elapsed = started.elapsed().as_secs_f64();
+    let count = webhooks.len() as f64;
+    Served {
+        rate: count / elapsed,
+        cpu_per_1000: (cpu(pids) - cpu_before) / (count / 1000.0),
+    }
+}
+
+/// Two minimal handlers take the webhooks.
+async fn minimal_round(webhooks: &Arc<Vec<(Signed, String)>>) -> Served {
+    let servers = [minimal().await, minimal().await];
+    let pids: Vec<u32> = servers.iter().map(|(s, _)| s.pid()).collect();
+    let urls = servers.iter().map(|(_, url)| url.clone()).collect();
+    let served = serve(webhooks, urls, &pids).await;
+    for (service, _) in servers {
+        service.terminate();
+        let _ = service.wait(Duration::from_secs(20)).await;
+    }
+    served
+}
+
+/// Two gateways on the cluster take the webhooks into a quorum queue of their own (deleted
+/// afterwards).
+async fn gateway_round(cluster: &RabbitCluster, webhooks: &Arc<Vec<(Signed, String)>>) -> Served {
+    let topology = quorum_topology("bench-cluster-gateway");
+    let _queues = cluster.guard(topology.clone());
+    let gateways = [
+        gateway(cluster, &topology.queue).await,
+        gateway(cluster, &topology.queue).await,
+    ];
+    let pids: Vec<u32> = gateways.iter().map(|g| g.service.pid()).collect();
+    let urls = gateways
+        .iter()
+        .map(|g| format!("{}/webhook", g.url))
+        .collect();
+    let served = serve(webhooks, urls, &pids).await;
     for gateway in gateways {
         gateway.service.terminate();
         let _ = gateway.service.wait(Duration::from_secs(20)).await;
     }
+    served
+}
 
-    eprintln!("bench: cluster: 2 planners draining {count} deliveries ...");
+/// What planners draining a pre-filled queue measured, from the moment all of them were up.
+struct Drained {
+    /// Deliveries applied per second, all planners together.
+    rate: f64,
+    /// Each planner's part of the deliveries applied in that time (0 to 1).
+    shares: Vec<f64>,
+    /// CPU seconds of all planners per 1,000 deliveries.
+    cpu_per_1000: f64,
+    /// Mean deliveries per transaction.
+    batch: f64,
+}
+
+/// Fills a quorum queue with [`CONSUMER_JOBS`] job lives, then `planners` release planners on
+/// a database of their own drain it.
+async fn drain(cluster: &RabbitCluster, planners: usize) -> Drained {
+    let topology = quorum_topology("bench-cluster-consumer");
+    let _queues = cluster.guard(topology.clone());
+    let messages = lives(Payload::GitHub, 1, CONSUMER_JOBS);
+    let count = messages.len() as f64;
+    Broker::connect_to(cluster.urls(), &topology)
+        .await
+        .publish_all(messages, FILL_IN_FLIGHT)
+        .await;
     let db = TestDb::new();
     {
         let mut conn = PgConnection::establish(db.url()).expect("bench database");
@@ -122,15 +200,14 @@ pub async fn scenarios(rows: &mut Vec<Row>) {
         .expect("bench flavor");
     }
     tokio::task::block_in_place(crate::measure::settle);
-    let planners = [
-        planner(&cluster, &db, &topology.queue).await,
-        planner(&cluster, &db, &topology.queue).await,
-    ];
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(180);
+    let mut running = Vec::new();
+    for _ in 0..planners {
+        running.push(planner(cluster, &db, &topology.queue).await);
+    }
     let http = reqwest::Client::new();
-    let each = |http: reqwest::Client, planners: &[Running]| {
-        let urls: Vec<String> = planners.iter().map(|p| p.metrics_url.clone()).collect();
+    let each = |running: &[Running]| {
+        let urls: Vec<String> = running.iter().map(|p| p.metrics_url.clone()).collect();
+        let http = http.clone();
         async move {
             let mut out = Vec::new();
             for url in &urls {
@@ -139,36 +216,164 @@ pub async fn scenarios(rows: &mut Vec<Row>) {
             out
         }
     };
-    let shares = loop {
-        let shares = each(http.clone(), &planners).await;
-        if shares.iter().sum::<f64>() >= count as f64 {
-            break shares;
+    let pids: Vec<u32> = running.iter().map(|p| p.service.pid()).collect();
+    // The first planner may have started on the queue while the second was starting: the
+    // figures count from here, when all of them are up.
+    let before = each(&running).await;
+    let cpu_before = cpu(&pids);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(180);
+    let after = loop {
+        let now = each(&running).await;
+        if now.iter().sum::<f64>() >= count {
+            break now;
         }
         assert!(
             Instant::now() < deadline,
-            "two planners did not apply {count} deliveries within 3 minutes"
+            "{planners} planner(s) did not apply {count} deliveries within 3 minutes"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(POLL).await;
     };
-    let planner_rate = count as f64 / started.elapsed().as_secs_f64();
-    for planner in planners {
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_used = cpu(&pids) - cpu_before;
+    let window: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let total: f64 = window.iter().sum();
+    let (mut sum, mut batches) = (0.0, 0.0);
+    for planner in &running {
+        let scrape = Scrape::get(&planner.metrics_url).await;
+        sum += scrape.sum("github_runner_planner_consumer_batch_deliveries_sum");
+        batches += scrape.sum("github_runner_planner_consumer_batch_deliveries_count");
+    }
+    for planner in running {
         planner.service.terminate();
         let _ = planner.service.wait(Duration::from_secs(20)).await;
     }
+    Drained {
+        rate: total / elapsed,
+        shares: window.iter().map(|part| part / total).collect(),
+        cpu_per_1000: cpu_used / (total / 1000.0),
+        batch: sum / batches,
+    }
+}
 
+/// The median of `values`.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// `a, b, c` with `decimals` decimals.
+fn each(values: impl IntoIterator<Item = f64>, decimals: usize) -> String {
+    values
+        .into_iter()
+        .map(|v| format!("{v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The gateways against the minimal handlers, then the database ceiling and the planners.
+pub async fn scenarios(rows: &mut Vec<Row>) {
+    eprintln!("bench: cluster: starting the 3 RabbitMQ nodes ...");
+    let cluster = RabbitCluster::up().await;
+    let webhooks: Arc<Vec<(Signed, String)>> = Arc::new(
+        lives(Payload::GitHub, 1, GATEWAY_JOBS)
+            .into_iter()
+            .map(|(body, delivery)| (Signed::new(body), delivery))
+            .collect(),
+    );
+    let count = webhooks.len();
+
+    let (mut minimal, mut gateways) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        eprintln!("bench: cluster: round {round}: {count} webhooks through 2 minimal handlers, then 2 gateways ...");
+        minimal.push(minimal_round(&webhooks).await);
+        gateways.push(gateway_round(&cluster, &webhooks).await);
+    }
+    let ratios: Vec<f64> = gateways
+        .iter()
+        .zip(&minimal)
+        .map(|(g, m)| g.cpu_per_1000 / m.cpu_per_1000)
+        .collect();
+    let cpu_of =
+        |served: &[Served]| median(&served.iter().map(|s| s.cpu_per_1000).collect::<Vec<_>>());
+    let rate_of = |served: &[Served]| median(&served.iter().map(|s| s.rate).collect::<Vec<_>>());
     rows.push(Row::new(
         format!(
-            "cluster: 2 gateways, {count} signed webhooks (GitHub's payloads, {JOBS} job lives) from {CONNECTIONS} connections into a quorum queue on 3 nodes, 200 after the confirm"
+            "cluster: gateway CPU per webhook: 2 gateways on the 3 nodes (quorum queue, 200 after the confirm) against 2 minimal actix-web handlers (HMAC check, 200); the same {count} signed webhooks (GitHub's payloads, {GATEWAY_JOBS} job lives) from {CONNECTIONS} connections, {ROUNDS} alternating rounds (median; rounds)"
         ),
-        format!("{gateway_rate:.0} webhooks/s; gateways {gateway_cpu:.3} CPU s per 1,000"),
-        "(scales out; reference)",
+        format!(
+            "gateways {:.3} CPU s per 1,000 at {:.0} webhooks/s; minimal {:.3} CPU s per 1,000 at {:.0}/s; ratio {:.2} x (rounds {})",
+            cpu_of(&gateways),
+            rate_of(&gateways),
+            cpu_of(&minimal),
+            rate_of(&minimal),
+            median(&ratios),
+            each(ratios.iter().copied(), 2)
+        ),
+        "<= 2 x the minimal handler",
+    ));
+
+    let (mut ceilings, mut single, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        eprintln!("bench: cluster: round {round}: database ceiling, 1 planner, 2 planners ...");
+        tokio::task::block_in_place(crate::measure::settle);
+        ceilings.push(tokio::task::block_in_place(|| {
+            database_ceiling(Payload::GitHub)
+        }));
+        single.push(drain(&cluster, 1).await);
+        pairs.push(drain(&cluster, 2).await);
+    }
+    let deliveries = CONSUMER_JOBS * 3;
+    let one_ratios: Vec<f64> = single
+        .iter()
+        .zip(&ceilings)
+        .map(|(d, c)| d.rate / c)
+        .collect();
+    rows.push(Row::new(
+        "cluster: database ceiling, GitHub's 8-13 KB payloads, as scenario 2 measures it (median; rounds)",
+        format!("{:.0} jobs/s ({})", median(&ceilings), each(ceilings.iter().copied(), 0)),
+        "(reference)",
     ));
     rows.push(Row::new(
-        format!("cluster: 2 planners draining those {count} deliveries from the quorum queue"),
         format!(
-            "{planner_rate:.0} events/s combined; divided {:.0} % / {:.0} %",
-            100.0 * shares[0] / count as f64,
-            100.0 * shares[1] / count as f64
+            "cluster: 1 planner draining {deliveries} deliveries ({CONSUMER_JOBS} job lives, GitHub's payloads) from a pre-filled quorum queue on the 3 nodes, ack after commit (median; rounds)"
+        ),
+        format!(
+            "{:.0} events/s = {:.2} x ceiling (rounds {} events/s = {} x); {:.1} deliveries per transaction; planner {:.3} CPU s per 1,000",
+            median(&single.iter().map(|d| d.rate).collect::<Vec<_>>()),
+            median(&one_ratios),
+            each(single.iter().map(|d| d.rate), 0),
+            each(one_ratios.iter().copied(), 2),
+            median(&single.iter().map(|d| d.batch).collect::<Vec<_>>()),
+            median(&single.iter().map(|d| d.cpu_per_1000).collect::<Vec<_>>()),
+        ),
+        ">= 5,000 events/s and >= 0.8 x ceiling",
+    ));
+    let split = |d: &Drained| {
+        d.shares
+            .iter()
+            .map(|s| format!("{:.0} %", 100.0 * s))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    rows.push(Row::new(
+        format!(
+            "cluster: 2 planners on one quorum queue, {deliveries} deliveries as above (median; rounds)"
+        ),
+        format!(
+            "{:.0} events/s combined = {:.2} x 1 planner (rounds {} events/s); divided {}; planners {:.3} CPU s per 1,000",
+            median(&pairs.iter().map(|d| d.rate).collect::<Vec<_>>()),
+            median(
+                &pairs
+                    .iter()
+                    .zip(&single)
+                    .map(|(p, s)| p.rate / s.rate)
+                    .collect::<Vec<_>>()
+            ),
+            each(pairs.iter().map(|d| d.rate), 0),
+            pairs.iter().map(split).collect::<Vec<_>>().join(", "),
+            median(&pairs.iter().map(|d| d.cpu_per_1000).collect::<Vec<_>>()),
         ),
         "combined and split reported",
     ));

@@ -11,8 +11,9 @@
 //!   scenario 6 (the consumer rate and the pressure recomputation as the `job` table grows).
 //! - [`pressure`]: scenario 3 (end to end, gateway 200 to stream line, with both services'
 //!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
-//! - [`cluster`]: two gateways and two planners on the 3-node RabbitMQ cluster with a quorum
-//!   queue (`BENCH_ONLY=cluster`).
+//! - [`cluster`]: on the 3-node RabbitMQ cluster with quorum queues (`BENCH_ONLY=cluster`):
+//!   two gateways' CPU per webhook against two minimal HMAC-only handlers (`minimal-webhook`),
+//!   the database ceiling against one planner, and two planners on one queue.
 //! - [`manager`]: scenario 7 (the runner manager: queued webhook to runner start, a reconcile
 //!   pass at 100 flavors and 1,000 runners, memory).
 //! - [`console`]: the web console's page loads with 100 flavors and 100k jobs.
