@@ -17,6 +17,7 @@ pub use ::actors::github::{
 };
 
 use crate::messages::{DeleteRunner, GenerateJitConfig, ListRunners};
+use crate::reconciler::is_runner_name;
 use crate::status::Readiness;
 
 /// The runner calls of GitHub's REST API the manager makes; `actors::github::Client` in
@@ -199,7 +200,12 @@ impl Handler<ListRunners> for GitHub {
             {
                 actor.listed = Some((Instant::now(), runners.clone()));
             }
-            Ok(runners.with_prefix(&msg.prefix).to_vec())
+            Ok(runners
+                .with_prefix(&msg.prefix)
+                .iter()
+                .filter(|runner| is_runner_name(&msg.prefix, &runner.name))
+                .cloned()
+                .collect())
         }))
     }
 }

@@ -80,6 +80,23 @@ pub fn name_prefix(manager_id: &str, flavor: &str) -> String {
     format!("{manager_id}-{flavor}-")
 }
 
+/// A new runner name of `prefix`: the prefix and 8 random lowercase hex digits.
+fn new_runner_name(prefix: &str) -> String {
+    format!("{prefix}{:08x}", rand::random::<u32>())
+}
+
+/// Whether `name` is a runner name of `prefix`: the prefix and exactly the 8 lowercase hex
+/// digits [`new_runner_name`] adds. The runners of a flavor `a-b` (`<id>-a-b-<hex>`) start with
+/// flavor `a`'s prefix too; they are never taken for `a`'s.
+pub fn is_runner_name(prefix: &str, name: &str) -> bool {
+    name.strip_prefix(prefix).is_some_and(|suffix| {
+        suffix.len() == 8
+            && suffix
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 impl Reconciler {
     /// A reconciler; it starts reconciling when started.
     pub fn new(config: ReconcilerConfig) -> Self {
@@ -379,7 +396,7 @@ impl Reconciler {
         }
         let room = self.config.parallelism.saturating_sub(self.creating.len());
         for _ in 0..(count as usize).min(room) {
-            let name = format!("{}{:08x}", self.prefix, rand::random::<u32>());
+            let name = new_runner_name(&self.prefix);
             self.creating.insert(name.clone(), Utc::now());
             let config = self.config.clone();
             let labels = self.labels.clone();
@@ -731,6 +748,21 @@ mod tests {
     use crate::backend::BackendError;
     use crate::config::BackendConfig;
     use crate::github::{JitConfig, RunnerApi, RunnerScope};
+
+    #[test]
+    fn a_runner_name_is_its_prefix_and_eight_hex_digits_exactly() {
+        let prefix = name_prefix("m1", "a");
+        let name = new_runner_name(&prefix);
+        assert!(is_runner_name(&prefix, &name), "{name}");
+        assert!(is_runner_name(&prefix, "m1-a-0000beef"));
+        // Flavor `a-b`'s runner, a longer or shorter suffix, other digits.
+        assert!(!is_runner_name(&prefix, "m1-a-b-0000beef"));
+        assert!(!is_runner_name(&prefix, "m1-a-0000beef0"));
+        assert!(!is_runner_name(&prefix, "m1-a-beef"));
+        assert!(!is_runner_name(&prefix, "m1-a-0000BEEF"));
+        assert!(!is_runner_name(&prefix, "m1-a-0000beeg"));
+        assert!(!is_runner_name(&prefix, "m2-a-0000beef"));
+    }
 
     const FLAVOR: &str = "small";
 

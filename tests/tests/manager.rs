@@ -251,6 +251,13 @@ async fn orphans_are_deregistered_and_other_managers_runners_are_not_touched() {
     let unrelated = scene
         .fake
         .add_runner(&scope, "hand-made-runner", &["self-hosted"], false);
+    // Flavor `small-gpu`'s runners start with flavor `small`'s prefix too.
+    let other_flavor = scene.fake.add_runner(
+        &scope,
+        "m1-small-gpu-0000cafe",
+        &["self-hosted", LABEL],
+        false,
+    );
     let dir_one = ManagerDir::new();
     let dir_two = ManagerDir::new();
     let mut one = scene
@@ -275,6 +282,11 @@ async fn orphans_are_deregistered_and_other_managers_runners_are_not_touched() {
         ids.contains(&unrelated),
         "a runner without a manager id was touched"
     );
+    assert!(
+        ids.contains(&other_flavor),
+        "flavor small took another flavor's runner for its own"
+    );
+    assert!(!one.service.log().contains("m1-small-gpu-"));
     assert!(names(&one.runners().await)
         .iter()
         .all(|n| n.starts_with("m1-")));
