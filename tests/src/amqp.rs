@@ -9,7 +9,8 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-        ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions, QueuePurgeOptions,
+        ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions, QueuePurgeOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
     BasicProperties, Channel, Connection, Consumer,
@@ -155,6 +156,49 @@ impl Broker {
             )
             .await
             .expect("queue_unbind");
+    }
+
+    /// Binds a second queue to the main queue's routing key, one that refuses every message
+    /// (`x-max-length` 0, `x-overflow` reject-publish): publishes are nacked until
+    /// [`Broker::delete_queue`] removes it. Exclusive: it goes with this connection.
+    pub async fn bind_refusing_queue(&self) -> String {
+        let name = crate::unique("refusing");
+        let mut arguments = FieldTable::default();
+        arguments.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(0));
+        arguments.insert(
+            ShortString::from("x-overflow"),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        self.channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+            .expect("queue_declare");
+        self.channel
+            .queue_bind(
+                name.as_str().into(),
+                self.topology.exchange.as_str().into(),
+                self.topology.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue_bind");
+        name
+    }
+
+    /// Deletes queue `name`.
+    pub async fn delete_queue(&self, name: &str) {
+        self.channel
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await
+            .expect("queue_delete");
     }
 
     /// Drops every message waiting in the main queue.

@@ -315,6 +315,55 @@ async fn unroutable_delivery_is_503_not_dropped() {
     gateway.stop().await;
 }
 
+/// A publish the broker refuses (a nack) is a 503, and the gateway starts over on a new
+/// connection: broker-side state of the old channel (a quorum queue's leader before an
+/// election) may go on refusing everything. Once the queue takes messages again, so does it.
+#[actix_rt::test]
+async fn a_refused_publish_is_503_and_the_gateway_reconnects() {
+    let gateway = TestGateway::spawn(Options::default()).await;
+    let broker = Broker::connect(&gateway.topology).await;
+    let mut queue = broker.consume(&gateway.topology.queue).await;
+    let refusing = broker.bind_refusing_queue().await;
+    let client = reqwest::Client::new();
+    let send = |delivery: &str| {
+        webhook(
+            &client,
+            &gateway.url,
+            "workflow_job",
+            delivery,
+            fixture("workflow_job/queued.0.json"),
+            SECRET,
+        )
+        .send()
+    };
+
+    let mut status = gateway.status.subscribe();
+    status.mark_unchanged();
+    let refused = send("refused").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    within(WAIT, "the gateway to drop its connection", status.changed())
+        .await
+        .expect("the status outlives the gateway's publisher");
+
+    broker.delete_queue(&refusing).await;
+    within(
+        WAIT,
+        "the gateway to reconnect",
+        gateway.status.wait_for(actors::amqp::Status::Connected),
+    )
+    .await;
+    assert_eq!(send("taken").await.unwrap().status(), StatusCode::OK);
+    // The main queue took its copy of the refused one: the nack only says that not every
+    // queue did (GitHub's retry of it is a duplicate the planner ignores).
+    for delivery in ["refused", "taken"] {
+        let message = queue.next(WAIT).await;
+        let headers = message.properties.headers().as_ref().unwrap();
+        assert_eq!(header(headers, "X-GitHub-Delivery"), delivery);
+    }
+    gateway.stop().await;
+}
+
 /// The broker connection is cut: webhooks get 503 with Retry-After within the publish timeout
 /// and /ready says the broker is down; once it is back the gateway reconnects by itself and
 /// publishes again.

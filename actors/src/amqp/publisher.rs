@@ -422,7 +422,18 @@ impl Handler<Publish> for Publisher {
                 Ok(Confirmation::Ack(Some(returned))) => {
                     Err(PublishError::Unroutable(returned.reply_text.to_string()))
                 }
-                Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
+                Ok(Confirmation::Nack(_)) => {
+                    // Nothing here limits a queue's length, so a nack means a queue could not
+                    // take the message. The broker keeps per-channel state about a quorum
+                    // queue's leader, and after a leader change that state can go on refusing
+                    // every publish of this channel while the queue itself has a leader again:
+                    // start over on a new connection (the next node), as after a failure.
+                    me.do_send(ConnectionLost {
+                        generation,
+                        reason: "the broker refused a message".to_owned(),
+                    });
+                    Err(PublishError::Nacked)
+                }
                 Ok(Confirmation::NotRequested) => Err(PublishError::Channel(
                     "publisher confirms are not enabled on the channel".to_owned(),
                 )),

@@ -16,7 +16,7 @@ use tests::cluster::{ClusterLock, PostgresPair, RabbitCluster};
 use tests::db::TestDb;
 use tests::gateway::{Options, TestGateway};
 use tests::process::{GatewayProcess, PlannerProcess, Service};
-use tests::{eventually, unique};
+use tests::unique;
 
 use super::{
     assert_all_stored_once, assert_pressure_recomputes, create_flavor, send_to, Planner, Sent,
@@ -59,14 +59,23 @@ impl Load {
     }
 
     /// Waits until `PROGRESS` more webhooks than now were accepted; prints how long it took
-    /// (the figures docs/scaling.md quotes, shown with --nocapture).
-    async fn progress(&self, what: &str) {
+    /// (the figures docs/scaling.md quotes, shown with --nocapture). Panics after `PHASE`
+    /// with the tails of the services' logs.
+    async fn progress(&self, what: &str, services: &[&Service]) {
         let started = std::time::Instant::now();
         let target = self.accepted.load(Ordering::SeqCst) + PROGRESS;
-        eventually(what, PHASE, || async {
-            self.accepted.load(Ordering::SeqCst) >= target
-        })
-        .await;
+        while self.accepted.load(Ordering::SeqCst) < target {
+            if started.elapsed() > PHASE {
+                let logs: Vec<String> = services.iter().map(|s| tail(&s.log())).collect();
+                panic!(
+                    "timed out after {PHASE:?} waiting for: {what} ({} of {PROGRESS}); the \
+                     services' logs end with:\n{}",
+                    self.accepted.load(Ordering::SeqCst) + PROGRESS - target,
+                    logs.join("\n---\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         println!("cluster: {what}: {PROGRESS} in {:?}", started.elapsed());
     }
 
@@ -74,6 +83,12 @@ impl Load {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.expect("load task")
     }
+}
+
+/// The last lines of a log, enough to see what a stuck service was doing.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 #[actix_rt::test]
@@ -110,26 +125,37 @@ async fn rabbitmq_node_loss_loses_no_accepted_webhook() {
         urls.push(running.url);
     }
 
+    let watched: Vec<&Service> = gateways
+        .iter()
+        .chain(planners.iter().map(|p| &p.service))
+        .collect();
     let load = Load::start(urls);
-    load.progress("webhooks accepted before any fault").await;
+    load.progress("webhooks accepted before any fault", &watched)
+        .await;
     // Every process connected to node 1, the first of the list; the queue was declared there,
     // so node 1 leads it too: its loss cuts every connection and forces an election.
     let first = cluster.leader(&topology.queue).await;
     cluster.stop(first).await;
-    load.progress("webhooks accepted without the queue's first leader")
-        .await;
+    load.progress(
+        "webhooks accepted without the queue's first leader",
+        &watched,
+    )
+    .await;
     cluster.start(first).await;
-    load.progress("webhooks accepted with the node back").await;
+    load.progress("webhooks accepted with the node back", &watched)
+        .await;
     let mut second = cluster.leader(&topology.queue).await;
     if second == first {
         second = first % 3 + 1;
     }
     cluster.stop(second).await;
-    load.progress("webhooks accepted without a second node")
+    load.progress("webhooks accepted without a second node", &watched)
         .await;
     cluster.start(second).await;
-    load.progress("webhooks accepted with all nodes back").await;
+    load.progress("webhooks accepted with all nodes back", &watched)
+        .await;
     let sent = load.finish().await;
+    drop(watched);
 
     assert_all_stored_once(&db, &sent).await;
     for planner in &planners {
@@ -170,11 +196,14 @@ async fn postgres_failover_loses_nothing_acknowledged() {
     create_flavor(&db);
 
     let load = Load::start(vec![gateway.url.clone()]);
-    load.progress("webhooks accepted before the failover").await;
+    load.progress("webhooks accepted before the failover", &[&planner.service])
+        .await;
     pair.crash_primary().await;
-    load.progress("webhooks accepted without a primary").await;
+    load.progress("webhooks accepted without a primary", &[&planner.service])
+        .await;
     pair.promote_standby().await;
-    load.progress("webhooks accepted after the promotion").await;
+    load.progress("webhooks accepted after the promotion", &[&planner.service])
+        .await;
     let sent = load.finish().await;
     assert_eq!(sent.refused, 0, "the broker was never cut");
 
