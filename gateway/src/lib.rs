@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: the typed configuration, read once from the environment (redelivery's
 //!   included).
-//! - [`webhook`]: the pure checks (signature, event, payload shape) and the validator actor.
+//! - [`webhook`]: the pure checks (signature, event, payload shape) and the validator actor
+//!   that runs them for large bodies.
 //! - [`routes`]: `POST /webhook`, `GET /health`, `GET /ready`.
 //! - [`metrics`]: every Prometheus metric of the gateway (redelivery's included), served on
 //!   their own listener.

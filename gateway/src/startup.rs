@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{dev::Server, web};
-use actors::amqp::{Publisher, PublisherConfig, PublisherStatus, Shutdown, Status};
+use actors::amqp::{Publisher, PublisherConfig, PublisherStatus, Publishing, Shutdown, Status};
 use actors::config::bind;
 use actors::http::ServerOptions;
 use actors::task;
@@ -20,12 +20,12 @@ use crate::webhook::{Secrets, Validator};
 
 /// Shared, read-only state of the HTTP handlers.
 pub struct AppState {
-    /// Signature and payload checks.
+    /// Signature and payload checks of bodies of the usual size, on the HTTP worker.
+    pub secrets: Secrets,
+    /// The same checks of larger bodies, on the validator's threads.
     pub validator: Addr<Validator>,
-    /// The AMQP publisher actor.
-    pub publisher: Addr<Publisher>,
-    /// Its connection state, for `/ready`.
-    pub publisher_status: PublisherStatus,
+    /// Publishes through the AMQP publisher actor's channel; its status is for `/ready`.
+    pub publishing: Publishing,
     /// `APP_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
     /// `APP_PUBLISH_TIMEOUT`.
@@ -56,7 +56,7 @@ impl Application {
         let listener = bind(&config.host.to_string(), config.port, "APP_PORT")?;
         let port = listener.local_addr()?.port();
 
-        let (publisher, publisher_status) = Publisher::start_supervised(PublisherConfig::new(
+        let (publisher, publishing) = Publisher::start_supervised(PublisherConfig::new(
             config.rabbitmq_uri.expose_secret(),
             config.topology.clone(),
             "github-runner-webhook-gateway",
@@ -65,8 +65,9 @@ impl Application {
             &config.webhook_secret,
             config.previous_webhook_secret.as_ref(),
         );
+        let publisher_status = publishing.status().clone();
         let threads = std::thread::available_parallelism().map_or(2, usize::from);
-        let validator = Validator::start(secrets, threads);
+        let validator = Validator::start(secrets.clone(), threads);
 
         let metrics = Metrics::new().map_err(std::io::Error::other)?;
         let metrics_export = MetricsExport::start(
@@ -96,9 +97,9 @@ impl Application {
         }
 
         let state = web::Data::new(AppState {
+            secrets,
             validator,
-            publisher: publisher.clone(),
-            publisher_status: publisher_status.clone(),
+            publishing,
             max_body_bytes: config.max_body_bytes,
             publish_timeout: config.publish_timeout,
             metrics,

@@ -1,5 +1,5 @@
 //! What the gateway checks before it forwards a delivery, as pure functions, and the
-//! [`Validator`] actor that runs them off the HTTP workers.
+//! [`Validator`] actor that runs them off the HTTP workers for large bodies.
 //!
 //! Order (each step only runs when the previous one passed):
 //! 1. the `X-Hub-Signature-256` header is `sha256=` + the hex HMAC-SHA256 of the raw body under
@@ -73,6 +73,17 @@ impl Secrets {
         Self { keys }
     }
 
+    /// Runs all checks on one delivery: the signature, then the event and payload.
+    pub fn validate(
+        &self,
+        signature: &str,
+        event: Option<&str>,
+        body: &[u8],
+    ) -> Result<Verdict, Rejection> {
+        self.verify(signature, body)?;
+        classify(event, body)
+    }
+
     /// Checks `header` (the value of `X-Hub-Signature-256`) against `body`. The comparison is
     /// constant-time (`Mac::verify_slice`).
     pub fn verify(&self, header: &str, body: &[u8]) -> Result<(), Rejection> {
@@ -131,17 +142,6 @@ pub fn classify(event: Option<&str>, body: &[u8]) -> Result<Verdict, Rejection> 
     }
 }
 
-/// Runs all checks on one delivery.
-pub fn validate(
-    secrets: &Secrets,
-    signature: &str,
-    event: Option<&str>,
-    body: &[u8],
-) -> Result<Verdict, Rejection> {
-    secrets.verify(signature, body)?;
-    classify(event, body)
-}
-
 /// Validate one delivery (signature, event, payload shape).
 #[derive(Message)]
 #[rtype(result = "Result<Verdict, Rejection>")]
@@ -177,12 +177,8 @@ impl Handler<Validate> for Validator {
     type Result = Result<Verdict, Rejection>;
 
     fn handle(&mut self, msg: Validate, _: &mut Self::Context) -> Self::Result {
-        validate(
-            &self.secrets,
-            &msg.signature,
-            msg.event.as_deref(),
-            &msg.body,
-        )
+        self.secrets
+            .validate(&msg.signature, msg.event.as_deref(), &msg.body)
     }
 }
 
@@ -316,7 +312,7 @@ mod tests {
             event in proptest::option::of(".*"),
             body in proptest::collection::vec(any::<u8>(), 0..512),
         ) {
-            let _ = validate(&secrets(), &header, event.as_deref(), &body);
+            let _ = secrets().validate(&header, event.as_deref(), &body);
         }
 
         #[test]

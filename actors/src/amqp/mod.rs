@@ -4,7 +4,8 @@ mod publisher;
 mod topology;
 
 pub use publisher::{
-    Publish, PublishError, Publisher, PublisherConfig, PublisherStatus, Shutdown, Status,
+    Publish, PublishError, Publisher, PublisherConfig, PublisherStatus, Publishing, Shutdown,
+    Status,
 };
 pub use topology::{DeclareError, QueueType, Topology, DELIVERY_LIMIT};
 

@@ -1,12 +1,13 @@
 //! The supervised AMQP publisher actor.
 //!
-//! It owns the one connection and channel a process publishes on. While connected, every
-//! [`Publish`] is handed to lapin at once and its publisher confirm is awaited *outside* the
-//! actor, so many publishes are in flight together on one channel (confirms are pipelined; no
-//! lock, no one-at-a-time). When the connection fails, the actor answers publishes with
-//! [`PublishError::NotConnected`] straight away and reconnects in the background with capped,
-//! jittered exponential backoff, re-declaring the topology each time; with several broker nodes
-//! ([`Brokers`]) it moves to the next node that answers.
+//! It owns the one connection and channel a process publishes on, and their lifecycle. Callers
+//! publish through a [`Publishing`] handle: it hands each [`Publish`] to lapin on the current
+//! channel from the caller's own task and awaits the publisher confirm there, so many publishes
+//! are in flight together on one channel (confirms are pipelined; no lock, no one-at-a-time) and
+//! none waits for the actor's thread. When the connection fails, publishes get
+//! [`PublishError::NotConnected`] straight away, and the actor reconnects in the background with
+//! capped, jittered exponential backoff, re-declaring the topology each time; with several
+//! broker nodes ([`Brokers`]) it moves to the next node that answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,10 +137,8 @@ pub enum PublishError {
     Stopped,
 }
 
-/// Publish one message to the topology's exchange and routing key, persistent and mandatory,
-/// and resolve once the broker has confirmed it.
-#[derive(Message)]
-#[rtype(result = "Result<(), PublishError>")]
+/// One message for [`Publishing::publish`]: sent to the topology's exchange and routing key,
+/// persistent and mandatory.
 pub struct Publish {
     /// The message body, sent unchanged (shared, not copied, with the HTTP request's body).
     pub body: bytes::Bytes,
@@ -147,6 +146,98 @@ pub struct Publish {
     pub content_type: &'static str,
     /// AMQP headers.
     pub headers: FieldTable,
+}
+
+/// The channel publishes go out on while connected, and the generation of its connection.
+#[derive(Clone)]
+struct Live {
+    channel: Channel,
+    generation: u64,
+}
+
+/// The publisher's current channel, shared by the actor (which replaces it on every connect
+/// and clears it on every loss) and its [`Publishing`] handles; it outlives actor restarts.
+type LiveChannel = Arc<watch::Sender<Option<Live>>>;
+
+/// A cheap, clonable handle that publishes on the [`Publisher`]'s current channel from the
+/// caller's task, and tells the actor when a publish finds the connection broken.
+#[derive(Clone)]
+pub struct Publishing {
+    live: LiveChannel,
+    status: PublisherStatus,
+    actor: Addr<Publisher>,
+    exchange: String,
+    routing_key: String,
+}
+
+impl Publishing {
+    /// The publisher's connection state.
+    pub fn status(&self) -> &PublisherStatus {
+        &self.status
+    }
+
+    /// Publishes `msg` and resolves once the broker has confirmed it.
+    pub async fn publish(&self, msg: Publish) -> Result<(), PublishError> {
+        let current = self.live.borrow().clone();
+        let Some(Live {
+            channel,
+            generation,
+        }) = current
+        else {
+            return Err(if self.status.get() == Status::Stopped {
+                PublishError::Stopped
+            } else {
+                PublishError::NotConnected
+            });
+        };
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2) // persistent: survives a broker restart
+            .with_content_type(msg.content_type.into())
+            .with_headers(msg.headers);
+        let options = BasicPublishOptions {
+            mandatory: true, // unroutable -> returned to us, never silently dropped
+            ..BasicPublishOptions::default()
+        };
+        let outcome = async {
+            channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    self.routing_key.as_str().into(),
+                    options,
+                    &msg.body,
+                    properties,
+                )
+                .await?
+                .await
+        }
+        .await;
+        let lost = |reason: String| {
+            self.actor.do_send(ConnectionLost { generation, reason });
+        };
+        match outcome {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(returned))) => {
+                Err(PublishError::Unroutable(returned.reply_text.to_string()))
+            }
+            Ok(Confirmation::Nack(_)) => {
+                // Nothing here limits a queue's length, so a nack means a queue could not take
+                // the message. The broker keeps per-channel state about a quorum queue's
+                // leader, and after a leader change that state can go on refusing every
+                // publish of this channel while the queue itself has a leader again: start
+                // over on a new connection (the next node), as after a failure.
+                lost("the broker refused a message".to_owned());
+                Err(PublishError::Nacked)
+            }
+            Ok(Confirmation::NotRequested) => Err(PublishError::Channel(
+                "publisher confirms are not enabled on the channel".to_owned(),
+            )),
+            Err(err) => {
+                let reason = err.to_string();
+                lost(reason.clone());
+                Err(PublishError::Channel(reason))
+            }
+        }
+    }
 }
 
 /// Sent by the connection-event listener and by failed publishes: the connection of generation
@@ -173,6 +264,7 @@ pub struct Shutdown;
 pub struct Publisher {
     config: PublisherConfig,
     status: PublisherStatus,
+    live: LiveChannel,
     link: Option<(Connection, Channel)>,
     /// Incremented on every successful connect, so a late "lost" notice about an old connection
     /// does not tear down the new one.
@@ -184,19 +276,33 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts the actor under an actix [`Supervisor`] on the current arbiter and returns its
-    /// address together with a status view for health checks.
-    pub fn start_supervised(config: PublisherConfig) -> (Addr<Self>, PublisherStatus) {
+    /// address together with the handle to publish through (and its status view for health
+    /// checks).
+    pub fn start_supervised(config: PublisherConfig) -> (Addr<Self>, Publishing) {
         let status = PublisherStatus::new();
-        let view = status.clone();
-        let addr = Supervisor::start(move |_| Self::new(config, status));
-        (addr, view)
+        let live: LiveChannel = Arc::new(watch::Sender::new(None));
+        let (exchange, routing_key) = (
+            config.topology.exchange.clone(),
+            config.topology.routing_key.clone(),
+        );
+        let (actor_status, actor_live) = (status.clone(), live.clone());
+        let actor = Supervisor::start(move |_| Self::new(config, actor_status, actor_live));
+        let publishing = Publishing {
+            live,
+            status,
+            actor: actor.clone(),
+            exchange,
+            routing_key,
+        };
+        (actor, publishing)
     }
 
-    fn new(config: PublisherConfig, status: PublisherStatus) -> Self {
+    fn new(config: PublisherConfig, status: PublisherStatus, live: LiveChannel) -> Self {
         let backoff = config.backoff.delays();
         Self {
             config,
             status,
+            live,
             link: None,
             generation: 0,
             backoff,
@@ -286,6 +392,7 @@ impl Supervised for Publisher {
             "publisher restarting"
         );
         self.link = None;
+        self.live.send_replace(None);
         self.connecting = false;
         self.status.set(Status::Connecting);
         self.backoff.reset();
@@ -328,6 +435,10 @@ impl Handler<Connect> for Publisher {
                             reason: "connection closed".to_owned(),
                         });
                     });
+                    act.live.send_replace(Some(Live {
+                        channel: channel.clone(),
+                        generation,
+                    }));
                     act.link = Some((connection, channel));
                     act.backoff.reset();
                     act.status.set(Status::Connected);
@@ -367,6 +478,7 @@ impl Handler<ConnectionLost> for Publisher {
             error = msg.reason;
             "lost the broker connection"
         );
+        self.live.send_replace(None);
         if let Some((connection, _)) = self.link.take() {
             // Make sure the old socket is gone even if only the channel failed.
             actix::spawn(async move {
@@ -378,83 +490,12 @@ impl Handler<ConnectionLost> for Publisher {
     }
 }
 
-impl Handler<Publish> for Publisher {
-    type Result = ResponseFuture<Result<(), PublishError>>;
-
-    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
-        let Some((_, channel)) = &self.link else {
-            let error = if self.stopping {
-                PublishError::Stopped
-            } else {
-                PublishError::NotConnected
-            };
-            return Box::pin(async move { Err(error) });
-        };
-        let channel = channel.clone();
-        let exchange = self.config.topology.exchange.clone();
-        let routing_key = self.config.topology.routing_key.clone();
-        let generation = self.generation;
-        let me = ctx.address();
-        Box::pin(async move {
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2) // persistent: survives a broker restart
-                .with_content_type(msg.content_type.into())
-                .with_headers(msg.headers);
-            let options = BasicPublishOptions {
-                mandatory: true, // unroutable -> returned to us, never silently dropped
-                ..BasicPublishOptions::default()
-            };
-            let outcome = async {
-                channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        routing_key.as_str().into(),
-                        options,
-                        &msg.body,
-                        properties,
-                    )
-                    .await?
-                    .await
-            }
-            .await;
-            match outcome {
-                Ok(Confirmation::Ack(None)) => Ok(()),
-                Ok(Confirmation::Ack(Some(returned))) => {
-                    Err(PublishError::Unroutable(returned.reply_text.to_string()))
-                }
-                Ok(Confirmation::Nack(_)) => {
-                    // Nothing here limits a queue's length, so a nack means a queue could not
-                    // take the message. The broker keeps per-channel state about a quorum
-                    // queue's leader, and after a leader change that state can go on refusing
-                    // every publish of this channel while the queue itself has a leader again:
-                    // start over on a new connection (the next node), as after a failure.
-                    me.do_send(ConnectionLost {
-                        generation,
-                        reason: "the broker refused a message".to_owned(),
-                    });
-                    Err(PublishError::Nacked)
-                }
-                Ok(Confirmation::NotRequested) => Err(PublishError::Channel(
-                    "publisher confirms are not enabled on the channel".to_owned(),
-                )),
-                Err(err) => {
-                    let reason = err.to_string();
-                    me.do_send(ConnectionLost {
-                        generation,
-                        reason: reason.clone(),
-                    });
-                    Err(PublishError::Channel(reason))
-                }
-            }
-        })
-    }
-}
-
 impl Handler<Shutdown> for Publisher {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
         self.stopping = true;
+        self.live.send_replace(None);
         let link = self.link.take();
         Box::pin(
             async move {

@@ -12,7 +12,7 @@ pub async fn health() -> HttpResponse {
 
 /// Readiness: 200 while the publisher holds a broker connection, else 503 naming the broker.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    if state.publisher_status.is_connected() {
+    if state.publishing.status().is_connected() {
         HttpResponse::Ok().json(json!({ "status": "ready" }))
     } else {
         HttpResponse::ServiceUnavailable().json(json!({

@@ -273,9 +273,20 @@ fn each(values: impl IntoIterator<Item = f64>, decimals: usize) -> String {
 }
 
 /// The gateways against the minimal handlers, then the database ceiling and the planners.
-pub async fn scenarios(rows: &mut Vec<Row>) {
+/// `gateways`: the gateways against the minimal handlers (`BENCH_ONLY=cluster-gateway`);
+/// `planners`: the database ceiling and the planners (`cluster-consumer`).
+pub async fn scenarios(rows: &mut Vec<Row>, gateways: bool, planners: bool) {
     eprintln!("bench: cluster: starting the 3 RabbitMQ nodes ...");
     let cluster = RabbitCluster::up().await;
+    if gateways {
+        gateway_scenario(&cluster, rows).await;
+    }
+    if planners {
+        planner_scenarios(&cluster, rows).await;
+    }
+}
+
+async fn gateway_scenario(cluster: &RabbitCluster, rows: &mut Vec<Row>) {
     let webhooks: Arc<Vec<(Signed, String)>> = Arc::new(
         lives(Payload::GitHub, 1, GATEWAY_JOBS)
             .into_iter()
@@ -288,7 +299,7 @@ pub async fn scenarios(rows: &mut Vec<Row>) {
     for round in 1..=ROUNDS {
         eprintln!("bench: cluster: round {round}: {count} webhooks through 2 minimal handlers, then 2 gateways ...");
         minimal.push(minimal_round(&webhooks).await);
-        gateways.push(gateway_round(&cluster, &webhooks).await);
+        gateways.push(gateway_round(cluster, &webhooks).await);
     }
     let ratios: Vec<f64> = gateways
         .iter()
@@ -313,7 +324,9 @@ pub async fn scenarios(rows: &mut Vec<Row>) {
         ),
         "<= 2 x the minimal handler",
     ));
+}
 
+async fn planner_scenarios(cluster: &RabbitCluster, rows: &mut Vec<Row>) {
     let (mut ceilings, mut single, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
         eprintln!("bench: cluster: round {round}: database ceiling, 1 planner, 2 planners ...");
@@ -321,8 +334,8 @@ pub async fn scenarios(rows: &mut Vec<Row>) {
         ceilings.push(tokio::task::block_in_place(|| {
             database_ceiling(Payload::GitHub)
         }));
-        single.push(drain(&cluster, 1).await);
-        pairs.push(drain(&cluster, 2).await);
+        single.push(drain(cluster, 1).await);
+        pairs.push(drain(cluster, 2).await);
     }
     let deliveries = CONSUMER_JOBS * 3;
     let one_ratios: Vec<f64> = single

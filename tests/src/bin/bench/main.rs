@@ -12,8 +12,9 @@
 //! - [`pressure`]: scenario 3 (end to end, gateway 200 to stream line, with both services'
 //!   memory and CPU: scenario 5) and scenario 4 (recomputation with many open jobs, fan-out).
 //! - [`cluster`]: on the 3-node RabbitMQ cluster with quorum queues (`BENCH_ONLY=cluster`):
-//!   two gateways' CPU per webhook against two minimal HMAC-only handlers (`minimal-webhook`),
-//!   the database ceiling against one planner, and two planners on one queue.
+//!   two gateways' CPU per webhook against two minimal HMAC-only handlers (`minimal-webhook`;
+//!   alone: `cluster-gateway`), the database ceiling against one planner, and two planners on
+//!   one queue (alone: `cluster-consumer`).
 //! - [`manager`]: scenario 7 (the runner manager: queued webhook to runner start, a reconcile
 //!   pass at 100 flavors and 1,000 runners, memory).
 //! - [`console`]: the web console's page loads with 100 flavors and 100k jobs.
@@ -21,7 +22,8 @@
 //!   manager's reconcile pass over them, queued webhook to insert call).
 //! - [`measure`]: what they measure with.
 //!
-//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager,console,cluster,gce` runs
+//! `BENCH_ONLY=gateway,consumer,e2e,recompute,fanout,scaling,manager,console,cluster,gce` (and
+//! `cluster-gateway`, `cluster-consumer`: the halves of `cluster`) runs
 //! only the named groups (the table is printed, `BENCHMARKS.md` is left alone).
 
 mod cluster;
@@ -40,7 +42,7 @@ const END_TO_END_RATE: u64 = 500;
 const END_TO_END_SECONDS: u64 = 10;
 /// Stream subscribers of the fan-out scenario.
 const FAN_OUT: usize = 10_000;
-const GROUPS: [&str; 10] = [
+const GROUPS: [&str; 12] = [
     "gateway",
     "consumer",
     "e2e",
@@ -50,6 +52,8 @@ const GROUPS: [&str; 10] = [
     "manager",
     "console",
     "cluster",
+    "cluster-gateway",
+    "cluster-consumer",
     "gce",
 ];
 
@@ -112,8 +116,12 @@ async fn main() {
         eprintln!("bench: console page loads ...");
         console::page_loads(&mut rows).await;
     }
-    if wanted("cluster") {
-        cluster::scenarios(&mut rows).await;
+    let (cluster_gateway, cluster_consumer) = (
+        wanted("cluster") || wanted("cluster-gateway"),
+        wanted("cluster") || wanted("cluster-consumer"),
+    );
+    if cluster_gateway || cluster_consumer {
+        cluster::scenarios(&mut rows, cluster_gateway, cluster_consumer).await;
     }
     if wanted("gce") {
         settle();
