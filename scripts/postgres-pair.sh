@@ -30,14 +30,10 @@ PORT_B=$((BASE_PORT + 2))
 
 log() { printf 'postgres-pair: %s\n' "$*" >&2; }
 
+# shellcheck source=lib/cluster-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/cluster-lock.sh"
 case "${1:-}" in
-up | crash | promote | down)
-  if [ "${RP_CLUSTER_LOCK_HELD:-}" != "$LOCK" ]; then
-    flock -n "$LOCK" true || log "waiting for another user of the pair (the holder of $LOCK)"
-    # -o: the servers this starts must not inherit the lock and hold it for ever.
-    RP_CLUSTER_LOCK_HELD="$LOCK" exec flock -o "$LOCK" bash "$0" "$@"
-  fi
-  ;;
+up | crash | promote | down) hold_cluster_lock "$LOCK" pair "$@" ;;
 esac
 
 as_postgres() {

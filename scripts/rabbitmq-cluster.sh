@@ -33,14 +33,10 @@ SBIN=/usr/lib/rabbitmq/bin
 
 log() { printf 'rabbitmq-cluster: %s\n' "$*" >&2; }
 
+# shellcheck source=lib/cluster-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/cluster-lock.sh"
 case "${1:-}" in
-up | stop | start | down)
-  if [ "${RP_CLUSTER_LOCK_HELD:-}" != "$LOCK" ]; then
-    flock -n "$LOCK" true || log "waiting for another user of the cluster (the holder of $LOCK)"
-    # -o: the nodes this starts must not inherit the lock and hold it for ever.
-    RP_CLUSTER_LOCK_HELD="$LOCK" exec flock -o "$LOCK" bash "$0" "$@"
-  fi
-  ;;
+up | stop | start | down) hold_cluster_lock "$LOCK" cluster "$@" ;;
 esac
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -191,20 +191,21 @@ fn client_config(mode: SslMode, root: Option<&str>) -> Result<ClientConfig, TlsE
         SslMode::VerifyFull => builder
             .with_root_certificates(roots(root, "verify-full")?)
             .with_no_client_auth(),
-        _ if verify_ca => {
-            let roots = Arc::new(roots(root, "verify-ca")?);
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(|err| rustls::Error::General(err.to_string()))?;
+        _ => {
+            let chain = if verify_ca {
+                let roots = Arc::new(roots(root, "verify-ca")?);
+                let chain = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(|err| rustls::Error::General(err.to_string()))?;
+                Some(chain)
+            } else {
+                None
+            };
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                .with_custom_certificate_verifier(Arc::new(Lenient { chain, provider }))
                 .with_no_client_auth()
         }
-        _ => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unchecked(provider)))
-            .with_no_client_auth(),
     };
     Ok(config)
 }
@@ -249,62 +250,19 @@ fn roots(root: Option<&str>, mode: &'static str) -> Result<RootCertStore, TlsErr
     Ok(store)
 }
 
-/// `require`/`prefer` without a root: encryption, no check of who the server is (libpq's
-/// meaning). The handshake signatures are still verified.
+/// The check of the server's certificate below `verify-full`. The handshake signatures are
+/// verified in every mode.
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Lenient {
+    /// `verify-ca`: the chain must lead to a trusted root; the name in the certificate is not
+    /// compared with the host. `None` for `require`/`prefer` without a root: encryption, no
+    /// check of who the server is (libpq's meaning).
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    /// The signature algorithms the handshake may use.
+    provider: Arc<CryptoProvider>,
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name in the certificate is not
-/// compared with the host.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -313,10 +271,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -330,7 +288,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -339,11 +298,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -446,20 +446,13 @@ pub fn rematch(
     Ok(changed)
 }
 
-/// Creates a flavor and re-matches waiting work; `false` if the name is taken.
+/// Creates a flavor and re-matches waiting work; `None` if the name is taken.
 pub fn create_flavor(
     conn: &mut PgConnection,
     ignored: &IgnoredLabels,
     new: &NewFlavor,
-) -> QueryResult<bool> {
-    conn.transaction(|conn| {
-        queries::lock_flavors_exclusive(conn)?;
-        if !queries::insert_flavor(conn, new)? {
-            return Ok(false);
-        }
-        rematch(conn, ignored, &new.platform)?;
-        Ok(true)
-    })
+) -> QueryResult<Option<Flavor>> {
+    change_flavor(conn, ignored, |conn| queries::insert_flavor(conn, new))
 }
 
 /// Changes a flavor and re-matches waiting work; `None` if there is no such flavor.
@@ -469,13 +462,8 @@ pub fn update_flavor(
     name: &str,
     changes: &FlavorChanges,
 ) -> QueryResult<Option<Flavor>> {
-    conn.transaction(|conn| {
-        queries::lock_flavors_exclusive(conn)?;
-        let Some(flavor) = queries::update_flavor(conn, name, changes)? else {
-            return Ok(None);
-        };
-        rematch(conn, ignored, &flavor.platform)?;
-        Ok(Some(flavor))
+    change_flavor(conn, ignored, |conn| {
+        queries::update_flavor(conn, name, changes)
     })
 }
 
@@ -486,9 +474,20 @@ pub fn delete_flavor(
     ignored: &IgnoredLabels,
     name: &str,
 ) -> QueryResult<Option<Flavor>> {
+    change_flavor(conn, ignored, |conn| queries::delete_flavor(conn, name))
+}
+
+/// Makes `change` to the flavors under the flavor-change lock, then re-matches the waiting work
+/// of the changed flavor's platform; `None`, and nothing re-matched, when `change` found nothing
+/// to change.
+fn change_flavor(
+    conn: &mut PgConnection,
+    ignored: &IgnoredLabels,
+    change: impl FnOnce(&mut PgConnection) -> QueryResult<Option<Flavor>>,
+) -> QueryResult<Option<Flavor>> {
     conn.transaction(|conn| {
         queries::lock_flavors_exclusive(conn)?;
-        let Some(flavor) = queries::delete_flavor(conn, name)? else {
+        let Some(flavor) = change(conn)? else {
             return Ok(None);
         };
         rematch(conn, ignored, &flavor.platform)?;

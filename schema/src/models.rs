@@ -7,6 +7,8 @@ use diesel::{
     prelude::*,
     sql_types::{Array, Nullable, Text},
 };
+use serde::{Serialize, Serializer};
+use utoipa::ToSchema;
 
 use crate::schema::{auth, flavor, job};
 
@@ -70,16 +72,37 @@ pub struct FlavorChanges {
 }
 
 /// A workflow job, as stored. As a changeset it writes every column but the key, `None` as NULL.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset, Identifiable)]
+///
+/// Serialized, it is the job as the planner's API shows it: Canonical's fields (`platform`, `id`
+/// as a string, `labels`, `created_at`, `started_at`, `completed_at`, `assigned_flavor`, the
+/// optional ones absent when unset, as there) and ours beside them.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Queryable,
+    Selectable,
+    Insertable,
+    AsChangeset,
+    Identifiable,
+    Serialize,
+    ToSchema,
+)]
 #[diesel(table_name = job, primary_key(platform, id), treat_none_as_null = true)]
 #[diesel(check_for_backend(Pg))]
 pub struct Job {
     pub platform: String,
+    /// GitHub's workflow job id, as a string (as Canonical's planner shows it).
+    #[serde(serialize_with = "as_string")]
+    #[schema(value_type = String)]
     pub id: i64,
+    /// Lowercased `runs-on` labels.
     #[diesel(deserialize_as = TextArray)]
     pub labels: Vec<String>,
+    /// `queued`, `waiting`, `in_progress` or `completed`.
     pub status: String,
     pub conclusion: Option<String>,
+    /// `owner/name`.
     pub repository: String,
     pub run_id: Option<i64>,
     pub run_attempt: Option<i64>,
@@ -87,10 +110,21 @@ pub struct Job {
     pub job_name: Option<String>,
     pub runner_name: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Absent until the job starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// Absent until the job completes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// Absent while no flavor matches.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub assigned_flavor: Option<String>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A number written as a JSON string.
+fn as_string<S: Serializer>(number: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(number)
 }
 
 /// An API token: its name and the SHA-256 of its value.

@@ -52,14 +52,15 @@ pub fn get_flavor(conn: &mut PgConnection, name: &str) -> QueryResult<Option<Fla
         .optional()
 }
 
-/// Creates a flavor; `false` when one of that name exists already.
-pub fn insert_flavor(conn: &mut PgConnection, new: &NewFlavor) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(flavor::table)
+/// Creates a flavor; `None` when one of that name exists already.
+pub fn insert_flavor(conn: &mut PgConnection, new: &NewFlavor) -> QueryResult<Option<Flavor>> {
+    diesel::insert_into(flavor::table)
         .values(new)
         .on_conflict(flavor::name)
         .do_nothing()
-        .execute(conn)?;
-    Ok(inserted == 1)
+        .returning(Flavor::as_returning())
+        .get_result(conn)
+        .optional()
 }
 
 /// Changes a flavor; `None` when there is none of that name.

@@ -73,6 +73,16 @@ impl ClusterLock {
         }
     }
 
+    /// Takes the lock of `scripts/SCRIPT`'s cluster as [`ClusterLock::acquire`] does, then
+    /// brings the cluster up (`SCRIPT up`); the lock and the cluster's address (`SCRIPT
+    /// ADDRESS`).
+    async fn up(script: &'static str, address: &str) -> (Self, String) {
+        let lock = Self::acquire(script).await;
+        lock.run(&["up"]).await;
+        let address = lock.run(&[address]).await;
+        (lock, address)
+    }
+
     /// Runs the cluster's script with `args`, as the holder of the lock.
     async fn run(&self, args: &[&str]) -> String {
         run_script_as(self.script, args, Some(&self.path)).await
@@ -121,9 +131,7 @@ impl RabbitCluster {
     /// Takes the cluster (waiting for another user to finish), starts the nodes that are down
     /// and joins them; returns once all three run together.
     pub async fn up() -> Self {
-        let lock = ClusterLock::acquire("rabbitmq-cluster.sh").await;
-        lock.run(&["up"]).await;
-        let urls = lock.run(&["urls"]).await;
+        let (lock, urls) = ClusterLock::up("rabbitmq-cluster.sh", "urls").await;
         Self { urls, lock }
     }
 
@@ -183,9 +191,7 @@ impl PostgresPair {
     /// standby, rebuilt from scratch unless it is running as that (a failover test leaves the
     /// standby promoted and alone).
     pub async fn up() -> Self {
-        let lock = ClusterLock::acquire("postgres-pair.sh").await;
-        lock.run(&["up"]).await;
-        let url = lock.run(&["url"]).await;
+        let (lock, url) = ClusterLock::up("postgres-pair.sh", "url").await;
         Self { url, lock }
     }
 

@@ -8,18 +8,22 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// Prometheus functions, aggregations and keywords: words of a PromQL expression that are not
-/// metric names.
-const PROMQL_WORDS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
+/// Keywords followed by a list of labels in parentheses: `by (job)`, `on (instance)`.
+const LABEL_LIST_WORDS: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
+];
+
+/// Prometheus functions, aggregations and keywords other than [`LABEL_LIST_WORDS`]: words of a
+/// PromQL expression that are not metric names.
+const PROMQL_WORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
     "offset",
     "bool",
     "inf",
@@ -263,15 +267,7 @@ pub fn parse(expr: &str) -> Expr {
         match &tokens[i] {
             Token::Word(word, called) => {
                 let lower = word.to_ascii_lowercase();
-                let list = [
-                    "by",
-                    "without",
-                    "on",
-                    "ignoring",
-                    "group_left",
-                    "group_right",
-                ];
-                if list.contains(&lower.as_str()) {
+                if LABEL_LIST_WORDS.contains(&lower.as_str()) {
                     let Some(Token::Open) = tokens.get(i + 1) else {
                         i += 1;
                         continue;

@@ -21,6 +21,7 @@ write:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,25 +39,33 @@ def _topology(charm: ops.CharmBase) -> cosl.JujuTopology:
     return cosl.JujuTopology.from_charm(charm)
 
 
-class MetricsEndpointProvider:
-    """Publish scrape jobs and alert rules over ``prometheus_scrape``."""
+@dataclasses.dataclass(eq=False)
+class _Endpoint:
+    """One of the charm's relation endpoints.
 
-    def __init__(
-        self,
-        charm: ops.CharmBase,
-        relation_name: str,
-        alert_rules_path: pathlib.Path,
-    ):
-        """Create the provider.
+    Attributes:
+        charm: the charm.
+        relation_name: the endpoint name in charmcraft.yaml.
+    """
 
-        Args:
-            charm: the charm.
-            relation_name: the endpoint name in charmcraft.yaml.
-            alert_rules_path: directory of ``*.rule`` files.
-        """
-        self._charm = charm
-        self.relation_name = relation_name
-        self.alert_rules_path = alert_rules_path
+    charm: ops.CharmBase
+    relation_name: str
+
+    @property
+    def relations(self) -> list[ops.Relation]:
+        """The endpoint's relations."""
+        return self.charm.model.relations[self.relation_name]
+
+
+@dataclasses.dataclass(eq=False)
+class MetricsEndpointProvider(_Endpoint):
+    """Publish scrape jobs and alert rules over ``prometheus_scrape``.
+
+    Attributes:
+        alert_rules_path: directory of ``*.rule`` files.
+    """
+
+    alert_rules_path: pathlib.Path
 
     def alert_rules(self) -> dict:
         """The alert rules, with Juju topology labels added.
@@ -64,7 +73,7 @@ class MetricsEndpointProvider:
         Returns:
             ``{"groups": [...]}``.
         """
-        rules = Rules(query_type="promql", topology=_topology(self._charm))
+        rules = Rules(query_type="promql", topology=_topology(self.charm))
         rules.add_path(self.alert_rules_path, recursive=True)
         return rules.as_dict()
 
@@ -75,42 +84,37 @@ class MetricsEndpointProvider:
             port: the metrics port.
             path: the metrics path.
         """
-        relations = self._charm.model.relations[self.relation_name]
+        relations = self.relations
         if not relations:
             return
-        topology = _topology(self._charm)
+        topology = _topology(self.charm)
         jobs = [{"metrics_path": path, "static_configs": [{"targets": [f"*:{port}"]}]}]
         for relation in relations:
-            if self._charm.unit.is_leader():
-                relation.data[self._charm.app].update(
+            if self.charm.unit.is_leader():
+                relation.data[self.charm.app].update(
                     {
                         "scrape_metadata": json.dumps(topology.as_dict()),
                         "scrape_jobs": json.dumps(jobs),
                         "alert_rules": json.dumps(self.alert_rules()),
                     }
                 )
-            relation.data[self._charm.unit].update(
+            relation.data[self.charm.unit].update(
                 {
                     "prometheus_scrape_unit_address": socket.getfqdn(),
-                    "prometheus_scrape_unit_name": self._charm.unit.name,
+                    "prometheus_scrape_unit_name": self.charm.unit.name,
                 }
             )
 
 
-class GrafanaDashboardProvider:
-    """Publish the charm's Grafana dashboards over ``grafana_dashboard``."""
+@dataclasses.dataclass(eq=False)
+class GrafanaDashboardProvider(_Endpoint):
+    """Publish the charm's Grafana dashboards over ``grafana_dashboard``.
 
-    def __init__(self, charm: ops.CharmBase, relation_name: str, dashboards_path: pathlib.Path):
-        """Create the provider.
+    Attributes:
+        dashboards_path: directory of ``*.json`` dashboards.
+    """
 
-        Args:
-            charm: the charm.
-            relation_name: the endpoint name in charmcraft.yaml.
-            dashboards_path: directory of ``*.json`` dashboards.
-        """
-        self._charm = charm
-        self.relation_name = relation_name
-        self.dashboards_path = dashboards_path
+    dashboards_path: pathlib.Path
 
     def templates(self) -> dict:
         """The dashboard templates, keyed ``file:<name>``.
@@ -118,8 +122,8 @@ class GrafanaDashboardProvider:
         Returns:
             the ``templates`` mapping of the ``dashboards`` field.
         """
-        topology = _topology(self._charm).as_dict()
-        charm_name = self._charm.meta.name
+        topology = _topology(self.charm).as_dict()
+        charm_name = self.charm.meta.name
         templates = {}
         for path in sorted(self.dashboards_path.glob("*.json")):
             raw = path.read_text()
@@ -135,9 +139,9 @@ class GrafanaDashboardProvider:
 
     def publish(self) -> None:
         """Publish the dashboards (leader only)."""
-        if not self._charm.unit.is_leader():
+        if not self.charm.unit.is_leader():
             return
-        relations = self._charm.model.relations[self.relation_name]
+        relations = self.relations
         if not relations:
             return
         templates = self.templates()
@@ -145,21 +149,12 @@ class GrafanaDashboardProvider:
         digest = hashlib.sha256(json.dumps(templates, sort_keys=True).encode()).hexdigest()
         data = json.dumps({"templates": templates, "uuid": digest[:32]})
         for relation in relations:
-            relation.data[self._charm.app]["dashboards"] = data
+            relation.data[self.charm.app]["dashboards"] = data
 
 
-class LogForwarder:
+@dataclasses.dataclass(eq=False)
+class LogForwarder(_Endpoint):
     """Turn ``loki_push_api`` endpoints into Pebble log targets."""
-
-    def __init__(self, charm: ops.CharmBase, relation_name: str):
-        """Create the forwarder.
-
-        Args:
-            charm: the charm.
-            relation_name: the endpoint name in charmcraft.yaml.
-        """
-        self._charm = charm
-        self.relation_name = relation_name
 
     def endpoints(self) -> dict[str, str]:
         """Loki push URLs published by the related Loki units.
@@ -168,7 +163,7 @@ class LogForwarder:
             mapping of a target name to the push URL.
         """
         urls: dict[str, str] = {}
-        for relation in self._charm.model.relations[self.relation_name]:
+        for relation in self.relations:
             for unit in sorted(relation.units, key=lambda u: u.name):
                 raw = relation.data[unit].get("endpoint")
                 if not raw:
@@ -191,7 +186,7 @@ class LogForwarder:
         Returns:
             the log targets to put in the layer.
         """
-        topology = _topology(self._charm)
+        topology = _topology(self.charm)
         labels = {
             "product": "juju",
             "juju_model": topology.model,

@@ -9,7 +9,10 @@ use actix_web::{
 use askama::Template;
 use chrono::{DateTime, Utc};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use schema::queries::{self, console as console_queries};
+use schema::{
+    models::Job,
+    queries::{self, console as console_queries},
+};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -24,7 +27,7 @@ use crate::{
     metrics::DEAD_LETTER_REASONS,
     routes::{
         job_path,
-        jobs::{JobBody, JobQuery},
+        jobs::JobQuery,
         matching::{verdict, MatchResult},
         pressure::PressureService,
     },
@@ -443,7 +446,10 @@ pub async fn jobs_page(
     let (status, jobs, next, error) = match page {
         Ok(page) => (
             StatusCode::OK,
-            page.jobs.into_iter().map(job_row).collect(),
+            page.jobs
+                .into_iter()
+                .map(|body| job_row(body.job))
+                .collect(),
             page.next_cursor.map(|cursor| form.with_cursor(&cursor)),
             None,
         ),
@@ -465,10 +471,10 @@ pub async fn jobs_page(
     )
 }
 
-fn job_row(job: JobBody) -> JobRow {
+fn job_row(job: Job) -> JobRow {
     JobRow {
-        href: job_href(&job.platform, &job.id),
-        id: job.id,
+        href: job_href(&job.platform, job.id),
+        id: job.id.to_string(),
         name: job.job_name.unwrap_or_default(),
         repository: job.repository,
         status: job.status,
@@ -584,7 +590,6 @@ pub async fn job_page(
         .await?;
     let (job, deliveries) =
         found.ok_or_else(|| ConsoleError::NotFound(format!("job {platform}/{id}")))?;
-    let job = JobBody::new(job, None);
     let verdict = verdict(&state, job.platform.clone(), &job.labels.join(",")).await?;
     let waiting = deliveries
         .iter()

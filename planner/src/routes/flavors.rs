@@ -1,6 +1,7 @@
 //! `/api/v1/flavors`: runner flavors. Every change re-matches the jobs that have not started.
 
 use actix_web::{delete, get, patch, post, web, HttpResponse};
+use diesel::{PgConnection, QueryResult};
 use schema::{
     models::{Flavor, FlavorChanges, NewFlavor},
     queries,
@@ -11,10 +12,14 @@ use utoipa::ToSchema;
 use super::{path_name, with_conn};
 use crate::{
     auth::{Admin, Authenticated},
-    domain::{labels::normalize, names::validate_name},
+    domain::{
+        labels::{normalize, IgnoredLabels},
+        names::validate_name,
+    },
     error::{ApiError, ErrorBody},
     extract::JsonBody,
     state::AppState,
+    store,
 };
 
 /// A flavor, as the API shows it.
@@ -75,6 +80,17 @@ pub struct UpdateFlavor {
     pub minimum_pressure: Option<i64>,
 }
 
+/// Runs a change to the flavors off the async workers; the change re-matches, leaving out the
+/// ignored labels, the jobs that have not started.
+async fn change<T, F>(state: web::Data<AppState>, work: F) -> Result<T, ApiError>
+where
+    F: FnOnce(&mut PgConnection, &IgnoredLabels) -> QueryResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let pool = state.pool.clone();
+    with_conn(pool, move |conn| Ok(work(conn, &state.ignored_labels)?)).await
+}
+
 fn non_negative(field: &str, value: i64) -> Result<i32, ApiError> {
     i32::try_from(value)
         .ok()
@@ -102,7 +118,6 @@ fn labels(labels: &[String]) -> Result<Vec<String>, ApiError> {
 #[utoipa::path(
     responses(
         (status = 200, description = "Every flavor, by name", body = [FlavorBody]),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -121,11 +136,7 @@ pub async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, 
     responses(
         (status = 201, description = "Created", body = FlavorBody),
         (status = 400, description = "Invalid name or body; the error names the field", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 409, description = "A flavor of that name exists", body = ErrorBody),
-        (status = 408, description = "Body not received within APP_REQUEST_TIMEOUT", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -147,27 +158,13 @@ pub async fn create(
         is_disabled: body.is_disabled.unwrap_or(false),
         minimum_pressure: non_negative("minimum_pressure", body.minimum_pressure.unwrap_or(0))?,
     };
-    let created = new.clone();
-    let inserted = with_conn(state.pool.clone(), move |conn| {
-        Ok(crate::store::create_flavor(
-            conn,
-            &state.ignored_labels,
-            &new,
-        )?)
+    let created = change(state, move |conn, ignored| {
+        store::create_flavor(conn, ignored, &new)
     })
-    .await?;
-    if !inserted {
-        return Err(ApiError::Conflict(format!("flavor {name}")));
-    }
+    .await?
+    .ok_or_else(|| ApiError::Conflict(format!("flavor {name}")))?;
     log::info!(event = "flavor_created", flavor = name; "flavor created");
-    Ok(HttpResponse::Created().json(FlavorBody {
-        platform: created.platform,
-        name: created.name,
-        labels: created.labels,
-        priority: created.priority,
-        is_disabled: created.is_disabled,
-        minimum_pressure: created.minimum_pressure,
-    }))
+    Ok(HttpResponse::Created().json(FlavorBody::from(created)))
 }
 
 /// One flavor.
@@ -176,7 +173,6 @@ pub async fn create(
     responses(
         (status = 200, description = "The flavor", body = FlavorBody),
         (status = 400, description = "Invalid name", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 404, description = "No such flavor", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -204,11 +200,7 @@ pub async fn get(
     responses(
         (status = 204, description = "Changed"),
         (status = 400, description = "Invalid name or body; the error names the field", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 404, description = "No such flavor", body = ErrorBody),
-        (status = 408, description = "Body not received within APP_REQUEST_TIMEOUT", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -244,13 +236,8 @@ pub async fn update(
         ));
     }
     let lookup = name.clone();
-    let updated = with_conn(state.pool.clone(), move |conn| {
-        Ok(crate::store::update_flavor(
-            conn,
-            &state.ignored_labels,
-            &lookup,
-            &changes,
-        )?)
+    let updated = change(state, move |conn, ignored| {
+        store::update_flavor(conn, ignored, &lookup, &changes)
     })
     .await?;
     updated.ok_or_else(|| ApiError::NotFound(format!("flavor {name}")))?;
@@ -266,7 +253,6 @@ pub async fn update(
     responses(
         (status = 200, description = "Deleted, or there was no such flavor (empty body)"),
         (status = 400, description = "Invalid name", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -278,12 +264,8 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let name = path_name(name)?;
     let lookup = name.clone();
-    let deleted = with_conn(state.pool.clone(), move |conn| {
-        Ok(crate::store::delete_flavor(
-            conn,
-            &state.ignored_labels,
-            &lookup,
-        )?)
+    let deleted = change(state, move |conn, ignored| {
+        store::delete_flavor(conn, ignored, &lookup)
     })
     .await?;
     if deleted.is_some() {

@@ -34,67 +34,17 @@ pub const DEFAULT_LIMIT: i64 = 100;
 /// Largest page size.
 pub const MAX_LIMIT: i64 = 1000;
 
-/// A job, as the API shows it: Canonical's fields (`platform`, `id` as a string, `labels`,
-/// `created_at`, `started_at`, `completed_at`, `raw`, `assigned_flavor`, the optional ones absent
-/// when unset, as there) and ours beside them.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+/// A job, as the API shows it: the stored job, whose serialized form is Canonical's fields and
+/// ours beside them, and its raw payloads.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
 pub struct JobBody {
-    pub platform: String,
-    /// GitHub's workflow job id, as a string (as Canonical's planner shows it).
-    pub id: String,
-    /// Lowercased `runs-on` labels.
-    pub labels: Vec<String>,
-    pub created_at: DateTime<Utc>,
-    /// Absent until the job starts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<DateTime<Utc>>,
-    /// Absent until the job completes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub job: Job,
     /// The raw webhook payload of each action received, by action (`queued`, `in_progress`,
     /// ...). Absent only when asked for with `raw=false`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub raw: Option<serde_json::Value>,
-    /// Absent while no flavor matches.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assigned_flavor: Option<String>,
-    /// `queued`, `waiting`, `in_progress` or `completed`.
-    pub status: String,
-    pub conclusion: Option<String>,
-    /// `owner/name`.
-    pub repository: String,
-    pub run_id: Option<i64>,
-    pub run_attempt: Option<i64>,
-    pub workflow_name: Option<String>,
-    pub job_name: Option<String>,
-    pub runner_name: Option<String>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl JobBody {
-    /// The job as the API shows it, with `raw` (action -> raw payload) when given.
-    pub(crate) fn new(job: Job, raw: Option<serde_json::Value>) -> Self {
-        Self {
-            platform: job.platform,
-            id: job.id.to_string(),
-            labels: job.labels,
-            created_at: job.created_at,
-            started_at: job.started_at,
-            completed_at: job.completed_at,
-            raw,
-            assigned_flavor: job.assigned_flavor,
-            status: job.status,
-            conclusion: job.conclusion,
-            repository: job.repository,
-            run_id: job.run_id,
-            run_attempt: job.run_attempt,
-            workflow_name: job.workflow_name,
-            job_name: job.job_name,
-            runner_name: job.runner_name,
-            updated_at: job.updated_at,
-        }
-    }
 }
 
 /// Query of `GET /api/v1/jobs/{platform}`: every parameter is optional, and without any the
@@ -187,7 +137,6 @@ fn next_link(platform: &str, query: &[(&str, Option<&str>)], cursor: &str) -> St
         (status = 200, description = "Jobs, oldest first (at most `limit`)", body = [JobBody],
             headers(("Link" = String, description = "`<address of the next page>; rel=\"next\"` when there are more jobs; absent on the last page"))),
         (status = 400, description = "Invalid parameter; the error names it", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -288,7 +237,7 @@ pub(crate) async fn page(
         .map(|job| {
             let payloads = with_raw
                 .then(|| serde_json::Value::Object(raw.remove(&job.id).unwrap_or_default()));
-            JobBody::new(job, payloads)
+            JobBody { job, raw: payloads }
         })
         .collect();
     Ok(JobPage { jobs, next_cursor })
@@ -300,7 +249,6 @@ pub(crate) async fn page(
     responses(
         (status = 200, description = "The job", body = JobBody),
         (status = 400, description = "Invalid platform or id", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -325,7 +273,10 @@ pub async fn get(
     let (job, payloads) =
         found.ok_or_else(|| ApiError::NotFound(format!("job {path_platform}/{id}")))?;
     let raw = serde_json::Value::Object(payloads.into_iter().collect());
-    Ok(HttpResponse::Ok().json(JobBody::new(job, Some(raw))))
+    Ok(HttpResponse::Ok().json(JobBody {
+        job,
+        raw: Some(raw),
+    }))
 }
 
 /// Body of `PATCH /api/v1/jobs/{platform}/{id}`: either time, or both, or neither (nothing
@@ -366,11 +317,7 @@ fn rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime
     responses(
         (status = 204, description = "Set (or nothing to set)"),
         (status = 400, description = "Invalid platform, id or body, or a time that is set already; the error names the field", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
-        (status = 408, description = "Body not received within APP_REQUEST_TIMEOUT", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -57,7 +57,6 @@ pub struct MatchResult {
     responses(
         (status = 200, description = "The verdict", body = MatchResult),
         (status = 400, description = "Missing or invalid parameter", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -40,9 +40,10 @@ use crate::error::ErrorBody;
 )]
 pub struct ApiDoc;
 
-/// Declares the bearer scheme, and documents on every route that needs a token (all of them
-/// read PostgreSQL) the answers any such route can give: 503 when PostgreSQL cannot be reached,
-/// 500 otherwise.
+/// Declares the bearer scheme, and documents the answers every route of a kind can give: on
+/// every route that needs a token (all of them read PostgreSQL) 401 without a known token, 503
+/// when PostgreSQL cannot be reached, 500 otherwise; on every route that reads a JSON body 408,
+/// 413 and 415 when the body is late, too large or not JSON.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -73,13 +74,24 @@ impl Modify for BearerAuth {
             .into_iter()
             .flatten()
             {
+                let mut answers = Vec::new();
                 if operation.security.is_some() {
+                    answers.extend([
+                        ("401", "No or unknown token"),
+                        ("503", "PostgreSQL cannot be reached"),
+                        ("500", "Internal error"),
+                    ]);
+                }
+                if operation.request_body.is_some() {
+                    answers.extend([
+                        ("408", "Body not received within APP_REQUEST_TIMEOUT"),
+                        ("413", "Body too large"),
+                        ("415", "Content-Type is not application/json"),
+                    ]);
+                }
+                for (status, description) in answers {
                     let responses = &mut operation.responses.responses;
-                    responses.insert(
-                        "503".to_owned(),
-                        error("PostgreSQL cannot be reached").into(),
-                    );
-                    responses.insert("500".to_owned(), error("Internal error").into());
+                    responses.insert(status.to_owned(), error(description).into());
                 }
             }
         }

@@ -54,7 +54,6 @@ pub struct PressureService {
                 (String = "text/event-stream"),
             )),
         (status = 400, description = "Invalid name", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 404, description = "No such flavor", body = ErrorBody),
     ),
     security(("bearer" = []))

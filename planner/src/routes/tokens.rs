@@ -33,7 +33,6 @@ pub struct TokenNames {
     responses(
         (status = 201, description = "Created; the token is shown only now", body = CreatedToken),
         (status = 400, description = "Invalid name", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
         (status = 409, description = "A token of that name exists", body = ErrorBody),
     ),
@@ -63,7 +62,6 @@ pub async fn create(
 #[utoipa::path(
     responses(
         (status = 200, description = "Token names", body = TokenNames),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -83,7 +81,6 @@ pub async fn list(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, 
     responses(
         (status = 204, description = "Deleted, or there was no such token"),
         (status = 400, description = "Invalid name", body = ErrorBody),
-        (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
     ),
     security(("bearer" = []))

@@ -15,6 +15,9 @@ import urllib.parse
 
 import pytest
 
+# The fixtures both charms' tests share; pytest finds them among this module's names.
+from runner_testing import closed_port, fast_ready_polling, serving  # noqa: F401
+
 CHARM_ROOT = pathlib.Path(__file__).parents[2]
 # The charm's own modules; runner_common is the installed charms/common package (test.sh).
 sys.path[:0] = [str(CHARM_ROOT / "src")]
@@ -185,26 +188,5 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def planner():
-    server = FakePlanner()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A local port nothing listens on."""
-    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    port = server.server_address[1]
-    server.server_close()
-    return port
-
-
-@pytest.fixture(autouse=True)
-def fast_ready_polling(monkeypatch):
-    """Do not sleep between /ready polls in tests."""
-    from runner_common import http as runner_http
-
-    monkeypatch.setattr(runner_http, "READY_DELAY", 0.0)
+    with serving(FakePlanner()) as server:
+        yield server

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::amqp::{QueueType, Topology};
-use diesel::{Connection, PgConnection, RunQueryDsl};
+use diesel::{Connection, PgConnection};
 
-use crate::consumer::{applied, database_ceiling, lives, Payload};
+use crate::consumer::{applied, database_ceiling, insert_bench_flavor, lives, Payload};
 use crate::gateway::{client, post, Signed};
 use crate::measure::{Row, Usage};
 use tests::amqp::Broker;
@@ -190,15 +190,7 @@ async fn drain(cluster: &RabbitCluster, planners: usize) -> Drained {
         .publish_all(messages, FILL_IN_FLIGHT)
         .await;
     let db = TestDb::new();
-    {
-        let mut conn = PgConnection::establish(db.url()).expect("bench database");
-        diesel::sql_query(
-            "INSERT INTO flavor (name, platform, labels, priority) \
-             VALUES ('bench', 'github', ARRAY['bench'], 0)",
-        )
-        .execute(&mut conn)
-        .expect("bench flavor");
-    }
+    insert_bench_flavor(&mut PgConnection::establish(db.url()).expect("bench database"));
     tokio::task::block_in_place(crate::measure::settle);
     let mut running = Vec::new();
     for _ in 0..planners {

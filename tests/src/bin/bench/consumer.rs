@@ -201,6 +201,16 @@ struct Consumed {
     batch: f64,
 }
 
+/// Inserts flavor `bench`, the one the consumer scenarios' jobs (label `bench`) match.
+pub fn insert_bench_flavor(conn: &mut PgConnection) {
+    diesel::sql_query(
+        "INSERT INTO flavor (name, platform, labels, priority) \
+         VALUES ('bench', 'github', ARRAY['bench'], 0)",
+    )
+    .execute(conn)
+    .expect("bench flavor");
+}
+
 /// Fills a queue with `jobs` job lives (ids from `first`), starts a release planner on `db`
 /// and times it until every delivery is applied.
 async fn consume(db: &TestDb, payload: Payload, first: usize, jobs: usize) -> Consumed {
@@ -254,15 +264,7 @@ pub async fn scenario_2(rows: &mut Vec<Row>) {
         let ceiling = tokio::task::block_in_place(|| database_ceiling(payload));
         eprintln!("bench: consumer ({}) ...", payload.describe());
         let db = TestDb::new();
-        {
-            let mut conn = PgConnection::establish(db.url()).expect("bench database");
-            diesel::sql_query(
-                "INSERT INTO flavor (name, platform, labels, priority) \
-                 VALUES ('bench', 'github', ARRAY['bench'], 0)",
-            )
-            .execute(&mut conn)
-            .unwrap();
-        }
+        insert_bench_flavor(&mut PgConnection::establish(db.url()).expect("bench database"));
         let consumed = consume(&db, payload, 1, JOBS).await;
         let what = payload.describe();
         rows.push(Row::new(
@@ -299,12 +301,7 @@ pub async fn scenario_6(rows: &mut Vec<Row>) {
     let mut conn = PgConnection::establish(db.url()).expect("bench database");
     insert_flavors(&mut conn);
     // The consumer's jobs go to a flavor of their own, so the recompute checks stay exact.
-    diesel::sql_query(
-        "INSERT INTO flavor (name, platform, labels, priority) \
-         VALUES ('bench', 'github', ARRAY['bench'], 0)",
-    )
-    .execute(&mut conn)
-    .unwrap();
+    insert_bench_flavor(&mut conn);
     tokio::task::block_in_place(|| insert_jobs(&mut conn, 1, SCALING_OPEN, true));
     // Rows in `job`: the open jobs, then history, and the jobs each step's consumer completes.
     let mut rows_now = SCALING_OPEN;

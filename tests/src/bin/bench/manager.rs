@@ -128,20 +128,13 @@ async fn start(
 pub async fn scenarios(rows: &mut Vec<Row>) {
     let stack = stack(&[]).await;
     let (fake, github_url) = fake_github().await;
-    let token = planner_token(&stack.planner.url).await;
+    let planner = &stack.planner.url;
+    let token = planner_token(planner).await;
 
     // Create latency: one queued job at a time, each answered by one new runner.
     let dir = ManagerDir::new();
     let flavors = [sleeper("bench", 0, SAMPLES as u32)];
-    let manager = start(
-        "bench-a",
-        &stack.planner.url,
-        &token,
-        &github_url,
-        &flavors,
-        &dir,
-    )
-    .await;
+    let manager = start("bench-a", planner, &token, &github_url, &flavors, &dir).await;
     let idle = Usage::of(manager.service.pid());
     let client = crate::gateway::client(1);
     let url = format!("{}/webhook", stack.gateway.url);
@@ -178,7 +171,7 @@ pub async fn scenarios(rows: &mut Vec<Row>) {
     let http = reqwest::Client::new();
     for i in 0..FLAVORS {
         let response = http
-            .post(format!("{}/api/v1/flavors/flavor-{i}", stack.planner.url))
+            .post(format!("{planner}/api/v1/flavors/flavor-{i}"))
             .bearer_auth(ADMIN_TOKEN)
             .json(&json!({"platform": "github", "labels": [format!("label-{i}")]}))
             .send()
@@ -196,15 +189,7 @@ pub async fn scenarios(rows: &mut Vec<Row>) {
             )
         })
         .collect();
-    let manager = start(
-        "bench-b",
-        &stack.planner.url,
-        &token,
-        &github_url,
-        &flavors,
-        &dir,
-    )
-    .await;
+    let manager = start("bench-b", planner, &token, &github_url, &flavors, &dir).await;
     let pid = manager.service.pid();
     let total = FLAVORS * RUNNERS_PER_FLAVOR as usize;
     let filled = Instant::now();
