@@ -288,7 +288,7 @@ pub async fn scenario_2(rows: &mut Vec<Row>) {
                 consumed.cpu_per_1000,
                 consumed.rss_mb
             ),
-            ">= 5,000 events/s and >= 0.5 x ceiling",
+            ">= 5,000 events/s and >= 0.8 x ceiling",
         ));
     }
 }
