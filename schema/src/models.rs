@@ -90,6 +90,11 @@ pub struct FlavorChanges {
 )]
 #[diesel(table_name = job, primary_key(platform, id), treat_none_as_null = true)]
 #[diesel(check_for_backend(Pg))]
+#[schema(
+    description = "A workflow job: Canonical's fields (`platform`, `id` as a string, \
+    `labels`, `created_at`, `started_at`, `completed_at`, `assigned_flavor`, the optional ones \
+    absent when unset) and ours beside them."
+)]
 pub struct Job {
     pub platform: String,
     /// GitHub's workflow job id, as a string (as Canonical's planner shows it).

@@ -124,6 +124,19 @@ impl TestGateway {
         }
     }
 
+    /// The `queued` `workflow_job` fixture as delivery `delivery` to this gateway, signed with
+    /// [`SECRET`], as GitHub sends it.
+    pub fn queued(&self, client: &reqwest::Client, delivery: &str) -> reqwest::RequestBuilder {
+        webhook(
+            client,
+            &self.url,
+            "workflow_job",
+            delivery,
+            crate::fixtures::fixture("workflow_job/queued.0.json"),
+            SECRET,
+        )
+    }
+
     /// Stops the server gracefully.
     pub async fn stop(self) {
         self.handle.stop(true).await;

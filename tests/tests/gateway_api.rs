@@ -299,17 +299,11 @@ async fn unroutable_delivery_is_503_not_dropped() {
     let gateway = TestGateway::spawn(Options::default()).await;
     let broker = Broker::connect(&gateway.topology).await;
     broker.unbind_queue().await;
-    let response = webhook(
-        &reqwest::Client::new(),
-        &gateway.url,
-        "workflow_job",
-        "unroutable",
-        fixture("workflow_job/queued.0.json"),
-        SECRET,
-    )
-    .send()
-    .await
-    .unwrap();
+    let response = gateway
+        .queued(&reqwest::Client::new(), "unroutable")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
     gateway.stop().await;
@@ -325,17 +319,7 @@ async fn a_refused_publish_is_503_and_the_gateway_reconnects() {
     let mut queue = broker.consume(&gateway.topology.queue).await;
     let refusing = broker.bind_refusing_queue().await;
     let client = reqwest::Client::new();
-    let send = |delivery: &str| {
-        webhook(
-            &client,
-            &gateway.url,
-            "workflow_job",
-            delivery,
-            fixture("workflow_job/queued.0.json"),
-            SECRET,
-        )
-        .send()
-    };
+    let send = |delivery: &str| gateway.queued(&client, delivery).send();
 
     let mut status = gateway.status.subscribe();
     status.mark_unchanged();
@@ -380,18 +364,7 @@ async fn broker_cut_gives_503_and_gateway_recovers_by_itself() {
     let broker = Broker::connect(&gateway.topology).await;
     let mut queue = broker.consume(&gateway.topology.queue).await;
     let client = reqwest::Client::new();
-    let body = fixture("workflow_job/queued.0.json");
-    let send = |delivery: &str| {
-        webhook(
-            &client,
-            &gateway.url,
-            "workflow_job",
-            delivery,
-            body.clone(),
-            SECRET,
-        )
-        .send()
-    };
+    let send = |delivery: &str| gateway.queued(&client, delivery).send();
 
     assert_eq!(send("before").await.unwrap().status(), StatusCode::OK);
     queue.next(WAIT).await;
@@ -445,17 +418,11 @@ async fn stalled_broker_gives_503_after_the_publish_timeout() {
     .await;
     proxy.set(Mode::Paused);
     let started = std::time::Instant::now();
-    let response = webhook(
-        &reqwest::Client::new(),
-        &gateway.url,
-        "workflow_job",
-        "stalled",
-        fixture("workflow_job/queued.0.json"),
-        SECRET,
-    )
-    .send()
-    .await
-    .unwrap();
+    let response = gateway
+        .queued(&reqwest::Client::new(), "stalled")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(started.elapsed() >= publish_timeout);
     assert!(started.elapsed() < publish_timeout + Duration::from_secs(2));
@@ -699,19 +666,7 @@ async fn publishes_beyond_the_in_flight_bound_get_fast_503s() {
     let body = fixture("workflow_job/queued.0.json");
     proxy.set(Mode::Paused);
     let held: Vec<_> = (0..2)
-        .map(|i| {
-            tokio::spawn(
-                webhook(
-                    &client,
-                    &gateway.url,
-                    "workflow_job",
-                    &format!("held-{i}"),
-                    body.clone(),
-                    SECRET,
-                )
-                .send(),
-            )
-        })
+        .map(|i| tokio::spawn(gateway.queued(&client, &format!("held-{i}")).send()))
         .collect();
     within(
         WAIT,
@@ -720,17 +675,7 @@ async fn publishes_beyond_the_in_flight_bound_get_fast_503s() {
     )
     .await;
     let started = std::time::Instant::now();
-    let excess = webhook(
-        &client,
-        &gateway.url,
-        "workflow_job",
-        "excess",
-        body.clone(),
-        SECRET,
-    )
-    .send()
-    .await
-    .unwrap();
+    let excess = gateway.queued(&client, "excess").send().await.unwrap();
     assert_eq!(excess.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(excess.headers().contains_key("retry-after"));
     assert!(

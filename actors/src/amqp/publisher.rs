@@ -264,8 +264,10 @@ pub struct Shutdown;
 pub struct Publisher {
     config: PublisherConfig,
     status: PublisherStatus,
+    /// The channel publishes go out on ([`Publishing`] reads it), while connected.
     live: LiveChannel,
-    link: Option<(Connection, Channel)>,
+    /// The connection of that channel, while connected.
+    connection: Option<Connection>,
     /// Incremented on every successful connect, so a late "lost" notice about an old connection
     /// does not tear down the new one.
     generation: u64,
@@ -303,7 +305,7 @@ impl Publisher {
             config,
             status,
             live,
-            link: None,
+            connection: None,
             generation: 0,
             backoff,
             connecting: false,
@@ -391,7 +393,7 @@ impl Supervised for Publisher {
             connection = self.config.connection_name;
             "publisher restarting"
         );
-        self.link = None;
+        self.connection = None;
         self.live.send_replace(None);
         self.connecting = false;
         self.status.set(Status::Connecting);
@@ -403,7 +405,7 @@ impl Handler<Connect> for Publisher {
     type Result = ();
 
     fn handle(&mut self, _: Connect, ctx: &mut Self::Context) {
-        if self.connecting || self.link.is_some() || self.stopping {
+        if self.connecting || self.connection.is_some() || self.stopping {
             return;
         }
         self.connecting = true;
@@ -436,10 +438,10 @@ impl Handler<Connect> for Publisher {
                         });
                     });
                     act.live.send_replace(Some(Live {
-                        channel: channel.clone(),
+                        channel,
                         generation,
                     }));
-                    act.link = Some((connection, channel));
+                    act.connection = Some(connection);
                     act.backoff.reset();
                     act.status.set(Status::Connected);
                     log::info!(
@@ -468,7 +470,7 @@ impl Handler<ConnectionLost> for Publisher {
     type Result = ();
 
     fn handle(&mut self, msg: ConnectionLost, ctx: &mut Self::Context) {
-        if msg.generation != self.generation || self.link.is_none() {
+        if msg.generation != self.generation || self.connection.is_none() {
             return;
         }
         log::warn!(
@@ -479,7 +481,7 @@ impl Handler<ConnectionLost> for Publisher {
             "lost the broker connection"
         );
         self.live.send_replace(None);
-        if let Some((connection, _)) = self.link.take() {
+        if let Some(connection) = self.connection.take() {
             // Make sure the old socket is gone even if only the channel failed.
             actix::spawn(async move {
                 let _ = connection.close(320, "reconnecting".into()).await;
@@ -495,11 +497,10 @@ impl Handler<Shutdown> for Publisher {
 
     fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
         self.stopping = true;
-        self.live.send_replace(None);
-        let link = self.link.take();
+        let link = self.live.send_replace(None).zip(self.connection.take());
         Box::pin(
             async move {
-                if let Some((connection, channel)) = link {
+                if let Some((Live { channel, .. }, connection)) = link {
                     // Confirms of publishes already sent are awaited by their callers; waiting
                     // here too makes sure nothing is cut off by the close.
                     let _ =

@@ -5,10 +5,12 @@
 //! found the surviving nodes by itself.
 
 use std::sync::{
-    atomic::{AtomicBool, AtomicUsize, Ordering},
+    atomic::{AtomicBool, Ordering},
     Arc,
 };
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use actors::amqp::{QueueType, Topology};
 use tests::amqp::TopologyGuard;
@@ -31,22 +33,23 @@ const PHASE: Duration = Duration::from_secs(60);
 /// A load of webhooks through several gateways, one batch after the other, until stopped.
 struct Load {
     stop: Arc<AtomicBool>,
-    accepted: Arc<AtomicUsize>,
+    /// How many webhooks were accepted so far.
+    accepted: watch::Receiver<usize>,
     task: tokio::task::JoinHandle<Sent>,
 }
 
 impl Load {
     fn start(gateways: Vec<String>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (until, count) = (stop.clone(), accepted.clone());
+        let (count, accepted) = watch::channel(0);
+        let until = stop.clone();
         let task = tokio::spawn(async move {
             let mut sent = Sent::default();
             let mut batch = 0;
             while !until.load(Ordering::SeqCst) {
                 let url = &gateways[batch % gateways.len()];
                 send_to(url, &format!("batch{batch}"), 8, &mut sent).await;
-                count.store(sent.accepted.len(), Ordering::SeqCst);
+                count.send_replace(sent.accepted.len());
                 batch += 1;
             }
             sent
@@ -63,18 +66,20 @@ impl Load {
     /// with the tails of the services' logs.
     async fn progress(&self, what: &str, services: &[&Service]) {
         let started = std::time::Instant::now();
-        let target = self.accepted.load(Ordering::SeqCst) + PROGRESS;
-        while self.accepted.load(Ordering::SeqCst) < target {
-            if started.elapsed() > PHASE {
+        let mut accepted = self.accepted.clone();
+        let target = *accepted.borrow_and_update() + PROGRESS;
+        match tokio::time::timeout(PHASE, accepted.wait_for(|count| *count >= target)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => panic!("the load of webhooks ended while waiting for: {what}"),
+            Err(_) => {
                 let logs: Vec<String> = services.iter().map(|s| tail(&s.log())).collect();
                 panic!(
                     "timed out after {PHASE:?} waiting for: {what} ({} of {PROGRESS}); the \
                      services' logs end with:\n{}",
-                    self.accepted.load(Ordering::SeqCst) + PROGRESS - target,
+                    *self.accepted.borrow() + PROGRESS - target,
                     logs.join("\n---\n")
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         println!("cluster: {what}: {PROGRESS} in {:?}", started.elapsed());
     }

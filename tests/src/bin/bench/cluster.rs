@@ -22,7 +22,7 @@ use diesel::{Connection, PgConnection};
 
 use crate::consumer::{applied, database_ceiling, insert_bench_flavor, lives, Payload};
 use crate::gateway::{client, post, Signed};
-use crate::measure::{Row, Usage};
+use crate::measure::{median, Row, Usage};
 use tests::amqp::Broker;
 use tests::cluster::RabbitCluster;
 use tests::db::TestDb;
@@ -248,13 +248,6 @@ async fn drain(cluster: &RabbitCluster, planners: usize) -> Drained {
     }
 }
 
-/// The median of `values`.
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
-
 /// `a, b, c` with `decimals` decimals.
 fn each(values: impl IntoIterator<Item = f64>, decimals: usize) -> String {
     values
@@ -264,7 +257,6 @@ fn each(values: impl IntoIterator<Item = f64>, decimals: usize) -> String {
         .join(", ")
 }
 
-/// The gateways against the minimal handlers, then the database ceiling and the planners.
 /// `gateways`: the gateways against the minimal handlers (`BENCH_ONLY=cluster-gateway`);
 /// `planners`: the database ceiling and the planners (`cluster-consumer`).
 pub async fn scenarios(rows: &mut Vec<Row>, gateways: bool, planners: bool) {
@@ -298,9 +290,8 @@ async fn gateway_scenario(cluster: &RabbitCluster, rows: &mut Vec<Row>) {
         .zip(&minimal)
         .map(|(g, m)| g.cpu_per_1000 / m.cpu_per_1000)
         .collect();
-    let cpu_of =
-        |served: &[Served]| median(&served.iter().map(|s| s.cpu_per_1000).collect::<Vec<_>>());
-    let rate_of = |served: &[Served]| median(&served.iter().map(|s| s.rate).collect::<Vec<_>>());
+    let cpu_of = |served: &[Served]| median(served.iter().map(|s| s.cpu_per_1000));
+    let rate_of = |served: &[Served]| median(served.iter().map(|s| s.rate));
     rows.push(Row::new(
         format!(
             "cluster: gateway CPU per webhook: 2 gateways on the 3 nodes (quorum queue, 200 after the confirm) against 2 minimal actix-web handlers (HMAC check, 200); the same {count} signed webhooks (GitHub's payloads, {GATEWAY_JOBS} job lives) from {CONNECTIONS} connections, {ROUNDS} alternating rounds (median; rounds)"
@@ -311,7 +302,7 @@ async fn gateway_scenario(cluster: &RabbitCluster, rows: &mut Vec<Row>) {
             rate_of(&gateways),
             cpu_of(&minimal),
             rate_of(&minimal),
-            median(&ratios),
+            median(ratios.iter().copied()),
             each(ratios.iter().copied(), 2)
         ),
         "<= 2 x the minimal handler",
@@ -337,7 +328,7 @@ async fn planner_scenarios(cluster: &RabbitCluster, rows: &mut Vec<Row>) {
         .collect();
     rows.push(Row::new(
         "cluster: database ceiling, GitHub's 8-13 KB payloads, as scenario 2 measures it (median; rounds)",
-        format!("{:.0} jobs/s ({})", median(&ceilings), each(ceilings.iter().copied(), 0)),
+        format!("{:.0} jobs/s ({})", median(ceilings.iter().copied()), each(ceilings.iter().copied(), 0)),
         "(reference)",
     ));
     rows.push(Row::new(
@@ -346,12 +337,12 @@ async fn planner_scenarios(cluster: &RabbitCluster, rows: &mut Vec<Row>) {
         ),
         format!(
             "{:.0} events/s = {:.2} x ceiling (rounds {} events/s = {} x); {:.1} deliveries per transaction; planner {:.3} CPU s per 1,000",
-            median(&single.iter().map(|d| d.rate).collect::<Vec<_>>()),
-            median(&one_ratios),
+            median(single.iter().map(|d| d.rate)),
+            median(one_ratios.iter().copied()),
             each(single.iter().map(|d| d.rate), 0),
             each(one_ratios.iter().copied(), 2),
-            median(&single.iter().map(|d| d.batch).collect::<Vec<_>>()),
-            median(&single.iter().map(|d| d.cpu_per_1000).collect::<Vec<_>>()),
+            median(single.iter().map(|d| d.batch)),
+            median(single.iter().map(|d| d.cpu_per_1000)),
         ),
         ">= 5,000 events/s and >= 0.8 x ceiling",
     ));
@@ -368,17 +359,11 @@ async fn planner_scenarios(cluster: &RabbitCluster, rows: &mut Vec<Row>) {
         ),
         format!(
             "{:.0} events/s combined = {:.2} x 1 planner (rounds {} events/s); divided {}; planners {:.3} CPU s per 1,000",
-            median(&pairs.iter().map(|d| d.rate).collect::<Vec<_>>()),
-            median(
-                &pairs
-                    .iter()
-                    .zip(&single)
-                    .map(|(p, s)| p.rate / s.rate)
-                    .collect::<Vec<_>>()
-            ),
+            median(pairs.iter().map(|d| d.rate)),
+            median(pairs.iter().zip(&single).map(|(p, s)| p.rate / s.rate)),
             each(pairs.iter().map(|d| d.rate), 0),
             pairs.iter().map(split).collect::<Vec<_>>().join(", "),
-            median(&pairs.iter().map(|d| d.cpu_per_1000).collect::<Vec<_>>()),
+            median(pairs.iter().map(|d| d.cpu_per_1000)),
         ),
         "combined and split reported",
     ));

@@ -15,7 +15,7 @@ use lapin::{
     BasicProperties, Channel,
 };
 
-use crate::measure::{broker_and_bench_cpu, latencies, Row, Usage};
+use crate::measure::{broker_and_bench_cpu, latencies, median, Row, Usage};
 use tests::amqp::{Broker, TopologyGuard};
 use tests::env::rabbitmq_url;
 use tests::gateway::SECRET;
@@ -205,12 +205,6 @@ pub fn client(connections: usize) -> reqwest::Client {
 /// Rounds of scenario 1's ceiling and saturation runs, alternated; the medians are reported
 /// (single runs on the shared 2-core machine vary by about 15 %).
 const ROUNDS: usize = 3;
-
-/// The median of a few figures.
-fn median(mut figures: Vec<f64>) -> f64 {
-    figures.sort_by(f64::total_cmp);
-    figures[figures.len() / 2]
-}
 
 /// Scenario 1: the broker's fixed-rate latency; then [`ROUNDS`] rounds of the broker's ceiling
 /// and the release gateway at saturation, alternated; then the gateway at the same fixed rate;
