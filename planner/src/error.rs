@@ -132,15 +132,6 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Turns a query string error into a 400 that does not repeat what was sent.
-pub fn query_error(err: actix_web::error::QueryPayloadError) -> ApiError {
-    let message = match &err {
-        actix_web::error::QueryPayloadError::Deserialize(err) => err.to_string(),
-        other => other.to_string(),
-    };
-    ApiError::field("query", without_input(&message))
-}
-
 /// Turns a path error into a 400 that does not repeat what was sent.
 pub fn path_error(err: actix_web::error::PathError) -> ApiError {
     let message = match &err {

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_path_to_error::{Path, Segment};
 
 use crate::{
-    error::{query_error, without_input, ApiError},
+    error::{without_input, ApiError},
     state::AppState,
 };
 
@@ -119,22 +119,44 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         )
     })?;
     json.end().map_err(|err| ApiError::field("body", err))?;
+    log_ignored::<T>(Ignored::BodyField, ignored);
+    Ok(value)
+}
+
+/// What a client sent that a route does not have.
+#[derive(Debug, Clone, Copy)]
+enum Ignored {
+    BodyField,
+    QueryParameter,
+}
+
+/// Logs each name in `ignored` the first time this process sees it ([`IGNORED_FIELDS`]), with
+/// the request type `T` it was sent for.
+fn log_ignored<T>(kind: Ignored, ignored: Vec<String>) {
     for field in ignored {
         let field = IgnoredFields::printable(&field);
-        if IGNORED_FIELDS.first_time(field) {
-            let body = std::any::type_name::<T>()
-                .rsplit("::")
-                .next()
-                .unwrap_or("body");
-            log::warn!(
+        if !IGNORED_FIELDS.first_time(field) {
+            continue;
+        }
+        let body = std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("request");
+        match kind {
+            Ignored::BodyField => log::warn!(
                 event = "body_field_ignored",
                 field,
                 body;
                 "a request body field the route does not have is ignored"
-            );
+            ),
+            Ignored::QueryParameter => log::warn!(
+                event = "query_parameter_ignored",
+                field,
+                query = body;
+                "a query parameter the route does not have is ignored"
+            ),
         }
     }
-    Ok(value)
 }
 
 /// The names of ignored body fields logged so far in this process: each is logged once, not per
@@ -235,14 +257,19 @@ impl<T: DeserializeOwned> FromRequest for QueryParams<T> {
     }
 }
 
-/// Parses a query string (`a=1&b=2`).
+/// Parses a query string (`a=1&b=2`). Parameters the type does not have are ignored, as
+/// Canonical's planner ignores every query parameter, and each name is logged once (as a body's
+/// unknown fields are); a type with `#[serde(deny_unknown_fields)]` refuses them instead.
 pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     if !percent_decodes_to_utf8(query) {
         return Err(ApiError::field("query", "not UTF-8 once percent-decoded"));
     }
-    web::Query::<T>::from_query(query)
-        .map(web::Query::into_inner)
-        .map_err(query_error)
+    let mut ignored: Vec<String> = Vec::new();
+    let parameters = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    let value = serde_ignored::deserialize(parameters, |path| ignored.push(path.to_string()))
+        .map_err(|err| ApiError::field("query", without_input(&err.to_string())))?;
+    log_ignored::<T>(Ignored::QueryParameter, ignored);
+    Ok(value)
 }
 
 /// Whether `text` is UTF-8 after `%XX` decoding (a `%` not followed by two hex digits stays as
@@ -322,6 +349,26 @@ mod tests {
         let err = from_json::<Lenient>(br#"{"colour": "red", "name": 1}"#).unwrap_err();
         assert!(err.to_string().starts_with("name:"), "{err}");
         assert!(error(r#"{"name": "x", "labels": [], "colour": 1}"#).contains("unknown field"));
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Query {
+        limit: Option<String>,
+    }
+
+    #[test]
+    fn unknown_query_parameters_are_ignored_and_known_ones_checked() {
+        let query: Query = parse_query("colour=red&limit=5&_=1").unwrap();
+        assert_eq!(
+            query,
+            Query {
+                limit: Some("5".into())
+            }
+        );
+        let err = parse_query::<Query>("limit=1&limit=2").unwrap_err();
+        assert!(err.to_string().contains("duplicate field `limit`"), "{err}");
+        let err = parse_query::<Query>("limit=%FF").unwrap_err();
+        assert!(err.to_string().starts_with("query: not UTF-8"), "{err}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use schema::{
 
 use crate::{
     domain::{
-        job::{JobEvent, JobState, Status},
+        job::{Apply, JobEvent, JobState, Status},
         labels::IgnoredLabels,
         matching::{self, FlavorSpec},
     },
@@ -235,7 +235,7 @@ pub fn apply_batch_timed(
         }
         for (platform, ids) in &by_platform {
             for row in queries::get_jobs(conn, platform, ids)? {
-                existing.insert((row.platform.clone(), row.id), row);
+                existing.insert((row.state.platform.clone(), row.state.id), row);
             }
         }
 
@@ -249,14 +249,13 @@ pub fn apply_batch_timed(
         for ((platform, id), events) in &jobs {
             let (state, assigned, before) = match existing.remove(&(platform.to_string(), *id)) {
                 Some(row) => {
-                    let assigned = row.assigned_flavor.clone();
-                    let before = (row.started_at, row.completed_at);
-                    let mut state = from_row(row)?;
+                    let before = (row.state.started_at, row.state.completed_at);
+                    let mut state = row.state;
                     events.iter().for_each(|event| state.apply(event));
-                    (state, assigned, before)
+                    (state, row.assigned_flavor, before)
                 }
                 None => {
-                    let mut state = JobState::new(events[0]);
+                    let mut state = events[0].job.clone();
                     events[1..].iter().for_each(|event| state.apply(event));
                     let specs = match flavors.entry(platform) {
                         Entry::Occupied(specs) => specs.into_mut(),
@@ -277,7 +276,11 @@ pub fn apply_batch_timed(
                 }
             };
             times.extend(job_times(before.0, before.1, &state, assigned.clone()));
-            rows.push(to_row(&state, assigned));
+            rows.push(Job {
+                state,
+                assigned_flavor: assigned,
+                updated_at: Utc::now(),
+            });
         }
         if !rows.is_empty() {
             queries::upsert_jobs(conn, &rows)?;
@@ -529,18 +532,17 @@ pub fn set_job_times(
     conn.transaction(|conn| {
         queries::lock_flavors_shared(conn)?;
         queries::lock_job_keys(conn, &[(platform, id)])?;
-        let row = queries::get_job(conn, platform, id)?.ok_or(SetTimesError::NotFound)?;
-        if change.started_at.is_some() && row.started_at.is_some() {
+        let mut row = queries::get_job(conn, platform, id)?.ok_or(SetTimesError::NotFound)?;
+        if change.started_at.is_some() && row.state.started_at.is_some() {
             return Err(SetTimesError::AlreadySet("started_at"));
         }
-        if change.completed_at.is_some() && row.completed_at.is_some() {
+        if change.completed_at.is_some() && row.state.completed_at.is_some() {
             return Err(SetTimesError::AlreadySet("completed_at"));
         }
         if change == JobTimesChange::default() {
             return Ok(());
         }
-        let assigned = row.assigned_flavor.clone();
-        let mut state = from_row(row)?;
+        let state = &mut row.state;
         if let Some(started_at) = change.started_at {
             state.started_at = Some(started_at);
             if state.status.is_not_started() {
@@ -551,7 +553,8 @@ pub fn set_job_times(
             state.completed_at = Some(completed_at);
             state.status = Status::Completed;
         }
-        queries::upsert_jobs(conn, &[to_row(&state, assigned)])?;
+        row.updated_at = Utc::now();
+        queries::upsert_jobs(conn, &[row])?;
         Ok(())
     })
 }
@@ -570,50 +573,6 @@ pub fn flavor_specs(flavors: Vec<Flavor>) -> Vec<FlavorSpec> {
         .collect()
 }
 
-fn to_row(state: &JobState, assigned_flavor: Option<String>) -> Job {
-    Job {
-        platform: state.platform.clone(),
-        id: state.id,
-        labels: state.labels.clone(),
-        status: state.status.as_str().to_owned(),
-        conclusion: state.conclusion.clone(),
-        repository: state.repository.clone(),
-        run_id: state.run_id,
-        run_attempt: state.run_attempt,
-        workflow_name: state.workflow_name.clone(),
-        job_name: state.job_name.clone(),
-        runner_name: state.runner_name.clone(),
-        created_at: state.created_at,
-        started_at: state.started_at,
-        completed_at: state.completed_at,
-        assigned_flavor,
-        updated_at: Utc::now(),
-    }
-}
-
-fn from_row(row: Job) -> QueryResult<JobState> {
-    let status = row
-        .status
-        .parse()
-        .map_err(|err| DieselError::DeserializationError(Box::new(err)))?;
-    Ok(JobState {
-        platform: row.platform,
-        id: row.id,
-        labels: row.labels,
-        status,
-        conclusion: row.conclusion,
-        repository: row.repository,
-        run_id: row.run_id,
-        run_attempt: row.run_attempt,
-        workflow_name: row.workflow_name,
-        job_name: row.job_name,
-        runner_name: row.runner_name,
-        created_at: row.created_at,
-        started_at: row.started_at,
-        completed_at: row.completed_at,
-    })
-}
-
 /// Reconciliation: completes a job with `event` (built from GitHub's answer) unless it
 /// completed meanwhile, taking the locks a webhook takes; `true` when applied.
 pub fn complete_reconciled(
@@ -629,15 +588,15 @@ pub fn complete_reconciled(
         let Some(row) = queries::get_job(conn, &event.job.platform, event.job.id)? else {
             return Ok(false);
         };
-        if row.status == Status::Completed.as_str() {
+        if row.state.status == Status::Completed {
             return Ok(false);
         }
         let delivery = format!("planner-reconcile:{}:{}", event.job.platform, event.job.id);
         let mut event = event;
         // The job keeps the labels, repository and creation time it was matched with.
-        event.job.labels = row.labels;
-        event.job.repository = row.repository;
-        event.job.created_at = row.created_at;
+        event.job.labels = row.state.labels;
+        event.job.repository = row.state.repository;
+        event.job.created_at = row.state.created_at;
         let outcomes = apply_batch(conn, ignored, &[(delivery, event)])?;
         Ok(outcomes.first() == Some(&Outcome::Applied))
     })

@@ -1,11 +1,15 @@
 //! Rows of the planner's tables.
 
+use std::{fmt, str::FromStr};
+
 use chrono::{DateTime, Utc};
 use diesel::{
     deserialize::{self, FromSql},
     pg::{Pg, PgValue},
     prelude::*,
+    serialize::{self, Output, ToSql},
     sql_types::{Array, Nullable, Text},
+    AsExpression, FromSqlRow,
 };
 use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
@@ -71,31 +75,116 @@ pub struct FlavorChanges {
     pub minimum_pressure: Option<i32>,
 }
 
-/// A workflow job, as stored. As a changeset it writes every column but the key, `None` as NULL.
-///
-/// Serialized, it is the job as the planner's API shows it: Canonical's fields (`platform`, `id`
-/// as a string, `labels`, `created_at`, `started_at`, `completed_at`, `assigned_flavor`, the
-/// optional ones absent when unset, as there) and ours beside them.
+/// Status of a job, named as GitHub names the `workflow_job` actions; stored and shown as that
+/// name.
 #[derive(
     Debug,
     Clone,
+    Copy,
     PartialEq,
-    Queryable,
-    Selectable,
-    Insertable,
-    AsChangeset,
-    Identifiable,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    AsExpression,
+    FromSqlRow,
     Serialize,
     ToSchema,
 )]
-#[diesel(table_name = job, primary_key(platform, id), treat_none_as_null = true)]
-#[diesel(check_for_backend(Pg))]
-#[schema(
-    description = "A workflow job: Canonical's fields (`platform`, `id` as a string, \
-    `labels`, `created_at`, `started_at`, `completed_at`, `assigned_flavor`, the optional ones \
-    absent when unset) and ours beside them."
-)]
-pub struct Job {
+#[diesel(sql_type = Text)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Waiting,
+    InProgress,
+    Completed,
+}
+
+impl Status {
+    /// Every status.
+    pub const ALL: [Status; 4] = [
+        Status::Queued,
+        Status::Waiting,
+        Status::InProgress,
+        Status::Completed,
+    ];
+
+    /// The name used in webhooks, the database and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Waiting => "waiting",
+            Status::InProgress => "in_progress",
+            Status::Completed => "completed",
+        }
+    }
+
+    /// How far a job has come: `queued` and `waiting` share the lowest rank.
+    pub fn rank(self) -> u8 {
+        match self {
+            Status::Queued | Status::Waiting => 0,
+            Status::InProgress => 1,
+            Status::Completed => 2,
+        }
+    }
+
+    /// Whether a job in this status has not started yet (and may still change flavor).
+    pub fn is_not_started(self) -> bool {
+        self.rank() == 0
+    }
+
+    /// Whether a job in this status needs a runner (counts towards pressure): `queued` or
+    /// `in_progress`; a `waiting` job waits for an approval, not for a runner.
+    pub fn is_open(self) -> bool {
+        matches!(self, Status::Queued | Status::InProgress)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error of parsing a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not one of queued, waiting, in_progress, completed")]
+pub struct UnknownStatus;
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == value)
+            .ok_or(UnknownStatus)
+    }
+}
+
+impl ToSql<Text, Pg> for Status {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        <str as ToSql<Text, Pg>>::to_sql(self.as_str(), out)
+    }
+}
+
+impl FromSql<Text, Pg> for Status {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        let text = <String as FromSql<Text, Pg>>::from_sql(value)?;
+        Ok(text.parse()?)
+    }
+}
+
+/// What the planner knows of a workflow job from GitHub: the `job` table's columns but its
+/// bookkeeping (the assigned flavor, the time of the last write). The planner's state machine
+/// (`planner::domain::job`) moves it from delivery to delivery.
+///
+/// Serialized, these are Canonical's fields (`platform`, `id` as a string, `labels`,
+/// `created_at`, `started_at`, `completed_at`, the optional ones absent when unset, as there)
+/// and ours beside them.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize, ToSchema)]
+#[diesel(table_name = job, check_for_backend(Pg))]
+pub struct JobState {
     pub platform: String,
     /// GitHub's workflow job id, as a string (as Canonical's planner shows it).
     #[serde(serialize_with = "as_string")]
@@ -104,8 +193,7 @@ pub struct Job {
     /// Lowercased `runs-on` labels.
     #[diesel(deserialize_as = TextArray)]
     pub labels: Vec<String>,
-    /// `queued`, `waiting`, `in_progress` or `completed`.
-    pub status: String,
+    pub status: Status,
     pub conclusion: Option<String>,
     /// `owner/name`.
     pub repository: String,
@@ -121,6 +209,20 @@ pub struct Job {
     /// Absent until the job completes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A row of the `job` table: the job's state and the planner's bookkeeping.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize, ToSchema)]
+#[diesel(table_name = job, check_for_backend(Pg))]
+#[schema(
+    description = "A workflow job: Canonical's fields (`platform`, `id` as a string, \
+    `labels`, `created_at`, `started_at`, `completed_at`, `assigned_flavor`, the optional ones \
+    absent when unset) and ours beside them."
+)]
+pub struct Job {
+    #[diesel(embed)]
+    #[serde(flatten)]
+    pub state: JobState,
     /// Absent while no flavor matches.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub assigned_flavor: Option<String>,

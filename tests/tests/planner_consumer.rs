@@ -9,7 +9,10 @@ use proptest::{
     strategy::{Just, Strategy, ValueTree},
     test_runner::TestRunner,
 };
-use schema::{models::Job, schema::job};
+use schema::{
+    models::{Job, Status},
+    schema::job,
+};
 use serde_json::{json, Value};
 use tests::{
     amqp::{unique_topology, Broker, TopologyGuard},
@@ -268,20 +271,21 @@ async fn reordered_and_duplicated_deliveries_converge() {
     assert_eq!(rows.len() as i64, CASES + 1);
     // The row and every action's payload, without the job's id.
     let mut normalise = |row: &Job| {
-        let mut payloads = schema::queries::job_payloads(&mut conn, &row.platform, row.id).unwrap();
+        let mut payloads =
+            schema::queries::job_payloads(&mut conn, &row.state.platform, row.state.id).unwrap();
         for (_, payload) in &mut payloads {
             payload["workflow_job"]["id"] = 0.into();
         }
         let mut row = comparable(row.clone());
-        row.id = 0;
+        row.state.id = 0;
         (row, payloads)
     };
     let expected = normalise(&rows[0]);
-    assert_eq!(expected.0.status, "completed");
+    assert_eq!(expected.0.state.status, Status::Completed);
     assert_eq!(expected.0.assigned_flavor.as_deref(), Some("x64"));
     assert_eq!(expected.1.len(), 4, "every action's raw payload is kept");
     for row in &rows[1..] {
-        assert_eq!(normalise(row), expected, "job {}", row.id);
+        assert_eq!(normalise(row), expected, "job {}", row.state.id);
     }
 }
 
@@ -354,7 +358,7 @@ async fn database_cut_mid_stream_loses_nothing() {
     let rows = jobs(&mut db.connect());
     assert_eq!(rows.len(), 20);
     assert!(
-        rows.iter().all(|row| row.status == "completed"),
+        rows.iter().all(|row| row.state.status == Status::Completed),
         "every delivery was applied"
     );
     assert!(publisher.drain_dead_letters().await.is_empty());
@@ -419,7 +423,10 @@ async fn a_delivery_the_database_refuses_is_dead_lettered_alone() {
         .await;
     assert_eq!(dead[0].0.as_deref(), Some("q666"));
     assert_eq!(
-        jobs(&mut conn).iter().map(|row| row.id).collect::<Vec<_>>(),
+        jobs(&mut conn)
+            .iter()
+            .map(|row| row.state.id)
+            .collect::<Vec<_>>(),
         [1, 2]
     );
 }
@@ -584,8 +591,8 @@ async fn a_job_s_deliveries_in_different_batches_apply_in_arrival_order() {
     assert_eq!(rows.len() as i64, JOBS);
     let out_of_order: Vec<i64> = rows
         .iter()
-        .filter(|row| row.status != "queued")
-        .map(|row| row.id)
+        .filter(|row| row.state.status != Status::Queued)
+        .map(|row| row.state.id)
         .collect();
     assert!(
         out_of_order.is_empty(),

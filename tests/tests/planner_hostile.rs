@@ -565,10 +565,16 @@ async fn hostile_requests_get_their_code_and_change_nothing() {
             Unparsed,
         ),
         case(
-            "unknown query parameter",
-            get("/api/v1/jobs/github?labels=x64"),
-            S::BAD_REQUEST,
-            Error("query: unknown field, expected one of"),
+            "unknown query parameter is ignored, as Canonical's planner ignores it",
+            get("/api/v1/jobs/github?labels=nothing-matches"),
+            S::OK,
+            Field("/0/id", json!("7")),
+        ),
+        case(
+            "unknown query parameter of match is ignored",
+            get("/api/v1/match?labels=x64&colour=red"),
+            S::OK,
+            Field("/flavor", json!("small")),
         ),
         case(
             "query parameter twice",

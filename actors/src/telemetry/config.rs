@@ -128,7 +128,8 @@ impl TelemetryConfig {
             source,
             "OTEL_METRICS_EXPORTER",
             "prometheus",
-            &["prometheus", "otlp", "none"],
+            // `memory` is Canonical's name for keeping the metrics in the process unexported.
+            &["prometheus", "otlp", "none", "memory"],
         )? {
             "prometheus" => MetricsExporter::Prometheus(PrometheusListener {
                 host: config::parsed(
@@ -403,6 +404,9 @@ mod tests {
         assert_eq!(off.traces, None);
         let none = TelemetryConfig::from_source(&[("OTEL_METRICS_EXPORTER", "NONE")]).unwrap();
         assert_eq!(none.metrics, MetricsExporter::None);
+        // Canonical's services take `memory` (their default) for metrics kept unexported.
+        let memory = TelemetryConfig::from_source(&[("OTEL_METRICS_EXPORTER", "memory")]).unwrap();
+        assert_eq!(memory.metrics, MetricsExporter::None);
     }
 
     #[test]

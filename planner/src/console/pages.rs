@@ -472,15 +472,16 @@ pub async fn jobs_page(
 }
 
 fn job_row(job: Job) -> JobRow {
+    let state = job.state;
     JobRow {
-        href: job_href(&job.platform, job.id),
-        id: job.id.to_string(),
-        name: job.job_name.unwrap_or_default(),
-        repository: job.repository,
-        status: job.status,
-        labels: job.labels.join(", "),
+        href: job_href(&state.platform, state.id),
+        id: state.id.to_string(),
+        name: state.job_name.unwrap_or_default(),
+        repository: state.repository,
+        status: state.status.as_str().to_owned(),
+        labels: state.labels.join(", "),
         flavor: job.assigned_flavor.unwrap_or_default(),
-        created: when(&job.created_at),
+        created: when(&state.created_at),
     }
 }
 
@@ -590,7 +591,12 @@ pub async fn job_page(
         .await?;
     let (job, deliveries) =
         found.ok_or_else(|| ConsoleError::NotFound(format!("job {platform}/{id}")))?;
-    let verdict = verdict(&state, job.platform.clone(), &job.labels.join(",")).await?;
+    let verdict = verdict(
+        &state,
+        job.state.platform.clone(),
+        &job.state.labels.join(","),
+    )
+    .await?;
     let waiting = deliveries
         .iter()
         .find(|delivery| delivery.action == "waiting")
@@ -598,7 +604,7 @@ pub async fn job_page(
     let steps = vec![
         Step {
             what: "queued",
-            at: Some(when(&job.created_at)),
+            at: Some(when(&job.state.created_at)),
         },
         Step {
             what: "waiting (first heard of)",
@@ -606,18 +612,18 @@ pub async fn job_page(
         },
         Step {
             what: "in progress",
-            at: job.started_at.as_ref().map(when),
+            at: job.state.started_at.as_ref().map(when),
         },
         Step {
             what: "completed",
-            at: job.completed_at.as_ref().map(when),
+            at: job.state.completed_at.as_ref().map(when),
         },
     ];
     let page = JobPage {
         nav: viewer.nav("jobs"),
-        conclusion: job.conclusion.clone().unwrap_or_default(),
-        runner: job.runner_name.clone().unwrap_or_default(),
-        workflow: job.workflow_name.clone().unwrap_or_default(),
+        conclusion: job.state.conclusion.clone().unwrap_or_default(),
+        runner: job.state.runner_name.clone().unwrap_or_default(),
+        workflow: job.state.workflow_name.clone().unwrap_or_default(),
         steps,
         deliveries: deliveries.into_iter().map(DeliveryRow::from).collect(),
         verdict: verdict.into(),

@@ -6,80 +6,11 @@
 //! them, so any permutation or duplication of a job's deliveries (one per action) ends in the
 //! same state. (Every action's raw payload is kept beside the state, by the job store.)
 
-use std::{fmt, str::FromStr, sync::Arc};
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-
-/// Status of a job, named as GitHub names the `workflow_job` actions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Status {
-    Queued,
-    Waiting,
-    InProgress,
-    Completed,
-}
-
-impl Status {
-    /// Every status.
-    pub const ALL: [Status; 4] = [
-        Status::Queued,
-        Status::Waiting,
-        Status::InProgress,
-        Status::Completed,
-    ];
-
-    /// The name used in webhooks, the database and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Waiting => "waiting",
-            Status::InProgress => "in_progress",
-            Status::Completed => "completed",
-        }
-    }
-
-    /// How far a job has come: `queued` and `waiting` share the lowest rank.
-    pub fn rank(self) -> u8 {
-        match self {
-            Status::Queued | Status::Waiting => 0,
-            Status::InProgress => 1,
-            Status::Completed => 2,
-        }
-    }
-
-    /// Whether a job in this status has not started yet (and may still change flavor).
-    pub fn is_not_started(self) -> bool {
-        self.rank() == 0
-    }
-
-    /// Whether a job in this status needs a runner (counts towards pressure): `queued` or
-    /// `in_progress`; a `waiting` job waits for an approval, not for a runner.
-    pub fn is_open(self) -> bool {
-        matches!(self, Status::Queued | Status::InProgress)
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Error of parsing a [`Status`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not one of queued, waiting, in_progress, completed")]
-pub struct UnknownStatus;
-
-impl FromStr for Status {
-    type Err = UnknownStatus;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        Status::ALL
-            .into_iter()
-            .find(|status| status.as_str() == value)
-            .ok_or(UnknownStatus)
-    }
-}
+/// The job's status and state are the `job` table's own types (`schema::models`): one field
+/// list for the table, the API and these rules.
+pub use schema::models::{JobState, Status, UnknownStatus};
 
 /// One `workflow_job` delivery, reduced to what the planner keeps.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,33 +31,15 @@ impl JobEvent {
     }
 }
 
-/// The state of a job, as kept in the `job` table (without bookkeeping columns).
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobState {
-    pub platform: String,
-    pub id: i64,
-    pub labels: Vec<String>,
-    pub status: Status,
-    pub conclusion: Option<String>,
-    pub repository: String,
-    pub run_id: Option<i64>,
-    pub run_attempt: Option<i64>,
-    pub workflow_name: Option<String>,
-    pub job_name: Option<String>,
-    pub runner_name: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub completed_at: Option<DateTime<Utc>>,
+/// The state machine's step: what a job's state becomes when a later delivery of the same job
+/// arrives.
+pub trait Apply {
+    /// Applies a later delivery of the same job.
+    fn apply(&mut self, event: &JobEvent);
 }
 
-impl JobState {
-    /// The state of a job first heard of through `event`.
-    pub fn new(event: &JobEvent) -> Self {
-        event.job.clone()
-    }
-
-    /// Applies a later delivery of the same job.
-    pub fn apply(&mut self, event: &JobEvent) {
+impl Apply for JobState {
+    fn apply(&mut self, event: &JobEvent) {
         let event = &event.job;
         let current = self.status.rank();
         let incoming = event.status.rank();
@@ -161,6 +74,7 @@ impl JobState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
     use proptest::prelude::*;
 
     fn at(seconds: i64) -> DateTime<Utc> {
@@ -192,7 +106,7 @@ mod tests {
     }
 
     fn replay(events: &[JobEvent]) -> JobState {
-        let mut state = JobState::new(&events[0]);
+        let mut state = events[0].job.clone();
         for event in &events[1..] {
             state.apply(event);
         }

@@ -50,7 +50,6 @@ pub struct JobBody {
 /// Query of `GET /api/v1/jobs/{platform}`: every parameter is optional, and without any the
 /// answer is Canonical's (the 100 oldest jobs).
 #[derive(Debug, Clone, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// `queued`, `waiting`, `in_progress` or `completed`.
@@ -71,6 +70,7 @@ pub struct JobQuery {
 }
 
 fn encode_cursor(job: &Job) -> String {
+    let job = &job.state;
     URL_SAFE_NO_PAD.encode(format!("{}:{}", job.created_at.timestamp_micros(), job.id))
 }
 
@@ -219,7 +219,7 @@ pub(crate) async fn page(
             let mut raw: BTreeMap<i64, serde_json::Map<String, serde_json::Value>> =
                 BTreeMap::new();
             if with_raw {
-                let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
+                let ids: Vec<i64> = jobs.iter().map(|job| job.state.id).collect();
                 for (id, action, payload) in queries::jobs_payloads(conn, &path, &ids)? {
                     raw.entry(id).or_default().insert(action, payload);
                 }
@@ -236,7 +236,7 @@ pub(crate) async fn page(
         .into_iter()
         .map(|job| {
             let payloads = with_raw
-                .then(|| serde_json::Value::Object(raw.remove(&job.id).unwrap_or_default()));
+                .then(|| serde_json::Value::Object(raw.remove(&job.state.id).unwrap_or_default()));
             JobBody { job, raw: payloads }
         })
         .collect();

@@ -16,7 +16,6 @@ use crate::{
 
 /// Query of `GET /api/v1/match`.
 #[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct MatchQuery {
     /// The job's `runs-on` labels, comma-separated.

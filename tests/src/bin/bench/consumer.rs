@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use actors::amqp::Topology;
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use schema::{
-    models::Job,
+    models::{Job, JobState, Status},
     queries::{self, NewPayload},
     schema::job,
 };
@@ -98,20 +98,22 @@ fn job_rows(count: usize) -> Vec<Job> {
     let now = chrono::Utc::now();
     (1..=count)
         .map(|id| Job {
-            platform: "github".into(),
-            id: i64::try_from(id).unwrap(),
-            labels: vec!["self-hosted".into(), "bench".into()],
-            status: "queued".into(),
-            conclusion: None,
-            repository: "octo-org/example-workflow".into(),
-            run_id: Some(1),
-            run_attempt: Some(1),
-            workflow_name: Some("CI".into()),
-            job_name: Some("build".into()),
-            runner_name: None,
-            created_at: now,
-            started_at: None,
-            completed_at: None,
+            state: JobState {
+                platform: "github".into(),
+                id: i64::try_from(id).unwrap(),
+                labels: vec!["self-hosted".into(), "bench".into()],
+                status: Status::Queued,
+                conclusion: None,
+                repository: "octo-org/example-workflow".into(),
+                run_id: Some(1),
+                run_attempt: Some(1),
+                workflow_name: Some("CI".into()),
+                job_name: Some("build".into()),
+                runner_name: None,
+                created_at: now,
+                started_at: None,
+                completed_at: None,
+            },
             assigned_flavor: Some("bench".into()),
             updated_at: now,
         })
@@ -140,7 +142,7 @@ pub fn database_ceiling(payload: Payload) -> f64 {
                         .iter()
                         .map(|row| NewPayload {
                             platform: "github",
-                            job_id: row.id,
+                            job_id: row.state.id,
                             action: "queued",
                             payload: body,
                         })
