@@ -1196,15 +1196,16 @@ async fn no_answer_or_log_line_repeats_a_token_or_a_body() {
     }
     // Query strings carrying a marker (the request line, query included, is logged on purpose:
     // this marker is only checked in the answers).
-    for query in [
-        format!("status={query_marker}"),
-        format!("{query_marker}=1"),
-        format!("cursor={query_marker}"),
-        format!("flavor={query_marker}"),
-        format!("limit={query_marker}"),
+    // A parameter the route does not have is ignored (200); the others are refused.
+    for (query, refused) in [
+        (format!("status={query_marker}"), true),
+        (format!("{query_marker}=1"), false),
+        (format!("cursor={query_marker}"), true),
+        (format!("flavor={query_marker}"), true),
+        (format!("limit={query_marker}"), true),
     ] {
         let request = as_admin(&Method::GET, &format!("/api/v1/jobs/github?{query}"));
-        requests.push((format!("GET ?{query}"), request, true));
+        requests.push((format!("GET ?{query}"), request, refused));
     }
 
     // (request, answer status, answer body, whether it must be refused)
