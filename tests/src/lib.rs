@@ -54,6 +54,17 @@ pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output =
     }
 }
 
+/// An HTTP client for the services under test. It drops a pooled connection after 1 s idle,
+/// well before the services' 5 s keep-alive ends it: a request sent on a connection the
+/// server is closing at that very moment fails (hyper's `IncompleteMessage`), and a scene that
+/// waits a few seconds between two webhooks would otherwise meet that race now and then.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(1))
+        .build()
+        .expect("HTTP client")
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())

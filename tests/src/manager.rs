@@ -224,7 +224,7 @@ async fn start(setup: &ManagerSetup<'_>, release: bool) -> Manager {
         url: format!("http://127.0.0.1:{port}"),
         metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
         token: setup.planner_token.to_owned(),
-        http: reqwest::Client::new(),
+        http: crate::http_client(),
     }
 }
 
@@ -350,7 +350,7 @@ impl Scene {
     pub async fn start() -> Self {
         let system = System::start(None).await;
         let fake = FakeGitHub::start().await;
-        let http = reqwest::Client::new();
+        let http = crate::http_client();
         let created = http
             .post(format!("{}/api/v1/flavors/{FLAVOR}", system.planner_url))
             .bearer_auth(ADMIN_TOKEN)

@@ -155,7 +155,7 @@ impl TestPlanner {
             topology,
             metrics: app.metrics(),
             pool: app.pool(),
-            http: reqwest::Client::new(),
+            http: crate::http_client(),
             db: None,
             queues: None,
             broadcaster: app.broadcaster(),
