@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: services browser clusters run test lint fmt clippy deny audit schema build unit charms bench profile
+.PHONY: services browser clusters run test lint fmt clippy deny shellcheck audit schema build unit charms bench profile
 
 ## services: make PostgreSQL and RabbitMQ reachable on 127.0.0.1 (start or install them)
 services:
@@ -22,8 +22,8 @@ clusters: services
 run: services
 	@bash scripts/demo.sh
 
-## lint: formatting, clippy (warnings are errors) and the offline supply-chain checks
-lint: fmt clippy deny
+## lint: formatting, clippy (warnings are errors), the offline supply-chain checks and shellcheck
+lint: fmt clippy deny shellcheck
 
 fmt:
 	$(CARGO) fmt --all --check
@@ -35,6 +35,10 @@ clippy:
 ## deny: cargo-deny bans, licenses and sources (deny.toml), offline; installs cargo-deny if missing
 deny: clippy
 	@bash scripts/deny.sh offline
+
+## shellcheck: the shipped shell scripts (the gce runner VMs' startup script); installs shellcheck if missing
+shellcheck:
+	@bash scripts/shellcheck.sh
 
 ## audit: cargo-deny advisories against the RustSec database (needs the network to fetch it)
 audit:

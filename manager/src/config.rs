@@ -29,8 +29,9 @@ pub const DEFAULT_EXEC_STATE_DIR: &str = "/var/lib/github-runner-manager/exec";
 pub const DEFAULT_MAX_RUNNERS: u32 = 10;
 /// Default `boot_timeout` of a flavor.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// Default `max_lifetime` of a flavor: GitHub's five-day job limit and a boot.
-pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(5 * 24 * 3600 + 15 * 60);
+/// Default `max_lifetime` of a flavor: GitHub's job limit (5 days) and 5 minutes, as
+/// google-cloud-github-runner force-deletes its VMs.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(5 * 24 * 3600 + 5 * 60);
 /// Default `stop_grace` of the exec backend: SIGTERM, then SIGKILL after this long.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Labels every runner has on top of its flavor's, unless the flavor lists its own.
@@ -39,6 +40,10 @@ pub const DEFAULT_LABELS: [&str; 2] = ["self-hosted", "linux"];
 const MAX_ID_LEN: usize = 20;
 /// Longest flavor name usable here (same budget).
 const MAX_FLAVOR_LEN: usize = 34;
+/// Longest Compute Engine instance name; a gce runner's VM is named after the runner.
+const MAX_GCE_NAME_LEN: usize = 63;
+/// What a runner name adds to `<manager id>-<flavor>`: `-` and 8 hex digits.
+const RUNNER_NAME_SUFFIX_LEN: usize = 9;
 
 /// Everything the manager needs to run.
 #[derive(Debug, Clone)]
@@ -161,7 +166,7 @@ pub struct FlavorConfig {
     pub runner_group: Option<String>,
     /// `boot_timeout` (default 15 min): not online in GitHub by then -> removed.
     pub boot_timeout: Duration,
-    /// `max_lifetime` (default 5 days 15 min): removed even if busy.
+    /// `max_lifetime` (default 5 days 5 min): removed even if busy.
     pub max_lifetime: Duration,
     /// `[flavor.backend]`: where its runners run.
     pub backend: BackendConfig,
@@ -195,6 +200,9 @@ pub struct GceBackendConfig {
     pub spot: bool,
     /// `network_tags` (default none): network tags of the VMs (firewall rules).
     pub network_tags: Vec<String>,
+    /// `other_zones` (default true): once the listed `zones` have no capacity, the other zones
+    /// of their regions that are `UP` are tried too, in name order.
+    pub other_zones: bool,
 }
 
 /// A flavor file at fault: which file, line and key, and why.
@@ -268,7 +276,20 @@ impl Config {
             DEFAULT_CREATE_PARALLELISM,
             |v| config::integer_between(v, 1u8, 64).map(usize::from),
         )?;
-        let flavors = read_flavors(&config_path)?;
+        let flavors = read_flavors(&config_path, &manager_id)?;
+        if flavors
+            .iter()
+            .any(|f| matches!(f.backend, BackendConfig::Gce(_)))
+            && !manager_id.starts_with(|c: char| c.is_ascii_lowercase())
+        {
+            return Err(ConfigError::new(
+                "APP_MANAGER_ID",
+                "must start with a letter (a-z) when a flavor has kind = \"gce\": runner VMs \
+                 are named <manager id>-<flavor>-<8 hex digits>, and Compute Engine names \
+                 start with a letter",
+            )
+            .into());
+        }
         Ok(Self {
             planner_url,
             planner_token: planner_token.trim().to_owned().into(),
@@ -346,15 +367,16 @@ pub fn validate_id(id: &str) -> Result<(), ValueError> {
     }
 }
 
-/// Reads and checks the flavor file at `path`.
-pub fn read_flavors(path: &Path) -> Result<Vec<FlavorConfig>, FileError> {
+/// Reads and checks the flavor file at `path` for the manager `manager_id` (its runners' names
+/// must fit their backend's rules).
+pub fn read_flavors(path: &Path, manager_id: &str) -> Result<Vec<FlavorConfig>, FileError> {
     let text = std::fs::read_to_string(path).map_err(|err| FileError {
         path: path.to_owned(),
         line: 1,
         key: "-".to_owned(),
         reason: format!("cannot be read: {err}"),
     })?;
-    parse_flavors(path, &text)
+    parse_flavors(path, &text, manager_id)
 }
 
 #[derive(Deserialize)]
@@ -390,10 +412,16 @@ struct BackendShape {
     templates: Option<Spanned<Vec<String>>>,
     spot: Option<Spanned<bool>>,
     network_tags: Option<Spanned<Vec<String>>>,
+    other_zones: Option<Spanned<bool>>,
 }
 
-/// Parses the text of a flavor file (`path` is only for the messages).
-pub fn parse_flavors(path: &Path, text: &str) -> Result<Vec<FlavorConfig>, FileError> {
+/// Parses the text of a flavor file (`path` is only for the messages) of the manager
+/// `manager_id`.
+pub fn parse_flavors(
+    path: &Path,
+    text: &str,
+    manager_id: &str,
+) -> Result<Vec<FlavorConfig>, FileError> {
     let fault = |offset: usize, key: String, reason: String| FileError {
         path: path.to_owned(),
         line: line_of(text, offset),
@@ -496,6 +524,10 @@ pub fn parse_flavors(path: &Path, text: &str) -> Result<Vec<FlavorConfig>, FileE
                         shape.network_tags.as_ref().map(|v| v.span().start),
                         "network_tags",
                     ),
+                    (
+                        shape.other_zones.as_ref().map(|v| v.span().start),
+                        "other_zones",
+                    ),
                 ]
                 .into_iter()
                 .find_map(|(at, name)| at.map(|at| (at, name)));
@@ -533,6 +565,8 @@ pub fn parse_flavors(path: &Path, text: &str) -> Result<Vec<FlavorConfig>, FileE
                 let gce = parse_gce(&shape, backend_at).map_err(|(at, name, reason)| {
                     fault(at, key(&format!("backend.{name}")), reason)
                 })?;
+                gce_runner_names(manager_id, &name)
+                    .map_err(|reason| fault(flavor.name.span().start, key("name"), reason))?;
                 BackendConfig::Gce(gce)
             }
             other => {
@@ -662,7 +696,32 @@ fn parse_gce(shape: &BackendShape, at: usize) -> Result<GceBackendConfig, Backen
         templates,
         spot: shape.spot.as_ref().is_some_and(|s| *s.get_ref()),
         network_tags,
+        other_zones: shape.other_zones.as_ref().is_none_or(|o| *o.get_ref()),
     })
+}
+
+/// Whether the runners of flavor `flavor` of manager `manager_id`, named
+/// `<manager id>-<flavor>-<8 hex digits>`, are Compute Engine instance names
+/// (`[a-z]([-a-z0-9]*[a-z0-9])?`, at most 63 characters). The id's first letter is checked
+/// with `APP_MANAGER_ID`, and the name's end is the hex digits.
+fn gce_runner_names(manager_id: &str, flavor: &str) -> Result<(), String> {
+    if !flavor
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "{flavor:?} must be of a-z 0-9 - only for kind \"gce\": the flavor is part of its \
+             runner VMs' names, and Compute Engine names allow no _ or ."
+        ));
+    }
+    let length = manager_id.len() + 1 + flavor.len() + RUNNER_NAME_SUFFIX_LEN;
+    if length > MAX_GCE_NAME_LEN {
+        return Err(format!(
+            "with APP_MANAGER_ID {manager_id:?}, runner VM names would be {length} characters; \
+             Compute Engine allows {MAX_GCE_NAME_LEN}: shorten the flavor name or the manager id"
+        ));
+    }
+    Ok(())
 }
 
 /// A flavor name as the planner allows it, short enough for runner names.
@@ -732,7 +791,7 @@ stop_grace = "2s"
 "#;
 
     fn parse(text: &str) -> Result<Vec<FlavorConfig>, FileError> {
-        parse_flavors(Path::new("flavors.toml"), text)
+        parse_flavors(Path::new("flavors.toml"), text, "m1")
     }
 
     #[test]
@@ -756,6 +815,8 @@ stop_grace = "2s"
         );
         assert_eq!(large.labels, None);
         assert_eq!(large.boot_timeout, DEFAULT_BOOT_TIMEOUT);
+        // GitHub's job limit, 5 days, and 5 minutes.
+        assert_eq!(large.max_lifetime, Duration::from_secs(5 * 86400 + 5 * 60));
         assert_eq!(
             large.backend,
             BackendConfig::Exec {
@@ -865,7 +926,17 @@ network_tags = ["runners"]
                 ],
                 spot: true,
                 network_tags: vec!["runners".into()],
+                other_zones: true,
             })
+        );
+        let only_listed = parse(&GCE.replace("spot = true", "spot = true\nother_zones = false"));
+        assert!(
+            matches!(&only_listed.unwrap()[0].backend, BackendConfig::Gce(gce) if !gce.other_zones)
+        );
+        let exec = fault(&GOOD.replace("stop_grace = \"2s\"", "other_zones = false"));
+        assert_eq!(
+            (exec.line, exec.key.as_str()),
+            (19, "flavor[1].backend.other_zones")
         );
         for (from, to, line, key) in [
             (
@@ -938,18 +1009,82 @@ network_tags = ["runners"]
 
     #[test]
     fn a_missing_file_names_its_path() {
-        let err = read_flavors(Path::new("/nonexistent/flavors.toml")).unwrap_err();
+        let err = read_flavors(Path::new("/nonexistent/flavors.toml"), "m1").unwrap_err();
         assert!(
             err.to_string().starts_with("/nonexistent/flavors.toml:1:"),
             "{err}"
         );
     }
 
+    #[test]
+    fn gce_flavors_whose_vm_names_compute_engine_refuses_are_refused() {
+        for bad in ["vm_1", "vm.1"] {
+            let err = fault(&GCE.replace("\"vm\"", &format!("{bad:?}")));
+            assert_eq!((err.line, err.key.as_str()), (3, "flavor[0].name"), "{err}");
+            assert!(err.reason.contains("Compute Engine"), "{err}");
+        }
+        // The same names are fine for a command.
+        parse(&GOOD.replace("\"large\"", "\"large_1.x\"")).unwrap();
+
+        // <id>-<flavor>-<8 hex digits>: at most 63 characters.
+        let id = "a".repeat(MAX_ID_LEN);
+        let flavor = |name: &str| GCE.replace("\"vm\"", &format!("{name:?}"));
+        let longest = "f".repeat(MAX_GCE_NAME_LEN - MAX_ID_LEN - 1 - RUNNER_NAME_SUFFIX_LEN);
+        parse_flavors(Path::new("flavors.toml"), &flavor(&longest), &id).unwrap();
+        let err = parse_flavors(
+            Path::new("flavors.toml"),
+            &flavor(&format!("{longest}f")),
+            &id,
+        )
+        .unwrap_err();
+        assert_eq!((err.line, err.key.as_str()), (3, "flavor[0].name"), "{err}");
+        assert!(
+            err.reason.contains("APP_MANAGER_ID") && err.reason.contains("64 characters"),
+            "{err}"
+        );
+    }
+
     fn flavor_file(name: &str) -> PathBuf {
+        flavor_file_with(name, GOOD)
+    }
+
+    fn flavor_file_with(name: &str, text: &str) -> PathBuf {
         let path =
             std::env::temp_dir().join(format!("manager-config-{}-{name}.toml", std::process::id()));
-        std::fs::write(&path, GOOD).unwrap();
+        std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn a_manager_id_of_gce_flavors_starts_with_a_letter() {
+        let gce = flavor_file_with("gce-id", GCE);
+        let exec = flavor_file_with("exec-id", GOOD);
+        let config = |id: &str, path: &Path| {
+            let path = path.to_str().unwrap();
+            let vars = [
+                ("APP_PLANNER_URL", "http://planner:8080"),
+                ("APP_PLANNER_TOKEN_VALUE", "general-token"),
+                ("APP_MANAGER_ID", id),
+                ("APP_MANAGER_CONFIG", path),
+                ("APP_GITHUB_APP_ID", "1"),
+                ("APP_GITHUB_APP_INSTALLATION_ID", "2"),
+                ("APP_GITHUB_APP_PRIVATE_KEY_VALUE", KEY),
+                ("APP_GITHUB_PATH", "my-org"),
+            ];
+            Config::from_source(&vars.as_slice())
+        };
+        match config("1runner", &gce) {
+            Err(Invalid::Variable(err)) => {
+                assert_eq!(err.variable, "APP_MANAGER_ID");
+                assert!(err.reason.contains("gce"), "{err}");
+            }
+            other => panic!("{other:?}"),
+        }
+        config("runner1", &gce).unwrap();
+        // A command's runners may be named anything GitHub takes.
+        config("1runner", &exec).unwrap();
+        std::fs::remove_file(gce).unwrap();
+        std::fs::remove_file(exec).unwrap();
     }
 
     #[test]

@@ -6,16 +6,23 @@
 //!   endpoint), `scope` (Compute) and `iss`.
 //! - `GET /computeMetadata/v1/instance/service-accounts/default/token`: 403 without
 //!   `Metadata-Flavor: Google`.
+//! - `GET /computeMetadata/v1/instance/attributes/<key>`: the metadata item `key` of the VM
+//!   chosen by [`FakeGce::metadata_of`] (what that VM's startup script reads), as text; 404 when
+//!   it has none, 403 without `Metadata-Flavor: Google`.
 //! - Compute: zone instances (`insert` with `sourceInstanceTemplate` and `requestId`, `get`,
-//!   `delete`; 409 on a name taken in the zone, 404 on an unknown one), zone operations,
-//!   `aggregated/instances` with a label filter (`labels.k = "v"` joined by `AND`) and pages
-//!   (`maxResults`, capped by [`FakeGce::set_page_size`], `pageToken`). Every Compute call needs a
-//!   token the fake issued and has not revoked (401 otherwise).
+//!   `delete`; 409 on a name taken in the zone, 404 on an unknown one; an insert repeating a
+//!   `requestId` is answered the first one's operation and does nothing, as Compute Engine
+//!   does), zone operations, `aggregated/instances` with a label filter (`labels.k = "v"` joined
+//!   by `AND`), the project's zones ([`FakeGce::zone`]) with a filter (`status = "UP"`), both in
+//!   pages (`maxResults`, capped by [`FakeGce::set_page_size`], `pageToken`). Every Compute call
+//!   needs a token the fake issued, has not revoked and that has not expired (401 otherwise).
 //! - Controls: capacity errors inside the operation for chosen zone/template pairs
 //!   ([`FakeGce::no_capacity`]), any other operation error ([`FakeGce::fail_inserts`]), slow
 //!   zones whose operations never finish ([`FakeGce::slow_zone`]), Spot preemption or a
 //!   powered-off runner ([`FakeGce::terminate`]), answers of 5xx or 429 ([`FakeGce::fail_next`]),
-//!   token revocation ([`FakeGce::revoke_tokens`]).
+//!   an insert that takes effect and whose answer is lost ([`FakeGce::lose_next_insert_answer`]),
+//!   token revocation ([`FakeGce::revoke_tokens`]), short-lived tokens
+//!   ([`FakeGce::token_lifetime`]), failing token endpoints ([`FakeGce::fail_next_tokens`]).
 //! - Guests ([`FakeGce::run_runners`]): a VM created from then on does what the startup script
 //!   does on a real one: it runs a runner ([`crate::fake_runner`], in this process) with the
 //!   JIT configuration from its metadata, which registers with the fake GitHub the
@@ -52,7 +59,13 @@ pub struct State {
     slow_zones: HashSet<String>,
     fail_next: VecDeque<u16>,
     page_size: Option<usize>,
-    tokens: HashSet<String>,
+    /// Issued tokens and when each expires.
+    tokens: HashMap<String, Instant>,
+    /// Lifetime of the tokens issued from now on (default 3599 s, as Google's).
+    token_lifetime: u64,
+    token_fail_next: VecDeque<u16>,
+    /// Requests to the token endpoint and the metadata server's token, answered or not.
+    pub token_requests: u64,
     /// Tokens issued so far (by the token endpoint and the metadata server).
     pub tokens_issued: u64,
     /// Compute calls refused with 401.
@@ -63,10 +76,19 @@ pub struct State {
     pub inserts: Vec<Value>,
     /// When each insert arrived, in order.
     pub insert_times: Vec<Instant>,
+    /// Operation of each insert's `requestId`.
+    request_ids: HashMap<String, String>,
+    /// Inserts answered with the operation of an earlier one with the same `requestId`.
+    pub replayed_requests: u64,
+    lose_next_insert_answer: Option<u16>,
+    /// Zones of the project and their status (`UP`, `DOWN`).
+    zones: BTreeMap<String, String>,
     /// `(VM name, exit code)` of every guest runner that has exited.
     pub guest_exits: Vec<(String, i32)>,
     run_runners: bool,
     never_boot: HashSet<String>,
+    /// `(zone, name)` of the VM whose attributes the metadata server answers.
+    metadata_of: Option<(String, String)>,
     guests: HashMap<(String, String), tokio::task::JoinHandle<()>>,
     next_id: u64,
 }
@@ -93,7 +115,10 @@ impl FakeGce {
     pub async fn start() -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake GCE");
         let url = format!("http://{}", listener.local_addr().expect("address"));
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            token_lifetime: 3599,
+            ..State::default()
+        }));
         let shared = web::Data::new(Shared {
             state: state.clone(),
             url: url.clone(),
@@ -107,6 +132,10 @@ impl FakeGce {
                 .route(
                     "/computeMetadata/v1/instance/service-accounts/default/token",
                     web::get().to(metadata_token),
+                )
+                .route(
+                    "/computeMetadata/v1/instance/attributes/{key}",
+                    web::get().to(metadata_attribute),
                 )
                 .default_service(web::to(compute))
         })
@@ -171,6 +200,28 @@ impl FakeGce {
         self.with(|s| s.tokens.clear());
     }
 
+    /// Tokens issued from now on expire after `seconds` (and say so in `expires_in`).
+    pub fn token_lifetime(&self, seconds: u64) {
+        self.with(|s| s.token_lifetime = seconds);
+    }
+
+    /// The next token requests answer these statuses.
+    pub fn fail_next_tokens(&self, statuses: &[u16]) {
+        self.with(|s| s.token_fail_next.extend(statuses));
+    }
+
+    /// The next insert takes effect, and its answer is `status` (a 5xx), as when Compute
+    /// Engine's answer is lost on the way.
+    pub fn lose_next_insert_answer(&self, status: u16) {
+        self.with(|s| s.lose_next_insert_answer = Some(status));
+    }
+
+    /// The project has the zone `name` (its region is the name without its last `-x`), with
+    /// `status` (`UP` or `DOWN`).
+    pub fn zone(&self, name: &str, status: &str) {
+        self.with(|s| s.zones.insert(name.into(), status.into()));
+    }
+
     /// VMs created from now on run a runner with their JIT configuration and power off when
     /// it exits.
     pub fn run_runners(&self) {
@@ -180,6 +231,11 @@ impl FakeGce {
     /// VMs from `template` boot into nothing: their runner never registers.
     pub fn never_boot(&self, template: &str) {
         self.with(|s| s.never_boot.insert(template.into()));
+    }
+
+    /// The metadata server answers as the VM `name` in `zone` would see it.
+    pub fn metadata_of(&self, zone: &str, name: &str) {
+        self.with(|s| s.metadata_of = Some((zone.into(), name.into())));
     }
 
     /// Inserts in `zone` from `template` find capacity again.
@@ -278,16 +334,33 @@ fn new_vm(state: &mut State, zone: &str, name: &str, labels: Value) -> Value {
 fn issue(state: &mut State) -> HttpResponse {
     state.tokens_issued += 1;
     let token = format!("ya29.fake-{}-{}", state.tokens_issued, uuid::Uuid::new_v4());
-    state.tokens.insert(token.clone());
+    let lifetime = state.token_lifetime;
+    state.tokens.insert(
+        token.clone(),
+        Instant::now() + std::time::Duration::from_secs(lifetime),
+    );
     HttpResponse::Ok().json(json!({
-        "access_token": token, "expires_in": 3599, "token_type": "Bearer"
+        "access_token": token, "expires_in": lifetime, "token_type": "Bearer"
     }))
+}
+
+/// Counts a token request; the scripted failure it gets, if any.
+fn token_failure(state: &mut State) -> Option<HttpResponse> {
+    state.token_requests += 1;
+    let status = state.token_fail_next.pop_front()?;
+    Some(
+        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("status"))
+            .json(json!({"error": "scripted failure"})),
+    )
 }
 
 async fn token(
     shared: web::Data<Shared>,
     form: web::Form<HashMap<String, String>>,
 ) -> HttpResponse {
+    if let Some(failure) = token_failure(&mut shared.state.lock().expect("state")) {
+        return failure;
+    }
     if form.get("grant_type").map(String::as_str)
         != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
     {
@@ -309,15 +382,56 @@ async fn token(
     }
 }
 
-async fn metadata_token(shared: web::Data<Shared>, request: HttpRequest) -> HttpResponse {
-    if request
+/// The metadata server's answer to a request without `Metadata-Flavor: Google`, if it lacks it.
+fn without_metadata_flavor(request: &HttpRequest) -> Option<HttpResponse> {
+    request
         .headers()
         .get("Metadata-Flavor")
         .is_none_or(|v| v != "Google")
-    {
-        return HttpResponse::Forbidden().body("Missing Metadata-Flavor:Google header.");
+        .then(|| HttpResponse::Forbidden().body("Missing Metadata-Flavor:Google header."))
+}
+
+async fn metadata_token(shared: web::Data<Shared>, request: HttpRequest) -> HttpResponse {
+    if let Some(refused) = without_metadata_flavor(&request) {
+        return refused;
     }
-    issue(&mut shared.state.lock().expect("state"))
+    let mut state = shared.state.lock().expect("state");
+    if let Some(failure) = token_failure(&mut state) {
+        return failure;
+    }
+    issue(&mut state)
+}
+
+async fn metadata_attribute(
+    shared: web::Data<Shared>,
+    request: HttpRequest,
+    key: web::Path<String>,
+) -> HttpResponse {
+    if let Some(refused) = without_metadata_flavor(&request) {
+        return refused;
+    }
+    let state = shared.state.lock().expect("state");
+    let value = state
+        .metadata_of
+        .as_ref()
+        .and_then(|(zone, name)| state.instances.get(zone)?.get(name))
+        .and_then(|vm| metadata_item(vm, &key));
+    match value {
+        Some(value) => HttpResponse::Ok()
+            .content_type("application/text")
+            .body(value),
+        None => HttpResponse::NotFound().body("The requested URL was not found on this server."),
+    }
+}
+
+/// The value of the metadata item `key` of `vm`.
+fn metadata_item(vm: &Value, key: &str) -> Option<String> {
+    vm["metadata"]["items"]
+        .as_array()?
+        .iter()
+        .find(|item| item["key"] == key)
+        .and_then(|item| item["value"].as_str())
+        .map(str::to_owned)
 }
 
 fn error(status: u16, reason: &str, message: &str) -> HttpResponse {
@@ -332,19 +446,50 @@ fn query(request: &HttpRequest) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// `(labels.k = "v") AND (labels.k2 = "v2")`.
-fn label_filter(filter: &str) -> Vec<(String, String)> {
+/// `(labels.k = "v") AND (status = "UP")`: the fields (dotted paths) and the values.
+fn filter_terms(filter: &str) -> Vec<(String, String)> {
     filter
         .split(" AND ")
         .filter_map(|part| {
             let part = part.trim().trim_start_matches('(').trim_end_matches(')');
             let (key, value) = part.split_once(" = ")?;
             Some((
-                key.trim().strip_prefix("labels.")?.to_owned(),
+                key.trim().to_owned(),
                 value.trim().trim_matches('"').to_owned(),
             ))
         })
         .collect()
+}
+
+/// Whether `resource` matches every term of `filter`.
+fn matches(resource: &Value, filter: &[(String, String)]) -> bool {
+    filter.iter().all(|(path, value)| {
+        path.split('.')
+            .try_fold(resource, |v, key| v.get(key))
+            .is_some_and(|found| found == value.as_str())
+    })
+}
+
+/// The window of a listing of `total` items this page shows: first item, count, and the next
+/// page's token.
+fn page_window(
+    state: &State,
+    query: &HashMap<String, String>,
+    total: usize,
+) -> (usize, usize, Option<String>) {
+    let size = query
+        .get("maxResults")
+        .and_then(|m| m.parse::<usize>().ok())
+        .unwrap_or(500)
+        .min(state.page_size.unwrap_or(usize::MAX))
+        .max(1);
+    let start = query
+        .get("pageToken")
+        .and_then(|t| t.strip_prefix("page-"))
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(0);
+    let next = (start + size < total).then(|| format!("page-{}", start + size));
+    (start, size, next)
 }
 
 async fn compute(
@@ -365,7 +510,11 @@ async fn compute(
         .get("Authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if !bearer.is_some_and(|t| state.tokens.contains(t)) {
+    let now = Instant::now();
+    let live = bearer
+        .and_then(|t| state.tokens.get(t))
+        .is_some_and(|expiry| now < *expiry);
+    if !live {
         state.unauthorized += 1;
         return error(
             401,
@@ -382,21 +531,42 @@ async fn compute(
         ("GET", ["compute", "v1", "projects", _, "aggregated", "instances"]) => {
             aggregated(state, &query(&request))
         }
+        ("GET", ["compute", "v1", "projects", project, "zones"]) => {
+            zones(state, project, &query(&request))
+        }
         ("POST", ["compute", "v1", "projects", _, "zones", zone, "instances"]) => {
             let Ok(body) = serde_json::from_slice::<Value>(&body) else {
                 return error(400, "invalid", "body is not JSON");
             };
             let q = query(&request);
-            let (Some(template), Some(_)) = (q.get("sourceInstanceTemplate"), q.get("requestId"))
+            let (Some(template), Some(request_id)) =
+                (q.get("sourceInstanceTemplate"), q.get("requestId"))
             else {
                 return error(400, "required", "sourceInstanceTemplate and requestId");
             };
+            if let Some(first) = state
+                .request_ids
+                .get(request_id)
+                .and_then(|name| state.operations.get(name))
+            {
+                let first = first.clone();
+                state.replayed_requests += 1;
+                return HttpResponse::Ok().json(first);
+            }
             let template = template.rsplit('/').next().unwrap_or_default().to_owned();
-            let (answer, created) = insert(state, zone, &template, body);
+            let (operation, created) = match insert(state, zone, &template, body) {
+                Ok(inserted) => inserted,
+                Err(refused) => return *refused,
+            };
             if let Some(name) = created {
                 boot(&shared.state, state, zone, &name);
             }
-            answer
+            let name = operation["name"].as_str().unwrap_or_default().to_owned();
+            state.request_ids.insert(request_id.clone(), name);
+            match state.lose_next_insert_answer.take() {
+                Some(lost) => error(lost, "backendError", "scripted lost answer"),
+                None => HttpResponse::Ok().json(operation),
+            }
         }
         ("GET", ["compute", "v1", "projects", _, "zones", zone, "instances", name]) => {
             match state.instances.get(*zone).and_then(|z| z.get(*name)) {
@@ -447,15 +617,15 @@ fn operation(state: &mut State, zone: &str, kind: &str, error: Option<Value>) ->
     done
 }
 
-/// The answer, and the name of the VM created.
+/// The operation, and the name of the VM created; or the refusal.
 fn insert(
     state: &mut State,
     zone: &str,
     template: &str,
     body: Value,
-) -> (HttpResponse, Option<String>) {
+) -> Result<(Value, Option<String>), Box<HttpResponse>> {
     let Some(name) = body["name"].as_str().map(str::to_owned) else {
-        return (error(400, "required", "name"), None);
+        return Err(Box::new(error(400, "required", "name")));
     };
     state.inserts.push(body.clone());
     state.insert_times.push(Instant::now());
@@ -464,10 +634,11 @@ fn insert(
         .get(zone)
         .is_some_and(|z| z.contains_key(&name))
     {
-        return (
-            error(409, "alreadyExists", "The resource already exists"),
-            None,
-        );
+        return Err(Box::new(error(
+            409,
+            "alreadyExists",
+            "The resource already exists",
+        )));
     }
     let key = (zone.to_owned(), template.to_owned());
     let failure = if state.no_capacity.contains(&key) {
@@ -486,6 +657,7 @@ fn insert(
         let mut vm = new_vm(state, zone, &name, body["labels"].clone());
         vm["metadata"] = body["metadata"].clone();
         vm["scheduling"] = body["scheduling"].clone();
+        vm["tags"] = body["tags"].clone();
         vm["sourceInstanceTemplate"] = json!(template);
         state
             .instances
@@ -493,31 +665,18 @@ fn insert(
             .or_default()
             .insert(name, vm);
     }
-    (
-        HttpResponse::Ok().json(operation(state, zone, "insert", failure)),
-        created,
-    )
+    Ok((operation(state, zone, "insert", failure), created))
 }
 
 fn aggregated(state: &State, query: &HashMap<String, String>) -> HttpResponse {
-    let wanted = label_filter(query.get("filter").map(String::as_str).unwrap_or_default());
+    let wanted = filter_terms(query.get("filter").map(String::as_str).unwrap_or_default());
     let matching: Vec<(&String, &Value)> = state
         .instances
         .iter()
         .flat_map(|(zone, vms)| vms.values().map(move |vm| (zone, vm)))
-        .filter(|(_, vm)| wanted.iter().all(|(k, v)| vm["labels"][k] == v.as_str()))
+        .filter(|(_, vm)| matches(vm, &wanted))
         .collect();
-    let size = query
-        .get("maxResults")
-        .and_then(|m| m.parse::<usize>().ok())
-        .unwrap_or(500)
-        .min(state.page_size.unwrap_or(usize::MAX))
-        .max(1);
-    let start = query
-        .get("pageToken")
-        .and_then(|t| t.strip_prefix("page-"))
-        .and_then(|t| t.parse::<usize>().ok())
-        .unwrap_or(0);
+    let (start, size, next) = page_window(state, query, matching.len());
     let mut items: BTreeMap<String, Value> = BTreeMap::new();
     for zone in state.instances.keys() {
         items.insert(
@@ -536,8 +695,36 @@ fn aggregated(state: &State, query: &HashMap<String, String>) -> HttpResponse {
             .push((*vm).clone());
     }
     let mut answer = json!({"kind": "compute#instanceAggregatedList", "items": items});
-    if start + size < matching.len() {
-        answer["nextPageToken"] = json!(format!("page-{}", start + size));
+    if let Some(next) = next {
+        answer["nextPageToken"] = json!(next);
+    }
+    HttpResponse::Ok().json(answer)
+}
+
+/// `zones.list`: the project's zones that match the filter, a page of them.
+fn zones(state: &State, project: &str, query: &HashMap<String, String>) -> HttpResponse {
+    let wanted = filter_terms(query.get("filter").map(String::as_str).unwrap_or_default());
+    let api = "https://www.googleapis.com/compute/v1";
+    let matching: Vec<Value> = state
+        .zones
+        .iter()
+        .map(|(name, status)| {
+            let region = name.rsplit_once('-').map_or(name.as_str(), |(r, _)| r);
+            json!({
+                "kind": "compute#zone",
+                "name": name,
+                "status": status,
+                "region": format!("{api}/projects/{project}/regions/{region}"),
+                "selfLink": format!("{api}/projects/{project}/zones/{name}"),
+            })
+        })
+        .filter(|zone| matches(zone, &wanted))
+        .collect();
+    let (start, size, next) = page_window(state, query, matching.len());
+    let page: Vec<&Value> = matching.iter().skip(start).take(size).collect();
+    let mut answer = json!({"kind": "compute#zoneList", "items": page});
+    if let Some(next) = next {
+        answer["nextPageToken"] = json!(next);
     }
     HttpResponse::Ok().json(answer)
 }
@@ -555,15 +742,7 @@ fn boot(shared: &Arc<Mutex<State>>, state: &mut State, zone: &str, name: &str) {
     if state.guests.contains_key(&key) || state.never_boot.contains(template) {
         return;
     }
-    let item = |key: &str| {
-        vm["metadata"]["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|item| item["key"] == key)
-            .and_then(|item| item["value"].as_str())
-            .map(str::to_owned)
-    };
+    let item = |key: &str| metadata_item(vm, key);
     let (Some(jit), true) = (item(JIT_CONFIG_KEY), item("startup-script").is_some()) else {
         return;
     };

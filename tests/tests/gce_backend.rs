@@ -1,6 +1,8 @@
-//! The `gce` backend against the fake Compute Engine API: zone and template fallback, errors
-//! that stop it, a timed-out insert found by name, paged label-filtered listings, ended VMs,
-//! deletes, retries, token renewal, and both token sources (key-file JWT, metadata server).
+//! The `gce` backend against the fake Compute Engine API: zone and template fallback (the
+//! regions' other zones included), errors that stop it, a timed-out insert found by name,
+//! idempotent insert retries, paged label-filtered listings, ended VMs, deletes, retries (of
+//! Compute calls and token requests), token renewal, and both token sources (key-file JWT,
+//! metadata server).
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use reqwest::Url;
 use serde_json::json;
 use tests::fake_gce::FakeGce;
 
-const ZONES: [&str; 2] = ["europe-west1-b", "europe-west1-c"];
+pub(crate) const ZONES: [&str; 2] = ["europe-west1-b", "europe-west1-c"];
 const TEMPLATES: [&str; 2] = ["runner-c4-8", "runner-e2-8"];
 
 fn env(fake: &FakeGce, key_file: Option<std::path::PathBuf>) -> GceEnv {
@@ -25,14 +27,22 @@ fn env(fake: &FakeGce, key_file: Option<std::path::PathBuf>) -> GceEnv {
     }
 }
 
-fn backend_with(fake: &FakeGce, key_file: Option<std::path::PathBuf>, spot: bool) -> Gce {
-    let config = GceBackendConfig {
+fn config() -> GceBackendConfig {
+    GceBackendConfig {
         project: "test-project".into(),
         zones: ZONES.map(String::from).to_vec(),
         templates: TEMPLATES.map(String::from).to_vec(),
-        spot,
+        spot: false,
         network_tags: vec!["runners".into()],
-    };
+        other_zones: true,
+    }
+}
+
+fn backend_of(
+    fake: &FakeGce,
+    key_file: Option<std::path::PathBuf>,
+    config: GceBackendConfig,
+) -> Gce {
     let scope = RunnerScope::Repo {
         owner: "Acme".into(),
         repo: "web.site".into(),
@@ -40,11 +50,15 @@ fn backend_with(fake: &FakeGce, key_file: Option<std::path::PathBuf>, spot: bool
     Gce::new(&env(fake, key_file), config, "m1", "small", Some(&scope)).unwrap()
 }
 
-fn backend(fake: &FakeGce) -> Gce {
+fn backend_with(fake: &FakeGce, key_file: Option<std::path::PathBuf>, spot: bool) -> Gce {
+    backend_of(fake, key_file, GceBackendConfig { spot, ..config() })
+}
+
+pub(crate) fn backend(fake: &FakeGce) -> Gce {
     backend_with(fake, None, false)
 }
 
-fn spec(name: &str) -> RunnerSpec {
+pub(crate) fn spec(name: &str) -> RunnerSpec {
     RunnerSpec {
         name: name.into(),
         flavor: "small".into(),
@@ -71,6 +85,7 @@ async fn an_insert_lands_in_the_first_zone_with_capacity() {
     assert_eq!(stored["labels"]["owner"], "acme");
     assert_eq!(stored["labels"]["repository"], "web_site");
     assert_eq!(stored["scheduling"]["provisioningModel"], "SPOT");
+    assert_eq!(stored["tags"]["items"], json!(["runners"]));
     let items = stored["metadata"]["items"].as_array().unwrap();
     let item = |key: &str| {
         items
@@ -101,6 +116,129 @@ async fn every_zone_is_tried_before_the_next_template() {
     let err = gce.create(spec("m1-small-aaaa0003")).await.unwrap_err();
     assert!(err.to_string().contains("no capacity"), "{err}");
     assert_eq!(fake.requests_starting("POST").len() - before, 4);
+}
+
+/// The project's zones: two regions, one zone of europe-west1 down.
+fn zones_of_two_regions(fake: &FakeGce) {
+    for (zone, status) in [
+        ("europe-west1-b", "UP"),
+        ("europe-west1-c", "UP"),
+        ("europe-west1-d", "DOWN"),
+        ("europe-west1-e", "UP"),
+        ("europe-west4-a", "UP"),
+    ] {
+        fake.zone(zone, status);
+    }
+}
+
+/// The zones of the inserts so far, in order.
+fn insert_zones(fake: &FakeGce) -> Vec<String> {
+    fake.requests_starting("POST")
+        .iter()
+        .map(|r| r.split('/').nth(6).unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn the_regions_other_up_zones_are_tried_after_the_listed_ones() {
+    let fake = FakeGce::start().await;
+    zones_of_two_regions(&fake);
+    fake.set_page_size(2);
+    for zone in ZONES {
+        fake.no_capacity(zone, TEMPLATES[0]);
+    }
+    let gce = backend(&fake);
+    let vm = gce.create(spec("m1-small-aaaa0010")).await.unwrap();
+    assert!(
+        vm.backend_id.starts_with("europe-west1-e/"),
+        "{}",
+        vm.backend_id
+    );
+    let stored = fake
+        .vm("europe-west1-e", "m1-small-aaaa0010")
+        .expect("created");
+    assert_eq!(stored["sourceInstanceTemplate"], TEMPLATES[0]);
+    // The down zone and the other region's zone are never tried.
+    assert_eq!(
+        insert_zones(&fake),
+        ["europe-west1-b", "europe-west1-c", "europe-west1-e"]
+    );
+    let listings = fake.requests_starting("GET /compute/v1/projects/test-project/zones?");
+    // Four zones are UP: two pages of two.
+    assert_eq!(listings.len(), 2, "every page: {listings:?}");
+    assert!(listings[0].contains("filter=status"), "{listings:?}");
+
+    // Every zone full for the first template: the second goes through the same zones, and the
+    // list of zones is not asked again.
+    fake.no_capacity("europe-west1-e", TEMPLATES[0]);
+    gce.create(spec("m1-small-aaaa0011")).await.unwrap();
+    let stored = fake.vm(ZONES[0], "m1-small-aaaa0011").expect("created");
+    assert_eq!(stored["sourceInstanceTemplate"], TEMPLATES[1]);
+    assert_eq!(
+        insert_zones(&fake)[3..],
+        [ZONES[0], ZONES[1], "europe-west1-e", ZONES[0]]
+    );
+    assert_eq!(
+        fake.requests_starting("GET /compute/v1/projects/test-project/zones?")
+            .len(),
+        2,
+        "the zones are cached"
+    );
+}
+
+#[actix_rt::test]
+async fn other_zones_false_keeps_to_the_listed_zones() {
+    let fake = FakeGce::start().await;
+    zones_of_two_regions(&fake);
+    for zone in ZONES {
+        for template in TEMPLATES {
+            fake.no_capacity(zone, template);
+        }
+    }
+    let gce = backend_of(
+        &fake,
+        None,
+        GceBackendConfig {
+            other_zones: false,
+            ..config()
+        },
+    );
+    let err = gce.create(spec("m1-small-aaaa0012")).await.unwrap_err();
+    assert!(err.to_string().contains("no capacity"), "{err}");
+    assert_eq!(
+        insert_zones(&fake),
+        [ZONES[0], ZONES[1], ZONES[0], ZONES[1]]
+    );
+    assert!(fake
+        .requests_starting("GET /compute/v1/projects/test-project/zones?")
+        .is_empty());
+    assert!(fake.vms().is_empty());
+}
+
+#[actix_rt::test]
+async fn an_insert_whose_answer_is_lost_is_retried_with_its_request_id() {
+    let fake = FakeGce::start().await;
+    fake.lose_next_insert_answer(503);
+    let vm = backend(&fake)
+        .create(spec("m1-small-aaaa0013"))
+        .await
+        .unwrap();
+    assert!(vm.backend_id.starts_with(ZONES[0]));
+    let posts = fake.requests_starting("POST");
+    assert_eq!(posts.len(), 2, "{posts:?}");
+    let request_id = |post: &str| {
+        post.split(['?', '&'])
+            .find_map(|pair| pair.strip_prefix("requestId="))
+            .map(str::to_owned)
+            .expect("a requestId")
+    };
+    assert_eq!(request_id(&posts[0]), request_id(&posts[1]));
+    // The retry was answered with the first operation, not a 409 or a second VM.
+    assert_eq!(fake.state.lock().unwrap().replayed_requests, 1);
+    assert_eq!(
+        fake.vms(),
+        [(ZONES[0].to_owned(), "m1-small-aaaa0013".to_owned())]
+    );
 }
 
 #[actix_rt::test]
@@ -239,6 +377,45 @@ async fn a_refused_token_is_renewed_once() {
 }
 
 #[actix_rt::test]
+async fn a_token_is_renewed_before_it_expires() {
+    let fake = FakeGce::start().await;
+    // Renewed a minute before expiry: one second after it is issued.
+    fake.token_lifetime(61);
+    let gce = backend(&fake);
+    gce.list().await.unwrap();
+    assert_eq!(fake.state.lock().unwrap().tokens_issued, 1);
+    tests::eventually("a second token", Duration::from_secs(10), || async {
+        gce.list().await.unwrap();
+        fake.state.lock().unwrap().tokens_issued == 2
+    })
+    .await;
+    assert_eq!(
+        fake.state.lock().unwrap().unauthorized,
+        0,
+        "renewed before use, not after a refusal"
+    );
+}
+
+#[actix_rt::test]
+async fn transient_token_endpoint_failures_are_retried() {
+    let fake = FakeGce::start().await;
+    let gce = backend(&fake);
+    fake.fail_next_tokens(&[503, 429, 500]);
+    gce.list().await.unwrap();
+    {
+        let state = fake.state.lock().unwrap();
+        assert_eq!((state.token_requests, state.tokens_issued), (4, 1));
+    }
+
+    // A refusal is not retried.
+    fake.revoke_tokens();
+    fake.fail_next_tokens(&[403]);
+    let err = gce.list().await.unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    assert_eq!(fake.state.lock().unwrap().token_requests, 5);
+}
+
+#[actix_rt::test]
 async fn a_service_account_key_gets_tokens_by_jwt_grant() {
     let fake = FakeGce::start().await;
     let dir = std::env::temp_dir().join(tests::unique("gce-key"));
@@ -254,14 +431,7 @@ async fn a_service_account_key_gets_tokens_by_jwt_grant() {
         "{\"type\": \"service_account\", \"private_key\": \"x\"}",
     )
     .unwrap();
-    let config = GceBackendConfig {
-        project: "test-project".into(),
-        zones: vec![ZONES[0].into()],
-        templates: vec![TEMPLATES[0].into()],
-        spot: false,
-        network_tags: vec![],
-    };
-    let err = Gce::new(&env(&fake, Some(bad)), config, "m1", "small", None)
+    let err = Gce::new(&env(&fake, Some(bad)), config(), "m1", "small", None)
         .err()
         .expect("refused");
     assert!(

@@ -7,6 +7,7 @@ mod faults;
 mod gateway_api;
 mod gce_backend;
 mod gce_manager;
+mod gce_startup;
 mod github_runners;
 mod listeners;
 mod manager;

@@ -9,18 +9,21 @@
 //!   operation is followed for at most `APP_GCE_OPERATION_TIMEOUT`.
 //! - **Fallback**: a capacity error (`ZONE_RESOURCE_POOL_EXHAUSTED`, `QUOTA_EXCEEDED`, a
 //!   `stockout`), in the HTTP answer or inside the operation, moves to the next zone, then to
-//!   the next template; any other error stops. A timed-out insert may still create its VM, so
-//!   it is never tried elsewhere: the VM is looked up by name in that zone.
+//!   the next template; any other error stops. The zones are the listed ones, then (unless
+//!   `other_zones = false`) the other `UP` zones of their regions, in name order, listed once
+//!   the listed ones are out of capacity and kept for [`REGION_ZONES_TTL`]. A timed-out insert
+//!   may still create its VM, so it is never tried elsewhere: the VM is looked up by name in
+//!   that zone.
 //! - **List**: `aggregatedList` across the project's zones, filtered by this manager's and
 //!   flavor's labels, page by page. A VM that is `TERMINATED` (its runner ended and powered it
 //!   off, or Spot preempted it), `STOPPING`, `STOPPED` or `SUSPENDED` is listed as ended.
 //! - **Delete**: `instances.delete`, followed for the same bound; a VM already gone is fine.
-//! - Every request has a timeout; 5xx, 429 and transport errors are retried with backoff; a 401
-//!   renews the token once.
+//! - Every request (to Compute Engine and to the token endpoint) has a timeout; 5xx, 429 and
+//!   transport errors are retried with backoff ([`retry_delay`]); a 401 renews the token once.
 
 mod auth;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -40,10 +43,13 @@ use crate::config::{GceBackendConfig, GceEnv};
 pub const JIT_CONFIG_KEY: &str = "github-runner-jitconfig";
 /// The startup script every VM gets.
 pub const STARTUP_SCRIPT: &str = include_str!("../../gce/startup.sh");
-/// Attempts of one request on transient failures (5xx, 429, no answer).
+/// Attempts of one request on transient failures (5xx, 429, no answer): the first and three
+/// retries.
 const ATTEMPTS: u32 = 4;
 /// First delay between attempts; doubled each time.
 const RETRY_BASE: Duration = Duration::from_millis(200);
+/// How long the list of the regions' other `UP` zones is kept.
+pub const REGION_ZONES_TTL: Duration = Duration::from_secs(5 * 60);
 /// Largest answer read.
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// VMs per page of a listing.
@@ -145,13 +151,48 @@ fn first_error(status: u16, error: &Value) -> GceError {
     }
 }
 
-/// The zones and templates to try, in order: every zone of the first template, then every zone
-/// of the next.
-pub fn attempts(zones: &[String], templates: &[String]) -> Vec<(String, String)> {
-    templates
-        .iter()
-        .flat_map(|t| zones.iter().map(move |z| (z.clone(), t.clone())))
-        .collect()
+/// The wait before retry `attempt` (1 for the first retry) of a request that failed for a
+/// transient reason: [`RETRY_BASE`], doubled each time.
+fn retry_delay(attempt: u32) -> Duration {
+    RETRY_BASE * 2u32.pow(attempt.saturating_sub(1))
+}
+
+/// The region of a zone: `europe-west1` of `europe-west1-b`.
+fn region_of(zone: &str) -> &str {
+    zone.rsplit_once('-').map_or(zone, |(region, _)| region)
+}
+
+/// The names of the `UP` zones of a page of `zones.list` that are in one of `regions`.
+fn up_zones_in<'a>(
+    page: &'a Value,
+    regions: &'a BTreeSet<&str>,
+) -> impl Iterator<Item = String> + 'a {
+    page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|zone| zone["status"] == "UP")
+        .filter(|zone| {
+            let region = zone["region"].as_str().unwrap_or_default();
+            regions.contains(region.rsplit('/').next().unwrap_or_default())
+        })
+        .filter_map(|zone| zone["name"].as_str().map(str::to_owned))
+}
+
+/// The VMs of a page of an aggregated instance listing, with their zones.
+fn aggregated_instances(page: &Value) -> impl Iterator<Item = (&str, Instance)> {
+    page["items"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(scope, items)| Some((scope.strip_prefix("zones/")?, items)))
+        .flat_map(|(zone, items)| {
+            items["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |vm| (zone, instance(zone, vm)))
+        })
 }
 
 /// A label value as Compute Engine allows it: at most 63 of `a-z 0-9 _ -`, lowercased; other
@@ -248,7 +289,7 @@ impl Client {
                     continue;
                 }
                 Err(err) if attempt < ATTEMPTS && transient(err) => {
-                    let wait = RETRY_BASE * 2u32.pow(attempt - 1);
+                    let wait = retry_delay(attempt);
                     log::debug!(
                         event = "gce_retry",
                         method:% = method,
@@ -320,6 +361,8 @@ pub struct Gce {
     operation_timeout: Duration,
     /// Zone of each VM seen, so a delete needs no listing.
     zones: Mutex<HashMap<String, String>>,
+    /// The regions' other `UP` zones, and when they were listed.
+    region_zones: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<String>)>>,
     /// Capacity misses by flavor, zone and template, when counted.
     capacity_misses: Option<prometheus::IntCounterVec>,
 }
@@ -350,6 +393,7 @@ impl Gce {
             scope_labels,
             operation_timeout: env.operation_timeout,
             zones: Mutex::new(HashMap::new()),
+            region_zones: tokio::sync::Mutex::new(None),
             capacity_misses: None,
         })
     }
@@ -478,67 +522,155 @@ impl Gce {
         }
     }
 
+    /// Creates the runner's VM in the first zone with capacity, then with the next template.
     async fn create_vm(&self, spec: RunnerSpec) -> Result<Instance, BackendError> {
+        let mut zones = self.config.zones.clone();
+        let mut widened = !self.config.other_zones;
         let mut last = None;
-        for (zone, template) in attempts(&self.config.zones, &self.config.templates) {
-            match self.insert(&spec, &zone, &template).await {
-                Ok(()) => {
-                    let found = self.get(&zone, &spec.name).await.map_err(start)?;
-                    let vm = found.ok_or_else(|| {
-                        BackendError::Start(format!("{} was inserted and is gone", spec.name))
-                    })?;
-                    self.remember(&vm.name, &zone);
-                    log::info!(
-                        event = "gce_instance_created",
-                        "runner.name" = spec.name,
-                        zone,
-                        template;
-                        "instance created"
-                    );
-                    return Ok(vm);
+        for template in &self.config.templates {
+            let mut next = 0;
+            while let Some(zone) = zones.get(next).cloned() {
+                next += 1;
+                match self.attempt(&spec, &zone, template).await? {
+                    Attempt::Created(vm) => return Ok(vm),
+                    Attempt::NoCapacity(err) => last = Some(err),
                 }
-                Err(err) if err.is_capacity() => {
-                    if let Some(misses) = &self.capacity_misses {
-                        misses
-                            .with_label_values(&[self.flavor.as_str(), &zone, &template])
-                            .inc();
-                    }
-                    log::warn!(
-                        event = "gce_no_capacity",
-                        "runner.name" = spec.name,
-                        zone,
-                        template,
-                        error:% = err;
-                        "no capacity in the zone"
-                    );
-                    last = Some(err);
+                if next == zones.len() && !widened {
+                    widened = true;
+                    zones.extend(self.other_zones_or_none(&spec.name).await);
                 }
-                Err(err) if err.is_timeout() => {
-                    // It may still be created: look it up here, never insert elsewhere.
-                    log::warn!(
-                        event = "gce_insert_timed_out",
-                        "runner.name" = spec.name,
-                        zone,
-                        template;
-                        "instance insert timed out: looking it up"
-                    );
-                    return match self.get(&zone, &spec.name).await.map_err(start)? {
-                        Some(vm) => {
-                            self.remember(&vm.name, &zone);
-                            Ok(vm)
-                        }
-                        None => Err(BackendError::Start(format!(
-                            "insert in {zone} timed out ({err}); not found by name"
-                        ))),
-                    };
-                }
-                Err(err) => return Err(start(err)),
             }
         }
         Err(BackendError::NoCapacity(format!(
             "in no zone for any template; last: {}",
             last.map_or_else(String::new, |e| e.to_string())
         )))
+    }
+
+    /// One insert of the runner's VM in `zone` from `template`.
+    async fn attempt(
+        &self,
+        spec: &RunnerSpec,
+        zone: &str,
+        template: &str,
+    ) -> Result<Attempt, BackendError> {
+        match self.insert(spec, zone, template).await {
+            Ok(()) => {
+                let found = self.get(zone, &spec.name).await.map_err(start)?;
+                let vm = found.ok_or_else(|| {
+                    BackendError::Start(format!("{} was inserted and is gone", spec.name))
+                })?;
+                self.remember(&vm.name, zone);
+                log::info!(
+                    event = "gce_instance_created",
+                    "runner.name" = spec.name,
+                    zone,
+                    template;
+                    "instance created"
+                );
+                Ok(Attempt::Created(vm))
+            }
+            Err(err) if err.is_capacity() => {
+                if let Some(misses) = &self.capacity_misses {
+                    misses
+                        .with_label_values(&[self.flavor.as_str(), zone, template])
+                        .inc();
+                }
+                log::warn!(
+                    event = "gce_no_capacity",
+                    "runner.name" = spec.name,
+                    zone,
+                    template,
+                    error:% = err;
+                    "no capacity in the zone"
+                );
+                Ok(Attempt::NoCapacity(err))
+            }
+            Err(err) if err.is_timeout() => {
+                // It may still be created: look it up here, never insert elsewhere.
+                log::warn!(
+                    event = "gce_insert_timed_out",
+                    "runner.name" = spec.name,
+                    zone,
+                    template;
+                    "instance insert timed out: looking it up"
+                );
+                match self.get(zone, &spec.name).await.map_err(start)? {
+                    Some(vm) => {
+                        self.remember(&vm.name, zone);
+                        Ok(Attempt::Created(vm))
+                    }
+                    None => Err(BackendError::Start(format!(
+                        "insert in {zone} timed out ({err}); not found by name"
+                    ))),
+                }
+            }
+            Err(err) => Err(start(err)),
+        }
+    }
+
+    /// [`Gce::other_zones`], or none when they cannot be listed (the create goes on with the
+    /// next template).
+    async fn other_zones_or_none(&self, runner: &str) -> Vec<String> {
+        self.other_zones().await.unwrap_or_else(|err| {
+            log::warn!(
+                event = "gce_zones_unlisted",
+                "runner.name" = runner,
+                error:% = err;
+                "the regions' other zones cannot be listed"
+            );
+            Vec::new()
+        })
+    }
+
+    /// The `UP` zones of the listed zones' regions that are not listed, in name order; listed
+    /// at most once per [`REGION_ZONES_TTL`].
+    pub async fn other_zones(&self) -> Result<Vec<String>, GceError> {
+        let mut cached = self.region_zones.lock().await;
+        if let Some((listed_at, zones)) = cached.as_ref() {
+            if listed_at.elapsed() < REGION_ZONES_TTL {
+                return Ok(zones.clone());
+            }
+        }
+        let regions: BTreeSet<&str> = self.config.zones.iter().map(|z| region_of(z)).collect();
+        let path = format!("{}/zones", self.project_path());
+        let mut found = BTreeSet::new();
+        self.each_page(&path, &[("filter", "status = \"UP\"")], |page| {
+            found.extend(up_zones_in(page, &regions));
+        })
+        .await?;
+        let zones: Vec<String> = found
+            .into_iter()
+            .filter(|zone| !self.config.zones.contains(zone))
+            .collect();
+        *cached = Some((tokio::time::Instant::now(), zones.clone()));
+        Ok(zones)
+    }
+
+    /// Calls `visit` with every page of the listing at `path` (with `query`), following
+    /// `nextPageToken`.
+    async fn each_page(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        mut visit: impl FnMut(&Value),
+    ) -> Result<(), GceError> {
+        let page_size = PAGE_SIZE.to_string();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut paged = query.to_vec();
+            paged.push(("maxResults", page_size.as_str()));
+            if let Some(token) = &token {
+                paged.push(("pageToken", token.as_str()));
+            }
+            let page = self.client.call(Method::GET, path, &paged, None).await?;
+            visit(&page);
+            match page["nextPageToken"].as_str() {
+                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+                _ => return Ok(()),
+            }
+        }
+        Err(GceError::Transport(format!("more than {MAX_PAGES} pages")))
     }
 
     fn remember(&self, name: &str, zone: &str) {
@@ -556,39 +688,24 @@ impl Gce {
             label_value(&self.flavor)
         );
         let path = format!("{}/aggregated/instances", self.project_path());
-        let page_size = PAGE_SIZE.to_string();
-        let mut token: Option<String> = None;
         let mut found = Vec::new();
         let mut zones = HashMap::new();
-        for _ in 0..MAX_PAGES {
-            let mut query = vec![
+        self.each_page(
+            &path,
+            &[
                 ("filter", filter.as_str()),
-                ("maxResults", page_size.as_str()),
                 ("returnPartialSuccess", "true"),
-            ];
-            if let Some(token) = &token {
-                query.push(("pageToken", token.as_str()));
-            }
-            let page = self.client.call(Method::GET, &path, &query, None).await?;
-            for (scope, items) in page["items"].as_object().into_iter().flatten() {
-                let Some(zone) = scope.strip_prefix("zones/") else {
-                    continue;
-                };
-                for vm in items["instances"].as_array().into_iter().flatten() {
-                    let vm = instance(zone, vm);
+            ],
+            |page| {
+                for (zone, vm) in aggregated_instances(page) {
                     zones.insert(vm.name.clone(), zone.to_owned());
                     found.push(vm);
                 }
-            }
-            match page["nextPageToken"].as_str() {
-                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
-                _ => {
-                    *self.zones.lock().expect("zones") = zones;
-                    return Ok(found);
-                }
-            }
-        }
-        Err(GceError::Transport(format!("more than {MAX_PAGES} pages")))
+            },
+        )
+        .await?;
+        *self.zones.lock().expect("zones") = zones;
+        Ok(found)
     }
 
     async fn delete_vm(&self, name: &str) -> Result<(), BackendError> {
@@ -637,6 +754,12 @@ impl Gce {
         );
         Ok(())
     }
+}
+
+/// How one zone and template went.
+enum Attempt {
+    Created(Instance),
+    NoCapacity(GceError),
 }
 
 fn start(err: GceError) -> BackendError {
@@ -703,20 +826,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn zones_are_tried_before_the_next_template() {
-        let zones = vec!["z-a-1".to_owned(), "z-a-2".to_owned()];
-        let templates = vec!["big".to_owned(), "small".to_owned()];
-        let order = attempts(&zones, &templates);
-        let pair = |z: &str, t: &str| (z.to_owned(), t.to_owned());
+    fn retries_wait_longer_each_time() {
+        assert_eq!(retry_delay(1), RETRY_BASE);
+        assert_eq!(retry_delay(2), RETRY_BASE * 2);
+        assert_eq!(retry_delay(3), RETRY_BASE * 4);
+    }
+
+    #[test]
+    fn a_captured_aggregated_list_gives_its_vms_and_which_have_ended() {
+        let page: Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/gce/aggregated-list.json"
+        ))
+        .unwrap();
+        let vms: Vec<(&str, Instance)> = aggregated_instances(&page).collect();
+        let seen: Vec<(&str, &str, &str, bool)> = vms
+            .iter()
+            .map(|(zone, vm)| (*zone, vm.name.as_str(), vm.backend_id.as_str(), vm.ended))
+            .collect();
         assert_eq!(
-            order,
+            seen,
             [
-                pair("z-a-1", "big"),
-                pair("z-a-2", "big"),
-                pair("z-a-1", "small"),
-                pair("z-a-2", "small")
+                (
+                    "europe-west1-b",
+                    "m1-small-ab12cd34",
+                    "europe-west1-b/5402883120932457382",
+                    false
+                ),
+                (
+                    "europe-west1-c",
+                    "m1-small-ef56gh78",
+                    "europe-west1-c/1187362098765432109",
+                    true
+                ),
             ]
         );
+        assert_eq!(
+            vms[0].1.created_at.to_rfc3339(),
+            "2026-12-01T10:26:40.110+00:00"
+        );
+    }
+
+    #[test]
+    fn other_zones_are_the_up_ones_of_the_same_regions() {
+        let page = json!({"items": [
+            {"name": "europe-west1-b", "status": "UP",
+             "region": "https://www.googleapis.com/compute/v1/projects/p/regions/europe-west1"},
+            {"name": "europe-west1-d", "status": "DOWN",
+             "region": "https://www.googleapis.com/compute/v1/projects/p/regions/europe-west1"},
+            {"name": "europe-west10-a", "status": "UP",
+             "region": "https://www.googleapis.com/compute/v1/projects/p/regions/europe-west10"},
+            {"name": "us-central1-a", "status": "UP",
+             "region": "https://www.googleapis.com/compute/v1/projects/p/regions/us-central1"},
+        ]});
+        assert_eq!(region_of("europe-west1-b"), "europe-west1");
+        let regions = BTreeSet::from(["europe-west1"]);
+        let zones: Vec<String> = up_zones_in(&page, &regions).collect();
+        assert_eq!(zones, ["europe-west1-b"]);
     }
 
     #[test]

@@ -7,12 +7,14 @@
 //!   (`/computeMetadata/v1/instance/service-accounts/default/token`, `Metadata-Flavor: Google`).
 //!
 //! A token is cached until a minute before it expires; [`Auth::invalidate`] drops it (a 401).
+//! A token request that gets no answer, a 5xx or a 429 is retried as Compute Engine calls are
+//! (the same attempts and backoff); any other refusal is not.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use reqwest::Url;
+use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -163,7 +165,36 @@ impl Auth {
         *self.cached.lock().await = None;
     }
 
+    /// A new token, retrying transient failures.
     async fn fetch(&self) -> Result<TokenAnswer, GceError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.fetch_once().await {
+                Err(Failure {
+                    error,
+                    transient: true,
+                }) if attempt < super::ATTEMPTS => {
+                    log::debug!(
+                        event = "gce_token_retry",
+                        source = self.kind(),
+                        attempt,
+                        error:% = error;
+                        "retrying a Google token request"
+                    );
+                    tokio::time::sleep(super::retry_delay(attempt)).await;
+                }
+                result => return result.map_err(|failure| failure.error),
+            }
+        }
+    }
+
+    /// One token request.
+    async fn fetch_once(&self) -> Result<TokenAnswer, Failure> {
+        let lasting = |error| Failure {
+            error,
+            transient: false,
+        };
         let request = match &self.source {
             Source::Key {
                 email,
@@ -181,10 +212,10 @@ impl Auth {
                 };
                 let mut header = Header::new(Algorithm::RS256);
                 header.kid = key_id.clone();
-                let assertion = SecretString::from(
-                    jsonwebtoken::encode(&header, &claims, key)
-                        .map_err(|err| GceError::Auth(format!("cannot sign the JWT: {err}")))?,
-                );
+                let assertion =
+                    SecretString::from(jsonwebtoken::encode(&header, &claims, key).map_err(
+                        |err| lasting(GceError::Auth(format!("cannot sign the JWT: {err}"))),
+                    )?);
                 self.http.post(token_uri.clone()).form(&[
                     ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
                     ("assertion", assertion.expose_secret()),
@@ -195,19 +226,31 @@ impl Auth {
                 .get(url.clone())
                 .header("Metadata-Flavor", "Google"),
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|err| GceError::Auth(format!("token endpoint: {}", super::transport(&err))))?;
+        let response = request.send().await.map_err(|err| Failure {
+            error: GceError::Auth(format!("token endpoint: {}", super::transport(&err))),
+            transient: true,
+        })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(GceError::Auth(format!(
-                "token endpoint answered {}",
-                status.as_u16()
-            )));
+            return Err(Failure {
+                error: GceError::Auth(format!("token endpoint answered {}", status.as_u16())),
+                transient: status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS,
+            });
         }
-        let body = super::read_body(response).await?;
-        serde_json::from_slice(&body)
-            .map_err(|_| GceError::Auth("token endpoint answered no access token".into()))
+        let body = super::read_body(response).await.map_err(|error| Failure {
+            error,
+            transient: true,
+        })?;
+        serde_json::from_slice(&body).map_err(|_| {
+            lasting(GceError::Auth(
+                "token endpoint answered no access token".into(),
+            ))
+        })
     }
+}
+
+/// Why a token request failed, and whether trying again may help.
+struct Failure {
+    error: GceError,
+    transient: bool,
 }

@@ -135,6 +135,7 @@ async fn listing(rows: &mut Vec<Row>) {
         templates: vec!["runner-c4-8".into()],
         spot: false,
         network_tags: vec![],
+        other_zones: true,
     };
     let gce = Gce::new(&env, config, "m1", "small", None).expect("backend");
     // The first listing fetches the token.
