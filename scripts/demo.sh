@@ -3,14 +3,16 @@
 # foreground: the gateway on :8080, the planner on :8081 (database runner_planner_demo), and a
 # demo flavor; the project's fake GitHub on :8083 (github.com cannot be reached from here: the
 # fake stands in for it) and the runner manager on :8082, running the fake runner as its exec
-# runner command. The planner's web console is at http://127.0.0.1:8081/console (the admin
-# token logs in; it shows the manager's runners and creates GitHub Apps on the fake GitHub).
+# runner command; then it sends a few jobs' webhooks through the gateway. The planner's web
+# console is at http://127.0.0.1:8081/console (the admin token logs in; it shows those jobs,
+# their deliveries, the manager's runners, and creates GitHub Apps on the fake GitHub).
 # Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --workspace --bins
-target=${CARGO_TARGET_DIR:-target}/debug
+# Absolute: the manager runs the fake runner by this path (CARGO_TARGET_DIR may be either).
+target=$(cd "${CARGO_TARGET_DIR:-target}/debug" && pwd)
 
 export RUST_LOG=${RUST_LOG:-info}
 export RABBITMQ_CONNECT_STRING=${RABBITMQ_CONNECT_STRING:-amqp://guest:guest@127.0.0.1:5672/%2f}
@@ -92,11 +94,27 @@ boot_timeout = "2m"
 max_lifetime = "1h"
 [flavor.backend]
 kind = "exec"
-command = ["$PWD/$target/fake-runner"]
+command = ["$target/fake-runner"]
 stop_grace = "5s"
 TOML
-sed '0,/"action": "queued"/s//"action": "completed"/' tests/fixtures/workflow_job/queued.1.json \
-  >"$demo_dir/completed.json"
+# demo_job ID ACTION: the queued.1 fixture (labels self-hosted, k8s) as job ID's ACTION
+# webhook, with GitHub's times; prints the file it wrote.
+demo_job() {
+  local file="$demo_dir/job-$1-$2.json"
+  local edits=(-e "0,/\"id\": 12877621891/s//\"id\": $1/"
+    -e "0,/\"action\": \"queued\"/s//\"action\": \"$2\"/")
+  if [[ $2 != queued ]]; then
+    edits+=(-e "0,/\"status\": \"waiting\"/s//\"status\": \"$2\"/"
+      -e '0,/"started_at": "2023-04-19T21:12:12Z"/s//"started_at": "2023-04-19T21:12:40Z"/')
+  fi
+  if [[ $2 == completed ]]; then
+    edits+=(-e '0,/"conclusion": null/s//"conclusion": "success"/'
+      -e '0,/"completed_at": null/s//"completed_at": "2023-04-19T21:15:02Z"/')
+  fi
+  sed "${edits[@]}" tests/fixtures/workflow_job/queued.1.json >"$file"
+  echo "$file"
+}
+completed=$(demo_job 12877621891 completed)
 APP_PORT=$manager_port OTEL_EXPORTER_PROMETHEUS_PORT=${MANAGER_METRICS_PORT:-9466} \
   APP_PLANNER_URL="$planner" APP_PLANNER_TOKEN_VALUE="$manager_token" APP_MANAGER_ID=demo \
   APP_MANAGER_CONFIG="$demo_dir/flavors.toml" APP_EXEC_STATE_DIR="$demo_dir/state" \
@@ -108,13 +126,35 @@ APP_PORT=$manager_port OTEL_EXPORTER_PROMETHEUS_PORT=${MANAGER_METRICS_PORT:-946
 pids+=($!)
 wait_ready "http://127.0.0.1:$manager_port/health" "${pids[-1]}" manager
 
+# Demo data for the console, through the gateway as GitHub sends it: a queued job (its delivery
+# sent twice: a duplicate), one in progress and one completed.
+send() { # file [delivery]
+  local answer
+  answer=$(GATEWAY_URL="http://127.0.0.1:$gateway_port" scripts/send-webhook.sh "$1" workflow_job "${2:-}")
+  if [[ $answer != *"HTTP 200"* ]]; then echo "the gateway refused $1: $answer" >&2; exit 1; fi
+}
+repeated=$(cat /proc/sys/kernel/random/uuid)
+send "$(demo_job 12877621891 queued)" "$repeated"
+send "$(demo_job 12877621891 queued)" "$repeated"
+for action in queued in_progress; do send "$(demo_job 12877621892 $action)"; done
+for action in queued in_progress completed; do send "$(demo_job 12877621893 $action)"; done
+deadline=$((SECONDS + 30))
+until curl -fsS --max-time 5 -H "$auth" "$planner/api/v1/jobs/github/12877621893" 2>/dev/null |
+  grep -q '"status":"completed"'; do
+  if ((SECONDS >= deadline)); then echo "the planner did not apply the demo jobs" >&2; exit 1; fi
+  sleep 0.5
+done
+
 cat <<TXT
 
 runner-planner demo is running.
   gateway   http://127.0.0.1:$gateway_port   webhook secret: $APP_WEBHOOK_SECRET_VALUE
   planner   $planner   admin token: $APP_ADMIN_TOKEN_VALUE   flavor: demo-k8s (labels: k8s)
 
-Web console: $planner/console (log in with the admin token above)
+Web console: $planner/console (log in with the admin token above). Its demo data, sent
+through the gateway: job 12877621891 queued (its delivery sent twice: the deliveries page
+counts the duplicate), 12877621892 in progress, 12877621893 completed; the open ones' pressure
+starts runners.
 
 Send a signed workflow_job webhook (a queued job with labels self-hosted, k8s):
   GATEWAY_URL=http://127.0.0.1:$gateway_port scripts/send-webhook.sh tests/fixtures/workflow_job/queued.1.json
@@ -129,7 +169,7 @@ a runner process (the fake runner, registered with the FAKE GitHub on :$fake_git
 stands in for github.com), and completing the job removes it:
   curl -H 'Authorization: Bearer $manager_token' http://127.0.0.1:$manager_port/api/v1/runners
   ps -o pid,args -C fake-runner
-  GATEWAY_URL=http://127.0.0.1:$gateway_port scripts/send-webhook.sh $demo_dir/completed.json
+  GATEWAY_URL=http://127.0.0.1:$gateway_port scripts/send-webhook.sh $completed
 
 Metrics: http://127.0.0.1:${GATEWAY_METRICS_PORT:-9464}/metrics (gateway), http://127.0.0.1:${PLANNER_METRICS_PORT:-9465}/metrics (planner), http://127.0.0.1:${MANAGER_METRICS_PORT:-9466}/metrics (manager).
 Ctrl-C stops the demo.

@@ -12,6 +12,9 @@
 //! For the console's set-up page it plays GitHub's App manifest flow ([`manifests`]): the
 //! confirmation page (a redirect back with a code) and the code's conversion (once).
 //!
+//! Its API routes answer at its root, as `api.github.com`'s do, and under `/api/v3`, as a
+//! GitHub Enterprise Server's do ([`ENTERPRISE_API_PREFIX`]); its web pages only at the root.
+//!
 //! For the runner manager it keeps self-hosted runners per organization and repository:
 //! `generate-jitconfig` (201; 409 for a name taken, 404 for an unknown runner group, 422 for
 //! no labels), runner listings in pages with `Link`, `DELETE` (204; 422 while busy; 404) and
@@ -42,6 +45,10 @@ pub const PUBLIC_KEY: &str = include_str!("../fixtures/github-app/test-only-publ
 pub const APP_ID: &str = "4242";
 /// The installation id of the tests.
 pub const INSTALLATION_ID: u64 = 777;
+/// Where GitHub Enterprise Server serves its REST API: the fake answers every API route both
+/// at its root (as `api.github.com` does) and under this prefix; its web pages (the manifest
+/// flow's) only at the root.
+pub const ENTERPRISE_API_PREFIX: &str = "/api/v3";
 
 /// How the fake answers a job lookup.
 #[derive(Debug, Clone)]
@@ -403,9 +410,16 @@ fn route(
     path: &str,
 ) -> (HttpResponse, Option<FakeDelivery>) {
     let mut state = state.lock().expect("fake state");
+    // GitHub Enterprise Server serves the REST API under `/api/v3` of its web address.
+    let (path, enterprise_api) = match path.strip_prefix(ENTERPRISE_API_PREFIX) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => (rest, true),
+        _ => (path, false),
+    };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     // A person's browser and the unauthenticated conversion: no API headers, no token.
-    if let Some(response) = manifests::route(request, body, &mut state, method, &segments) {
+    if let Some(response) =
+        manifests::route(request, body, &mut state, method, &segments, enterprise_api)
+    {
         return (response, None);
     }
     let has_headers = header(request, "Accept") == Some("application/vnd.github+json")

@@ -17,7 +17,7 @@
 //!   [`fake_github`], [`promql`] (the metrics and labels dashboards and alert rules use); clusters
 //!   whose nodes a test stops: [`cluster`].
 //! - Waiting and naming: [`within`] (a deadline on one future), [`eventually`] (a condition
-//!   polled until it holds), [`unique`] (a name no other test uses).
+//!   polled until it holds), [`unique`] (a name no other test uses), [`free_port`].
 //!
 //! The benchmarks are a binary of their own (`src/bin/bench/`), not part of this library.
 
@@ -68,6 +68,15 @@ pub fn http_client() -> reqwest::Client {
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A port of 127.0.0.1 nothing listens on (free when asked: a server may bind it, and a
+/// client connecting to it is refused until one does).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Polls `condition` until it holds; panics with `what` after `timeout`.

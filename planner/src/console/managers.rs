@@ -10,12 +10,17 @@ use serde::Deserialize;
 
 use super::Console;
 
-/// One runner, as the manager's status API shows it.
+/// The states a runner of the manager's status API is in, in the order of its life: the
+/// overview counts them in this order (a state not listed here, from a newer manager, after
+/// them).
+pub const STATES: [&str; 5] = ["creating", "booting", "idle", "busy", "removing"];
+
+/// One runner, as the manager's status API shows it (its `RunnerView`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Runner {
     pub name: String,
     pub flavor: String,
-    /// `creating`, `idle`, `busy`, ...
+    /// One of [`STATES`].
     pub state: String,
     pub created_at: DateTime<Utc>,
     pub online_at: Option<DateTime<Utc>>,
@@ -41,13 +46,21 @@ pub struct Report {
 }
 
 impl Report {
-    /// How many runners are in each state, by state.
-    pub fn by_state(&self) -> BTreeMap<String, usize> {
-        let mut states = BTreeMap::new();
+    /// How many runners are in each state they are in: the [`STATES`] in their order, then any
+    /// other by name.
+    pub fn by_state(&self) -> Vec<(String, usize)> {
+        let mut states: BTreeMap<(usize, &str), usize> = BTreeMap::new();
         for runner in self.runners.iter().flatten() {
-            *states.entry(runner.state.clone()).or_default() += 1;
+            let rank = STATES
+                .iter()
+                .position(|known| *known == runner.state)
+                .unwrap_or(STATES.len());
+            *states.entry((rank, runner.state.as_str())).or_default() += 1;
         }
         states
+            .into_iter()
+            .map(|((_, state), count)| (state.to_owned(), count))
+            .collect()
     }
 }
 
@@ -87,4 +100,48 @@ async fn runners(console: &Console, base: &Url) -> Result<Vec<Runner>, ManagerEr
             ManagerError::Body
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(name: &str, state: &str) -> Runner {
+        Runner {
+            name: name.to_owned(),
+            flavor: "small".to_owned(),
+            state: state.to_owned(),
+            created_at: Utc::now(),
+            online_at: None,
+            backend_id: None,
+        }
+    }
+
+    #[test]
+    fn states_are_counted_in_the_order_of_a_runners_life() {
+        let report = Report {
+            url: "http://m1:8080".to_owned(),
+            runners: Ok(vec![
+                runner("a", "busy"),
+                runner("b", "idle"),
+                runner("c", "hibernating"),
+                runner("d", "busy"),
+                runner("e", "creating"),
+            ]),
+        };
+        assert_eq!(
+            report.by_state(),
+            vec![
+                ("creating".to_owned(), 1),
+                ("idle".to_owned(), 1),
+                ("busy".to_owned(), 2),
+                ("hibernating".to_owned(), 1),
+            ]
+        );
+        let down = Report {
+            url: "http://m2:8080".to_owned(),
+            runners: Err(ManagerError::Unreachable),
+        };
+        assert!(down.by_state().is_empty());
+    }
 }

@@ -292,7 +292,7 @@ pub async fn overview_page(
         .await
         .into_iter()
         .map(|report| {
-            let states: Vec<(String, usize)> = report.by_state().into_iter().collect();
+            let states: Vec<(String, usize)> = report.by_state();
             ManagerSummary {
                 total: states.iter().map(|(_, n)| n).sum(),
                 error: report.runners.as_ref().err().map(ToString::to_string),

@@ -27,20 +27,22 @@ pub struct ManifestApp {
     pub converted: bool,
 }
 
-/// Answers the manifest routes (none else: `None`).
+/// Answers the manifest routes (none else: `None`): the web pages at the root only, the
+/// conversion also under GitHub Enterprise Server's API prefix (`enterprise_api`).
 pub(super) fn route(
     request: &HttpRequest,
     body: &[u8],
     state: &mut State,
     method: &str,
     segments: &[&str],
+    enterprise_api: bool,
 ) -> Option<HttpResponse> {
-    match (segments, method) {
-        (["settings", "apps", "new"], "POST") => Some(create(request, body, state, None)),
-        (["organizations", org, "settings", "apps", "new"], "POST") => {
+    match (segments, method, enterprise_api) {
+        (["settings", "apps", "new"], "POST", false) => Some(create(request, body, state, None)),
+        (["organizations", org, "settings", "apps", "new"], "POST", false) => {
             Some(create(request, body, state, Some((*org).to_owned())))
         }
-        (["app-manifests", code, "conversions"], "POST") => Some(convert(state, code)),
+        (["app-manifests", code, "conversions"], "POST", _) => Some(convert(state, code)),
         _ => None,
     }
 }
