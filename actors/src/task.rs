@@ -54,6 +54,46 @@ where
     });
 }
 
+/// Runs the task `work` makes as [`spawn_until_stopped`] does, and a new one each time one
+/// ends or panics, after `delay`: for a loop that must not stop while the process runs (the
+/// manager's pressure follower). Each restart is logged (`task_restarted`, with whether it
+/// panicked) and reported to `restarted` (a metric, a readiness flag). The running task is
+/// aborted when `shutdown` comes.
+pub fn spawn_supervised<W, F, R>(
+    name: &'static str,
+    shutdown: ShutdownSignal,
+    delay: std::time::Duration,
+    mut work: W,
+    mut restarted: R,
+) where
+    W: FnMut() -> F + 'static,
+    F: Future<Output = ()> + 'static,
+    R: FnMut() + 'static,
+{
+    /// The running task, aborted when its supervisor is dropped (at shutdown).
+    struct Running(tokio::task::JoinHandle<()>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    spawn_until_stopped(name, shutdown, async move {
+        loop {
+            let mut running = Running(actix_web::rt::spawn(work()));
+            let panicked = (&mut running.0).await.is_err_and(|err| err.is_panic());
+            log::warn!(
+                event = "task_restarted",
+                task = name,
+                panicked,
+                delay_ms = delay.as_millis();
+                "task ended: starting it again"
+            );
+            restarted();
+            tokio::time::sleep(delay).await;
+        }
+    });
+}
+
 /// Runs `round` on `state` at once and then every `interval` after the previous one ended (one
 /// at a time), as [`spawn_until_stopped`] does.
 pub fn spawn_every<S: 'static>(
@@ -99,6 +139,46 @@ mod tests {
         // Once stopped, its future is dropped (no round can follow): the channel closes.
         while rx.recv().await.is_some() {}
         assert!(rounds.load(Ordering::SeqCst) >= 2);
+    }
+
+    #[actix_web::test]
+    async fn a_supervised_task_is_started_again_after_it_panics_or_ends() {
+        let shutdown = Shutdown::default();
+        let starts = Arc::new(AtomicUsize::new(0));
+        let (restarts, mut restarted) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let counted = starts.clone();
+        spawn_supervised(
+            "test",
+            shutdown.signal(),
+            Duration::from_millis(1),
+            move || {
+                let start = counted.fetch_add(1, Ordering::SeqCst);
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(start);
+                    match start {
+                        0 => panic!("the first run panics"),
+                        1 => {}
+                        _ => std::future::pending().await,
+                    }
+                }
+            },
+            move || {
+                let _ = restarts.send(());
+            },
+        );
+        // The first run panics, the second ends, the third runs on.
+        for expected in 0..3 {
+            assert_eq!(rx.recv().await, Some(expected));
+        }
+        restarted.recv().await.unwrap();
+        restarted.recv().await.unwrap();
+        shutdown.stop();
+        // Stopped: the running task (and the sender it holds) is dropped, and none follows.
+        assert_eq!(rx.recv().await, None);
+        assert!(restarted.recv().await.is_none());
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
     }
 
     #[actix_web::test]

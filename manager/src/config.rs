@@ -290,6 +290,7 @@ impl Config {
             )
             .into());
         }
+        let exec_state_dir = exec_state_dir(source, &flavors)?;
         Ok(Self {
             planner_url,
             planner_token: planner_token.trim().to_owned().into(),
@@ -314,11 +315,7 @@ impl Config {
                 config::duration,
             )?,
             create_parallelism,
-            exec_state_dir: PathBuf::from(
-                source
-                    .get("APP_EXEC_STATE_DIR")
-                    .unwrap_or_else(|| DEFAULT_EXEC_STATE_DIR.to_owned()),
-            ),
+            exec_state_dir,
             gce: GceEnv::from_source(source)?,
             reconnect: actors::reconnect::Backoff::new(
                 Duration::from_millis(200),
@@ -327,6 +324,23 @@ impl Config {
             telemetry: TelemetryConfig::from_source(source)?,
         })
     }
+}
+
+/// `APP_EXEC_STATE_DIR`, checked when an `exec` flavor will record runners there.
+fn exec_state_dir(source: &dyn Source, flavors: &[FlavorConfig]) -> Result<PathBuf, ConfigError> {
+    let dir = PathBuf::from(
+        source
+            .get("APP_EXEC_STATE_DIR")
+            .unwrap_or_else(|| DEFAULT_EXEC_STATE_DIR.to_owned()),
+    );
+    if flavors
+        .iter()
+        .any(|flavor| matches!(flavor.backend, BackendConfig::Exec { .. }))
+    {
+        crate::backend::exec::check_state_dir(&dir)
+            .map_err(|reason| ConfigError::new("APP_EXEC_STATE_DIR", reason))?;
+    }
+    Ok(dir)
 }
 
 fn host_name() -> Result<String, ConfigError> {
@@ -1091,7 +1105,9 @@ network_tags = ["runners"]
     fn the_environment_is_read_and_checked() {
         let path = flavor_file("env");
         let path = path.to_str().unwrap();
+        let state = std::env::temp_dir();
         let base = [
+            ("APP_EXEC_STATE_DIR", state.to_str().unwrap()),
             ("APP_PLANNER_URL", "http://planner:8080"),
             ("APP_PLANNER_TOKEN_VALUE", "general-token"),
             ("APP_MANAGER_ID", "m1"),
@@ -1126,6 +1142,7 @@ network_tags = ["runners"]
             ("APP_MANAGER_ADMIN_TOKEN_VALUE", "short"),
             ("APP_GITHUB_APP_ID", ""),
             ("APP_PORT", "http"),
+            ("APP_EXEC_STATE_DIR", "/dev/null/runners"),
         ] {
             match with(name, value) {
                 Err(Invalid::Variable(err)) => {

@@ -6,7 +6,8 @@
 //! 1. its process or machine has ended -> removed (and deregistered if GitHub still has it);
 //! 2. older than `max_lifetime` -> removed, busy or not;
 //! 3. never seen online in GitHub and older than `boot_timeout` -> deregistered and removed;
-//!    (only when GitHub's list is known: while GitHub cannot be reached nothing is judged);
+//!    (only when GitHub's list is known: while GitHub cannot be reached nothing is judged; and
+//!    only by a listing asked for after the runner's deadline);
 //! 4. then, counting the runners left and those being created: below desired -> create the
 //!    shortfall; above desired -> remove idle runners only, oldest first (deregistered first, so
 //!    GitHub refuses, with 422, one that has just taken a job). Busy and booting runners are
@@ -129,6 +130,9 @@ pub struct Observed<'a> {
     /// What GitHub lists with this manager's and flavor's name prefix; `None` when GitHub could
     /// not be asked.
     pub github: Option<&'a [Runner]>,
+    /// When GitHub's listing was asked for (it may be older than `now`): a runner is judged
+    /// never online within `boot_timeout` only by a listing asked for after its deadline.
+    pub listed_at: DateTime<Utc>,
     /// Names of runners being created.
     pub creating: &'a HashSet<String>,
     /// Names of runners being removed.
@@ -189,7 +193,9 @@ pub fn decide(observed: &Observed<'_>) -> Plan {
         } else if observed.github.is_some()
             && !online
             && !observed.seen_online.contains(name)
-            && age(instance) > observed.boot_timeout
+            && (observed.listed_at - instance.created_at)
+                .to_std()
+                .is_ok_and(|waited| waited > observed.boot_timeout)
         {
             Some(Reason::BootTimeout)
         } else {
@@ -301,6 +307,7 @@ mod tests {
         creating: HashSet<String>,
         removing: HashSet<String>,
         seen_online: HashSet<String>,
+        listed_at: DateTime<Utc>,
     }
 
     impl Case {
@@ -313,6 +320,7 @@ mod tests {
                 creating: HashSet::new(),
                 removing: HashSet::new(),
                 seen_online: HashSet::new(),
+                listed_at: now(),
             }
         }
 
@@ -323,6 +331,7 @@ mod tests {
                 scale_down: self.scale_down,
                 instances: &self.instances,
                 github: self.github.as_deref(),
+                listed_at: self.listed_at,
                 creating: &self.creating,
                 removing: &self.removing,
                 seen_online: &self.seen_online,
@@ -471,6 +480,22 @@ mod tests {
             reason: Reason::BootTimeout
         }));
         assert!(plan.actions.contains(&Action::Create(1)));
+    }
+
+    #[test]
+    fn boot_timeout_is_judged_only_by_a_listing_asked_for_after_the_deadline() {
+        let mut case = Case::new(1);
+        // 700 s old, booting for 600 s: its deadline was 100 s ago.
+        case.instances = vec![instance("slow", 700)];
+        case.listed_at = now() - chrono::Duration::seconds(150);
+        // A listing from before the deadline says nothing of whether it came online in time.
+        assert!(removed(&case.plan()).is_empty());
+        assert_eq!(state(&case.plan(), "slow"), RunnerState::Booting);
+        case.listed_at = now() - chrono::Duration::seconds(50);
+        assert_eq!(
+            removed(&case.plan()),
+            vec![("slow".into(), Reason::BootTimeout)]
+        );
     }
 
     #[test]

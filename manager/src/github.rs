@@ -1,6 +1,7 @@
 //! The GitHub side of the manager: where runners register ([`RunnerScope`]), and the
 //! [`GitHub`] actor that owns the App client (its installation-token cache and rate-limit
-//! state), caches runner-group ids and the runner list, and reports whether GitHub answers.
+//! state), caches runner-group ids, keeps the newest runner listing for every flavor's passes,
+//! and reports whether GitHub answers.
 //!
 //! The actor never fails a caller's actor: every error comes back as a [`GitHubError`], and a
 //! rate limit makes the client answer at once, without a request, until it lifts.
@@ -10,13 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use futures::future::{BoxFuture, FutureExt};
 
 pub use ::actors::github::{
     DeleteOutcome, GitHubError, JitConfig, Runner, RunnerScope, DEFAULT_RUNNER_GROUP_ID,
 };
 
-use crate::messages::{DeleteRunner, GenerateJitConfig, ListRunners};
+use crate::messages::{DeleteRunner, GenerateJitConfig, JitError, ListRunners, Listed};
 use crate::reconciler::is_runner_name;
 use crate::status::Readiness;
 
@@ -53,9 +55,17 @@ pub trait RunnerApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<u64>, GitHubError>>;
 }
 
-/// How long one runner listing answers every flavor's question: a pressure change wakes every
-/// reconciler at once, and they share one request.
+/// How long a runner listing is fresh: a pass served an older one starts the next listing
+/// (one at a time, shared by every flavor) without waiting for it.
 pub const LIST_CACHE: Duration = Duration::from_secs(2);
+
+/// The oldest listing a pass is served without waiting for a new one, for reconcile passes
+/// every `interval`: two rounds, so that a round is served the listing the round before it
+/// started, and a pass waits for GitHub only at start-up or when listings have failed for that
+/// long.
+pub fn list_max_age(interval: Duration) -> Duration {
+    interval.max(LIST_CACHE).saturating_mul(2)
+}
 
 /// The organisation's (or repository's) runners as one listing found them, sorted by name so
 /// that the runners of one name prefix (one manager's flavor) are one range of it: each
@@ -82,27 +92,56 @@ impl Listing {
     }
 }
 
-type SharedList = futures::future::Shared<BoxFuture<'static, Result<Arc<Listing>, GitHubError>>>;
+/// A listing and when it was asked for.
+#[derive(Debug)]
+struct Snapshot {
+    listing: Listing,
+    asked: Instant,
+    asked_at: DateTime<Utc>,
+}
+
+type SharedList = futures::future::Shared<BoxFuture<'static, Result<Arc<Snapshot>, GitHubError>>>;
+type SharedGroup = futures::future::Shared<BoxFuture<'static, Result<u64, GitHubError>>>;
 
 /// The GitHub actor: one per process, shared by every reconciler.
+///
+/// Runner listings: passes are served the newest listing at once while it is younger than
+/// [`list_max_age`], so a pass never waits for GitHub's pages behind a hundred other flavors;
+/// a listing older than [`LIST_CACHE`], or one that a creation or a deregistration has made
+/// out of date, starts the next one in the background. Runners deregistered after a listing
+/// was asked for are left out of the answers it gives.
 pub struct GitHub {
     api: Arc<dyn RunnerApi>,
     scope: Arc<RunnerScope>,
-    groups: HashMap<String, u64>,
-    listed: Option<(Instant, Arc<Listing>)>,
+    groups: HashMap<String, SharedGroup>,
+    max_age: Duration,
+    snapshot: Option<Arc<Snapshot>>,
     listing: Option<SharedList>,
+    /// A runner was registered or deregistered since the newest listing was asked for.
+    outdated: bool,
+    /// Runners deregistered since the newest listing was asked for, and when.
+    deregistered: Vec<(Instant, u64)>,
     readiness: Arc<Readiness>,
 }
 
 impl GitHub {
-    /// The actor for `api`, registering runners in `scope`.
-    pub fn new(api: Arc<dyn RunnerApi>, scope: RunnerScope, readiness: Arc<Readiness>) -> Self {
+    /// The actor for `api`, registering runners in `scope`, serving listings up to `max_age`
+    /// old ([`list_max_age`]).
+    pub fn new(
+        api: Arc<dyn RunnerApi>,
+        scope: RunnerScope,
+        max_age: Duration,
+        readiness: Arc<Readiness>,
+    ) -> Self {
         Self {
             api,
             scope: Arc::new(scope),
             groups: HashMap::new(),
-            listed: None,
+            max_age,
+            snapshot: None,
             listing: None,
+            outdated: false,
+            deregistered: Vec::new(),
             readiness,
         }
     }
@@ -114,6 +153,92 @@ impl GitHub {
         };
         readiness.set_github(reachable);
     }
+
+    /// The listing under way, or a new one: it runs whether or not anyone waits for it, and
+    /// becomes the snapshot when it answers.
+    fn refresh(&mut self, ctx: &mut Context<Self>) -> SharedList {
+        if let Some(listing) = &self.listing {
+            return listing.clone();
+        }
+        self.outdated = false;
+        let api = self.api.clone();
+        let scope = self.scope.clone();
+        let readiness = self.readiness.clone();
+        let listing = async move {
+            let asked = Instant::now();
+            let asked_at = Utc::now();
+            let result = api.list_runners(&scope).await;
+            Self::observe(&readiness, &result);
+            result.map(|runners| {
+                Arc::new(Snapshot {
+                    listing: Listing::new(runners),
+                    asked,
+                    asked_at,
+                })
+            })
+        }
+        .boxed()
+        .shared();
+        self.listing = Some(listing.clone());
+        ctx.spawn(listing.clone().into_actor(self).map(|result, actor, _| {
+            actor.listing = None;
+            match result {
+                Ok(snapshot) => {
+                    actor.deregistered.retain(|(at, _)| *at >= snapshot.asked);
+                    actor.snapshot = Some(snapshot);
+                }
+                Err(err) => log::debug!(
+                    event = "github_list_failed",
+                    error:% = err;
+                    "cannot list GitHub's runners"
+                ),
+            }
+        }));
+        listing
+    }
+
+    /// The id of runner group `name`: looked up once and kept, the lookup under way shared by
+    /// every create that needs it; a failed lookup (an unknown name, GitHub away) is tried
+    /// again by the next create.
+    fn runner_group(&mut self, name: &str) -> SharedGroup {
+        if let Some(lookup) = self.groups.get(name) {
+            if !matches!(lookup.peek(), Some(Err(_))) {
+                return lookup.clone();
+            }
+        }
+        let api = self.api.clone();
+        let scope = self.scope.clone();
+        let readiness = self.readiness.clone();
+        let group = name.to_owned();
+        let lookup = async move {
+            let found = api.runner_group_id(&scope, &group).await;
+            Self::observe(&readiness, &found);
+            found?.ok_or_else(|| GitHubError::Invalid(format!("no runner group named {group:?}")))
+        }
+        .boxed()
+        .shared();
+        self.groups.insert(name.to_owned(), lookup.clone());
+        lookup
+    }
+
+    /// The runners of `prefix` in `snapshot`, less those deregistered since it was asked for.
+    fn answer(&self, snapshot: &Snapshot, prefix: &str) -> Listed {
+        let deregistered = |id: u64| {
+            self.deregistered
+                .iter()
+                .any(|(at, gone)| *gone == id && *at >= snapshot.asked)
+        };
+        Listed {
+            runners: snapshot
+                .listing
+                .with_prefix(prefix)
+                .iter()
+                .filter(|runner| is_runner_name(prefix, &runner.name) && !deregistered(runner.id))
+                .cloned()
+                .collect(),
+            asked_at: snapshot.asked_at,
+        }
+    }
 }
 
 impl Actor for GitHub {
@@ -121,108 +246,80 @@ impl Actor for GitHub {
 }
 
 impl Handler<GenerateJitConfig> for GitHub {
-    type Result = ResponseActFuture<Self, Result<JitConfig, GitHubError>>;
+    type Result = ResponseFuture<Result<JitConfig, JitError>>;
 
     fn handle(&mut self, msg: GenerateJitConfig, _: &mut Context<Self>) -> Self::Result {
         let api = self.api.clone();
         let scope = self.scope.clone();
         let readiness = self.readiness.clone();
-        let cached = match &msg.runner_group {
-            None => Some(DEFAULT_RUNNER_GROUP_ID),
-            Some(group) => self.groups.get(group).copied(),
-        };
-        self.listed = None;
-        Box::pin(
-            async move {
-                let group_id = match (cached, &msg.runner_group) {
-                    (Some(id), _) => id,
-                    (None, Some(group)) => {
-                        let found = api.runner_group_id(&scope, group).await;
-                        Self::observe(&readiness, &found);
-                        found?.ok_or_else(|| {
-                            GitHubError::Invalid(format!("no runner group named {group:?}"))
-                        })?
-                    }
-                    (None, None) => DEFAULT_RUNNER_GROUP_ID,
-                };
-                let result = api
-                    .generate_jit_config(&scope, &msg.name, group_id, &msg.labels)
-                    .await;
-                Self::observe(&readiness, &result);
-                result.map(|config| (msg.runner_group, group_id, config))
-            }
-            .into_actor(self)
-            .map(|result, actor, _| {
-                let (group, group_id, config) = result?;
-                if let Some(group) = group {
-                    actor.groups.insert(group, group_id);
-                }
-                Ok(config)
-            }),
-        )
+        let group = msg
+            .runner_group
+            .as_deref()
+            .map(|name| self.runner_group(name));
+        self.outdated = true;
+        Box::pin(async move {
+            let group_id = match group {
+                Some(lookup) => lookup.await.map_err(JitError::RunnerGroup)?,
+                None => DEFAULT_RUNNER_GROUP_ID,
+            };
+            let result = api
+                .generate_jit_config(&scope, &msg.name, group_id, &msg.labels)
+                .await;
+            Self::observe(&readiness, &result);
+            result.map_err(JitError::Jit)
+        })
     }
 }
 
 impl Handler<ListRunners> for GitHub {
-    type Result = ResponseActFuture<Self, Result<Vec<Runner>, GitHubError>>;
+    type Result = ResponseActFuture<Self, Result<Listed, GitHubError>>;
 
-    fn handle(&mut self, msg: ListRunners, _: &mut Context<Self>) -> Self::Result {
-        let fresh = self
-            .listed
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < LIST_CACHE)
-            .map(|(_, runners)| runners.clone());
-        let listing = match (fresh, &self.listing) {
-            (Some(runners), _) => futures::future::ready(Ok(runners)).boxed().shared(),
-            (None, Some(listing)) => listing.clone(),
-            (None, None) => {
-                let api = self.api.clone();
-                let scope = self.scope.clone();
-                let readiness = self.readiness.clone();
-                let listing = async move {
-                    let result = api.list_runners(&scope).await;
-                    Self::observe(&readiness, &result);
-                    result.map(|runners| Arc::new(Listing::new(runners)))
+    fn handle(&mut self, msg: ListRunners, ctx: &mut Context<Self>) -> Self::Result {
+        let servable = self
+            .snapshot
+            .clone()
+            .filter(|snapshot| snapshot.asked.elapsed() < self.max_age);
+        match servable {
+            Some(snapshot) => {
+                if self.outdated || snapshot.asked.elapsed() >= LIST_CACHE {
+                    // It runs on its own (spawned); this pass does not wait for it.
+                    drop(self.refresh(ctx));
                 }
-                .boxed()
-                .shared();
-                self.listing = Some(listing.clone());
-                listing
+                let answer = self.answer(&snapshot, &msg.prefix);
+                Box::pin(fut::ready(Ok(answer)))
             }
-        };
-        Box::pin(listing.into_actor(self).map(move |result, actor, _| {
-            actor.listing = None;
-            let runners = result?;
-            if actor
-                .listed
-                .as_ref()
-                .is_none_or(|(at, _)| at.elapsed() >= LIST_CACHE)
-            {
-                actor.listed = Some((Instant::now(), runners.clone()));
-            }
-            Ok(runners
-                .with_prefix(&msg.prefix)
-                .iter()
-                .filter(|runner| is_runner_name(&msg.prefix, &runner.name))
-                .cloned()
-                .collect())
-        }))
+            None => Box::pin(
+                self.refresh(ctx)
+                    .into_actor(self)
+                    .map(move |result, actor, _| Ok(actor.answer(result?.as_ref(), &msg.prefix))),
+            ),
+        }
     }
 }
 
 impl Handler<DeleteRunner> for GitHub {
-    type Result = ResponseFuture<Result<DeleteOutcome, GitHubError>>;
+    type Result = ResponseActFuture<Self, Result<DeleteOutcome, GitHubError>>;
 
     fn handle(&mut self, msg: DeleteRunner, _: &mut Context<Self>) -> Self::Result {
         let api = self.api.clone();
         let scope = self.scope.clone();
         let readiness = self.readiness.clone();
-        self.listed = None;
-        Box::pin(async move {
-            let result = api.delete_runner(&scope, msg.runner_id).await;
-            Self::observe(&readiness, &result);
-            result
-        })
+        let runner_id = msg.runner_id;
+        Box::pin(
+            async move {
+                let result = api.delete_runner(&scope, runner_id).await;
+                Self::observe(&readiness, &result);
+                result
+            }
+            .into_actor(self)
+            .map(move |result, actor, _| {
+                if matches!(result, Ok(DeleteOutcome::Deleted | DeleteOutcome::NotFound)) {
+                    actor.deregistered.push((Instant::now(), runner_id));
+                    actor.outdated = true;
+                }
+                result
+            }),
+        )
     }
 }
 
@@ -281,13 +378,121 @@ pub fn client(config: &crate::Config) -> Result<Arc<dyn RunnerApi>, GitHubError>
 impl Supervised for GitHub {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.listing = None;
-        self.listed = None;
+        self.snapshot = None;
+        self.deregistered.clear();
+        self.groups.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use tokio::sync::Semaphore;
+
     use super::*;
+
+    /// GitHub whose listings each wait for a permit; it counts them.
+    struct GatedListing {
+        runners: Mutex<Vec<Runner>>,
+        permits: Semaphore,
+        listings: AtomicUsize,
+    }
+
+    impl RunnerApi for GatedListing {
+        fn generate_jit_config<'a>(
+            &'a self,
+            _: &'a RunnerScope,
+            _: &'a str,
+            _: u64,
+            _: &'a [String],
+        ) -> BoxFuture<'a, Result<JitConfig, GitHubError>> {
+            futures::future::ready(Err(GitHubError::Invalid("unused".into()))).boxed()
+        }
+
+        fn list_runners<'a>(
+            &'a self,
+            _: &'a RunnerScope,
+        ) -> BoxFuture<'a, Result<Vec<Runner>, GitHubError>> {
+            async move {
+                self.listings.fetch_add(1, Ordering::SeqCst);
+                self.permits.acquire().await.expect("permits").forget();
+                Ok(self.runners.lock().unwrap().clone())
+            }
+            .boxed()
+        }
+
+        fn delete_runner<'a>(
+            &'a self,
+            _: &'a RunnerScope,
+            id: u64,
+        ) -> BoxFuture<'a, Result<DeleteOutcome, GitHubError>> {
+            self.runners.lock().unwrap().retain(|r| r.id != id);
+            futures::future::ready(Ok(DeleteOutcome::Deleted)).boxed()
+        }
+
+        fn runner_group_id<'a>(
+            &'a self,
+            _: &'a RunnerScope,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<u64>, GitHubError>> {
+            futures::future::ready(Ok(None)).boxed()
+        }
+    }
+
+    #[actix_rt::test]
+    async fn passes_are_served_the_newest_listing_without_waiting_for_the_next() {
+        let api = Arc::new(GatedListing {
+            runners: Mutex::new(vec![
+                Runner {
+                    id: 1,
+                    ..runner("m1-small-00000001")
+                },
+                Runner {
+                    id: 2,
+                    ..runner("m1-small-00000002")
+                },
+            ]),
+            permits: Semaphore::new(0),
+            listings: AtomicUsize::new(0),
+        });
+        let github = GitHub::new(
+            api.clone(),
+            RunnerScope::Org("org".into()),
+            Duration::from_secs(3600),
+            Arc::new(Readiness::new()),
+        )
+        .start();
+        let list = || {
+            github.send(ListRunners {
+                prefix: "m1-small-".into(),
+            })
+        };
+        let ids = |listed: Listed| -> Vec<u64> { listed.runners.iter().map(|r| r.id).collect() };
+        // No listing yet: the first pass waits for one, and only one is made for two passes.
+        let (first, second) = (list(), list());
+        api.permits.add_permits(1);
+        assert_eq!(ids(first.await.unwrap().unwrap()), [1, 2]);
+        assert_eq!(ids(second.await.unwrap().unwrap()), [1, 2]);
+        assert_eq!(api.listings.load(Ordering::SeqCst), 1);
+
+        // A deregistration makes the listing out of date: the next pass is answered at once
+        // (the new listing waits for a permit), without the runner deregistered since.
+        let deleted = github.send(DeleteRunner { runner_id: 1 }).await.unwrap();
+        assert_eq!(deleted.unwrap(), DeleteOutcome::Deleted);
+        let served = tokio::time::timeout(Duration::from_secs(5), list())
+            .await
+            .expect("a pass waited for GitHub")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(served), [2]);
+        assert_eq!(api.listings.load(Ordering::SeqCst), 2, "no new listing");
+        // While it is under way, passes share it rather than start more.
+        list().await.unwrap().unwrap();
+        assert_eq!(api.listings.load(Ordering::SeqCst), 2);
+        api.permits.add_permits(1);
+    }
 
     fn runner(name: &str) -> Runner {
         Runner {

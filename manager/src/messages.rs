@@ -7,7 +7,7 @@ use crate::github::{DeleteOutcome, GitHubError, JitConfig, Runner};
 
 /// To the GitHub actor: a JIT configuration for a new runner.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<JitConfig, GitHubError>")]
+#[rtype(result = "Result<JitConfig, JitError>")]
 pub struct GenerateJitConfig {
     /// The runner's name.
     pub name: String,
@@ -17,12 +17,44 @@ pub struct GenerateJitConfig {
     pub labels: Vec<String>,
 }
 
+/// Why a runner got no JIT configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JitError {
+    /// The flavor's `runner_group` could not be resolved to an id (no group of that name, or
+    /// GitHub did not answer).
+    #[error("runner group: {0}")]
+    RunnerGroup(GitHubError),
+    /// GitHub refused or did not answer the JIT configuration request.
+    #[error("JIT configuration: {0}")]
+    Jit(GitHubError),
+}
+
+impl JitError {
+    /// The `reason` label of the failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::RunnerGroup(_) => "runner_group",
+            Self::Jit(_) => "jit_config",
+        }
+    }
+}
+
 /// To the GitHub actor: the registered runners whose names start with `prefix`.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<Runner>, GitHubError>")]
+#[rtype(result = "Result<Listed, GitHubError>")]
 pub struct ListRunners {
     /// `<manager id>-<flavor>-`.
     pub prefix: String,
+}
+
+/// The answer to [`ListRunners`]: the runners of a listing, and when that listing was asked
+/// for (it may be up to the GitHub actor's maximum age old).
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// The runners of the prefix.
+    pub runners: Vec<Runner>,
+    /// When the listing was asked for.
+    pub asked_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// To the GitHub actor: deregister a runner.

@@ -2,7 +2,7 @@
 
 use actors::telemetry::HttpMetrics;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Prefix of every metric.
@@ -39,6 +39,8 @@ pub struct Metrics {
     pub capacity_exhausted: IntGaugeVec,
     /// 1 while the pressure stream is connected.
     pub planner_connected: IntGauge,
+    /// Times the pressure follower ended or panicked and was started again.
+    pub follower_restarts: IntCounter,
     /// HTTP request metrics of the status API.
     pub http: HttpMetrics,
 }
@@ -83,7 +85,7 @@ impl Metrics {
             )?,
             failures: counter(
                 "failures_total",
-                "Failed steps, by reason (jit_config, backend_start, backend_state, backend_stop, no_capacity, github_list, deregister, planner_labels).",
+                "Failed steps, by reason (runner_group, jit_config, backend_start, backend_state, backend_stop, no_capacity, github_list, deregister, planner_labels).",
                 &["flavor", "reason"],
             )?,
             kept_busy: counter(
@@ -125,6 +127,10 @@ impl Metrics {
                 name("planner_connected"),
                 "1 while the planner's pressure stream is connected.",
             )?,
+            follower_restarts: IntCounter::new(
+                name("pressure_follower_restarts_total"),
+                "Times the pressure follower ended or panicked and was started again.",
+            )?,
             http: HttpMetrics::register(&registry)?,
             registry,
         };
@@ -142,6 +148,7 @@ impl Metrics {
             Box::new(metrics.capacity_misses.clone()),
             Box::new(metrics.capacity_exhausted.clone()),
             Box::new(metrics.planner_connected.clone()),
+            Box::new(metrics.follower_restarts.clone()),
         ] {
             metrics.registry.register(collector)?;
         }

@@ -9,9 +9,12 @@
 //! reconcilers keep the last pressure they were told for the grace period, then are told
 //! `None` and fall back to their `min_runners`.
 //!
-//! A loop that takes no messages is a plain task here, not an actor; it ends with the process.
+//! A loop that takes no messages is a plain task here, not an actor: [`spawn`] runs it
+//! supervised ([`actors::task::spawn_supervised`]), started again whenever it ends or panics.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix::Recipient;
@@ -86,7 +89,11 @@ impl Planner {
     }
 }
 
+/// How long the follower waits before it is started again after ending or panicking.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
 /// Where and how to follow.
+#[derive(Clone)]
 pub struct Follow {
     /// The planner.
     pub planner: Planner,
@@ -102,17 +109,52 @@ pub struct Follow {
     pub metrics: Metrics,
 }
 
-/// Follows the pressure stream until the process ends.
-pub async fn follow(follow: Follow) {
+/// What the follower keeps across its restarts: since when the pressure has been unknown (none
+/// while the stream is connected), and whether the reconcilers have been told so. A follower
+/// that keeps ending still falls back to `min_runners` after the grace.
+#[derive(Clone)]
+struct Lost {
+    since: Rc<Cell<Option<Instant>>>,
+    announced: Rc<Cell<bool>>,
+}
+
+/// Follows the pressure stream until `shutdown`, supervised: a follower that ends or panics is
+/// logged (`task_restarted`), counted (`github_runner_manager_pressure_follower_restarts_total`)
+/// and started again after [`RESTART_DELAY`]; meanwhile the stream counts as lost (`/ready`
+/// names the planner) and the grace period runs on.
+pub fn spawn(follow: Follow, shutdown: actors::task::ShutdownSignal) {
+    let lost = Lost {
+        since: Rc::new(Cell::new(Some(Instant::now()))),
+        announced: Rc::new(Cell::new(false)),
+    };
+    let (readiness, metrics) = (follow.readiness.clone(), follow.metrics.clone());
+    let restarted = lost.clone();
+    actors::task::spawn_supervised(
+        "pressure_follower",
+        shutdown,
+        RESTART_DELAY,
+        move || run(follow.clone(), lost.clone()),
+        move || {
+            readiness.set_planner(false);
+            metrics.planner_connected.set(0);
+            metrics.follower_restarts.inc();
+            if restarted.since.get().is_none() {
+                restarted.since.set(Some(Instant::now()));
+                restarted.announced.set(false);
+            }
+        },
+    );
+}
+
+/// Follows the pressure stream, reconnecting, until the task is stopped.
+async fn run(follow: Follow, lost: Lost) {
     let mut url = follow.planner.url.clone();
     url.set_path("/api/v1/flavors/_/pressure");
     url.set_query(Some("stream=true"));
     let mut last: HashMap<String, Option<u64>> = HashMap::new();
     let mut delays = follow.reconnect.delays();
-    let mut lost_at: Option<Instant> = Some(Instant::now());
-    let mut announced_lost = false;
     loop {
-        match read_stream(&url, &follow, &mut last, &mut lost_at).await {
+        match read_stream(&url, &follow, &mut last, &lost).await {
             Ok(()) => {
                 log::warn!(event = "pressure_stream_ended"; "the planner ended the pressure stream")
             }
@@ -124,15 +166,15 @@ pub async fn follow(follow: Follow) {
         }
         follow.readiness.set_planner(false);
         follow.metrics.planner_connected.set(0);
-        if lost_at.is_none() {
-            lost_at = Some(Instant::now());
-            announced_lost = false;
+        if lost.since.get().is_none() {
+            lost.since.set(Some(Instant::now()));
+            lost.announced.set(false);
             delays.reset();
         }
         let delay = delays.next_delay();
-        let lost_for = lost_at.map_or(Duration::ZERO, |at| at.elapsed());
+        let lost_for = lost.since.get().map_or(Duration::ZERO, |at| at.elapsed());
         let to_grace = follow.grace.saturating_sub(lost_for);
-        if !announced_lost && to_grace <= delay {
+        if !lost.announced.get() && to_grace <= delay {
             tokio::time::sleep(to_grace).await;
             log::warn!(
                 event = "pressure_unknown",
@@ -144,7 +186,7 @@ pub async fn follow(follow: Follow) {
                 last.insert(flavor.clone(), None);
                 reconciler.do_send(PressureChanged(None));
             }
-            announced_lost = true;
+            lost.announced.set(true);
             tokio::time::sleep(delay - to_grace).await;
         } else {
             tokio::time::sleep(delay).await;
@@ -189,7 +231,7 @@ async fn read_stream(
     url: &Url,
     follow: &Follow,
     last: &mut HashMap<String, Option<u64>>,
-    lost_at: &mut Option<Instant>,
+    lost: &Lost,
 ) -> Result<(), PlannerError> {
     let response = follow
         .planner
@@ -217,7 +259,7 @@ async fn read_stream(
             let line: Vec<u8> = buffer.drain(..=end).collect();
             let map: PressureMap =
                 serde_json::from_slice(&line[..end]).map_err(PlannerError::Line)?;
-            if lost_at.take().is_some() {
+            if lost.since.take().is_some() {
                 log::info!(
                     event = "pressure_stream_connected",
                     flavors = map.len();

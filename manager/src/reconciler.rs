@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use crate::backend::{Backend, Instance, RunnerSpec, NO_CAPACITY};
 use crate::config::{FlavorConfig, DEFAULT_LABELS};
 use crate::decide::{self, Action, Observed, Reason, RunnerState};
-use crate::github::{DeleteOutcome, GitHub, GitHubError, Runner};
+use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::messages::{
-    DeleteRunner, GenerateJitConfig, GetRunners, ListRunners, PressureChanged, RunnerView,
+    DeleteRunner, GenerateJitConfig, GetRunners, ListRunners, Listed, PressureChanged, RunnerView,
 };
 use crate::metrics::Metrics;
 use crate::planner::Planner;
@@ -73,6 +73,15 @@ pub struct Reconciler {
     create_failures: u32,
     create_paused_until: Option<Instant>,
     wake_scheduled: bool,
+}
+
+/// The pause after `failures` failed creates in a row (at least one): 1 s, 2 s, 4 s, ... up
+/// to 5 min.
+fn create_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    CREATE_BACKOFF_MIN
+        .saturating_mul(1 << doublings)
+        .min(CREATE_BACKOFF_MAX)
 }
 
 /// The name prefix of a manager's runners of a flavor: `<manager id>-<flavor>-`.
@@ -153,12 +162,19 @@ impl Reconciler {
                 .map(move |(instances, runners), actor, ctx| {
                     actor.passing = false;
                     actor.apply(instances, runners, ctx);
+                    let took = started.elapsed();
                     actor
                         .config
                         .metrics
                         .reconcile_seconds
                         .with_label_values(&[actor.flavor()])
-                        .observe(started.elapsed().as_secs_f64());
+                        .observe(took.as_secs_f64());
+                    log::debug!(
+                        event = "reconcile_pass",
+                        flavor = actor.flavor(),
+                        duration_us = took.as_micros();
+                        "reconcile pass done"
+                    );
                     if std::mem::take(&mut actor.again) {
                         actor.pass(ctx);
                     }
@@ -169,7 +185,7 @@ impl Reconciler {
     fn apply(
         &mut self,
         instances: Result<Vec<Instance>, crate::backend::BackendError>,
-        runners: Result<Vec<Runner>, ListError>,
+        runners: Result<Listed, ListError>,
         ctx: &mut Context<Self>,
     ) {
         let flavor = self.flavor().to_owned();
@@ -213,14 +229,18 @@ impl Reconciler {
             }
         };
         let now = Utc::now();
+        let listed_at = runners.as_ref().map_or(now, |listed| listed.asked_at);
+        let runners = runners.map(|listed| listed.runners);
         for runner in runners.iter().flatten() {
             if runner.status != "online" || self.online_at.contains_key(&runner.name) {
                 continue;
             }
-            self.online_at.insert(runner.name.clone(), now);
+            self.online_at.insert(runner.name.clone(), listed_at);
             if self.created_here.contains(&runner.name) {
                 if let Some(instance) = instances.iter().find(|i| i.name == runner.name) {
-                    let boot = (now - instance.created_at).to_std().unwrap_or_default();
+                    let boot = (listed_at - instance.created_at)
+                        .to_std()
+                        .unwrap_or_default();
                     metrics
                         .boot_seconds
                         .with_label_values(&[flavor.as_str()])
@@ -272,6 +292,7 @@ impl Reconciler {
             scale_down: self.pressure_heard,
             instances: &instances,
             github: runners.as_deref(),
+            listed_at,
             creating: &creating,
             removing: &self.removing,
             seen_online: &seen_online,
@@ -434,9 +455,7 @@ impl Reconciler {
                     }
                     Err((reason, error)) => {
                         actor.create_failures = actor.create_failures.saturating_add(1);
-                        let wait = CREATE_BACKOFF_MIN
-                            .saturating_mul(1 << actor.create_failures.min(16))
-                            .min(CREATE_BACKOFF_MAX);
+                        let wait = create_backoff(actor.create_failures);
                         actor.create_paused_until = Some(Instant::now() + wait);
                         if reason == NO_CAPACITY {
                             actor.set_capacity(false);
@@ -606,7 +625,7 @@ async fn create_runner(
         })
         .await
         .map_err(|_| ("jit_config", "GitHub actor stopped".to_owned()))?
-        .map_err(|err| ("jit_config", err.to_string()))?;
+        .map_err(|err| (err.reason(), err.to_string()))?;
     let spec = RunnerSpec {
         name: name.to_owned(),
         flavor: config.flavor.name.clone(),
@@ -747,7 +766,7 @@ mod tests {
     use super::*;
     use crate::backend::BackendError;
     use crate::config::BackendConfig;
-    use crate::github::{JitConfig, RunnerApi, RunnerScope};
+    use crate::github::{JitConfig, Runner, RunnerApi, RunnerScope};
 
     #[test]
     fn a_runner_name_is_its_prefix_and_eight_hex_digits_exactly() {
@@ -762,6 +781,13 @@ mod tests {
         assert!(!is_runner_name(&prefix, "m1-a-0000BEEF"));
         assert!(!is_runner_name(&prefix, "m1-a-0000beeg"));
         assert!(!is_runner_name(&prefix, "m2-a-0000beef"));
+    }
+
+    #[test]
+    fn create_backoff_doubles_from_one_second_to_five_minutes() {
+        let secs: Vec<u64> = (1..=10).map(|n| create_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+        assert_eq!(create_backoff(u32::MAX), CREATE_BACKOFF_MAX);
     }
 
     const FLAVOR: &str = "small";
@@ -907,9 +933,11 @@ mod tests {
         });
         let readiness = Arc::new(Readiness::new());
         let metrics = Metrics::new().unwrap();
+        // No listing is served old: every pass waits for its own, as after a GitHub outage.
         let github = GitHub::new(
             api.clone(),
             RunnerScope::Org("org".to_owned()),
+            Duration::ZERO,
             readiness.clone(),
         )
         .start();

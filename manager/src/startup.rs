@@ -12,15 +12,16 @@ use std::sync::Arc;
 use actix::{Recipient, Supervisor};
 use actix_web::{dev::Server, web};
 use actors::config::bind;
+use actors::task::Shutdown;
 use actors::telemetry::MetricsExport;
 use secrecy::ExposeSecret;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::github::{GitHub, RunnerApi};
+use crate::github::{list_max_age, GitHub, RunnerApi};
 use crate::messages::{GetRunners, PressureChanged};
 use crate::metrics::Metrics;
-use crate::planner::{follow, Follow, Planner};
+use crate::planner::{Follow, Planner};
 use crate::reconciler::{Reconciler, ReconcilerConfig};
 use crate::status::{token_sha256, Readiness, StatusState};
 
@@ -29,6 +30,8 @@ pub struct Application {
     port: u16,
     server: Server,
     metrics_export: MetricsExport,
+    /// The pressure follower's stop signal: it runs as long as this is kept.
+    tasks: Shutdown,
 }
 
 impl Application {
@@ -49,7 +52,8 @@ impl Application {
         let github = {
             let readiness = readiness.clone();
             let scope = config.github_path.clone();
-            Supervisor::start(move |_| GitHub::new(api, scope, readiness))
+            let max_age = list_max_age(config.reconcile_interval);
+            Supervisor::start(move |_| GitHub::new(api, scope, max_age, readiness))
         };
         let planner = Planner::new(config.planner_url.clone(), config.planner_token.clone())?;
         let mut followers: HashMap<String, Recipient<PressureChanged>> = HashMap::new();
@@ -71,14 +75,18 @@ impl Application {
             followers.insert(flavor.name.clone(), reconciler.clone().recipient());
             listers.push(reconciler.recipient());
         }
-        actix_web::rt::spawn(follow(Follow {
-            planner,
-            reconcilers: followers,
-            grace: config.pressure_grace,
-            reconnect: config.reconnect,
-            readiness: readiness.clone(),
-            metrics: metrics.clone(),
-        }));
+        let tasks = Shutdown::default();
+        crate::planner::spawn(
+            Follow {
+                planner,
+                reconcilers: followers,
+                grace: config.pressure_grace,
+                reconnect: config.reconnect,
+                readiness: readiness.clone(),
+                metrics: metrics.clone(),
+            },
+            tasks.signal(),
+        );
 
         let mut token_hashes = vec![token_sha256(config.planner_token.expose_secret())];
         if let Some(admin) = &config.admin_token {
@@ -111,6 +119,7 @@ impl Application {
             port,
             server,
             metrics_export,
+            tasks,
         })
     }
 
@@ -127,6 +136,7 @@ impl Application {
     /// Serves until SIGTERM or SIGINT.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = actors::http::run_with_metrics(self.server, self.metrics_export).await;
+        self.tasks.stop();
         log::info!(event = "manager_stopped"; "manager stopped");
         result
     }

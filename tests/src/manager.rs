@@ -35,6 +35,8 @@ pub struct Flavor {
     pub max_lifetime: String,
     /// `labels` (`None`: the planner flavor's).
     pub labels: Option<Vec<String>>,
+    /// `runner_group` (`None`: the default group).
+    pub runner_group: Option<String>,
     /// The command (`None`: the fake runner).
     pub command: Option<Vec<String>>,
     /// The lines of `[flavor.backend]` (`None`: `kind = "exec"` with `command`).
@@ -51,6 +53,7 @@ impl Flavor {
             boot_timeout: "60s".to_owned(),
             max_lifetime: "1h".to_owned(),
             labels: None,
+            runner_group: None,
             command: None,
             backend: None,
         }
@@ -74,6 +77,11 @@ impl Flavor {
             .as_ref()
             .map(|labels| format!("labels = [{}]\n", quoted(labels)))
             .unwrap_or_default();
+        let runner_group = self
+            .runner_group
+            .as_ref()
+            .map(|group| format!("runner_group = {group:?}\n"))
+            .unwrap_or_default();
         let backend = self.backend.clone().unwrap_or_else(|| {
             format!(
                 "kind = \"exec\"\ncommand = [{}]\nstop_grace = \"2s\"\n",
@@ -81,7 +89,7 @@ impl Flavor {
             )
         });
         format!(
-            "[[flavor]]\nname = {:?}\nmin_runners = {}\nmax_runners = {}\n{labels}\
+            "[[flavor]]\nname = {:?}\nmin_runners = {}\nmax_runners = {}\n{labels}{runner_group}\
              boot_timeout = {:?}\nmax_lifetime = {:?}\n[flavor.backend]\n{backend}\n",
             self.name, self.min, self.max, self.boot_timeout, self.max_lifetime,
         )

@@ -649,3 +649,88 @@ async fn the_dashboard_and_alert_rules_use_only_exported_metrics() {
         assert!(used.contains(name), "{name} is used by no panel or rule");
     }
 }
+
+#[actix_web::test]
+async fn a_runner_group_is_resolved_once_and_an_unknown_one_fails_creates_clearly() {
+    let scene = Scene::start().await;
+    let group_id = scene.fake.add_runner_group("gpu-runners");
+    let groups = format!("/orgs/{ORG}/actions/runner-groups");
+    let in_group = |group: &str| Flavor {
+        runner_group: Some(group.to_owned()),
+        ..Flavor::new(FLAVOR, 3, 3)
+    };
+    let dir = ManagerDir::new();
+    let _manager = scene
+        .manager("m1", &[in_group("gpu-runners")], &dir, &[])
+        .await;
+    // Three creates at once (min_runners): every runner registered in the group, which was
+    // looked up once for all of them.
+    let online = scene.online("m1-small-", 3).await;
+    for runner in &online {
+        assert_eq!(runner.group_id, group_id, "{runner:?}");
+    }
+    assert_eq!(scene.fake.requests(&groups).len(), 1);
+
+    // A group GitHub does not know: each create fails with reason runner_group, the manager
+    // backs off and retries, and keeps running.
+    let other_dir = ManagerDir::new();
+    let mut other = scene
+        .manager("m2", &[in_group("no-such-group")], &other_dir, &[])
+        .await;
+    other
+        .wait_for_more(
+            "github_runner_manager_failures_total{flavor=\"small\",reason=\"runner_group\"}",
+            2.0,
+        )
+        .await;
+    let line = other
+        .service
+        .wait_for_log("event=runner_create_failed", WAIT)
+        .await;
+    assert!(line.contains("reason=runner_group"), "{line}");
+    assert!(line.contains("no-such-group"), "{line}");
+    assert!(other.service.is_running());
+    assert!(scene.registered("m2-small-").is_empty());
+    assert!(other.runners().await.is_empty());
+}
+
+#[actix_web::test]
+async fn failing_jit_configurations_back_off_the_flavor() {
+    let scene = Scene::start().await;
+    let jit = format!("/orgs/{ORG}/actions/runners/generate-jitconfig");
+    scene.fake.fail(&jit, 4, 500);
+    let dir = ManagerDir::new();
+    let manager = scene
+        .manager("m1", &[Flavor::new(FLAVOR, 1, 1)], &dir, &[])
+        .await;
+    // min_runners asks for one runner at once; it comes after four failed attempts.
+    scene.online("m1-small-", 1).await;
+    let asked: Vec<std::time::Instant> = scene
+        .fake
+        .requests(&jit)
+        .iter()
+        .map(|request| request.at)
+        .collect();
+    assert_eq!(asked.len(), 5, "one request per attempt, no more");
+    let gaps: Vec<Duration> = asked.windows(2).map(|w| w[1] - w[0]).collect();
+    // The pause after the n-th failure in a row: 1 s, 2 s, 4 s, 8 s.
+    for (gap, pause) in gaps.iter().zip([1, 2, 4, 8]) {
+        assert!(
+            *gap >= Duration::from_secs(pause) - Duration::from_millis(100),
+            "gaps {gaps:?}"
+        );
+    }
+    assert!(gaps.windows(2).all(|w| w[1] > w[0]), "gaps {gaps:?}");
+    assert_eq!(
+        manager
+            .metric("github_runner_manager_failures_total{flavor=\"small\",reason=\"jit_config\"}")
+            .await,
+        4.0
+    );
+    assert_eq!(
+        manager
+            .metric("github_runner_manager_created_total{flavor=\"small\"}")
+            .await,
+        1.0
+    );
+}

@@ -13,6 +13,9 @@
 //!   pid, the process's start time from `/proc/<pid>/stat`, created at) and its output in
 //!   `<name>.log`. A restarted manager reads the records and adopts the runners still alive; the
 //!   start time tells a runner from an unrelated process that got its pid after it ended.
+//!   A pending record (`<name>.pending`) is written before the process is started and removed
+//!   once the record is: a manager that dies in between finds the runner again from it (by
+//!   its name and the manager's id in the environment of a process group leader in `/proc`).
 //! - A runner whose process has ended is listed as ended until it is deleted.
 //! - A listing reads the directory, but only the records it has not read before (a record is
 //!   renamed into place once and never rewritten), and tells a child this manager started and
@@ -41,6 +44,8 @@ use super::{Backend, BackendError, Instance, RunnerSpec};
 
 /// Variables of the manager's environment a runner command inherits; nothing else.
 const INHERITED: [&str; 5] = ["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
+/// The extension of a runner's pending record, written before its process is started.
+const PENDING: &str = "pending";
 /// How often a stopping process is checked.
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// How long a SIGKILLed group may take to go.
@@ -136,7 +141,24 @@ impl Exec {
 
     fn start(&self, spec: &RunnerSpec) -> Result<Instance, BackendError> {
         let start = |err: std::io::Error| BackendError::Start(err.to_string());
-        let log = fs::File::create(self.log_path(&spec.name)).map_err(start)?;
+        // Recorded before it exists: a manager that dies between the spawn and the record
+        // finds the runner again by its pending record ([`Exec::adopt_pending`]).
+        let mut record = Record {
+            name: spec.name.clone(),
+            flavor: spec.flavor.clone(),
+            manager_id: spec.manager_id.clone(),
+            pid: 0,
+            start_time: 0,
+            created_at: Utc::now(),
+        };
+        let pending = self.pending_path(&spec.name);
+        self.write_file(&record, &pending, false)?;
+        let unpend = || {
+            let _ = fs::remove_file(&pending);
+        };
+        let log = fs::File::create(self.log_path(&spec.name))
+            .map_err(start)
+            .inspect_err(|_| unpend())?;
         let mut command = Command::new(&self.command[0]);
         command
             .args(&self.command[1..])
@@ -149,20 +171,13 @@ impl Exec {
             .env("RUNNER_MANAGER_ID", &spec.manager_id)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(start)?)
+            .stdout(log.try_clone().map_err(start).inspect_err(|_| unpend())?)
             .stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command.spawn().map_err(start)?;
+        let child = command.spawn().map_err(start).inspect_err(|_| unpend())?;
         let pid = i32::try_from(child.id()).map_err(|_| BackendError::Start("pid".into()))?;
-        let start_time = process_start_time(pid).unwrap_or(0);
-        let record = Record {
-            name: spec.name.clone(),
-            flavor: spec.flavor.clone(),
-            manager_id: spec.manager_id.clone(),
-            pid,
-            start_time,
-            created_at: Utc::now(),
-        };
+        record.pid = pid;
+        record.start_time = process_start_time(pid).unwrap_or(0);
         self.children
             .lock()
             .expect("children")
@@ -171,34 +186,122 @@ impl Exec {
             // Unrecorded, it could not be found again: stop it now.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             self.reap(&spec.name);
+            unpend();
             return Err(err);
         }
+        unpend();
         Ok(instance(&record, false))
     }
 
-    fn write_record(&self, record: &Record) -> Result<(), BackendError> {
-        let state = |err: std::io::Error| BackendError::State(err.to_string());
-        let path = self.record_path(&record.name);
-        let partial = path.with_extension("json.partial");
-        let mut file = fs::File::create(&partial).map_err(state)?;
-        file.write_all(&serde_json::to_vec(record).expect("a record serialises"))
-            .and_then(|()| file.sync_all())
-            .map_err(state)?;
-        fs::rename(&partial, &path).map_err(state)
+    fn pending_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{PENDING}"))
     }
 
-    /// Brings `cache` up to the directory: drops the files gone, reads the new ones.
+    fn write_record(&self, record: &Record) -> Result<(), BackendError> {
+        self.write_file(record, &self.record_path(&record.name), true)
+    }
+
+    /// Writes `record` to `path` through a partial file renamed into place; `sync`: flushed to
+    /// disk first (a pending record only has to outlive the manager's process, not the host).
+    fn write_file(&self, record: &Record, path: &Path, sync: bool) -> Result<(), BackendError> {
+        let state = |err: std::io::Error| BackendError::State(err.to_string());
+        let partial = path.with_extension("partial");
+        let mut file = fs::File::create(&partial).map_err(state)?;
+        file.write_all(&serde_json::to_vec(record).expect("a record serialises"))
+            .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
+            .map_err(state)?;
+        fs::rename(&partial, path).map_err(state)
+    }
+
+    /// Finishes the pending records a manager left when it died between starting a runner and
+    /// recording it: the runner is looked for in `/proc` (the leader of its own process group,
+    /// with this manager's id and the runner's name in its environment) and recorded if found;
+    /// the pending record is removed either way (a runner not found has ended; its GitHub
+    /// registration is an orphan the reconciler deregisters).
+    fn adopt_pending(&self, pending: Vec<Record>) {
+        let mut found: HashMap<String, i32> = HashMap::new();
+        if let Ok(processes) = fs::read_dir("/proc") {
+            for entry in processes.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|p| p.parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                let Ok(environ) = fs::read(entry.path().join("environ")) else {
+                    continue;
+                };
+                let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+                let has = |var: &str| vars.contains(&var.as_bytes());
+                if !has(&format!("RUNNER_MANAGER_ID={}", self.manager_id))
+                    || !has(&format!("RUNNER_FLAVOR={}", self.flavor))
+                    || process_group_of(pid) != Some(pid)
+                {
+                    continue;
+                }
+                for record in &pending {
+                    if has(&format!("RUNNER_NAME={}", record.name)) {
+                        found.insert(record.name.clone(), pid);
+                    }
+                }
+            }
+        }
+        for mut record in pending {
+            if let Some(&pid) = found.get(&record.name) {
+                record.pid = pid;
+                record.start_time = process_start_time(pid).unwrap_or(0);
+                if let Err(err) = self.write_record(&record) {
+                    log::warn!(
+                        event = "exec_pending_unrecorded",
+                        "runner.name" = record.name,
+                        error:% = err;
+                        "cannot record a runner found from its pending record"
+                    );
+                    continue;
+                }
+                log::info!(
+                    event = "exec_runner_adopted_pending",
+                    "runner.name" = record.name,
+                    pid;
+                    "runner found from its pending record"
+                );
+            }
+            let _ = fs::remove_file(self.pending_path(&record.name));
+        }
+    }
+
+    /// Brings `cache` up to the directory: drops the files gone, reads the new ones, and
+    /// finishes the pending records a manager that died mid-start left. A start writes and
+    /// removes its pending record within one call on the listing's thread, so a listing never
+    /// sees the pending record of a start under way.
     fn refresh(&self, cache: &mut RecordCache) -> Result<(), BackendError> {
+        let pending = self.read_dir(cache)?;
+        if !pending.is_empty() {
+            self.adopt_pending(pending);
+            self.read_dir(cache)?;
+        }
+        Ok(())
+    }
+
+    /// Brings `cache` up to the directory's records; returns this manager's pending records.
+    fn read_dir(&self, cache: &mut RecordCache) -> Result<Vec<Record>, BackendError> {
         let entries = fs::read_dir(&self.dir).map_err(|err| {
             BackendError::State(format!("cannot read {}: {err}", self.dir.display()))
         })?;
         let mut known = std::mem::take(&mut cache.0);
+        let mut pending: Vec<Record> = Vec::new();
         for entry in entries.flatten() {
             let file_name = entry.file_name();
-            if Path::new(&file_name)
-                .extension()
-                .is_none_or(|ext| ext != "json")
-            {
+            let path = Path::new(&file_name);
+            if path.extension().is_some_and(|ext| ext == PENDING) {
+                // This manager's and flavor's only.
+                if let Ok(Some(record)) = self.read_record(&entry.path()) {
+                    pending.push(record);
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|ext| ext != "json") {
                 continue;
             }
             let inode = entry.ino();
@@ -220,7 +323,7 @@ impl Exec {
             };
             cache.0.insert(file_name, (inode, record));
         }
-        Ok(())
+        Ok(pending)
     }
 
     /// The record at `path` if it is this manager's and flavor's (`None`: another's).
@@ -336,6 +439,31 @@ impl Exec {
     }
 }
 
+/// Whether runners can be recorded under `dir` (`APP_EXEC_STATE_DIR`), checked with the
+/// configuration so that `manager check-config` reports it: `dir` is a directory the manager
+/// may write in, or does not exist yet and its nearest existing parent is one (the backend
+/// creates it).
+pub fn check_state_dir(dir: &Path) -> Result<(), String> {
+    use nix::unistd::{access, AccessFlags};
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+    }
+    let what = if existing == dir {
+        format!("{}", dir.display())
+    } else {
+        format!("{} (to create {})", existing.display(), dir.display())
+    };
+    if !existing.is_dir() {
+        return Err(format!("{what} is not a directory"));
+    }
+    access(existing, AccessFlags::W_OK | AccessFlags::X_OK)
+        .map_err(|err| format!("{what} is not writable by the manager: {err}"))
+}
+
 /// Whether a recorded pid can be a runner's process group: `killpg(0)` would signal the
 /// manager's own group and `killpg(1)` every process it may signal (`kill(-1)`).
 fn is_runner_pid(pid: i32) -> bool {
@@ -360,6 +488,13 @@ fn alive(record: &Record) -> bool {
         }
         None => false,
     }
+}
+
+/// The process group of `pid` (`/proc/<pid>/stat` field 5), if it exists.
+fn process_group_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// The start time of `pid` (`/proc/<pid>/stat` field 22), if it exists.
@@ -618,6 +753,78 @@ mod tests {
         assert!(!listed[0].ended, "{listed:?}");
         fs::remove_file(backend.record_path(&record.name)).unwrap();
         assert!(backend.list().await.unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[actix_rt::test]
+    async fn a_runner_started_but_never_recorded_is_found_from_its_pending_record() {
+        let dir = state_dir("pending");
+        let backend = shell(&dir, "exec sleep 30");
+        let pending = |name: &str| Record {
+            name: name.into(),
+            flavor: "small".into(),
+            manager_id: "m1".into(),
+            pid: 0,
+            start_time: 0,
+            created_at: Utc::now(),
+        };
+        // A manager that died between starting a runner and recording it left its pending
+        // record and the runner's process (a group of its own, its variables).
+        let started = pending("m1-small-pend0001");
+        backend
+            .write_file(&started, &backend.pending_path(&started.name), false)
+            .unwrap();
+        let mut command = Command::new("/bin/sh");
+        command
+            .args(["-c", "exec sleep 30"])
+            .env_clear()
+            .env("RUNNER_NAME", &started.name)
+            .env("RUNNER_FLAVOR", "small")
+            .env("RUNNER_MANAGER_ID", "m1");
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut orphan = command.spawn().unwrap();
+        // And one whose process never started.
+        let never = pending("m1-small-pend0002");
+        backend
+            .write_file(&never, &backend.pending_path(&never.name), false)
+            .unwrap();
+        // A start of this manager leaves no pending record.
+        backend.create(spec("m1-small-normal01")).await.unwrap();
+        assert!(!backend.pending_path("m1-small-normal01").exists());
+
+        let restarted = shell(&dir, "exec sleep 30");
+        let mut listed = restarted.list().await.unwrap();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["m1-small-normal01", "m1-small-pend0001"],
+            "{listed:?}"
+        );
+        assert_eq!(listed[1].backend_id, orphan.id().to_string());
+        assert!(!listed[1].ended, "{listed:?}");
+        assert!(!restarted.pending_path(&started.name).exists());
+        assert!(!restarted.pending_path(&never.name).exists());
+        // Adopted, it is stopped as any runner is.
+        restarted.delete("m1-small-pend0001").await.unwrap();
+        assert!(!orphan.wait().unwrap().success());
+        restarted.delete("m1-small-normal01").await.unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_state_dir_must_be_a_writable_directory_or_creatable_in_one() {
+        let dir = state_dir("check");
+        // Missing, in a writable parent: the backend creates it.
+        check_state_dir(&dir.join("a/b")).unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        check_state_dir(&dir).unwrap();
+        let file = dir.join("file");
+        fs::write(&file, "").unwrap();
+        let err = check_state_dir(&file).unwrap_err();
+        assert!(err.contains("is not a directory"), "{err}");
+        let err = check_state_dir(&file.join("state")).unwrap_err();
+        assert!(err.contains("is not a directory"), "{err}");
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -181,6 +181,7 @@ async fn listing(rows: &mut Vec<Row>) {
             scale_down: true,
             instances: &instances,
             github: Some(&runners),
+            listed_at: Utc::now(),
             creating: &none,
             removing: &none,
             seen_online: &seen,
