@@ -108,8 +108,8 @@ type SharedGroup = futures::future::Shared<BoxFuture<'static, Result<u64, GitHub
 /// Runner listings: passes are served the newest listing at once while it is younger than
 /// [`list_max_age`], so a pass never waits for GitHub's pages behind a hundred other flavors;
 /// a listing older than [`LIST_CACHE`], or one that a creation or a deregistration has made
-/// out of date, starts the next one in the background. Runners deregistered after a listing
-/// was asked for are left out of the answers it gives.
+/// out of date, starts the next one in the background. The answers a listing gives add the
+/// runners registered (offline) and leave out those deregistered since it was asked for.
 pub struct GitHub {
     api: Arc<dyn RunnerApi>,
     scope: Arc<RunnerScope>,
@@ -121,6 +121,10 @@ pub struct GitHub {
     outdated: bool,
     /// Runners deregistered since the newest listing was asked for, and when.
     deregistered: Vec<(Instant, u64)>,
+    /// Runners registered (JIT configurations) since the newest listing was asked for, and
+    /// when: a listing asked for before shows them offline, so that a runner removed before
+    /// the next listing is deregistered with it.
+    registered: Vec<(Instant, Runner)>,
     readiness: Arc<Readiness>,
 }
 
@@ -142,6 +146,7 @@ impl GitHub {
             listing: None,
             outdated: false,
             deregistered: Vec::new(),
+            registered: Vec::new(),
             readiness,
         }
     }
@@ -221,18 +226,26 @@ impl GitHub {
         lookup
     }
 
-    /// The runners of `prefix` in `snapshot`, less those deregistered since it was asked for.
+    /// The runners of `prefix` in `snapshot`, with those registered since it was asked for
+    /// and less those deregistered since.
     fn answer(&self, snapshot: &Snapshot, prefix: &str) -> Listed {
         let deregistered = |id: u64| {
             self.deregistered
                 .iter()
                 .any(|(at, gone)| *gone == id && *at >= snapshot.asked)
         };
+        let listed = snapshot.listing.with_prefix(prefix);
+        let since = self
+            .registered
+            .iter()
+            .filter(|(at, runner)| {
+                *at >= snapshot.asked && !listed.iter().any(|listed| listed.id == runner.id)
+            })
+            .map(|(_, runner)| runner);
         Listed {
-            runners: snapshot
-                .listing
-                .with_prefix(prefix)
+            runners: listed
                 .iter()
+                .chain(since)
                 .filter(|runner| is_runner_name(prefix, &runner.name) && !deregistered(runner.id))
                 .cloned()
                 .collect(),
@@ -246,7 +259,7 @@ impl Actor for GitHub {
 }
 
 impl Handler<GenerateJitConfig> for GitHub {
-    type Result = ResponseFuture<Result<JitConfig, JitError>>;
+    type Result = ResponseActFuture<Self, Result<JitConfig, JitError>>;
 
     fn handle(&mut self, msg: GenerateJitConfig, _: &mut Context<Self>) -> Self::Result {
         let api = self.api.clone();
@@ -257,17 +270,34 @@ impl Handler<GenerateJitConfig> for GitHub {
             .as_deref()
             .map(|name| self.runner_group(name));
         self.outdated = true;
-        Box::pin(async move {
-            let group_id = match group {
-                Some(lookup) => lookup.await.map_err(JitError::RunnerGroup)?,
-                None => DEFAULT_RUNNER_GROUP_ID,
-            };
-            let result = api
-                .generate_jit_config(&scope, &msg.name, group_id, &msg.labels)
-                .await;
-            Self::observe(&readiness, &result);
-            result.map_err(JitError::Jit)
-        })
+        let labels = msg.labels.clone();
+        Box::pin(
+            async move {
+                let group_id = match group {
+                    Some(lookup) => lookup.await.map_err(JitError::RunnerGroup)?,
+                    None => DEFAULT_RUNNER_GROUP_ID,
+                };
+                let result = api
+                    .generate_jit_config(&scope, &msg.name, group_id, &msg.labels)
+                    .await;
+                Self::observe(&readiness, &result);
+                result.map_err(JitError::Jit)
+            }
+            .into_actor(self)
+            .map(move |result, actor, _| {
+                if let Ok(config) = &result {
+                    let runner = Runner {
+                        id: config.runner_id,
+                        name: config.runner_name.clone(),
+                        status: "offline".to_owned(),
+                        busy: false,
+                        labels,
+                    };
+                    actor.registered.push((Instant::now(), runner));
+                }
+                result
+            }),
+        )
     }
 }
 
@@ -380,6 +410,7 @@ impl Supervised for GitHub {
         self.listing = None;
         self.snapshot = None;
         self.deregistered.clear();
+        self.registered.clear();
         self.groups.clear();
     }
 }
@@ -404,11 +435,16 @@ mod tests {
         fn generate_jit_config<'a>(
             &'a self,
             _: &'a RunnerScope,
-            _: &'a str,
+            name: &'a str,
             _: u64,
             _: &'a [String],
         ) -> BoxFuture<'a, Result<JitConfig, GitHubError>> {
-            futures::future::ready(Err(GitHubError::Invalid("unused".into()))).boxed()
+            futures::future::ready(Ok(JitConfig {
+                runner_id: 3,
+                runner_name: name.to_owned(),
+                encoded_jit_config: secrecy::SecretString::from("jit"),
+            }))
+            .boxed()
         }
 
         fn list_runners<'a>(
@@ -477,16 +513,27 @@ mod tests {
         assert_eq!(ids(second.await.unwrap().unwrap()), [1, 2]);
         assert_eq!(api.listings.load(Ordering::SeqCst), 1);
 
-        // A deregistration makes the listing out of date: the next pass is answered at once
-        // (the new listing waits for a permit), without the runner deregistered since.
+        // A deregistration and a registration make the listing out of date: the next pass is
+        // answered at once (the new listing waits for a permit), without the runner
+        // deregistered since and with the one registered since (offline).
         let deleted = github.send(DeleteRunner { runner_id: 1 }).await.unwrap();
         assert_eq!(deleted.unwrap(), DeleteOutcome::Deleted);
+        github
+            .send(GenerateJitConfig {
+                name: "m1-small-00000003".into(),
+                runner_group: None,
+                labels: vec!["self-hosted".into()],
+            })
+            .await
+            .unwrap()
+            .unwrap();
         let served = tokio::time::timeout(Duration::from_secs(5), list())
             .await
             .expect("a pass waited for GitHub")
             .unwrap()
             .unwrap();
-        assert_eq!(ids(served), [2]);
+        assert_eq!(served.runners[1].status, "offline");
+        assert_eq!(ids(served), [2, 3]);
         assert_eq!(api.listings.load(Ordering::SeqCst), 2, "no new listing");
         // While it is under way, passes share it rather than start more.
         list().await.unwrap().unwrap();
