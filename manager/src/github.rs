@@ -189,7 +189,9 @@ impl GitHub {
             actor.listing = None;
             match result {
                 Ok(snapshot) => {
+                    // What happened before the listing was asked for is in it.
                     actor.deregistered.retain(|(at, _)| *at >= snapshot.asked);
+                    actor.registered.retain(|(at, _)| *at >= snapshot.asked);
                     actor.snapshot = Some(snapshot);
                 }
                 Err(err) => log::debug!(

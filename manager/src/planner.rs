@@ -118,6 +118,21 @@ struct Lost {
     announced: Rc<Cell<bool>>,
 }
 
+impl Lost {
+    /// Marks the stream lost (not ready, not connected); `true` when it was connected until
+    /// now, and the grace starts.
+    fn begin(&self, readiness: &Readiness, metrics: &Metrics) -> bool {
+        readiness.set_planner(false);
+        metrics.planner_connected.set(0);
+        if self.since.get().is_some() {
+            return false;
+        }
+        self.since.set(Some(Instant::now()));
+        self.announced.set(false);
+        true
+    }
+}
+
 /// Follows the pressure stream until `shutdown`, supervised: a follower that ends or panics is
 /// logged (`task_restarted`), counted (`github_runner_manager_pressure_follower_restarts_total`)
 /// and started again after [`RESTART_DELAY`]; meanwhile the stream counts as lost (`/ready`
@@ -135,13 +150,8 @@ pub fn spawn(follow: Follow, shutdown: actors::task::ShutdownSignal) {
         RESTART_DELAY,
         move || run(follow.clone(), lost.clone()),
         move || {
-            readiness.set_planner(false);
-            metrics.planner_connected.set(0);
             metrics.follower_restarts.inc();
-            if restarted.since.get().is_none() {
-                restarted.since.set(Some(Instant::now()));
-                restarted.announced.set(false);
-            }
+            restarted.begin(&readiness, &metrics);
         },
     );
 }
@@ -164,11 +174,7 @@ async fn run(follow: Follow, lost: Lost) {
                 "lost the planner's pressure stream"
             ),
         }
-        follow.readiness.set_planner(false);
-        follow.metrics.planner_connected.set(0);
-        if lost.since.get().is_none() {
-            lost.since.set(Some(Instant::now()));
-            lost.announced.set(false);
+        if lost.begin(&follow.readiness, &follow.metrics) {
             delays.reset();
         }
         let delay = delays.next_delay();

@@ -493,8 +493,7 @@ fn alive(record: &Record) -> bool {
 /// The process group of `pid` (`/proc/<pid>/stat` field 5), if it exists.
 fn process_group_of(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(2)?.parse().ok()
+    fields_after_name(&stat)?.nth(2)?.parse().ok()
 }
 
 /// The start time of `pid` (`/proc/<pid>/stat` field 22), if it exists.
@@ -508,11 +507,16 @@ fn read_stat(pid: i32) -> Option<(char, u64)> {
     parse_stat(&stat)
 }
 
-/// Parses a `/proc/<pid>/stat` line; the command name (field 2) is in parentheses and may hold
-/// spaces and parentheses itself, so fields are counted after its last `)`.
+/// The fields of a `/proc/<pid>/stat` line from field 3 (the state) on: the command name
+/// (field 2) is in parentheses and may hold spaces and parentheses itself, so fields are
+/// counted after its last `)`.
+fn fields_after_name(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
+}
+
+/// Parses a `/proc/<pid>/stat` line.
 fn parse_stat(stat: &str) -> Option<(char, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
+    let mut fields = fields_after_name(stat)?;
     let state = fields.next()?.chars().next()?;
     // Fields 4..=21 come between the state and the start time.
     let start_time = fields.nth(18)?.parse().ok()?;
