@@ -143,6 +143,28 @@ impl TestGateway {
     }
 }
 
+/// Sends `body` as `workflow_job` delivery `delivery` to the gateway at `url`, signed with
+/// [`SECRET`], and checks that the gateway took it (200).
+pub async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    delivery: &str,
+) {
+    let sent = webhook(
+        client,
+        url,
+        "workflow_job",
+        delivery,
+        serde_json::to_vec(body).expect("body"),
+        SECRET,
+    )
+    .send()
+    .await
+    .expect("send webhook");
+    assert_eq!(sent.status(), 200, "delivery {delivery}");
+}
+
 /// Builds a webhook request as GitHub sends it, signed with `secret`.
 pub fn webhook(
     client: &reqwest::Client,

@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use crate::fake_github::{FakeGitHub, FakeRunner};
 use crate::fixtures::job_payload;
-use crate::gateway::{webhook, SECRET};
 use crate::planner::ADMIN_TOKEN;
 use crate::process::Service;
 use crate::system::System;
@@ -418,18 +417,13 @@ impl Scene {
         if action == "completed" {
             body["workflow_job"]["conclusion"] = "success".into();
         }
-        let response = webhook(
+        crate::gateway::deliver(
             &self.http,
             &self.system.gateway_url,
-            "workflow_job",
+            &body,
             &unique("delivery"),
-            serde_json::to_vec(&body).expect("body"),
-            SECRET,
         )
-        .send()
-        .await
-        .expect("send webhook");
-        assert_eq!(response.status(), 200, "webhook {id} {action}");
+        .await;
     }
 
     /// Queues the jobs `ids` through the gateway, one after the other.

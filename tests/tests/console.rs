@@ -16,7 +16,7 @@ use tests::db::TestDb;
 use tests::eventually;
 use tests::fake_github::FakeGitHub;
 use tests::fixtures::job_payload;
-use tests::gateway::{webhook, Options, TestGateway, SECRET};
+use tests::gateway::{Options, TestGateway};
 use tests::manager::{Flavor, ManagerDir, Scene, FLAVOR, WAIT};
 use tests::planner::{TestPlanner, ADMIN_TOKEN};
 use tests::process::PlannerProcess;
@@ -670,18 +670,7 @@ async fn the_console_shows_the_runners_each_manager_reports() {
 
 /// Sends `body` through the gateway as delivery `delivery`.
 async fn deliver(gateway: &TestGateway, body: &Value, delivery: &str) {
-    let sent = webhook(
-        &reqwest::Client::new(),
-        &gateway.url,
-        "workflow_job",
-        delivery,
-        serde_json::to_vec(body).expect("body"),
-        SECRET,
-    )
-    .send()
-    .await
-    .expect("webhook");
-    assert_eq!(sent.status(), 200, "delivery {delivery}");
+    tests::gateway::deliver(&tests::http_client(), &gateway.url, body, delivery).await;
 }
 
 /// Job `id`'s `action` webhook, with GitHub's times: created at `created`, started 42 s and
