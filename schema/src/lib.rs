@@ -1,12 +1,10 @@
 //! The planner's PostgreSQL schema: embedded diesel migrations, the generated [`schema`] module,
-//! row types ([`models`]) and queries as plain functions over a `&mut PgConnection`; [`jsonb`]
-//! finds in JSON text what a `jsonb` column cannot hold.
+//! row types ([`models`]) and queries as plain functions over a `&mut PgConnection`.
 //!
 //! Policy: query functions return [`diesel::QueryResult`]; turning a result into an HTTP status
 //! or a consumer decision is the caller's business.
 
 pub mod canonical;
-pub mod jsonb;
 pub mod models;
 pub mod queries;
 pub mod reports;

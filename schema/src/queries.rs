@@ -377,7 +377,7 @@ pub struct NewPayload<'a> {
     pub platform: &'a str,
     pub job_id: i64,
     pub action: &'a str,
-    /// JSON text (PostgreSQL parses it into `jsonb`).
+    /// The body as GitHub sent it (JSON text, stored as it is).
     pub payload: &'a str,
 }
 
@@ -387,7 +387,7 @@ pub fn upsert_payloads<'a>(conn: &mut PgConnection, rows: &[NewPayload<'a>]) -> 
     let column = |f: fn(NewPayload<'a>) -> &'a str| rows.iter().copied().map(f).collect::<Vec<_>>();
     diesel::sql_query(
         "INSERT INTO job_payload (platform, job_id, action, payload) \
-         SELECT p.platform, p.job_id, p.action, p.payload::jsonb \
+         SELECT p.platform, p.job_id, p.action, p.payload \
          FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) \
              AS p(platform, job_id, action, payload) \
          ON CONFLICT (platform, job_id, action) DO UPDATE SET payload = excluded.payload",
@@ -399,12 +399,12 @@ pub fn upsert_payloads<'a>(conn: &mut PgConnection, rows: &[NewPayload<'a>]) -> 
     .execute(conn)
 }
 
-/// Every payload kept for one job, by action.
+/// Every payload kept for one job, by action: the bodies as GitHub sent them.
 pub fn job_payloads(
     conn: &mut PgConnection,
     platform: &str,
     id: i64,
-) -> QueryResult<Vec<(String, serde_json::Value)>> {
+) -> QueryResult<Vec<(String, String)>> {
     Ok(jobs_payloads(conn, platform, &[id])?
         .into_iter()
         .map(|(_, action, payload)| (action, payload))
@@ -412,12 +412,12 @@ pub fn job_payloads(
 }
 
 /// Every payload kept for the jobs `ids` of `platform` (one statement): job id, action and
-/// payload, by job id, then action.
+/// payload (the body as GitHub sent it), by job id, then action.
 pub fn jobs_payloads(
     conn: &mut PgConnection,
     platform: &str,
     ids: &[i64],
-) -> QueryResult<Vec<(i64, String, serde_json::Value)>> {
+) -> QueryResult<Vec<(i64, String, String)>> {
     job_payload::table
         .filter(job_payload::platform.eq(platform))
         .filter(job_payload::job_id.eq_any(ids))

@@ -60,7 +60,7 @@ diesel::table! {
         platform -> Text,
         job_id -> Int8,
         action -> Text,
-        payload -> Jsonb,
+        payload -> Text,
     }
 }
 

@@ -64,8 +64,9 @@ fn jobs_written_before_the_pressure_counts_and_payload_tables_survive_them() {
     assert_eq!(
         payloads,
         ["completed", "in_progress", "queued"]
-            .map(|action| (action.to_owned(), serde_json::json!({"n": 3})))
-            .to_vec()
+            .map(|action| (action.to_owned(), r#"{"n": 3}"#.to_owned()))
+            .to_vec(),
+        "jsonb payloads are kept as their JSON text"
     );
     let (map, _) =
         planner::pressure::compute(&mut conn, std::time::Duration::from_secs(3600)).unwrap();

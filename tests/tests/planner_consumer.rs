@@ -271,11 +271,16 @@ async fn reordered_and_duplicated_deliveries_converge() {
     assert_eq!(rows.len() as i64, CASES + 1);
     // The row and every action's payload, without the job's id.
     let mut normalise = |row: &Job| {
-        let mut payloads =
-            schema::queries::job_payloads(&mut conn, &row.state.platform, row.state.id).unwrap();
-        for (_, payload) in &mut payloads {
-            payload["workflow_job"]["id"] = 0.into();
-        }
+        let payloads: Vec<(String, Value)> =
+            schema::queries::job_payloads(&mut conn, &row.state.platform, row.state.id)
+                .unwrap()
+                .into_iter()
+                .map(|(action, payload)| {
+                    let mut payload: Value = serde_json::from_str(&payload).unwrap();
+                    payload["workflow_job"]["id"] = 0.into();
+                    (action, payload)
+                })
+                .collect();
         let mut row = comparable(row.clone());
         row.state.id = 0;
         (row, payloads)
@@ -364,15 +369,20 @@ async fn database_cut_mid_stream_loses_nothing() {
     assert!(publisher.drain_dead_letters().await.is_empty());
 }
 
-/// A body holding a number that serde_json reads but `jsonb` cannot hold (`1e-20000`: more
-/// digits after the point than PostgreSQL's `numeric` keeps) is applied at once, its payload
-/// stored as read (the number as 0), not refused by the database with its batch.
+/// Payloads are kept and answered byte for byte as GitHub sent them: key order, spacing,
+/// escapes, and numbers no float or `numeric` holds (`1e-20000`) included, in the job's answer
+/// and in the job list's.
 #[actix_web::test]
-async fn numbers_jsonb_cannot_hold_are_stored_as_read() {
+async fn payloads_are_answered_exactly_as_sent() {
     let planner = spawn_planner().await;
     let publisher = Broker::connect(&planner.topology).await;
     let mut odd = job_payload("queued.1", 1, "queued", &SELF_HOSTED).to_string();
-    odd.insert_str(1, r#""extra": [1e-20000, 1.5e-16383], "#);
+    odd.insert_str(
+        1,
+        r#""zeta" : [1e-20000, 1.5e-16383, 12345678901234567890123],  "alpha":"\u00e9\/", "#,
+    );
+    // Whitespace after the value is JSON too; the answer holds the value without it.
+    let odd = format!("{odd}\n  ");
     publisher
         .publish_raw(odd.as_bytes(), Some("workflow_job"), Some("odd"))
         .await;
@@ -382,9 +392,21 @@ async fn numbers_jsonb_cannot_hold_are_stored_as_read() {
     planner.settled(2).await;
     assert_eq!(planner.metrics.applied(), 2);
     assert_eq!(planner.metrics.dead_letters(), 0);
-    let job = planner.job(1).await.expect("job stored");
-    assert_eq!(job["raw"]["queued"]["extra"], json!([0.0, 0.0]));
-    assert!(planner.job(2).await.is_some());
+    for path in ["/api/v1/jobs/github/1", "/api/v1/jobs/github"] {
+        let answer = planner
+            .admin(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body");
+        let exact = format!(r#""queued":{}"#, odd.trim_end());
+        assert!(
+            answer.contains(&exact),
+            "{path} holds the payload exactly as sent: {answer}"
+        );
+    }
     assert!(publisher.drain_dead_letters().await.is_empty());
 }
 
@@ -486,6 +508,74 @@ async fn broker_cut_reconnects_without_busy_looping() {
     proxy.set(Mode::Forward);
     planner.settled(10).await;
     assert_eq!(jobs(&mut db.connect()).len(), 10);
+}
+
+/// Every settled delivery is acknowledged, whatever mix of applied, discarded and
+/// dead-lettered deliveries its batches held (applied ones are acknowledged together, the
+/// others alone): after the broker connection is cut, which hands every unacknowledged delivery
+/// back to the queue, nothing comes again.
+#[actix_web::test]
+async fn settled_deliveries_never_come_again_after_a_broker_cut() {
+    let db = TestDb::new();
+    let proxy = TcpProxy::start(rabbitmq_address().await).await;
+    let topology = unique_topology();
+    let _queues = TopologyGuard(topology.clone());
+    let planner = TestPlanner::builder()
+        .database(db.url())
+        .broker_via(proxy.addr())
+        .topology(&topology)
+        .start()
+        .await;
+    let publisher = Broker::connect(&topology).await;
+    let mut published = 0;
+    for id in 1..=60 {
+        let body = job_payload("queued.1", id, "queued", &SELF_HOSTED);
+        publisher.publish(&body, &format!("q{id}")).await;
+        published += 1;
+        if id % 7 == 0 {
+            publisher
+                .publish_raw(b"{", Some("workflow_job"), Some(&format!("poison{id}")))
+                .await;
+            published += 1;
+        }
+        if id % 5 == 0 {
+            let hosted = job_payload("queued.1", 1000 + id, "queued", &["ubuntu-latest"]);
+            publisher.publish(&hosted, &format!("hosted{id}")).await;
+            published += 1;
+        }
+    }
+    planner.settled(published).await;
+    assert_eq!(planner.metrics.applied(), 60);
+    assert_eq!(planner.metrics.dead_letters(), 8);
+
+    proxy.set(Mode::Cut);
+    let metrics = planner.metrics.clone();
+    eventually(
+        "the consumer notices the broker is gone",
+        Duration::from_secs(10),
+        || {
+            let metrics = metrics.clone();
+            async move { !metrics.consuming() }
+        },
+    )
+    .await;
+    proxy.set(Mode::Forward);
+    eventually("the consumer is back", Duration::from_secs(20), || {
+        let metrics = metrics.clone();
+        async move { metrics.consuming() }
+    })
+    .await;
+    // Anything handed back was queued before this, and comes before it.
+    let marker = job_payload("queued.1", 61, "queued", &SELF_HOSTED);
+    publisher.publish(&marker, "q61").await;
+    planner.settled(published + 1).await;
+    assert_eq!(planner.metrics.applied(), 61);
+    assert_eq!(
+        planner.metrics.settled(),
+        published + 1,
+        "a settled delivery came again: it was not acknowledged"
+    );
+    assert_eq!(jobs(&mut db.connect()).len(), 61);
 }
 
 #[actix_web::test]

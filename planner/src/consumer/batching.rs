@@ -11,7 +11,7 @@ use crate::domain::{
 };
 
 use super::{
-    apply::{ack, dead_letter},
+    apply::{ack, dead_letter, Pending},
     record::Recorder,
     spans::Received,
     ConsumerConfig, SessionError,
@@ -73,14 +73,22 @@ pub fn batch_limit(prefetch: u16) -> usize {
 pub(super) type Events = Vec<(Received, String, JobEvent)>;
 
 /// Classifies a batch's deliveries: settles at once those that are not job events (discarded
-/// or dead-lettered) and answers the job events, in arrival order.
+/// or dead-lettered) and answers the job events, in arrival order. Every delivery is `pending`
+/// until it is settled.
 pub(super) async fn classify_batch(
     config: &ConsumerConfig,
     stats: &Recorder,
+    pending: &Pending,
     batch: Vec<Delivery>,
     at: Instant,
 ) -> Result<Events, SessionError> {
     let mut events: Events = Vec::new();
+    {
+        let mut pending = pending.borrow_mut();
+        batch
+            .iter()
+            .for_each(|delivery| pending.received(delivery.delivery_tag));
+    }
     for delivery in batch {
         let headers = Headers::from_amqp(delivery.properties.headers().as_ref());
         let received = Received::new(delivery, at, &config.topology.queue, &headers);
@@ -100,6 +108,9 @@ pub(super) async fn classify_batch(
                     "delivery discarded"
                 );
                 ack(&received.delivery).await?;
+                pending
+                    .borrow_mut()
+                    .settled_alone(received.delivery.delivery_tag);
                 stats.settled(&received);
                 stats.discarded();
                 received.finish("discarded", None);
@@ -112,6 +123,9 @@ pub(super) async fn classify_batch(
                     "delivery dead-lettered"
                 );
                 dead_letter(&received.delivery).await?;
+                pending
+                    .borrow_mut()
+                    .settled_alone(received.delivery.delivery_tag);
                 stats.settled(&received);
                 stats.dead_lettered("invalid");
                 received.finish("dead_lettered", Some(poison.to_string()));

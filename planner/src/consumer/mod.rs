@@ -11,8 +11,9 @@
 //!
 //! Where each part lives: the session (connect, declare, consume, queue-depth polling) in
 //! `session`; batch sizes, per-job ordering and sorting deliveries in `batching`; applying and
-//! settling in `apply`; retries and the bisection of a refused batch in `retry` and `apply`;
-//! spans in `spans`; what it records in the planner's metrics in `record`. This module holds
+//! settling in `apply`; acknowledging applied deliveries together in `acks`; retries and the
+//! bisection of a refused batch in `retry` and `apply`; spans in `spans`; what it records in
+//! the planner's metrics in `record`. This module holds
 //! the configuration and the reconnect loop ([`actors::reconnect::forever`]), run by [`spawn`]
 //! as a plain task until the planner's shutdown.
 //!
@@ -35,6 +36,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{messages::ApplyBatch, metrics::Metrics, pressure::Nudge};
 
+mod acks;
 mod apply;
 mod batching;
 mod record;

@@ -15,7 +15,8 @@ use lapin::{
 use crate::{messages::ApplyBatch, metrics::Metrics};
 
 use super::{
-    apply::apply_events,
+    acks::Acks,
+    apply::{acknowledge_ready, apply_events, Pending},
     batching::{batch_limit, classify_batch, BusyJobs, BATCHES_IN_FLIGHT},
     record::Recorder,
     ConsumerConfig, SessionError,
@@ -87,6 +88,7 @@ pub(super) async fn consume(
     // A job's events are applied in the order they arrived (queued and waiting follow arrival
     // order): a batch holding a job that a batch in flight holds waits for it.
     let largest = batch_limit(config.prefetch);
+    let pending: &Pending = &std::cell::RefCell::new(Acks::default());
     let mut in_flight = FuturesUnordered::new();
     let mut busy = BusyJobs::default();
     loop {
@@ -110,7 +112,9 @@ pub(super) async fn consume(
                 _ => break,
             }
         }
-        let events = classify_batch(config, stats, batch, at).await?;
+        let events = classify_batch(config, stats, pending, batch, at).await?;
+        // What was discarded or dead-lettered may have been all that held applied ones back.
+        acknowledge_ready(stats, pending).await?;
         if events.is_empty() {
             continue;
         }
@@ -123,7 +127,7 @@ pub(super) async fn consume(
         }
         busy.take(&jobs);
         in_flight.push(async move {
-            apply_events(config, store, stats, events).await?;
+            apply_events(config, store, stats, pending, events).await?;
             Ok::<_, SessionError>(jobs)
         });
     }

@@ -3,7 +3,6 @@
 
 use actors::delivery::{JobId, WORKFLOW_JOB};
 use chrono::{DateTime, Utc};
-use schema::jsonb::{escapes_nul, overflows_numeric_scale};
 use serde_json::Value;
 
 use super::{
@@ -60,8 +59,7 @@ pub fn classify(headers: &Headers, body: &[u8]) -> Result<Classified, Poison> {
             // numbers, nesting): read all of it as the general case would, without building
             // it, so that what the general case refuses (a lone surrogate, a number out of
             // f64's range, nesting deeper than 128) is refused here too. What serde_json reads
-            // but `jsonb` cannot hold is handled when the event is built (U+0000: poison; a
-            // number beyond `numeric`'s scale: stored as read).
+            // but PostgreSQL's text cannot hold (U+0000) is poison when the event is built.
             serde_json::from_slice::<Checked>(body)
                 .map_err(|err| Poison::InvalidJson(err.to_string()))?;
             outline
@@ -128,7 +126,8 @@ fn decide(
     if !labels.iter().any(|label| label == SELF_HOSTED) {
         return Ok(Classified::Discard("not a self-hosted job"));
     }
-    // PostgreSQL's jsonb cannot hold U+0000; such a body could never be stored.
+    // PostgreSQL's text cannot hold U+0000: the job's fields could not be stored. (GitHub
+    // does not send it; the whole body is refused, whichever field holds it.)
     if escapes_nul(body) {
         return Err(Poison::InvalidField("payload (contains U+0000)"));
     }
@@ -348,20 +347,28 @@ fn timestamp(value: Option<&Value>, field: &'static str) -> Result<Option<DateTi
     }
 }
 
-/// The payload to store for `body` (valid JSON): the body as it came, which PostgreSQL parses
-/// into `jsonb`, unless it holds a number that `jsonb` cannot (see
-/// [`overflows_numeric_scale`]): then what serde_json read of it, so the delivery is applied
-/// (the number as the nearest float, usually 0) rather than refused by the database.
+/// The payload to store for `body` (valid JSON): the body exactly as it came.
 fn stored_payload(body: &[u8]) -> Result<std::sync::Arc<str>, Poison> {
-    if overflows_numeric_scale(body) {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|err| Poison::InvalidJson(err.to_string()))?;
-        return Ok(value.to_string().into());
-    }
     // Valid JSON is valid UTF-8.
     Ok(std::str::from_utf8(body)
         .map_err(|err| Poison::InvalidJson(err.to_string()))?
         .into())
+}
+
+/// Whether JSON text holds U+0000 in a string or a key. JSON can only write it as the escape
+/// `\u0000` (a raw control character is not JSON), so the escapes are read in order: `\\`
+/// followed by `u0000` is an escaped backslash, not U+0000.
+fn escapes_nul(json: &[u8]) -> bool {
+    let mut rest = json;
+    while let Some(at) = rest.iter().position(|&byte| byte == b'\\') {
+        let escape = &rest[at + 1..];
+        if escape.starts_with(b"u0000") {
+            return true;
+        }
+        // Skip the escaped character: `\\`, `\"`, `u` of `\uXXXX` (its digits are not `\\`).
+        rest = escape.get(1..).unwrap_or_default();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -446,22 +453,14 @@ mod tests {
     }
 
     #[test]
-    fn a_body_with_a_number_jsonb_cannot_hold_is_stored_as_serde_reads_it() {
+    fn the_body_is_stored_byte_for_byte_whatever_its_numbers() {
         let body = self_hosted(fixture("queued.1"));
         let mut text = serde_json::to_string(&body).unwrap();
-        text.insert_str(1, r#""extra": 1e-20000, "#);
+        text.insert_str(1, r#""extra" :  [1e-20000, 12345678901234567890123], "#);
         let Ok(Classified::Apply { event, .. }) = classify(&headers(), text.as_bytes()) else {
             panic!("not applied");
         };
-        let stored: Value = serde_json::from_str(&event.payload).unwrap();
-        assert_eq!(stored["extra"], serde_json::json!(0.0));
-        assert!(!event.payload.contains("e-20000"));
-        // Bodies without such numbers are kept byte for byte.
-        let plain = serde_json::to_string(&body).unwrap();
-        let Ok(Classified::Apply { event, .. }) = classify(&headers(), plain.as_bytes()) else {
-            panic!("not applied");
-        };
-        assert_eq!(&*event.payload, plain);
+        assert_eq!(&*event.payload, text);
     }
 
     #[test]
@@ -606,6 +605,19 @@ mod tests {
             classify_value(&body),
             Err(Poison::InvalidField(_))
         ));
+    }
+
+    #[test]
+    fn only_an_escape_that_is_not_itself_escaped_is_u0000() {
+        assert!(escapes_nul(br#"{"a":"x\u0000"}"#));
+        assert!(escapes_nul(br#"{"\u0000":1}"#));
+        assert!(escapes_nul(br#"{"a":"\\\u0000"}"#));
+        assert!(!escapes_nul(br#"{"a":"\\u0000"}"#));
+        assert!(!escapes_nul(br#"{"a":"\u0001","b":"\"u0000"}"#));
+        assert!(!escapes_nul(br#"{"a":"u0000 \u0001"}"#));
+        // A backslash at the very end (not JSON, but never a panic).
+        assert!(!escapes_nul(b"\\"));
+        assert!(escapes_nul(b"\\u0000"));
     }
 }
 
@@ -838,13 +850,8 @@ mod properties {
             let created = DateTime::parse_from_rfc3339(job["created_at"].as_str().unwrap_or(""))
                 .map(|at| at.with_timezone(&Utc));
             prop_assert_eq!(Ok(event.job.created_at), created);
-            // The body is kept exactly as it came, unless jsonb cannot hold one of its numbers.
-            if overflows_numeric_scale(body) {
-                let stored = serde_json::from_str::<Value>(&event.payload).ok();
-                prop_assert_eq!(stored.as_ref(), Some(&value));
-            } else {
-                prop_assert_eq!(event.payload.as_bytes(), body);
-            }
+            // The body is kept exactly as it came.
+            prop_assert_eq!(event.payload.as_bytes(), body);
             prop_assert_eq!(event.job.platform.as_str(), GITHUB);
         }
         Ok(())
@@ -858,7 +865,7 @@ mod properties {
             headers in any_headers(),
             body in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
-            overflows_numeric_scale(&body);
+            escapes_nul(&body);
             check(&headers, &body)?;
         }
 

@@ -16,6 +16,7 @@ use schema::{
     queries::{self, JobFilter},
 };
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{job_path, pressure::PressureService};
@@ -36,15 +37,41 @@ pub const MAX_LIMIT: i64 = 1000;
 
 /// A job, as the API shows it: the stored job, whose serialized form is Canonical's fields and
 /// ours beside them, and its raw payloads.
-#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct JobBody {
     #[serde(flatten)]
     pub job: Job,
     /// The raw webhook payload of each action received, by action (`queued`, `in_progress`,
-    /// ...). Absent only when asked for with `raw=false`.
+    /// ...), each exactly as GitHub sent it. Absent only when asked for with `raw=false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub raw: Option<serde_json::Value>,
+    pub raw: Option<RawPayloads>,
+}
+
+/// A job's payloads by action, each the JSON text GitHub sent, written into the answer as it
+/// is (not parsed and re-written).
+pub type RawPayloads = BTreeMap<String, Box<RawValue>>;
+
+/// The payloads of job `id` as the answer writes them. The planner stores only bodies it has
+/// parsed as JSON; a row that is not JSON (written by hand) is answered as `null` and logged,
+/// rather than failing the whole answer.
+fn raw_payloads(id: i64, payloads: impl IntoIterator<Item = (String, String)>) -> RawPayloads {
+    payloads
+        .into_iter()
+        .map(|(action, payload)| {
+            let raw = RawValue::from_string(payload).unwrap_or_else(|err| {
+                log::warn!(
+                    event = "payload_not_json",
+                    "job.id" = id,
+                    action,
+                    error:% = err;
+                    "a stored payload is not JSON: answered as null"
+                );
+                RawValue::NULL.to_owned()
+            });
+            (action, raw)
+        })
+        .collect()
 }
 
 /// Query of `GET /api/v1/jobs/{platform}`: every parameter is optional, and without any the
@@ -216,12 +243,11 @@ pub(crate) async fn page(
             let mut jobs = queries::list_jobs(conn, &path, &filter, limit + 1)?;
             let more = jobs.len() as i64 > limit;
             jobs.truncate(limit as usize);
-            let mut raw: BTreeMap<i64, serde_json::Map<String, serde_json::Value>> =
-                BTreeMap::new();
+            let mut raw: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
             if with_raw {
                 let ids: Vec<i64> = jobs.iter().map(|job| job.state.id).collect();
                 for (id, action, payload) in queries::jobs_payloads(conn, &path, &ids)? {
-                    raw.entry(id).or_default().insert(action, payload);
+                    raw.entry(id).or_default().push((action, payload));
                 }
             }
             Ok((jobs, more, raw))
@@ -236,7 +262,7 @@ pub(crate) async fn page(
         .into_iter()
         .map(|job| {
             let payloads = with_raw
-                .then(|| serde_json::Value::Object(raw.remove(&job.state.id).unwrap_or_default()));
+                .then(|| raw_payloads(job.state.id, raw.remove(&job.state.id).unwrap_or_default()));
             JobBody { job, raw: payloads }
         })
         .collect();
@@ -272,10 +298,9 @@ pub async fn get(
         .await?;
     let (job, payloads) =
         found.ok_or_else(|| ApiError::NotFound(format!("job {path_platform}/{id}")))?;
-    let raw = serde_json::Value::Object(payloads.into_iter().collect());
     Ok(HttpResponse::Ok().json(JobBody {
         job,
-        raw: Some(raw),
+        raw: Some(raw_payloads(id, payloads)),
     }))
 }
 

@@ -56,9 +56,18 @@ async fn gateway(cluster: &RabbitCluster, name: &str) -> Running {
         .await
 }
 
-/// A minimal handler process and its `/webhook` URL.
-async fn minimal() -> (Service, String) {
-    let mut service = Service::spawn_release("minimal-webhook", &[], &[]);
+/// A minimal handler process and its `/webhook` URL; with `publish` (an AMQP URI, an exchange
+/// and a routing key), one that also publishes each body and waits for the confirm.
+async fn minimal(publish: Option<(&str, &Topology)>) -> (Service, String) {
+    let vars = match publish {
+        None => Vec::new(),
+        Some((url, topology)) => vec![
+            ("MINIMAL_WEBHOOK_AMQP_URL", url),
+            ("MINIMAL_WEBHOOK_EXCHANGE", topology.exchange.as_str()),
+            ("MINIMAL_WEBHOOK_ROUTING_KEY", topology.routing_key.as_str()),
+        ],
+    };
+    let mut service = Service::spawn_release("minimal-webhook", &[], &vars);
     let port = service
         .logged_value(
             "event=minimal_webhook_listening",
@@ -131,9 +140,28 @@ async fn serve(webhooks: &Arc<Vec<(Signed, String)>>, urls: Vec<String>, pids: &
     }
 }
 
-/// Two minimal handlers take the webhooks.
-async fn minimal_round(webhooks: &Arc<Vec<(Signed, String)>>) -> Served {
-    let servers = [minimal().await, minimal().await];
+/// Two minimal handlers take the webhooks; with `cluster`, each publishes them to a quorum
+/// queue of their own (deleted afterwards) on the cluster's first node and answers after the
+/// confirm, as the gateways do.
+async fn minimal_round(
+    webhooks: &Arc<Vec<(Signed, String)>>,
+    cluster: Option<&RabbitCluster>,
+) -> Served {
+    let topology = quorum_topology("bench-cluster-minimal");
+    let mut _queues = None;
+    let mut url = String::new();
+    if let Some(cluster) = cluster {
+        Broker::connect_to(cluster.urls(), &topology).await;
+        _queues = Some(cluster.guard(topology.clone()));
+        url = cluster
+            .urls()
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    let publish = cluster.map(|_| (url.as_str(), &topology));
+    let servers = [minimal(publish).await, minimal(publish).await];
     let pids: Vec<u32> = servers.iter().map(|(s, _)| s.pid()).collect();
     let urls = servers.iter().map(|(_, url)| url.clone()).collect();
     let served = serve(webhooks, urls, &pids).await;
@@ -279,10 +307,11 @@ async fn gateway_scenario(cluster: &RabbitCluster, rows: &mut Vec<Row>) {
     );
     let count = webhooks.len();
 
-    let (mut minimal, mut gateways) = (Vec::new(), Vec::new());
+    let (mut minimal, mut publishing, mut gateways) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        eprintln!("bench: cluster: round {round}: {count} webhooks through 2 minimal handlers, then 2 gateways ...");
-        minimal.push(minimal_round(&webhooks).await);
+        eprintln!("bench: cluster: round {round}: {count} webhooks through 2 minimal handlers, 2 publishing minimal handlers, then 2 gateways ...");
+        minimal.push(minimal_round(&webhooks, None).await);
+        publishing.push(minimal_round(&webhooks, Some(cluster)).await);
         gateways.push(gateway_round(cluster, &webhooks).await);
     }
     let ratios: Vec<f64> = gateways
@@ -306,6 +335,29 @@ async fn gateway_scenario(cluster: &RabbitCluster, rows: &mut Vec<Row>) {
             each(ratios.iter().copied(), 2)
         ),
         "<= 2 x the minimal handler",
+    ));
+    let floor: Vec<f64> = publishing
+        .iter()
+        .zip(&minimal)
+        .map(|(p, m)| p.cpu_per_1000 / m.cpu_per_1000)
+        .collect();
+    let over_floor: Vec<f64> = gateways
+        .iter()
+        .zip(&publishing)
+        .map(|(g, p)| g.cpu_per_1000 / p.cpu_per_1000)
+        .collect();
+    rows.push(Row::new(
+        "cluster: the floor under a gateway that loses nothing: 2 minimal handlers that also publish each body with lapin (persistent, mandatory, one confirmed channel, the cluster's first node, a quorum queue) and answer 200 after the confirm; the same webhooks, the same rounds (median; rounds)",
+        format!(
+            "publishing minimal {:.3} CPU s per 1,000 at {:.0} webhooks/s = {:.2} x the minimal handler (rounds {}); the gateways {:.2} x this floor (rounds {})",
+            cpu_of(&publishing),
+            rate_of(&publishing),
+            median(floor.iter().copied()),
+            each(floor.iter().copied(), 2),
+            median(over_floor.iter().copied()),
+            each(over_floor.iter().copied(), 2)
+        ),
+        "(reference)",
     ));
 }
 

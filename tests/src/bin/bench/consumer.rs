@@ -28,7 +28,7 @@ use tests::{
 
 /// Rows inserted to find the database's ceiling.
 const CEILING_ROWS: usize = 24_000;
-/// Rows per statement: the consumer's largest batch (`APP_CONSUMER_PREFETCH`'s default).
+/// Rows per statement, and deliveries per transaction of the statements alone.
 const BATCH: usize = 64;
 /// Jobs whose lives the consumer applies (three deliveries each).
 const JOBS: usize = 8_000;
@@ -159,6 +159,39 @@ pub fn database_ceiling(payload: Payload) -> f64 {
     CEILING_ROWS as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The planner's own statements without the broker: the consumer's job lives, classified
+/// and applied by the job store's `apply_batch` straight from the bench, [`BATCH`] deliveries
+/// per transaction, from as many sessions as the consumer has transactions in flight: what the
+/// consumer would do if receiving, classifying and acknowledging cost nothing. Deliveries per
+/// second.
+pub fn statements_ceiling(payload: Payload) -> f64 {
+    let db = TestDb::new();
+    insert_bench_flavor(&mut PgConnection::establish(db.url()).expect("bench database"));
+    let sessions = planner::consumer::BATCHES_IN_FLIGHT;
+    let events: Vec<_> = lives(payload, 1, JOBS)
+        .into_iter()
+        .map(|(body, delivery)| {
+            tests::planner::job_event(&serde_json::from_slice(&body).unwrap(), &delivery)
+        })
+        .collect();
+    let ignored = planner::domain::labels::IgnoredLabels::default();
+    let mut connections: Vec<PgConnection> = (0..sessions)
+        .map(|_| PgConnection::establish(db.url()).expect("bench database"))
+        .collect();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for (session, conn) in connections.iter_mut().enumerate() {
+            let (events, ignored) = (&events, &ignored);
+            scope.spawn(move || {
+                for batch in events.chunks(BATCH).skip(session).step_by(sessions) {
+                    planner::store::apply_batch(conn, ignored, batch).unwrap();
+                }
+            });
+        }
+    });
+    events.len() as f64 / started.elapsed().as_secs_f64()
+}
+
 /// Fills the queue with the lives of jobs `first..first + jobs` ([`lives`]).
 async fn fill_queue(topology: &Topology, payload: Payload, first: usize, jobs: usize) -> usize {
     let publisher = Broker::connect(topology).await;
@@ -264,6 +297,12 @@ pub async fn scenario_2(rows: &mut Vec<Row>) {
         eprintln!("bench: database ceiling ({}) ...", payload.describe());
         tokio::task::block_in_place(crate::measure::settle);
         let ceiling = tokio::task::block_in_place(|| database_ceiling(payload));
+        eprintln!(
+            "bench: the planner's statements alone ({}) ...",
+            payload.describe()
+        );
+        tokio::task::block_in_place(crate::measure::settle);
+        let statements = tokio::task::block_in_place(|| statements_ceiling(payload));
         eprintln!("bench: consumer ({}) ...", payload.describe());
         let db = TestDb::new();
         insert_bench_flavor(&mut PgConnection::establish(db.url()).expect("bench database"));
@@ -279,13 +318,23 @@ pub async fn scenario_2(rows: &mut Vec<Row>) {
         ));
         rows.push(Row::new(
             format!(
+                "2. the planner's statements alone, {what}: the consumer's {} deliveries classified and applied by the job store's `apply_batch` from the bench, {BATCH} per transaction, {} sessions (no broker)",
+                JOBS * 3,
+                planner::consumer::BATCHES_IN_FLIGHT
+            ),
+            format!("{statements:.0} events/s"),
+            "(reference)",
+        ));
+        rows.push(Row::new(
+            format!(
                 "2. consumer, {what}: {} deliveries ({JOBS} jobs: queued, in_progress, completed) from a pre-filled queue, ack after commit",
                 JOBS * 3
             ),
             format!(
-                "{:.0} events/s = {:.2} x ceiling; {:.1} deliveries per transaction; planner {:.3} CPU s per 1,000, {:.1} MB",
+                "{:.0} events/s = {:.2} x ceiling = {:.2} x the statements alone; {:.1} deliveries per transaction; planner {:.3} CPU s per 1,000, {:.1} MB",
                 consumed.rate,
                 consumed.rate / ceiling,
+                consumed.rate / statements,
                 consumed.batch,
                 consumed.cpu_per_1000,
                 consumed.rss_mb

@@ -1,0 +1,4 @@
+ALTER TABLE job_payload
+    ALTER COLUMN payload TYPE JSONB USING payload::jsonb,
+    ALTER COLUMN payload SET STORAGE EXTENDED,
+    ALTER COLUMN payload SET COMPRESSION lz4;
