@@ -408,6 +408,16 @@ async fn payloads_are_answered_exactly_as_sent() {
         );
     }
     assert!(publisher.drain_dead_letters().await.is_empty());
+
+    // A row that is not JSON (written by hand) is answered as null; the rest of the job is
+    // answered as usual.
+    let mut conn = planner.db.as_ref().unwrap().connect();
+    diesel::sql_query("UPDATE job_payload SET payload = 'not json' WHERE job_id = 2")
+        .execute(&mut conn)
+        .unwrap();
+    let job = planner.job(2).await.expect("job 2");
+    assert_eq!(job["raw"]["queued"], Value::Null);
+    assert_eq!(job["status"], "queued");
 }
 
 /// A delivery the database keeps refusing while it answers (here: a trigger) is dead-lettered
