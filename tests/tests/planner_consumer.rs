@@ -463,12 +463,21 @@ async fn a_delivery_the_database_refuses_is_dead_lettered_alone() {
     );
 }
 
-#[actix_web::test]
-async fn broker_cut_reconnects_without_busy_looping() {
+/// A planner on a database of its own that reaches RabbitMQ through a proxy the test can cut,
+/// and a publisher to its queue.
+struct BehindProxy {
+    db: TestDb,
+    proxy: TcpProxy,
+    _queues: TopologyGuard,
+    planner: TestPlanner,
+    publisher: Broker,
+}
+
+async fn behind_proxy() -> BehindProxy {
     let db = TestDb::new();
     let proxy = TcpProxy::start(rabbitmq_address().await).await;
     let topology = unique_topology();
-    let _queues = TopologyGuard(topology.clone());
+    let queues = TopologyGuard(topology.clone());
     let planner = TestPlanner::builder()
         .database(db.url())
         .broker_via(proxy.addr())
@@ -476,6 +485,40 @@ async fn broker_cut_reconnects_without_busy_looping() {
         .start()
         .await;
     let publisher = Broker::connect(&topology).await;
+    BehindProxy {
+        db,
+        proxy,
+        _queues: queues,
+        planner,
+        publisher,
+    }
+}
+
+/// Waits until the planner's consumer is registered with the broker (`true`) or knows it is
+/// not (`false`).
+async fn until_consuming(planner: &TestPlanner, consuming: bool) {
+    let metrics = planner.metrics.clone();
+    let what = if consuming {
+        "the consumer is back"
+    } else {
+        "the consumer notices the broker is gone"
+    };
+    eventually(what, Duration::from_secs(20), || {
+        let metrics = metrics.clone();
+        async move { metrics.consuming() == consuming }
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn broker_cut_reconnects_without_busy_looping() {
+    let BehindProxy {
+        db,
+        proxy,
+        _queues,
+        planner,
+        publisher,
+    } = behind_proxy().await;
     for id in 1..=5 {
         publisher
             .publish(
@@ -487,16 +530,7 @@ async fn broker_cut_reconnects_without_busy_looping() {
     planner.settled(5).await;
 
     proxy.set(Mode::Cut);
-    let metrics = planner.metrics.clone();
-    eventually(
-        "the consumer notices the broker is gone",
-        Duration::from_secs(10),
-        || {
-            let metrics = metrics.clone();
-            async move { !metrics.consuming() }
-        },
-    )
-    .await;
+    until_consuming(&planner, false).await;
     for id in 6..=10 {
         publisher
             .publish(
@@ -526,17 +560,13 @@ async fn broker_cut_reconnects_without_busy_looping() {
 /// back to the queue, nothing comes again.
 #[actix_web::test]
 async fn settled_deliveries_never_come_again_after_a_broker_cut() {
-    let db = TestDb::new();
-    let proxy = TcpProxy::start(rabbitmq_address().await).await;
-    let topology = unique_topology();
-    let _queues = TopologyGuard(topology.clone());
-    let planner = TestPlanner::builder()
-        .database(db.url())
-        .broker_via(proxy.addr())
-        .topology(&topology)
-        .start()
-        .await;
-    let publisher = Broker::connect(&topology).await;
+    let BehindProxy {
+        db,
+        proxy,
+        _queues,
+        planner,
+        publisher,
+    } = behind_proxy().await;
     let mut published = 0;
     for id in 1..=60 {
         let body = job_payload("queued.1", id, "queued", &SELF_HOSTED);
@@ -559,22 +589,9 @@ async fn settled_deliveries_never_come_again_after_a_broker_cut() {
     assert_eq!(planner.metrics.dead_letters(), 8);
 
     proxy.set(Mode::Cut);
-    let metrics = planner.metrics.clone();
-    eventually(
-        "the consumer notices the broker is gone",
-        Duration::from_secs(10),
-        || {
-            let metrics = metrics.clone();
-            async move { !metrics.consuming() }
-        },
-    )
-    .await;
+    until_consuming(&planner, false).await;
     proxy.set(Mode::Forward);
-    eventually("the consumer is back", Duration::from_secs(20), || {
-        let metrics = metrics.clone();
-        async move { metrics.consuming() }
-    })
-    .await;
+    until_consuming(&planner, true).await;
     // Anything handed back was queued before this, and comes before it.
     let marker = job_payload("queued.1", 61, "queued", &SELF_HOSTED);
     publisher.publish(&marker, "q61").await;

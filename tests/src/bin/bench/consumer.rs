@@ -126,37 +126,24 @@ fn job_rows(count: usize) -> Vec<Job> {
 /// consumer has transactions in flight. Jobs per second.
 pub fn database_ceiling(payload: Payload) -> f64 {
     let db = TestDb::new();
-    let sessions = planner::consumer::BATCHES_IN_FLIGHT;
     let rows = job_rows(CEILING_ROWS);
     let body = String::from_utf8(payload.body(1, "queued")).unwrap();
-    let mut connections: Vec<PgConnection> = (0..sessions)
-        .map(|_| PgConnection::establish(db.url()).expect("bench database"))
-        .collect();
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        for (session, conn) in connections.iter_mut().enumerate() {
-            let (rows, body) = (&rows, &body);
-            scope.spawn(move || {
-                for jobs in rows.chunks(BATCH).skip(session).step_by(sessions) {
-                    let payloads: Vec<NewPayload<'_>> = jobs
-                        .iter()
-                        .map(|row| NewPayload {
-                            platform: "github",
-                            job_id: row.state.id,
-                            action: "queued",
-                            payload: body,
-                        })
-                        .collect();
-                    conn.transaction::<_, diesel::result::Error, _>(|conn| {
-                        diesel::insert_into(job::table).values(jobs).execute(conn)?;
-                        queries::upsert_payloads(conn, &payloads)
-                    })
-                    .unwrap();
-                }
-            });
-        }
-    });
-    CEILING_ROWS as f64 / started.elapsed().as_secs_f64()
+    per_second_in_sessions(&db, &rows, |conn, jobs| {
+        let payloads: Vec<NewPayload<'_>> = jobs
+            .iter()
+            .map(|row| NewPayload {
+                platform: "github",
+                job_id: row.state.id,
+                action: "queued",
+                payload: &body,
+            })
+            .collect();
+        conn.transaction::<_, diesel::result::Error, _>(|conn| {
+            diesel::insert_into(job::table).values(jobs).execute(conn)?;
+            queries::upsert_payloads(conn, &payloads)
+        })
+        .unwrap();
+    })
 }
 
 /// The planner's own statements without the broker: the consumer's job lives, classified
@@ -167,7 +154,6 @@ pub fn database_ceiling(payload: Payload) -> f64 {
 pub fn statements_ceiling(payload: Payload) -> f64 {
     let db = TestDb::new();
     insert_bench_flavor(&mut PgConnection::establish(db.url()).expect("bench database"));
-    let sessions = planner::consumer::BATCHES_IN_FLIGHT;
     let events: Vec<_> = lives(payload, 1, JOBS)
         .into_iter()
         .map(|(body, delivery)| {
@@ -175,21 +161,35 @@ pub fn statements_ceiling(payload: Payload) -> f64 {
         })
         .collect();
     let ignored = planner::domain::labels::IgnoredLabels::default();
+    per_second_in_sessions(&db, &events, |conn, batch| {
+        planner::store::apply_batch(conn, &ignored, batch).unwrap();
+    })
+}
+
+/// Runs `work` on `items` [`BATCH`] at a time, the batches dealt in turn to as many sessions
+/// of `db` as the consumer has transactions in flight, each on a thread of its own; items per
+/// second.
+fn per_second_in_sessions<T: Sync>(
+    db: &TestDb,
+    items: &[T],
+    work: impl Fn(&mut PgConnection, &[T]) + Sync,
+) -> f64 {
+    let sessions = planner::consumer::BATCHES_IN_FLIGHT;
     let mut connections: Vec<PgConnection> = (0..sessions)
         .map(|_| PgConnection::establish(db.url()).expect("bench database"))
         .collect();
     let started = Instant::now();
     std::thread::scope(|scope| {
         for (session, conn) in connections.iter_mut().enumerate() {
-            let (events, ignored) = (&events, &ignored);
+            let work = &work;
             scope.spawn(move || {
-                for batch in events.chunks(BATCH).skip(session).step_by(sessions) {
-                    planner::store::apply_batch(conn, ignored, batch).unwrap();
+                for batch in items.chunks(BATCH).skip(session).step_by(sessions) {
+                    work(conn, batch);
                 }
             });
         }
     });
-    events.len() as f64 / started.elapsed().as_secs_f64()
+    items.len() as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Fills the queue with the lives of jobs `first..first + jobs` ([`lives`]).
