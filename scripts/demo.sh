@@ -134,8 +134,9 @@ send() { # file [delivery]
   if [[ $answer != *"HTTP 200"* ]]; then echo "the gateway refused $1: $answer" >&2; exit 1; fi
 }
 repeated=$(cat /proc/sys/kernel/random/uuid)
-send "$(demo_job 12877621891 queued)" "$repeated"
-send "$(demo_job 12877621891 queued)" "$repeated"
+queued=$(demo_job 12877621891 queued)
+send "$queued" "$repeated"
+send "$queued" "$repeated"
 for action in queued in_progress; do send "$(demo_job 12877621892 $action)"; done
 for action in queued in_progress completed; do send "$(demo_job 12877621893 $action)"; done
 deadline=$((SECONDS + 30))

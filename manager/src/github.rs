@@ -6,7 +6,7 @@
 //! The actor never fails a caller's actor: every error comes back as a [`GitHubError`], and a
 //! rate limit makes the client answer at once, without a request, until it lifts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -231,24 +231,30 @@ impl GitHub {
     /// The runners of `prefix` in `snapshot`, with those registered since it was asked for
     /// and less those deregistered since.
     fn answer(&self, snapshot: &Snapshot, prefix: &str) -> Listed {
-        let deregistered = |id: u64| {
-            self.deregistered
-                .iter()
-                .any(|(at, gone)| *gone == id && *at >= snapshot.asked)
-        };
+        let deregistered: HashSet<u64> = self
+            .deregistered
+            .iter()
+            .filter(|(at, _)| *at >= snapshot.asked)
+            .map(|(_, gone)| *gone)
+            .collect();
         let listed = snapshot.listing.with_prefix(prefix);
+        // Only this flavor's registrations are looked up among its listed runners.
         let since = self
             .registered
             .iter()
             .filter(|(at, runner)| {
-                *at >= snapshot.asked && !listed.iter().any(|listed| listed.id == runner.id)
+                *at >= snapshot.asked
+                    && is_runner_name(prefix, &runner.name)
+                    && !listed.iter().any(|listed| listed.id == runner.id)
             })
             .map(|(_, runner)| runner);
         Listed {
             runners: listed
                 .iter()
                 .chain(since)
-                .filter(|runner| is_runner_name(prefix, &runner.name) && !deregistered(runner.id))
+                .filter(|runner| {
+                    is_runner_name(prefix, &runner.name) && !deregistered.contains(&runner.id)
+                })
                 .cloned()
                 .collect(),
             asked_at: snapshot.asked_at,

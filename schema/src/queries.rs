@@ -9,14 +9,14 @@ use diesel::{
 };
 
 use crate::{
-    models::{Flavor, FlavorChanges, Job, NewFlavor, TextArray},
+    models::{Flavor, FlavorChanges, Job, NewFlavor, Status, TextArray},
     schema::{auth, delivery, flavor, job, job_payload},
 };
 
 pub mod console;
 
 /// Job statuses of jobs that have not started yet, and may still move to another flavor.
-pub const NOT_STARTED: [&str; 2] = ["queued", "waiting"];
+pub const NOT_STARTED: [Status; 2] = [Status::Queued, Status::Waiting];
 
 /// Advisory lock key (two-int form, distinct from any single-bigint key) that orders flavor
 /// changes against job events: job events hold it shared, flavor changes exclusively, so a
@@ -442,7 +442,7 @@ pub fn get_job(conn: &mut PgConnection, platform: &str, id: i64) -> QueryResult<
 /// Filters of [`list_jobs`]; `None` does not filter.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
-    pub status: Option<String>,
+    pub status: Option<Status>,
     pub flavor: Option<String>,
     pub repository: Option<String>,
     /// Only jobs strictly newer than this `(created_at, id)` (the keyset cursor).
@@ -464,7 +464,7 @@ pub fn list_jobs(
         .limit(limit)
         .into_boxed();
     if let Some(status) = &filter.status {
-        query = query.filter(job::status.eq(status.clone()));
+        query = query.filter(job::status.eq(*status));
     }
     if let Some(name) = &filter.flavor {
         query = query.filter(job::assigned_flavor.eq(name.clone()));

@@ -10,7 +10,6 @@ use actors::github::RunnerScope;
 use serde_json::{json, Value};
 use tests::eventually;
 use tests::fixtures::job_payload;
-use tests::gateway::{webhook, SECRET};
 use tests::manager::{names, Flavor, ManagerDir, Scene, FLAVOR, LABEL, ORG, WAIT};
 use tests::unique;
 
@@ -148,18 +147,13 @@ async fn a_cancelled_job_removes_its_idle_runner() {
     let mut body = job_payload("queued.1", 1, "completed", &["self-hosted", LABEL]);
     body["workflow_job"]["conclusion"] = "cancelled".into();
     body["workflow_job"]["created_at"] = chrono::Utc::now().to_rfc3339().into();
-    let response = webhook(
+    tests::gateway::deliver(
         &scene.http,
         &scene.system.gateway_url,
-        "workflow_job",
+        &body,
         &unique("delivery"),
-        serde_json::to_vec(&body).unwrap(),
-        SECRET,
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(response.status(), 200);
+    .await;
     manager
         .service
         .wait_for_log(

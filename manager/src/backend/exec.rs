@@ -220,6 +220,12 @@ impl Exec {
     /// registration is an orphan the reconciler deregisters).
     fn adopt_pending(&self, pending: Vec<Record>) {
         let mut found: HashMap<String, i32> = HashMap::new();
+        let manager = format!("RUNNER_MANAGER_ID={}", self.manager_id);
+        let flavor = format!("RUNNER_FLAVOR={}", self.flavor);
+        let names: Vec<(String, &str)> = pending
+            .iter()
+            .map(|record| (format!("RUNNER_NAME={}", record.name), record.name.as_str()))
+            .collect();
         if let Ok(processes) = fs::read_dir("/proc") {
             for entry in processes.flatten() {
                 let Some(pid) = entry
@@ -234,15 +240,12 @@ impl Exec {
                 };
                 let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
                 let has = |var: &str| vars.contains(&var.as_bytes());
-                if !has(&format!("RUNNER_MANAGER_ID={}", self.manager_id))
-                    || !has(&format!("RUNNER_FLAVOR={}", self.flavor))
-                    || process_group_of(pid) != Some(pid)
-                {
+                if !has(&manager) || !has(&flavor) || process_group_of(pid) != Some(pid) {
                     continue;
                 }
-                for record in &pending {
-                    if has(&format!("RUNNER_NAME={}", record.name)) {
-                        found.insert(record.name.clone(), pid);
+                for (var, name) in &names {
+                    if has(var) {
+                        found.insert((*name).to_owned(), pid);
                     }
                 }
             }

@@ -343,11 +343,15 @@ impl Client {
 fn transient(err: &GceError) -> bool {
     match err {
         GceError::Transport(_) => true,
-        GceError::Api { status, .. } => {
-            *status == StatusCode::TOO_MANY_REQUESTS.as_u16() || *status >= 500
-        }
+        GceError::Api { status, .. } => transient_status(*status),
         _ => false,
     }
+}
+
+/// Whether an HTTP status from Google is worth another try: too many requests, or a server
+/// error.
+fn transient_status(status: u16) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS.as_u16() || status >= 500
 }
 
 /// The gce backend of one flavor.

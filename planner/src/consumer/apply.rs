@@ -147,7 +147,7 @@ pub(super) async fn acknowledge_ready(
     pending: &Pending,
 ) -> Result<(), SessionError> {
     let ready = pending.borrow_mut().take_ready();
-    let Some((_, newest)) = ready.last() else {
+    let Some(newest) = ready.last() else {
         return Ok(());
     };
     // lapin takes the frame at this future's first poll, before any other task of the session
@@ -159,7 +159,7 @@ pub(super) async fn acknowledge_ready(
         .ack(BasicAckOptions { multiple: true })
         .await
         .map_err(SessionError::Ack)?;
-    for (_, applied) in ready {
+    for applied in ready {
         applied.record(stats);
     }
     Ok(())

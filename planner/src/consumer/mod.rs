@@ -13,9 +13,9 @@
 //! `session`; batch sizes, per-job ordering and sorting deliveries in `batching`; applying and
 //! settling in `apply`; acknowledging applied deliveries together in `acks`; retries and the
 //! bisection of a refused batch in `retry` and `apply`; spans in `spans`; what it records in
-//! the planner's metrics in `record`. This module holds
-//! the configuration and the reconnect loop ([`actors::reconnect::forever`]), run by [`spawn`]
-//! as a plain task until the planner's shutdown.
+//! the planner's metrics in `record`. This module holds the configuration and the reconnect
+//! loop ([`actors::reconnect::forever`]), run by [`spawn`] as a plain task until the planner's
+//! shutdown.
 //!
 //! Tracing: each delivery continues the trace whose W3C context the gateway put in its AMQP
 //! headers (`traceparent`) with a `consume` span (kind consumer; `github.delivery_id`,

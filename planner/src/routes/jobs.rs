@@ -207,11 +207,12 @@ pub(crate) async fn page(
     query: JobQuery,
 ) -> Result<JobPage, ApiError> {
     platform(&path)?;
-    if let Some(status) = &query.status {
-        status
-            .parse::<Status>()
-            .map_err(|err| ApiError::field("status", err))?;
-    }
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<Status>)
+        .transpose()
+        .map_err(|err| ApiError::field("status", err))?;
     if let Some(flavor) = &query.flavor {
         validate_name(flavor).map_err(|problem| ApiError::field("flavor", problem))?;
     }
@@ -232,7 +233,7 @@ pub(crate) async fn page(
         Some(_) => return Err(ApiError::field("raw", "must be true or false")),
     };
     let filter = JobFilter {
-        status: query.status,
+        status,
         flavor: query.flavor,
         repository: query.repository,
         after: query.cursor.as_deref().map(decode_cursor).transpose()?,

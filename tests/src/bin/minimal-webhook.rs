@@ -4,17 +4,20 @@
 //! parsed, counted or logged per request. It listens on a free port of 127.0.0.1 and says
 //! which with `event=minimal_webhook_listening port=N`.
 //!
-//! With `MINIMAL_WEBHOOK_AMQP_URL` (one AMQP URI), `MINIMAL_WEBHOOK_EXCHANGE` and
+//! With `MINIMAL_WEBHOOK_AMQP_URL` (one AMQP URI, or several separated by commas: the first
+//! that answers, as the services connect), `MINIMAL_WEBHOOK_EXCHANGE` and
 //! `MINIMAL_WEBHOOK_ROUTING_KEY` set, it also publishes each checked body there as a persistent,
 //! mandatory message on one confirmed channel and answers `200` only after the broker's
 //! confirm: the least a gateway that loses nothing does with lapin, and no more (no headers,
 //! no retries, no reconnects).
 
+use std::time::Duration;
+
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use gateway::webhook::Secrets;
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection,
 };
 use secrecy::SecretString;
 
@@ -23,6 +26,8 @@ const MAX_BODY_BYTES: usize = gateway::config::DEFAULT_MAX_BODY_BYTES;
 
 /// Where checked bodies are published, when they are.
 struct Target {
+    /// Kept open as long as the process runs.
+    _connection: Connection,
     channel: Channel,
     exchange: String,
     routing_key: String,
@@ -67,6 +72,10 @@ async fn webhook(
     }
 }
 
+fn broker(err: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("broker: {err}"))
+}
+
 /// The publishing target from the environment, when `MINIMAL_WEBHOOK_AMQP_URL` is set.
 async fn target() -> std::io::Result<Option<Target>> {
     let Ok(url) = std::env::var("MINIMAL_WEBHOOK_AMQP_URL") else {
@@ -80,8 +89,8 @@ async fn target() -> std::io::Result<Option<Target>> {
         var("MINIMAL_WEBHOOK_EXCHANGE")?,
         var("MINIMAL_WEBHOOK_ROUTING_KEY")?,
     );
-    let broker = |err: lapin::Error| std::io::Error::other(format!("broker: {err}"));
-    let connection = Connection::connect(&url, ConnectionProperties::default())
+    let connection = actors::amqp::Brokers::new(&url)
+        .connect("minimal-webhook", Duration::from_secs(10))
         .await
         .map_err(broker)?;
     let channel = connection.create_channel().await.map_err(broker)?;
@@ -89,9 +98,8 @@ async fn target() -> std::io::Result<Option<Target>> {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(broker)?;
-    // The connection lives as long as the process.
-    std::mem::forget(connection);
     Ok(Some(Target {
+        _connection: connection,
         channel,
         exchange,
         routing_key,

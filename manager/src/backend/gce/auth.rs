@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use reqwest::{StatusCode, Url};
+use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -234,7 +234,7 @@ impl Auth {
         if !status.is_success() {
             return Err(Failure {
                 error: GceError::Auth(format!("token endpoint answered {}", status.as_u16())),
-                transient: status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS,
+                transient: super::transient_status(status.as_u16()),
             });
         }
         let body = super::read_body(response).await.map_err(|error| Failure {

@@ -56,8 +56,8 @@ async fn gateway(cluster: &RabbitCluster, name: &str) -> Running {
         .await
 }
 
-/// A minimal handler process and its `/webhook` URL; with `publish` (an AMQP URI, an exchange
-/// and a routing key), one that also publishes each body and waits for the confirm.
+/// A minimal handler process and its `/webhook` URL; with `publish` (AMQP URIs and the topology
+/// to publish to), one that also publishes each body and waits for the confirm.
 async fn minimal(publish: Option<(&str, &Topology)>) -> (Service, String) {
     let vars = match publish {
         None => Vec::new(),
@@ -141,26 +141,21 @@ async fn serve(webhooks: &Arc<Vec<(Signed, String)>>, urls: Vec<String>, pids: &
 }
 
 /// Two minimal handlers take the webhooks; with `cluster`, each publishes them to a quorum
-/// queue of their own (deleted afterwards) on the cluster's first node and answers after the
-/// confirm, as the gateways do.
+/// queue of their own (deleted afterwards) on the first node that answers and answers after
+/// the confirm, as the gateways do.
 async fn minimal_round(
     webhooks: &Arc<Vec<(Signed, String)>>,
     cluster: Option<&RabbitCluster>,
 ) -> Served {
     let topology = quorum_topology("bench-cluster-minimal");
-    let mut _queues = None;
-    let mut url = String::new();
-    if let Some(cluster) = cluster {
-        Broker::connect_to(cluster.urls(), &topology).await;
-        _queues = Some(cluster.guard(topology.clone()));
-        url = cluster
-            .urls()
-            .split(',')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-    }
-    let publish = cluster.map(|_| (url.as_str(), &topology));
+    let _queues = match cluster {
+        Some(cluster) => {
+            Broker::connect_to(cluster.urls(), &topology).await;
+            Some(cluster.guard(topology.clone()))
+        }
+        None => None,
+    };
+    let publish = cluster.map(|cluster| (cluster.urls(), &topology));
     let servers = [minimal(publish).await, minimal(publish).await];
     let pids: Vec<u32> = servers.iter().map(|(s, _)| s.pid()).collect();
     let urls = servers.iter().map(|(_, url)| url.clone()).collect();
@@ -347,7 +342,7 @@ async fn gateway_scenario(cluster: &RabbitCluster, rows: &mut Vec<Row>) {
         .map(|(g, p)| g.cpu_per_1000 / p.cpu_per_1000)
         .collect();
     rows.push(Row::new(
-        "cluster: the floor under a gateway that loses nothing: 2 minimal handlers that also publish each body with lapin (persistent, mandatory, one confirmed channel, the cluster's first node, a quorum queue) and answer 200 after the confirm; the same webhooks, the same rounds (median; rounds)",
+        "cluster: the floor under a gateway that loses nothing: 2 minimal handlers that also publish each body with lapin (persistent, mandatory, one confirmed channel, the first node that answers, a quorum queue) and answer 200 after the confirm; the same webhooks, the same rounds (median; rounds)",
         format!(
             "publishing minimal {:.3} CPU s per 1,000 at {:.0} webhooks/s = {:.2} x the minimal handler (rounds {}); the gateways {:.2} x this floor (rounds {})",
             cpu_of(&publishing),
